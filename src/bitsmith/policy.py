@@ -1,0 +1,366 @@
+"""The Policy: the one plain-data type that couples every part of bitsmith.
+
+A :class:`Policy` maps each quantizable layer, by its qualified module name
+(``"layer1.0.conv1"``), to a :class:`LayerSpec`: how its weight and its input
+activation are quantized (each a :class:`QSpec`, or ``None`` to keep the tensor
+in float) and how sparse its weight is.
+
+Every producer (post-training tuner, differentiable search, DPQ, a user's file)
+writes a Policy; every consumer (conversion, cost model, export, report) reads
+one. Policies are immutable, hashable, round-trip through JSON and YAML and
+validate on construction, so that a bad field is reported with the layer name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GRANULARITIES = ("tensor", "channel")
+OBSERVERS = ("minmax", "percentile", "entropy", "mse")
+
+
+class PolicyError(ValueError):
+    """A Policy, LayerSpec or QSpec is invalid; the message names the layer and field."""
+
+
+@dataclass(frozen=True)
+class QSpec:
+    """How one tensor (a weight or an input activation) is quantized.
+
+    Attributes:
+        scheme: registered scheme name (see ``bitsmith.schemes.available()``),
+            e.g. ``"uniform_symmetric"``, ``"uniform_asymmetric"``, ``"binary"``.
+        bits: bit width of the stored code, 1..16 (the scheme may narrow this:
+            binary is 1 bit only, ternary 2 bits, most others 1..8).
+        granularity: ``"tensor"`` (one scale for the tensor) or ``"channel"``
+            (one scale per output channel of a weight / per channel of an
+            activation, axis 1 for activations, axis 0 for weights).
+        observer: how the clipping range is calibrated for range-based
+            schemes: ``"minmax"``, ``"percentile"``, ``"entropy"`` (KL) or
+            ``"mse"``. Data-driven schemes (binary, ternary, ...) ignore it.
+        percentile: the percentile of ``|x|`` kept by the ``"percentile"``
+            observer, in percent (0, 100].
+        pow2_scale: round the scale up to a power of two (shift-only
+            rescaling, as in fixed-point hardware and Quantune's
+            "symmetric with power-of-two scale").
+        reduced_range: use one bit less of the integer range for this tensor
+            (ONNX Runtime's ``reduce_range`` for weights on AVX2 u8s8 kernels).
+        learnable: make the scale (and offset) trainable with a
+            learned-step-size (LSQ) gradient during quantization-aware training.
+    """
+
+    scheme: str = "uniform_symmetric"
+    bits: int = 8
+    granularity: str = "tensor"
+    observer: str = "minmax"
+    percentile: float = 99.99
+    pow2_scale: bool = False
+    reduced_range: bool = False
+    learnable: bool = False
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self, where: str = "") -> None:
+        """Raise :class:`PolicyError` naming ``where`` and the bad field."""
+        prefix = f"{where}: " if where else ""
+        if not isinstance(self.scheme, str) or not self.scheme:
+            raise PolicyError(f"{prefix}scheme must be a non-empty string, got {self.scheme!r}")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            raise PolicyError(f"{prefix}bits must be an integer, got {self.bits!r}")
+        if not 1 <= self.bits <= 16:
+            raise PolicyError(f"{prefix}bits={self.bits} is out of range; use 1..16")
+        if self.granularity not in GRANULARITIES:
+            raise PolicyError(
+                f"{prefix}granularity={self.granularity!r} is unknown; use one of {GRANULARITIES}"
+            )
+        if self.observer not in OBSERVERS:
+            raise PolicyError(
+                f"{prefix}observer={self.observer!r} is unknown; use one of {OBSERVERS}"
+            )
+        if not 0.0 < float(self.percentile) <= 100.0:
+            raise PolicyError(f"{prefix}percentile={self.percentile} must be in (0, 100]")
+        # Scheme-specific limits (bit range, per-channel support) live with the
+        # scheme; imported lazily so that policy.py stays a leaf module.
+        from bitsmith.schemes import get_scheme
+
+        try:
+            scheme = get_scheme(self.scheme)
+        except KeyError as err:
+            raise PolicyError(f"{prefix}{err.args[0]}") from None
+        problem = scheme.check_spec(self)
+        if problem:
+            raise PolicyError(f"{prefix}{problem}")
+
+    def replace(self, **changes: Any) -> QSpec:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> QSpec:
+        if not isinstance(data, Mapping):
+            raise PolicyError(f"{where}: expected a mapping of QSpec fields, got {data!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PolicyError(f"{where}: unknown QSpec field(s) {unknown}; known: {sorted(known)}")
+        try:
+            return cls(**dict(data))
+        except PolicyError as err:
+            raise PolicyError(f"{where}: {err}") from None
+
+    def short(self) -> str:
+        """Compact label, e.g. ``"uniform_symmetric:4/ch"``."""
+        gran = "ch" if self.granularity == "channel" else "t"
+        return f"{self.scheme}:{self.bits}/{gran}"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Quantization of one layer: weight, input activation and weight sparsity.
+
+    ``weight=None`` / ``act=None`` keep that tensor in float32.
+    ``sparsity`` is the fraction of weights pruned to exactly zero, in [0, 1).
+    """
+
+    weight: QSpec | None = field(default_factory=lambda: QSpec())
+    act: QSpec | None = field(default_factory=lambda: QSpec(scheme="uniform_asymmetric"))
+    sparsity: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self, where: str = "") -> None:
+        prefix = f"{where}: " if where else ""
+        for name in ("weight", "act"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, QSpec):
+                raise PolicyError(f"{prefix}{name} must be a QSpec or None, got {value!r}")
+        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
+            raise PolicyError(f"{prefix}sparsity={self.sparsity!r} must be in [0, 1)")
+
+    @property
+    def is_float(self) -> bool:
+        return self.weight is None and self.act is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weight": None if self.weight is None else self.weight.to_dict(),
+            "act": None if self.act is None else self.act.to_dict(),
+            "sparsity": float(self.sparsity),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "") -> LayerSpec:
+        if not isinstance(data, Mapping):
+            raise PolicyError(f"{where}: expected a mapping with weight/act/sparsity, got {data!r}")
+        unknown = sorted(set(data) - {"weight", "act", "sparsity"})
+        if unknown:
+            raise PolicyError(f"{where}: unknown LayerSpec field(s) {unknown}")
+        weight = data.get("weight")
+        act = data.get("act")
+        return cls(
+            weight=None if weight is None else QSpec.from_dict(weight, f"{where}.weight"),
+            act=None if act is None else QSpec.from_dict(act, f"{where}.act"),
+            sparsity=float(data.get("sparsity", 0.0)),
+        )
+
+
+FLOAT = LayerSpec(weight=None, act=None)
+
+
+class Policy(Mapping[str, LayerSpec]):
+    """An immutable, ordered mapping ``layer name -> LayerSpec``.
+
+    Layers absent from a Policy stay in float. Construct directly from a dict,
+    from a LayerTable with :meth:`uniform`, or load with :meth:`load`.
+    """
+
+    __slots__ = ("_layers", "_hash")
+
+    def __init__(self, layers: Mapping[str, LayerSpec] | Iterable[tuple[str, LayerSpec]] = ()):
+        items = layers.items() if isinstance(layers, Mapping) else layers
+        checked: dict[str, LayerSpec] = {}
+        for name, spec in items:
+            if not isinstance(name, str) or not name:
+                raise PolicyError(f"layer names must be non-empty strings, got {name!r}")
+            if not isinstance(spec, LayerSpec):
+                raise PolicyError(f"{name}: expected a LayerSpec, got {type(spec).__name__}")
+            checked[name] = spec
+        self._layers = checked
+        self._hash: int | None = None
+
+    # Mapping protocol -------------------------------------------------------
+    def __getitem__(self, name: str) -> LayerSpec:
+        return self._layers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._layers)
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Policy):
+            return NotImplemented
+        return self._layers == other._layers
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(self.fingerprint())
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"Policy({len(self)} layers, {self.fingerprint()[:10]})"
+
+    # Construction helpers ---------------------------------------------------
+    @classmethod
+    def uniform(
+        cls,
+        layer_names: Iterable[str],
+        weight: QSpec | None = QSpec(),
+        act: QSpec | None = QSpec(scheme="uniform_asymmetric"),
+    ) -> Policy:
+        """Every named layer gets the same weight / activation spec."""
+        spec = LayerSpec(weight=weight, act=act)
+        return cls((name, spec) for name in layer_names)
+
+    def with_layers(self, updates: Mapping[str, LayerSpec]) -> Policy:
+        """A copy in which ``updates`` replace (or add) layers."""
+        merged = dict(self._layers)
+        merged.update(updates)
+        return Policy(merged)
+
+    def override(self, pattern: str, spec: LayerSpec, layer_types: Mapping[str, str] | None = None
+                 ) -> Policy:
+        """A copy where every layer matching ``pattern`` gets ``spec``.
+
+        ``pattern`` is a shell-style glob over layer names (``"layer3.*"``), or
+        ``"type:Linear"`` to match by module type name, which needs
+        ``layer_types`` (name -> type name, e.g. from a LayerTable).
+        Raises :class:`PolicyError` if nothing matches.
+        """
+        names = select_layers(self._layers, pattern, layer_types)
+        return self.with_layers({n: spec for n in names})
+
+    # Validation against a model --------------------------------------------
+    def check_layers(self, available: Iterable[str]) -> None:
+        """Raise if the Policy names a layer that is not a quantizable layer of the model."""
+        available = list(available)
+        known = set(available)
+        missing = [n for n in self._layers if n not in known]
+        if missing:
+            hint = ", ".join(available[:8]) + (" ..." if len(available) > 8 else "")
+            raise PolicyError(
+                f"the policy names layer(s) not found among the model's quantizable layers: "
+                f"{missing[:5]}{' ...' if len(missing) > 5 else ''}. Available: {hint}"
+            )
+
+    # Serialisation ----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "bitsmith.policy/1",
+                "layers": {n: s.to_dict() for n, s in self._layers.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
+        if not isinstance(data, Mapping) or "layers" not in data:
+            raise PolicyError("a policy file must be a mapping with a 'layers' key")
+        layers = data["layers"]
+        if not isinstance(layers, Mapping):
+            raise PolicyError("'layers' must map layer names to layer specs")
+        return cls(
+            (name, FLOAT if spec is None else LayerSpec.from_dict(spec, name))
+            for name, spec in layers.items()
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Policy:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as err:
+            raise PolicyError(f"policy is not valid JSON: {err}") from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Policy:
+        try:
+            return cls.from_dict(yaml.safe_load(text))
+        except yaml.YAMLError as err:
+            raise PolicyError(f"policy is not valid YAML: {err}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON (``.json``) or YAML (``.yaml``/``.yml``)."""
+        path = Path(path)
+        text = self.to_json() if path.suffix == ".json" else self.to_yaml()
+        path.write_text(text)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        path = Path(path)
+        if not path.is_file():
+            raise PolicyError(f"policy file {path} does not exist")
+        text = path.read_text()
+        return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical JSON: equal policies have equal fingerprints."""
+        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+    # Inspection -------------------------------------------------------------
+    def diff(self, other: Policy) -> dict[str, tuple[LayerSpec | None, LayerSpec | None]]:
+        """Layers whose spec differs: ``name -> (spec in self, spec in other)``."""
+        names = list(self._layers) + [n for n in other if n not in self._layers]
+        return {
+            n: (self._layers.get(n), other._layers.get(n))
+            for n in names
+            if self._layers.get(n) != other._layers.get(n)
+        }
+
+    def table(self) -> str:
+        """A plain-text table: one row per layer."""
+        rows = [("layer", "weight", "act", "sparsity")]
+        for name, spec in self._layers.items():
+            rows.append((
+                name,
+                "float" if spec.weight is None else spec.weight.short(),
+                "float" if spec.act is None else spec.act.short(),
+                f"{spec.sparsity:.2f}",
+            ))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def select_layers(
+    names: Iterable[str], pattern: str, layer_types: Mapping[str, str] | None = None
+) -> list[str]:
+    """Names matching a glob ``pattern`` or ``"type:<ModuleType>"``; raises if none match."""
+    names = list(names)
+    if pattern.startswith("type:"):
+        wanted = pattern[len("type:"):]
+        if layer_types is None:
+            raise PolicyError(f"pattern {pattern!r} selects by type but no layer types were given")
+        hits = [n for n in names if layer_types.get(n) == wanted]
+    else:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    if not hits:
+        raise PolicyError(f"pattern {pattern!r} matches no layer; layers are: {names[:8]}")
+    return hits

@@ -1,0 +1,155 @@
+"""The quantizer-scheme interface, the registry, and straight-through helpers.
+
+A *scheme* is stateless quantizer math. Its parameters (scales, zero points,
+clipping thresholds, ...) are plain tensors in a ``dict`` whose shapes
+broadcast against the quantized tensor: ``()``-like (all ones) per tensor, or
+size ``C`` on the channel axis and 1 elsewhere per channel. The stateful
+holder of those parameters is :class:`bitsmith.schemes.quantizer.Quantizer`.
+
+Two kinds of scheme exist:
+
+* **range-based** (``range_based = True``): parameters follow from a clipping
+  range ``[lo, hi]`` that an observer calibrates (min/max, percentile, KL,
+  MSE); see :meth:`Scheme.params_from_range`.
+* **data-driven** (``range_based = False``): parameters are statistics of the
+  tensor itself (mean ``|x|``, std, ...), recomputed from the current tensor on
+  every call; see :meth:`Scheme.params_from_data`.
+
+Schemes whose dequantized values are ``scale * (q - zero_point)`` with integer
+``q`` in ``[qmin, qmax]`` set ``integer_grid = True`` and implement
+:meth:`Scheme.grid`; only those can run on integer runtimes (ONNX QDQ).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bitsmith.policy import QSpec
+
+Params = dict[str, Tensor]
+
+_REGISTRY: dict[str, Scheme] = {}
+
+
+def register(cls: type[Scheme]) -> type[Scheme]:
+    """Class decorator: register a scheme under ``cls.name``."""
+    if not getattr(cls, "name", None):
+        raise TypeError(f"{cls.__name__} needs a class attribute 'name'")
+    if cls.name in _REGISTRY:
+        raise ValueError(f"a scheme named {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_scheme(name: str) -> Scheme:
+    """The registered scheme called ``name``; ``KeyError`` with the known names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown quantization scheme {name!r}; available: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def available() -> list[str]:
+    """Names of all registered schemes."""
+    return sorted(_REGISTRY)
+
+
+# --------------------------------------------------------------------------
+# Straight-through estimator helpers
+# --------------------------------------------------------------------------
+def round_ste(x: Tensor) -> Tensor:
+    """``round(x)`` in the forward pass, identity gradient in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+def sign_ste(x: Tensor) -> Tensor:
+    """``sign(x)`` with sign(0) = +1, and a clipped identity gradient (|x| <= 1), as in BNN."""
+    hard = torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    soft = x.clamp(-1.0, 1.0)
+    return soft + (hard - soft).detach()
+
+
+def grad_scale(x: Tensor, factor: float) -> Tensor:
+    """Value of ``x``, gradient multiplied by ``factor`` (LSQ's step-size gradient scale)."""
+    return x * factor + (x - x * factor).detach()
+
+
+def reduce_dims(x: Tensor, axis: int | None) -> tuple[int, ...]:
+    """Dimensions to reduce over: all of them (per tensor) or all but ``axis`` (per channel)."""
+    if axis is None:
+        return tuple(range(x.dim()))
+    axis = axis % x.dim()
+    return tuple(d for d in range(x.dim()) if d != axis)
+
+
+def broadcast_shape(x: Tensor, axis: int | None) -> tuple[int, ...]:
+    """Shape of a per-tensor (all ones) or per-channel (C on ``axis``) parameter for ``x``."""
+    shape = [1] * x.dim()
+    if axis is not None:
+        shape[axis % x.dim()] = x.shape[axis]
+    return tuple(shape)
+
+
+class Scheme(ABC):
+    """One quantizer's math. Subclasses set the class attributes and implement the methods.
+
+    Class attributes:
+        name: registry key.
+        min_bits, max_bits: supported bit widths (inclusive).
+        per_channel: whether per-channel parameters make sense.
+        range_based: parameters come from a calibrated ``[lo, hi]`` range.
+        integer_grid: values are ``scale * (q - zero_point)`` with integer ``q``.
+        symmetric: ``Q(-x) == -Q(x)`` for the same parameters.
+        float_params: float32 scalars stored per group (per tensor or per
+            channel) in a deployed model, for the cost model.
+        zero_point_bytes: bytes of integer zero point stored per group.
+    """
+
+    name: ClassVar[str] = ""
+    min_bits: ClassVar[int] = 1
+    max_bits: ClassVar[int] = 8
+    per_channel: ClassVar[bool] = True
+    range_based: ClassVar[bool] = True
+    integer_grid: ClassVar[bool] = False
+    symmetric: ClassVar[bool] = True
+    float_params: ClassVar[int] = 1
+    zero_point_bytes: ClassVar[int] = 0
+
+    def check_spec(self, spec: QSpec) -> str | None:
+        """A message saying what in ``spec`` this scheme cannot do, or ``None``."""
+        if not self.min_bits <= spec.bits <= self.max_bits:
+            span = (f"{self.min_bits}" if self.min_bits == self.max_bits
+                    else f"{self.min_bits}..{self.max_bits}")
+            return f"scheme {self.name!r} supports bits={span}, got bits={spec.bits}"
+        if spec.granularity == "channel" and not self.per_channel:
+            return f"scheme {self.name!r} has no per-channel form; use granularity='tensor'"
+        if spec.pow2_scale and not self.integer_grid:
+            return f"pow2_scale needs an integer-grid scheme, {self.name!r} is not one"
+        return None
+
+    def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: QSpec) -> Params:
+        """Parameters for the clipping range ``[lo, hi]`` (broadcastable tensors)."""
+        raise NotImplementedError(f"scheme {self.name!r} is not range-based")
+
+    def params_from_data(self, x: Tensor, bits: int, axis: int | None) -> Params:
+        """Parameters computed from ``x`` itself; ``axis`` is the channel axis or ``None``."""
+        raise NotImplementedError(f"scheme {self.name!r} is range-based; calibrate a range")
+
+    @abstractmethod
+    def quantize(self, x: Tensor, params: Params, bits: int) -> Tensor:
+        """Quantize-dequantize ``x`` (same shape, float) with straight-through gradients."""
+
+    def grid(self, params: Params, bits: int) -> tuple[Tensor, Tensor, int, int]:
+        """``(scale, zero_point, qmin, qmax)`` of an integer-grid scheme."""
+        raise NotImplementedError(f"scheme {self.name!r} has no integer grid")
+
+    def learnable_keys(self) -> tuple[str, ...]:
+        """Parameter names that may be trained (LSQ-style) during fine-tuning."""
+        return ()
