@@ -364,3 +364,42 @@ def select_layers(
     if not hits:
         raise PolicyError(f"pattern {pattern!r} matches no layer; layers are: {names[:8]}")
     return hits
+
+
+FIRST_LAST_CHOICES = ("same", "int8", "float")
+INT8 = LayerSpec(weight=QSpec("uniform_symmetric", 8, "channel"),
+                 act=QSpec("uniform_asymmetric", 8))
+
+
+def build_policy(
+    layer_names: Iterable[str],
+    weight: QSpec | None = QSpec(),
+    act: QSpec | None = QSpec(scheme="uniform_asymmetric"),
+    *,
+    first_last: str = "same",
+    overrides: Mapping[str, LayerSpec] | None = None,
+    layer_types: Mapping[str, str] | None = None,
+) -> Policy:
+    """A Policy for ``layer_names`` (in execution order) with the usual knobs.
+
+    Args:
+        weight, act: the spec of every layer (``None`` keeps that tensor float).
+        first_last: ``"same"`` (no special case), ``"int8"`` (first and last
+            layer at 8-bit per-channel weights / 8-bit activations) or
+            ``"float"`` (first and last layer kept in float).
+        overrides: ``pattern -> LayerSpec`` applied in order after the above;
+            patterns are globs over names or ``"type:<Module>"``
+            (needs ``layer_types``).
+    """
+    names = list(layer_names)
+    if not names:
+        raise PolicyError("the model has no quantizable layers to build a policy for")
+    if first_last not in FIRST_LAST_CHOICES:
+        raise PolicyError(f"first_last={first_last!r} is unknown; use one of {FIRST_LAST_CHOICES}")
+    policy = Policy.uniform(names, weight, act)
+    if first_last != "same":
+        edge = INT8 if first_last == "int8" else FLOAT
+        policy = policy.with_layers({names[0]: edge, names[-1]: edge})
+    for pattern, spec in (overrides or {}).items():
+        policy = policy.override(pattern, spec, layer_types)
+    return policy

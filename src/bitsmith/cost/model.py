@@ -1,0 +1,141 @@
+"""Analytic cost model: size in bytes, BitOPs, activation memory, compression ratio.
+
+All numbers are for one deployed model as bitsmith exports it:
+
+* **weights** of a quantized layer: ``ceil(n_w · bits / 8)`` bytes, bit-packed;
+  for a sparse layer only the ``n_nz`` surviving weights are stored, plus a
+  bitmask of ``n_w`` bits (``ceil(n_w / 8)`` bytes) that locates them;
+* **overhead** of each quantizer: per group (1 for per-tensor, C_out for
+  per-channel) ``4 · float_params`` bytes of float32 scales/thresholds and
+  ``zero_point_bytes`` of integer zero points; activation quantizers likewise;
+* **float** tensors at 4 bytes each: biases (int32 on integer runtimes, also 4
+  bytes), weights of layers the policy keeps in float, and every parameter that
+  belongs to no quantizable layer (LayerNorm, embeddings, ...).
+
+``fp32_bytes`` is the same model with every parameter in float32 (after BN
+folding, so that removing BN does not count as compression).
+BitOPs are ``Σ MACs · b_w · b_a`` per example, with float tensors at 32 bits.
+Activation memory is the input feature map of each layer at its activation
+precision; the peak is the largest of them (one example).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bitsmith.graph.layer_table import LayerInfo, LayerTable
+from bitsmith.policy import LayerSpec, Policy, QSpec
+from bitsmith.schemes import get_scheme
+
+FLOAT_BITS = 32
+
+
+def float_params_of(spec: QSpec) -> int:
+    """float32 scalars stored per quantization group for ``spec``'s scheme."""
+    scheme = get_scheme(spec.scheme)
+    per_bits = getattr(scheme, "float_params_for", None)
+    return per_bits(spec.bits) if per_bits is not None else scheme.float_params
+
+
+def quantizer_overhead_bytes(spec: QSpec | None, channels: int) -> int:
+    """Bytes of scales / zero points / thresholds of one quantizer."""
+    if spec is None:
+        return 0
+    groups = channels if spec.granularity == "channel" else 1
+    scheme = get_scheme(spec.scheme)
+    return groups * (4 * float_params_of(spec) + scheme.zero_point_bytes)
+
+
+def weight_bytes(n_weights: int, bits: int, sparsity: float = 0.0) -> int:
+    """Packed bytes of ``n_weights`` at ``bits`` each; sparse layers add a bitmask."""
+    if sparsity <= 0.0:
+        return math.ceil(n_weights * bits / 8)
+    survivors = n_weights - int(round(n_weights * sparsity))
+    return math.ceil(survivors * bits / 8) + math.ceil(n_weights / 8)
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Cost of one layer (bytes, BitOPs per example)."""
+
+    name: str
+    weight_bits: int
+    act_bits: int
+    weight_bytes: int
+    overhead_bytes: int
+    bias_bytes: int
+    bitops: int
+    activation_bytes: float
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weight_bytes + self.overhead_bytes + self.bias_bytes
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """Whole-model cost of a Policy; sizes in bytes, BitOPs per example."""
+
+    size_bytes: int
+    fp32_bytes: int
+    weight_bytes: int
+    overhead_bytes: int
+    float_bytes: int
+    bitops: int
+    fp32_bitops: int
+    peak_activation_bytes: float
+    avg_weight_bits: float
+    layers: list[LayerCost] = field(default_factory=list)
+
+    @property
+    def compression(self) -> float:
+        """FP32 bytes / quantized bytes."""
+        return self.fp32_bytes / max(self.size_bytes, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["compression"] = self.compression
+        return out
+
+
+def layer_cost(info: LayerInfo, spec: LayerSpec | None) -> LayerCost:
+    """Cost of one layer under ``spec`` (``None`` = float)."""
+    wspec = None if spec is None else spec.weight
+    aspec = None if spec is None else spec.act
+    wbits = FLOAT_BITS if wspec is None else wspec.bits
+    abits = FLOAT_BITS if aspec is None else aspec.bits
+    sparsity = 0.0 if spec is None else spec.sparsity
+    in_channels = info.in_channels if info.type != "Linear" else info.input_shape[-1]
+    return LayerCost(
+        name=info.name, weight_bits=wbits, act_bits=abits,
+        weight_bytes=weight_bytes(info.weight_params, wbits, sparsity),
+        overhead_bytes=(quantizer_overhead_bytes(wspec, info.out_channels)
+                        + quantizer_overhead_bytes(aspec, in_channels)),
+        bias_bytes=4 * info.bias_params,
+        bitops=info.macs * wbits * abits,
+        activation_bytes=info.activation_elems * abits / 8,
+    )
+
+
+def estimate(table: LayerTable, policy: Policy) -> CostReport:
+    """Cost of deploying the model described by ``table`` under ``policy``."""
+    policy.check_layers(table.names)
+    layers = [layer_cost(info, policy.get(info.name)) for info in table]
+    in_layers = sum(info.weight_params + info.bias_params for info in table)
+    other_bytes = 4 * (table.total_params - in_layers)
+    wbytes = sum(c.weight_bytes for c in layers)
+    overhead = sum(c.overhead_bytes for c in layers)
+    float_bytes = other_bytes + sum(c.bias_bytes for c in layers)
+    n_w = sum(info.weight_params for info in table)
+    avg_bits = sum(c.weight_bits * i.weight_params for c, i in zip(layers, table)) / max(n_w, 1)
+    return CostReport(
+        size_bytes=wbytes + overhead + float_bytes,
+        fp32_bytes=4 * table.total_params,
+        weight_bytes=wbytes, overhead_bytes=overhead, float_bytes=float_bytes,
+        bitops=sum(c.bitops for c in layers),
+        fp32_bitops=table.total_macs * FLOAT_BITS * FLOAT_BITS,
+        peak_activation_bytes=max((c.activation_bytes for c in layers), default=0.0),
+        avg_weight_bits=avg_bits, layers=layers,
+    )

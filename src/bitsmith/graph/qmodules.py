@@ -1,0 +1,87 @@
+"""Quantized layers made by swapping the class of an existing Conv/Linear module.
+
+``make_quantized(module, spec, name)`` turns a ``Conv2d`` (or any supported
+layer, subclasses included) into a ``QuantConv2d`` *in place*: the module keeps
+its parameters and attribute names (so ``state_dict`` keys stay
+``<name>.weight``), gains a ``weight_quantizer`` and an ``input_quantizer``
+(:class:`~bitsmith.schemes.quantizer.Quantizer`, or ``None`` for float), and its
+forward quantizes the input activation and the weight before the original
+operation. ``isinstance(m, nn.Conv2d)`` still holds.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bitsmith.graph.layer_table import QUANTIZABLE_TYPES
+from bitsmith.policy import LayerSpec
+from bitsmith.schemes.quantizer import Quantizer
+
+_CONV_T = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d}
+
+
+class QuantLayerMixin:
+    """Forward of a quantized layer: ``op(input_q(x), weight_q(W), b)``."""
+
+    weight_quantizer: Quantizer | None
+    input_quantizer: Quantizer | None
+    layer_spec: LayerSpec
+    layer_name: str
+
+    def quantized_weight(self) -> Tensor:
+        w = self.weight
+        if self.weight_quantizer is None or self.bypass_weight_quantizer:
+            return w
+        return self.weight_quantizer(w)
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        w = self.quantized_weight()
+        if isinstance(self, nn.Linear):
+            return F.linear(x, w, self.bias)
+        for base, op in _CONV_T.items():
+            if isinstance(self, base):
+                n = 1 if base is nn.ConvTranspose1d else 2
+                pad = self._output_padding(x, output_size, self.stride, self.padding,
+                                           self.kernel_size, n, self.dilation)
+                return op(x, w, self.bias, self.stride, self.padding, pad, self.groups,
+                          self.dilation)
+        return self._conv_forward(x, w, self.bias)
+
+
+_CLASS_CACHE: dict[type, type] = {}
+
+
+def _quant_class(cls: type[nn.Module]) -> type[nn.Module]:
+    if cls not in _CLASS_CACHE:
+        _CLASS_CACHE[cls] = type(f"Quant{cls.__name__}", (QuantLayerMixin, cls), {})
+    return _CLASS_CACHE[cls]
+
+
+def is_quantized(module: nn.Module) -> bool:
+    return isinstance(module, QuantLayerMixin)
+
+
+def make_quantized(module: nn.Module, spec: LayerSpec, name: str, weight_axis: int = 0,
+                   act_axis: int = 1) -> nn.Module:
+    """Swap ``module``'s class to its quantized twin in place and attach quantizers."""
+    if not isinstance(module, QUANTIZABLE_TYPES):
+        raise TypeError(f"{name}: {type(module).__name__} is not a quantizable layer type")
+    if is_quantized(module):
+        raise ValueError(f"{name}: layer is already quantized")
+    module.__class__ = _quant_class(type(module))
+    module.layer_spec = spec
+    module.layer_name = name
+    module.bypass_weight_quantizer = False  # set during calibration: statistics of the float model
+    module.weight_quantizer = (None if spec.weight is None else
+                               Quantizer(spec.weight, "weight", weight_axis, f"{name}.weight"))
+    module.input_quantizer = (None if spec.act is None else
+                              Quantizer(spec.act, "act", act_axis, f"{name}.input"))
+    return module
+
+
+def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """``name -> module`` for every quantized layer of ``model``."""
+    return {n: m for n, m in model.named_modules() if is_quantized(m)}

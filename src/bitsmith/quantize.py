@@ -1,0 +1,214 @@
+"""The one verb: ``bitsmith.quantize(model, policy, ...)``, plus calibration.
+
+Typical post-training use::
+
+    stats = bitsmith.collect_stats(model, calib_loader)        # one pass over the data
+    for policy in candidates:                                  # reused for every policy
+        qmodel = bitsmith.quantize(model, policy, calibration=stats)
+
+or in one call: ``bitsmith.quantize(model, policy, calibration=calib_loader)``.
+Batches may be tensors, ``(inputs, labels)`` pairs, or tuples of inputs
+(only the first element is fed to the model unless ``multi_input=True``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bitsmith.calibrate import TensorStats
+from bitsmith.graph import ConversionReport, LayerTable, apply_policy, convert, quantized_layers
+from bitsmith.policy import Policy
+from bitsmith.schemes.base import broadcast_shape
+
+
+class CalibrationError(ValueError):
+    """Calibration data is missing, empty or unusable."""
+
+
+def iter_batches(data: Any, num_batches: int | None = None, multi_input: bool = False
+                 ) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Yield model-argument tuples from a tensor, a DataLoader or any iterable of batches."""
+    if isinstance(data, torch.Tensor):
+        data = [data]
+    if not isinstance(data, Iterable):
+        raise CalibrationError(
+            f"calibration data must be a tensor, a DataLoader or an iterable of batches, "
+            f"got {type(data).__name__}")
+    count = 0
+    for batch in data:
+        if num_batches is not None and count >= num_batches:
+            break
+        if isinstance(batch, torch.Tensor):
+            args: tuple = (batch,)
+        elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+            args = tuple(batch) if multi_input else (batch[0],)
+        elif isinstance(batch, dict) and "input" in batch:
+            args = (batch["input"],)
+        else:
+            raise CalibrationError(
+                f"cannot read a batch of type {type(batch).__name__}; yield tensors or "
+                "(inputs, labels) tuples")
+        count += 1
+        yield args
+    if count == 0:
+        raise CalibrationError(
+            "the calibration data yielded no batch; pass a non-empty loader (a few hundred "
+            "representative inputs are enough)")
+
+
+@dataclass
+class CalibrationStats:
+    """Per-layer input-activation statistics, gathered once and reusable for any Policy."""
+
+    stats: dict[str, TensorStats]
+    input_shapes: dict[str, tuple[int, ...]]
+    batches: int
+    example_inputs: tuple[torch.Tensor, ...] = ()
+
+    def __getitem__(self, name: str) -> TensorStats:
+        return self.stats[name]
+
+
+@torch.no_grad()
+def collect_stats(model: nn.Module, data: Any, *, example_inputs: Any = None,
+                  num_batches: int | None = None, layers: Sequence[str] | None = None,
+                  per_channel_hist: bool = False, fold_bn: bool = True,
+                  multi_input: bool = False) -> CalibrationStats:
+    """Record every quantizable layer's input statistics on the float model in one pass."""
+    batches = iter_batches(data, num_batches, multi_input)
+    first = next(batches)
+    work, table, _ = convert(model, example_inputs if example_inputs is not None else first,
+                             fold_bn=fold_bn)
+    names = table.names if layers is None else list(layers)
+    stats = {n: TensorStats(channel_axis=table[n].act_channel_axis,
+                            keep_channel_hist=per_channel_hist) for n in names}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def make_hook(name: str):
+        def hook(_module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            if not bool(torch.isfinite(x).all()):
+                raise CalibrationError(f"{name}: calibration input contains NaN or inf")
+            shapes.setdefault(name, tuple(x.shape))
+            stats[name].update(x)
+        return hook
+
+    handles = [work.get_submodule(n).register_forward_pre_hook(make_hook(n)) for n in names]
+    count = 0
+    try:
+        for args in _chain(first, batches):
+            work(*args)
+            count += 1
+    finally:
+        for h in handles:
+            h.remove()
+    example = tuple(a[:1] for a in first)
+    return CalibrationStats(stats, shapes, count, example)
+
+
+def _chain(first: tuple, rest: Iterator[tuple]) -> Iterator[tuple]:
+    yield first
+    yield from rest
+
+
+@torch.no_grad()
+def calibrate(qmodel: nn.Module, data: Any, num_batches: int | None = None,
+              multi_input: bool = False) -> nn.Module:
+    """Calibrate every activation quantizer of ``qmodel`` by running ``data`` through it.
+
+    Statistics are those of the float model (weights are not quantized during
+    the pass), as in ONNX Runtime and TensorRT, so that the result equals
+    :func:`collect_stats` + :func:`apply_stats`.
+    """
+    layers = list(quantized_layers(qmodel).values())
+    quantizers = [m.input_quantizer for m in layers
+                  if m.input_quantizer is not None and m.input_quantizer.scheme.range_based]
+    was_training = qmodel.training
+    qmodel.eval()
+    for q in quantizers:
+        q.start_calibration()
+    for m in layers:
+        m.bypass_weight_quantizer = True
+    try:
+        for args in iter_batches(data, num_batches, multi_input):
+            qmodel(*args)
+    finally:
+        for q in quantizers:
+            q.calibrating = False
+        for m in layers:
+            m.bypass_weight_quantizer = False
+    for q in quantizers:
+        q.finish_calibration()
+    qmodel.train(was_training)
+    return qmodel
+
+
+def apply_stats(qmodel: nn.Module, stats: CalibrationStats) -> nn.Module:
+    """Set activation ranges of ``qmodel`` from statistics gathered by :func:`collect_stats`."""
+    for name, module in quantized_layers(qmodel).items():
+        q = module.input_quantizer
+        if q is None or not q.scheme.range_based:
+            continue
+        if name not in stats.stats or name not in stats.input_shapes:
+            raise CalibrationError(f"{name}: no calibration statistics for this layer")
+        shape = stats.input_shapes[name]
+        q.load_stats(stats[name], broadcast_shape(torch.empty(shape, device="meta"), q.axis))
+    return qmodel
+
+
+@dataclass
+class QuantInfo:
+    """Attached to a quantized model as ``model.bitsmith``."""
+
+    policy: Policy
+    layer_table: LayerTable
+    report: ConversionReport
+
+
+def prepare(model: nn.Module, example_inputs: Any, fold_bn: bool = True,
+            leaf_modules: Sequence[type[nn.Module]] = ()) -> tuple[nn.Module, LayerTable,
+                                                                   ConversionReport]:
+    """Convert without quantizing: the float (BN-folded) model, its LayerTable and report."""
+    return convert(model, example_inputs, fold_bn=fold_bn, leaf_modules=leaf_modules)
+
+
+def quantize(model: nn.Module, policy: Policy, *, example_inputs: Any = None,
+             calibration: Any = None, num_batches: int | None = None, fold_bn: bool = True,
+             leaf_modules: Sequence[type[nn.Module]] = (), multi_input: bool = False
+             ) -> nn.Module:
+    """Return a quantized copy of ``model`` following ``policy`` (``model`` is not changed).
+
+    Args:
+        model: any ``nn.Module``; traced with torch.fx when possible.
+        policy: layer name -> LayerSpec; layers not named stay float.
+        example_inputs: a tensor (or tuple) to run the model once; defaults to
+            the first calibration batch.
+        calibration: a DataLoader / iterable / tensor of calibration inputs, or
+            :class:`CalibrationStats` from :func:`collect_stats`. Needed when the
+            policy quantizes activations with a range-based scheme.
+        fold_bn: fold BatchNorm into the preceding layer (post-training use).
+
+    The result carries ``result.bitsmith`` (:class:`QuantInfo`: policy,
+    LayerTable, conversion report).
+    """
+    if example_inputs is None and isinstance(calibration, CalibrationStats):
+        example_inputs = calibration.example_inputs
+    if example_inputs is None:
+        if calibration is None:
+            raise CalibrationError("quantize() needs example_inputs or calibration data "
+                                   "to run the model once")
+        example_inputs = next(iter_batches(calibration, 1, multi_input))
+    work, table, report = convert(model, example_inputs, fold_bn=fold_bn,
+                                  leaf_modules=leaf_modules)
+    apply_policy(work, table, policy, report)
+    if isinstance(calibration, CalibrationStats):
+        apply_stats(work, calibration)
+    elif calibration is not None:
+        calibrate(work, calibration, num_batches, multi_input)
+    work.bitsmith = QuantInfo(policy, table, report)
+    return work

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny models and data, seeded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+class TinyNet(nn.Module):
+    """conv-bn-relu, depthwise conv, pointwise conv, linear: every foldable pattern, fx-traceable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 16, 1)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.pw(self.dw(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def randomize_bn(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics so folding is really tested."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                if m.affine:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_net() -> nn.Module:
+    return randomize_bn(TinyNet())
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(8, 3, 16, 16)
