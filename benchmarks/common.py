@@ -1,0 +1,34 @@
+"""Helpers shared by the benchmark scripts: environment record and result writing."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {
+        "torch": torch.__version__, "python": platform.python_version(),
+        "machine": platform.machine(), "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def write_result(name: str, payload: dict[str, Any], summary_lines: list[str]) -> Path:
+    """Write ``results/<name>.json`` and ``results/<name>.md``; print the summary."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "environment": environment(), **payload}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    text = "\n".join([f"# {name}", "", *summary_lines, ""])
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
+    return path
