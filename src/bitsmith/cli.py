@@ -69,7 +69,7 @@ def layers(
 
     try:
         net = build_model(model)
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, ImportError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
     _, table, report = prepare(net, torch.randn(1, channels, size, size))

@@ -34,9 +34,7 @@ FLOAT_BITS = 32
 
 def float_params_of(spec: QSpec) -> int:
     """float32 scalars stored per quantization group for ``spec``'s scheme."""
-    scheme = get_scheme(spec.scheme)
-    per_bits = getattr(scheme, "float_params_for", None)
-    return per_bits(spec.bits) if per_bits is not None else scheme.float_params
+    return get_scheme(spec.scheme).float_params_for(spec.bits)
 
 
 def quantizer_overhead_bytes(spec: QSpec | None, channels: int) -> int:

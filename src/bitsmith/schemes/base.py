@@ -108,7 +108,8 @@ class Scheme(ABC):
         integer_grid: values are ``scale * (q - zero_point)`` with integer ``q``.
         symmetric: ``Q(-x) == -Q(x)`` for the same parameters.
         float_params: float32 scalars stored per group (per tensor or per
-            channel) in a deployed model, for the cost model.
+            channel) in a deployed model, for the cost model; use
+            :meth:`Scheme.float_params_for` where it may depend on the bit width.
         zero_point_bytes: bytes of integer zero point stored per group.
     """
 
@@ -153,3 +154,11 @@ class Scheme(ABC):
     def learnable_keys(self) -> tuple[str, ...]:
         """Parameter names that may be trained (LSQ-style) during fine-tuning."""
         return ()
+
+    def float_params_for(self, bits: int) -> int:
+        """Float32 scalars stored per group at ``bits`` bits (the cost model's count).
+
+        The class attribute :attr:`float_params` by default; schemes whose count
+        depends on the bit width (``resq``: one scale per binary base) override it.
+        """
+        return self.float_params

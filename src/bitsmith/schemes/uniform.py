@@ -46,7 +46,8 @@ class UniformSymmetric(Scheme):
     float_params = 1
 
     def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec) -> Params:
-        qmax = 2 ** (effective_bits(bits, spec.reduced_range) - 1) - 1
+        # max(.., 1): 2 bits with reduced_range would leave qmax = 0 (scale = inf / NaN).
+        qmax = max(2 ** (effective_bits(bits, spec.reduced_range) - 1) - 1, 1)
         amax = torch.maximum(lo.abs(), hi.abs())
         scale = (amax / qmax).clamp_min(_TINY)
         if spec.pow2_scale:
@@ -55,8 +56,10 @@ class UniformSymmetric(Scheme):
 
     def quantize(self, x: Tensor, params: Params, bits: int) -> Tensor:
         scale, qmax = params["scale"], params["qmax"]
-        q = torch.clamp(round_ste(x / scale), -qmax, qmax)
-        return q * scale
+        # Clamp, then round (same values, as the bounds are integers): clamping the
+        # rounded value would hit the bounds exactly and halve the STE gradient there.
+        q = round_ste(torch.clamp(x / scale, -qmax, qmax))
+        return (q * scale).to(x.dtype)  # float32 params must not promote a half input
 
     def grid(self, params: Params, bits: int) -> tuple[Tensor, Tensor, int, int]:
         qmax = int(params["qmax"].max().item())
@@ -91,8 +94,9 @@ class UniformAsymmetric(Scheme):
     def quantize(self, x: Tensor, params: Params, bits: int) -> Tensor:
         scale, zp, qmax = params["scale"], params["zero_point"], params["qmax"]
         zp = round_ste(zp)  # stays integer when learned (LSQ+ offset)
-        q = torch.clamp(round_ste(x / scale) + zp, torch.zeros_like(qmax), qmax)
-        return (q - zp) * scale
+        # q - zp = clamp(round(x / s), -zp, qmax - zp), rounded after clamping (see above).
+        q = round_ste(torch.clamp(x / scale, -zp, qmax - zp))
+        return (q * scale).to(x.dtype)
 
     def grid(self, params: Params, bits: int) -> tuple[Tensor, Tensor, int, int]:
         qmax = int(params["qmax"].max().item())
