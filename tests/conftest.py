@@ -13,7 +13,7 @@ def _seed() -> None:
 
 
 class TinyNet(nn.Module):
-    """conv-bn-relu, depthwise conv, pointwise conv, linear: every foldable pattern, fx-traceable."""
+    """conv-bn-relu, depthwise conv, pointwise conv, linear: the foldable patterns; traceable."""
 
     def __init__(self) -> None:
         super().__init__()

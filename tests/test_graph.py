@@ -86,7 +86,8 @@ class Branchy(nn.Module):
 
 def test_untraceable_model_falls_back_with_message(images):
     model = Branchy().eval()
-    with pytest.warns(ConversionWarning, match=r"test_graph\.py:\d+ in forward: `if x.mean\(\) > 0:`"):
+    where = r"test_graph\.py:\d+ in forward: `if x.mean\(\) > 0:`"
+    with pytest.warns(ConversionWarning, match=where):
         work, table, report = bitsmith.prepare(model, images.abs())
     assert not report.traced and "if x.mean() > 0" in report.summary()
     # only the branch that ran is in the table; the other is reported as unused

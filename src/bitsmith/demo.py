@@ -76,7 +76,7 @@ def run_demo(out_dir: str | Path | None = None, epochs: int = 30, seed: int = 0,
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        for (name, policy), row in zip(policies.items(), rows):
+        for name, policy in policies.items():
             slug = name.split(" ")[0].lower()  # fp32, w8a8, w4a4, mixed
             policy.save(out / f"policy_{slug}.yaml")
         (out / "results.json").write_text(json.dumps(

@@ -153,7 +153,7 @@ class LayerTable(Sequence[LayerInfo]):
 
     @classmethod
     def from_model(cls, model: nn.Module, example_inputs: Any) -> LayerTable:
-        """Run ``model`` once on ``example_inputs`` (a tensor or tuple of tensors) and record layers."""
+        """Run ``model`` once on ``example_inputs`` (tensor or tuple) and record its layers."""
         records: dict[str, dict[str, Any]] = {}
         handles = []
 
