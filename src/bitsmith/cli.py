@@ -1,16 +1,61 @@
-"""The ``bitsmith`` command."""
+"""The ``bitsmith`` command.
+
+Exit codes (stable, for scripts): 0 success, 1 unexpected error, 2 bad input
+(invalid option, config, policy or data), 3 infeasible budget.
+
+Any option of any sub-command can come from a YAML config file given with
+``--config``: ``{command: {option_name: value}}``; flags on the command line
+override it. Example config::
+
+    demo:
+      epochs: 10
+      out: runs/quick
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 0, 1, 2, 3
+
 app = typer.Typer(help="bitsmith: automatic mixed-precision quantization for PyTorch.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
+err_console = Console(stderr=True)
+
+
+def load_cli_config(path: Path) -> dict[str, Any]:
+    """Read a ``{command: {option: value}}`` YAML file (safe loader) for click's default_map."""
+    if not path.is_file():
+        raise typer.BadParameter(f"config file {path} does not exist", param_hint="--config")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise typer.BadParameter(f"{path} is not valid YAML: {err}",
+                                 param_hint="--config") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise typer.BadParameter(
+            f"{path} must map command names to option mappings, e.g. 'demo: {{epochs: 5}}'",
+            param_hint="--config")
+    return {cmd: {k.replace("-", "_"): v for k, v in opts.items()} for cmd, opts in data.items()}
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML file of option defaults per command; flags win."),
+) -> None:
+    """bitsmith: automatic mixed-precision quantization for PyTorch."""
+    if config is not None:
+        ctx.default_map = load_cli_config(config)
 
 
 @app.command()
@@ -70,16 +115,48 @@ def layers(
     try:
         net = build_model(model)
     except (KeyError, ValueError, ImportError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     _, table, report = prepare(net, torch.randn(1, channels, size, size))
     console.print(report.summary())
     console.print(table.format())
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    from bitsmith.graph import ConversionError
+    from bitsmith.policy import PolicyError
+    from bitsmith.quantize import CalibrationError
+
+    return (PolicyError, CalibrationError, ConversionError, FileNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and map bitsmith's errors to the documented exit codes."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+        return result if isinstance(result, int) else EXIT_OK
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.Abort:
+        err_console.print("aborted")
+        return EXIT_ERROR
+    except _bad_input_errors() as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        return EXIT_BAD_INPUT
+    except Exception as err:
+        if callable(getattr(err, "show", None)) and hasattr(err, "exit_code"):
+            err.show()  # a usage error from the option parser
+            return EXIT_BAD_INPUT
+        if type(err).__name__.startswith("Infeasible"):
+            err_console.print(f"[red]infeasible:[/red] {err}")
+            return EXIT_INFEASIBLE
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    sys.exit(main())
+
+
+def run() -> None:  # pragma: no cover - console-script wrapper
+    """Console script: ``sys.exit(main())``."""
+    sys.exit(main())

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+
+from bitsmith.cli import EXIT_BAD_INPUT, EXIT_OK, main
+
+
+def test_demo_writes_results_and_config_is_overridden_by_flags(tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    out = tmp_path / "run"
+    cfg.write_text(f"demo:\n  epochs: 1\n  out: {out}\n  seed: 3\n")
+    assert main(["--config", str(cfg), "demo", "--epochs", "4"]) == EXIT_OK
+    results = json.loads((out / "results.json").read_text())
+    names = [r["name"] for r in results["rows"]]
+    assert names[:3] == ["FP32", "W8A8", "W4A4"] and names[3].startswith("mixed")
+    fp32, w8a8 = results["rows"][0], results["rows"][1]
+    assert w8a8["size_bytes"] < fp32["size_bytes"] / 3
+    assert w8a8["bitops"] * 16 == fp32["bitops"]
+    assert abs(w8a8["accuracy"] - fp32["accuracy"]) <= 2.0
+    assert (out / "policy_mixed.yaml").is_file()
+    assert "W8A8" in capsys.readouterr().out
+
+
+def test_exit_codes_for_bad_input(tmp_path, capsys):
+    assert main(["layers", "no_such_model"]) == EXIT_BAD_INPUT
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["demo", "--epochs", "0"]) == EXIT_BAD_INPUT
+    assert main(["--config", str(tmp_path / "missing.yaml"), "demo"]) == EXIT_BAD_INPUT
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("demo: 3\n")
+    assert main(["--config", str(bad), "demo"]) == EXIT_BAD_INPUT
+    assert "must map command names" in capsys.readouterr().err
+
+
+def test_layers_and_schemes_commands(capsys):
+    assert main(["layers", "resnet20"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "layer1.0.conv1" in out and "BatchNorm folded: 19" in out
+    assert main(["schemes"]) == EXIT_OK
+    assert "mu_l2q" in capsys.readouterr().out
