@@ -92,10 +92,11 @@ def collect_stats(model: nn.Module, data: Any, *, example_inputs: Any = None,
     def make_hook(name: str):
         def hook(_module: nn.Module, args: tuple) -> None:
             x = args[0]
-            if not bool(torch.isfinite(x).all()):
-                raise CalibrationError(f"{name}: calibration input contains NaN or inf")
             shapes.setdefault(name, tuple(x.shape))
-            stats[name].update(x)
+            try:
+                stats[name].update(x)  # also rejects NaN / inf
+            except ValueError as err:
+                raise CalibrationError(f"{name}: {err}") from None
         return hook
 
     handles = [work.get_submodule(n).register_forward_pre_hook(make_hook(n)) for n in names]

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from bitsmith.calibrate import TensorStats, compute_range
 from bitsmith.policy import QSpec
 from bitsmith.schemes.base import Params, broadcast_shape, get_scheme, grad_scale
+from bitsmith.schemes.uniform import effective_bits
 
 
 class NotCalibratedError(RuntimeError):
@@ -129,23 +130,19 @@ class Quantizer(nn.Module):
                 f"{self.label}: no calibration data reached this layer; check that the "
                 "calibration loader is not empty and that the layer is used in forward()"
             )
-        lo, hi = compute_range(
-            self.stats, self.spec.observer, self.spec.bits,
-            symmetric=self.scheme.symmetric, per_channel=self.axis is not None,
-            percentile=self.spec.percentile,
-        )
-        self.set_range(lo, hi)
+        self.set_range(*self._range_of(self.stats))
 
     def fit_weight(self, w: Tensor) -> None:
         """Fit range-based parameters to a weight tensor with the spec's observer."""
         self._remember_shape(w)
-        stats = TensorStats.of(w.detach(), channel_axis=self.axis)
-        lo, hi = compute_range(
-            stats, self.spec.observer, self.spec.bits, symmetric=self.scheme.symmetric,
-            per_channel=self.axis is not None, percentile=self.spec.percentile,
-        )
-        self.set_range(lo, hi)
+        self.set_range(*self._range_of(TensorStats.of(w.detach(), channel_axis=self.axis)))
         self._fitted_version = (w.data_ptr(), w._version)
+
+    def _range_of(self, stats: TensorStats) -> tuple[Tensor, Tensor]:
+        """Clipping range from ``stats`` with the spec's observer, for the bits really used."""
+        bits = effective_bits(self.spec.bits, self.spec.reduced_range)
+        return compute_range(stats, self.spec.observer, bits, symmetric=self.scheme.symmetric,
+                             per_channel=self.axis is not None, percentile=self.spec.percentile)
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
