@@ -3,8 +3,13 @@
 All numbers are for one deployed model as bitsmith exports it:
 
 * **weights** of a quantized layer: ``ceil(n_w · bits / 8)`` bytes, bit-packed;
-  for a sparse layer only the ``n_nz`` surviving weights are stored, plus a
-  bitmask of ``n_w`` bits (``ceil(n_w / 8)`` bytes) that locates them;
+  for a sparse layer only the ``n_nz`` surviving weights are stored, plus the
+  mask that locates them. Given the actual masks (``estimate(..., masks=...)``,
+  :class:`bitsmith.cost.sparse.MaskLayout` per layer) the mask is the cheaper of
+  a bitmask and a relative index, exactly as the packed artifact stores it
+  (:func:`bitsmith.cost.sparse.mask_layout`, shared with the export); from the
+  Policy's ``sparsity`` alone (positions unknown) it is the bitmask,
+  ``ceil(n_w / 8)`` bytes, an upper bound;
 * **overhead** of each quantizer: per group (1 for per-tensor, C_out for
   per-channel) ``4 · float_params`` bytes of float32 scales/thresholds and
   ``zero_point_bytes`` of integer zero points; activation quantizers likewise;
@@ -22,9 +27,11 @@ precision; the peak is the largest of them (one example).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bitsmith.cost.sparse import MaskLayout
 from bitsmith.graph.layer_table import LayerInfo, LayerTable
 from bitsmith.policy import LayerSpec, Policy, QSpec
 from bitsmith.schemes import get_scheme
@@ -46,8 +53,18 @@ def quantizer_overhead_bytes(spec: QSpec | None, channels: int) -> int:
     return groups * (4 * float_params_of(spec) + scheme.zero_point_bytes)
 
 
-def weight_bytes(n_weights: int, bits: int, sparsity: float = 0.0) -> int:
-    """Packed bytes of ``n_weights`` at ``bits`` each; sparse layers add a bitmask."""
+def weight_bytes(n_weights: int, bits: int, sparsity: float = 0.0,
+                 mask: MaskLayout | None = None) -> int:
+    """Packed bytes of ``n_weights`` at ``bits`` each; sparse layers add their mask.
+
+    With ``mask`` (the layer's actual survivors): ``ceil(m · bits / 8) + mask.nbytes``
+    (``m = mask.survivors``), the packed artifact's bytes. Without it, ``sparsity`` gives
+    ``m = n - round(n · sparsity)`` and the mask is charged as a bitmask.
+    """
+    if mask is not None:
+        if mask.total != n_weights:
+            raise ValueError(f"mask covers {mask.total} weights, the layer has {n_weights}")
+        return math.ceil(mask.survivors * bits / 8) + mask.nbytes
     if sparsity <= 0.0:
         return math.ceil(n_weights * bits / 8)
     survivors = n_weights - int(round(n_weights * sparsity))
@@ -98,17 +115,24 @@ class CostReport:
         return out
 
 
-def layer_cost(info: LayerInfo, spec: LayerSpec | None) -> LayerCost:
-    """Cost of one layer under ``spec`` (``None`` = float)."""
+def layer_cost(info: LayerInfo, spec: LayerSpec | None, mask: MaskLayout | None = None
+               ) -> LayerCost:
+    """Cost of one layer under ``spec`` (``None`` = float).
+
+    ``mask``: the layer's actual survivor layout, used when ``spec.sparsity > 0`` (the
+    packed export stores a mask only for those layers).
+    """
     wspec = None if spec is None else spec.weight
     aspec = None if spec is None else spec.act
     wbits = FLOAT_BITS if wspec is None else wspec.bits
     abits = FLOAT_BITS if aspec is None else aspec.bits
     sparsity = 0.0 if spec is None else spec.sparsity
+    if sparsity <= 0.0 or wspec is None:
+        mask = None
     in_channels = info.in_channels if info.type != "Linear" else info.input_shape[-1]
     return LayerCost(
         name=info.name, weight_bits=wbits, act_bits=abits,
-        weight_bytes=weight_bytes(info.weight_params, wbits, sparsity),
+        weight_bytes=weight_bytes(info.weight_params, wbits, sparsity, mask),
         overhead_bytes=(quantizer_overhead_bytes(wspec, info.out_channels)
                         + quantizer_overhead_bytes(aspec, in_channels)),
         bias_bytes=4 * info.bias_params,
@@ -117,10 +141,17 @@ def layer_cost(info: LayerInfo, spec: LayerSpec | None) -> LayerCost:
     )
 
 
-def estimate(table: LayerTable, policy: Policy) -> CostReport:
-    """Cost of deploying the model described by ``table`` under ``policy``."""
+def estimate(table: LayerTable, policy: Policy,
+             masks: Mapping[str, MaskLayout] | None = None) -> CostReport:
+    """Cost of deploying the model described by ``table`` under ``policy``.
+
+    ``masks``: ``layer -> MaskLayout`` of the actual survivors of sparse layers (see
+    :func:`bitsmith.cost.sparse.mask_layout`); sparse layers without one are charged a
+    bitmask and ``round(n · sparsity)`` pruned weights.
+    """
     policy.check_layers(table.names)
-    layers = [layer_cost(info, policy.get(info.name)) for info in table]
+    masks = masks or {}
+    layers = [layer_cost(info, policy.get(info.name), masks.get(info.name)) for info in table]
     in_layers = sum(info.weight_params + info.bias_params for info in table)
     other_bytes = 4 * (table.total_params - in_layers)
     wbytes = sum(c.weight_bytes for c in layers)

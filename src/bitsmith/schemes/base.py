@@ -162,3 +162,52 @@ class Scheme(ABC):
         depends on the bit width (``resq``: one scale per binary base) override it.
         """
         return self.float_params
+
+    # ------------------------------------------------------------------ codes
+    # Used by the packed export (``bitsmith.export``): every scheme can turn a
+    # tensor into integer codes in ``[0, 2^bits)`` and back, so that weights are
+    # stored bit-packed at their policy bit width and restored exactly.
+    def stored_params(self, bits: int) -> tuple[str, ...]:
+        """Names of the float32 parameters stored per group in a deployed model.
+
+        ``len(stored_params(bits)) == float_params_for(bits)``; together with
+        the integer zero point (``zero_point_bytes``) and the QSpec they are
+        everything :meth:`decode` needs. Range-based helpers such as ``qmax``
+        follow from the QSpec and are not stored.
+        """
+        raise NotImplementedError(f"scheme {self.name!r} does not define its stored parameters")
+
+    def encode(self, x: Tensor, params: Params, bits: int) -> Tensor:
+        """Integer codes of ``quantize(x, params, bits)``: int64, shape of ``x``, ``[0, 2^bits)``.
+
+        The default works for integer-grid schemes: ``code = q - qmin`` with
+        ``q = round(x̂ / scale) + zero_point``.
+        """
+        if not self.integer_grid:
+            raise NotImplementedError(f"scheme {self.name!r} does not implement encode")
+        scale, zero_point, qmin, _ = self.grid(params, bits)
+        with torch.no_grad():
+            x_hat = self.quantize(x.detach().float(), params, bits)
+            q = torch.round(x_hat / scale) + torch.round(zero_point)
+        return (q - qmin).to(torch.int64)
+
+    def decode(self, codes: Tensor, params: Params, bits: int) -> Tensor:
+        """Float32 values of integer ``codes``; ``decode(encode(x)) == quantize(x)`` bit for bit.
+
+        The default works for integer-grid schemes: ``(code + qmin - zero_point) · scale``,
+        the same product :meth:`quantize` computes.
+        """
+        if not self.integer_grid:
+            raise NotImplementedError(f"scheme {self.name!r} does not implement decode")
+        scale, zero_point, qmin, _ = self.grid(params, bits)
+        q = codes.to(torch.float32) + qmin - torch.round(zero_point)
+        return q * scale
+
+    def lattice(self, params: Params, bits: int) -> tuple[Tensor, Tensor, int, int] | None:
+        """An integer grid ``(scale, zero_point, qmin, qmax)`` that holds every level, or ``None``.
+
+        Integer-grid schemes return :meth:`grid`; schemes whose levels happen to
+        lie on an integer grid (binary, ternary, low-bit power-of-two) override
+        it, so that an integer runtime can run them exactly.
+        """
+        return self.grid(params, bits) if self.integer_grid else None

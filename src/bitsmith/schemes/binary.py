@@ -79,6 +79,21 @@ class Binary(Scheme):
         """``α · sign(x)``, same shape as ``x``; gradient: clipped STE and through ``α``."""
         return params["alpha"] * sign_ste(x)
 
+    def stored_params(self, bits: int) -> tuple[str, ...]:
+        return ("alpha",)
+
+    def encode(self, x: Tensor, params: Params, bits: int) -> Tensor:
+        """1 for ``x >= 0`` (``+α``), 0 otherwise (``-α``)."""
+        return (x.detach() >= 0).to(torch.int64)
+
+    def decode(self, codes: Tensor, params: Params, bits: int) -> Tensor:
+        return params["alpha"].detach().to(torch.float32) * (2.0 * codes.to(torch.float32) - 1.0)
+
+    def lattice(self, params: Params, bits: int) -> tuple[Tensor, Tensor, int, int] | None:
+        """``α · {-1, +1}``: scale ``α``, integers -1 and 1."""
+        alpha = params["alpha"].detach().to(torch.float32)
+        return alpha, torch.zeros_like(alpha), -1, 1
+
 
 @register
 class Ternary(Scheme):
@@ -117,6 +132,23 @@ class Ternary(Scheme):
         hard = torch.where(xf.abs() > delta, torch.sign(xf), torch.zeros_like(xf)).detach()
         soft = (xf / alpha.detach().clamp_min(TINY)).clamp(-1.0, 1.0)
         return (alpha * (soft + (hard - soft).detach())).to(x.dtype)
+
+    def stored_params(self, bits: int) -> tuple[str, ...]:
+        return ("alpha",)  # delta is needed only to encode
+
+    def encode(self, x: Tensor, params: Params, bits: int) -> Tensor:
+        """0, 1, 2 for ``-α``, 0, ``+α``."""
+        xf, delta = upcast(x.detach(), params["delta"].detach())
+        hard = torch.where(xf.abs() > delta, torch.sign(xf), torch.zeros_like(xf))
+        return (hard + 1).to(torch.int64)
+
+    def decode(self, codes: Tensor, params: Params, bits: int) -> Tensor:
+        return params["alpha"].detach().to(torch.float32) * (codes.to(torch.float32) - 1.0)
+
+    def lattice(self, params: Params, bits: int) -> tuple[Tensor, Tensor, int, int] | None:
+        """``α · {-1, 0, +1}``: scale ``α``, integers -1..1."""
+        alpha = params["alpha"].detach().to(torch.float32)
+        return alpha, torch.zeros_like(alpha), -1, 1
 
 
 def residual_binarize(x: Tensor, bits: int, axis: int | None) -> tuple[list[Tensor], Tensor]:
@@ -198,8 +230,25 @@ class ResidualBinary(Scheme):
         to ``x`` for ``|x| <= Σ α_i`` (zero outside), and to each ``α_i``
         through the chosen codeword.
         """
+        axis, moved, xg, a, values = self._sorted_codebook(x, params, bits)
+        bounds = ((values[:, 1:] + values[:, :-1]) / 2).detach().contiguous()
+        # right=True: a value on a midpoint goes up (x = 0 -> +α at b = 1, as sign(0) = +1).
+        idx = torch.searchsorted(bounds, xg.detach().contiguous(), right=True)
+        hard = torch.gather(values, 1, idx)  # (G, M), differentiable in the alphas
+        limit = a.sum(dim=1, keepdim=True).detach()
+        xc = torch.maximum(torch.minimum(xg, limit), -limit)
+        out = hard + (xc - xc.detach())
+        if axis is None:
+            return out.reshape(x.shape)
+        return out.reshape(moved.shape).movedim(0, axis)
+
+    def _sorted_codebook(self, x: Tensor, params: Params, bits: int
+                         ) -> tuple[int | None, Tensor | None, Tensor, Tensor, Tensor]:
+        """``(axis, moved, xg, a, values)``: ``x`` grouped as ``(G, M)``, scales ``(G, b)``
+        and each group's ``2^b`` codewords sorted ascending, ``(G, 2^b)``."""
         alphas = [params[f"alpha{i}"] for i in range(bits)]
         axis = _channel_axis(x, alphas[0])
+        moved = None
         if axis is None:
             xg = x.reshape(1, -1)
             a = torch.stack([al.reshape(1) for al in alphas], dim=1)  # (1, b)
@@ -211,13 +260,26 @@ class ResidualBinary(Scheme):
         # Elementwise sum (not a matmul) so that the codebook is exactly symmetric.
         codebook = sum(a[:, i:i + 1] * signs[:, i] for i in range(bits))  # (G, K)
         values, _ = torch.sort(codebook, dim=1)
-        bounds = ((values[:, 1:] + values[:, :-1]) / 2).detach().contiguous()
-        # right=True: a value on a midpoint goes up (x = 0 -> +α at b = 1, as sign(0) = +1).
-        idx = torch.searchsorted(bounds, xg.detach().contiguous(), right=True)
-        hard = torch.gather(values, 1, idx)  # (G, M), differentiable in the alphas
-        limit = a.sum(dim=1, keepdim=True).detach()
-        xc = torch.maximum(torch.minimum(xg, limit), -limit)
-        out = hard + (xc - xc.detach())
+        return axis, moved, xg, a, values
+
+    def stored_params(self, bits: int) -> tuple[str, ...]:
+        return tuple(f"alpha{i}" for i in range(bits))
+
+    def encode(self, x: Tensor, params: Params, bits: int) -> Tensor:
+        """Index of the nearest codeword in the group's sorted codebook, ``[0, 2^b)``."""
+        with torch.no_grad():
+            axis, moved, xg, _, values = self._sorted_codebook(x.detach(), params, bits)
+            bounds = ((values[:, 1:] + values[:, :-1]) / 2).contiguous()
+            idx = torch.searchsorted(bounds, xg.contiguous(), right=True)
         if axis is None:
-            return out.reshape(x.shape)
+            return idx.reshape(x.shape)
+        return idx.reshape(moved.shape).movedim(0, axis)
+
+    def decode(self, codes: Tensor, params: Params, bits: int) -> Tensor:
+        """The codewords the codes index (the values :meth:`quantize` gathers)."""
+        with torch.no_grad():
+            axis, moved, cg, _, values = self._sorted_codebook(codes, params, bits)
+            out = torch.gather(values.to(torch.float32), 1, cg)
+        if axis is None:
+            return out.reshape(codes.shape)
         return out.reshape(moved.shape).movedim(0, axis)

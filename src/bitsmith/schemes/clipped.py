@@ -77,3 +77,6 @@ class ClipQ(Scheme):
 
     def learnable_keys(self) -> tuple[str, ...]:
         return ("alpha",)
+
+    def stored_params(self, bits: int) -> tuple[str, ...]:
+        return ("alpha",)

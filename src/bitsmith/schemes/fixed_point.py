@@ -65,3 +65,6 @@ class FixedPoint(Scheme):
         """``(scale, 0, -Q, Q)``."""
         qmax = int(params["qmax"].max().item())
         return params["scale"], torch.zeros_like(params["scale"]), -qmax, qmax
+
+    def stored_params(self, bits: int) -> tuple[str, ...]:
+        return ("scale",)

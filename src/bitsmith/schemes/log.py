@@ -74,3 +74,36 @@ class PowerOfTwo(Scheme):
         level = torch.sign(xc.detach()) * alpha.detach() * torch.exp2(e)
         hard = torch.where(keep, level, torch.zeros_like(level))
         return (xc + (hard - xc).detach()).to(x.dtype)
+
+    def stored_params(self, bits: int) -> tuple[str, ...]:
+        return ("alpha",)
+
+    def encode(self, x: Tensor, params: Params, bits: int) -> Tensor:
+        """Code 0 is the zero level; ``1 + j`` is ``+α·2^-j``, ``J + 2 + j`` is ``-α·2^-j``."""
+        xf, alpha = upcast(x.detach(), params["alpha"].detach())
+        j_max = pot_exponents(bits) - 1
+        xc = torch.clamp(xf, -alpha, alpha)
+        a = xc.abs() / alpha.clamp_min(TINY)
+        j = -torch.round(torch.log2(a.clamp_min(TINY))).clamp(-j_max, 0)
+        keep = a >= 2.0 ** (-j_max - 1)
+        code = torch.where(xc > 0, 1 + j, j_max + 2 + j)
+        return torch.where(keep, code, torch.zeros_like(code)).to(torch.int64)
+
+    def decode(self, codes: Tensor, params: Params, bits: int) -> Tensor:
+        """``sign · α · 2^e`` (the product :meth:`quantize` computes), 0 for code 0."""
+        alpha = params["alpha"].detach().to(torch.float32)
+        j_max = pot_exponents(bits) - 1
+        c = codes.to(torch.float32)
+        negative = c >= j_max + 2
+        e = torch.where(negative, -(c - j_max - 2), -(c - 1))
+        sign = torch.where(negative, -torch.ones_like(c), torch.ones_like(c))
+        level = sign * alpha * torch.exp2(e)
+        return torch.where(codes == 0, torch.zeros_like(level), level)
+
+    def lattice(self, params: Params, bits: int) -> tuple[Tensor, Tensor, int, int] | None:
+        """``α·2^-J`` steps hold every level when ``2^J <= 127`` (bits <= 4), else ``None``."""
+        j_max = pot_exponents(bits) - 1
+        if 2 ** j_max > 127:
+            return None
+        scale = params["alpha"].detach().to(torch.float32) * 2.0 ** -j_max
+        return scale, torch.zeros_like(scale), -(2 ** j_max), 2 ** j_max

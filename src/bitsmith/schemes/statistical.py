@@ -117,3 +117,22 @@ class MuL2Q(Scheme):
         level = u + (k + 0.5 - u).detach()  # k + 1/2 forward, identity gradient
         scale = torch.where(sigma > TINY, sigma, torch.zeros_like(sigma))
         return (level * step * scale + mu).to(x.dtype)
+
+    def stored_params(self, bits: int) -> tuple[str, ...]:
+        return ("mu", "sigma")
+
+    def encode(self, x: Tensor, params: Params, bits: int) -> Tensor:
+        """Cell index ``k + N`` in ``[0, 2N)``."""
+        xf, mu, sigma = upcast(x.detach(), params["mu"].detach(), params["sigma"].detach())
+        n = 2 ** (bits - 1)
+        u = ((xf - mu) / sigma.clamp_min(TINY) / gaussian_optimal_step(bits)).clamp(-n, n)
+        return (torch.floor(u).clamp(-n, n - 1) + n).to(torch.int64)
+
+    def decode(self, codes: Tensor, params: Params, bits: int) -> Tensor:
+        """``(k + 1/2) · Δ_b · σ + μ``, the expression :meth:`quantize` evaluates."""
+        mu = params["mu"].detach().to(torch.float32)
+        sigma = params["sigma"].detach().to(torch.float32)
+        n = 2 ** (bits - 1)
+        level = (codes.to(torch.float32) - n) + 0.5
+        scale = torch.where(sigma > TINY, sigma, torch.zeros_like(sigma))
+        return level * gaussian_optimal_step(bits) * scale + mu

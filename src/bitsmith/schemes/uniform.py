@@ -68,6 +68,9 @@ class UniformSymmetric(Scheme):
     def learnable_keys(self) -> tuple[str, ...]:
         return ("scale",)
 
+    def stored_params(self, bits: int) -> tuple[str, ...]:
+        return ("scale",)
+
 
 @register
 class UniformAsymmetric(Scheme):
@@ -104,3 +107,6 @@ class UniformAsymmetric(Scheme):
 
     def learnable_keys(self) -> tuple[str, ...]:
         return ("scale", "zero_point")
+
+    def stored_params(self, bits: int) -> tuple[str, ...]:
+        return ("scale",)  # plus the 1-byte integer zero point

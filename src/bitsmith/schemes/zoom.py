@@ -23,6 +23,7 @@ fixed parameters, two floats per group. Gradient: straight-through for
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from bitsmith.schemes._common import TINY, compute_dtype, upcast
@@ -60,3 +61,19 @@ class ZoomQ(Scheme):
         u = (xf - lo) / span.clamp_min(TINY) * levels
         q = round_ste(u.clamp(0.0, levels))  # clamp first: full STE gradient at the ends
         return (q / levels * span + lo).to(x.dtype)
+
+    def stored_params(self, bits: int) -> tuple[str, ...]:
+        return ("lo", "hi")
+
+    def encode(self, x: Tensor, params: Params, bits: int) -> Tensor:
+        """``round((x - m) / (M - m) · L)`` in ``[0, L]``."""
+        xf, lo, hi = upcast(x.detach(), params["lo"].detach(), params["hi"].detach())
+        levels = float(2 ** bits - 1)
+        u = (xf - lo) / (hi - lo).clamp_min(TINY) * levels
+        return torch.round(u.clamp(0.0, levels)).to(torch.int64)
+
+    def decode(self, codes: Tensor, params: Params, bits: int) -> Tensor:
+        lo = params["lo"].detach().to(torch.float32)
+        hi = params["hi"].detach().to(torch.float32)
+        levels = float(2 ** bits - 1)
+        return codes.to(torch.float32) / levels * (hi - lo) + lo

@@ -1,0 +1,30 @@
+"""Deployment: ONNX (QDQ) export for ONNX Runtime, the packed artifact, latency tables.
+
+See ``docs/export.md``.
+"""
+
+from bitsmith.export.errors import ArtifactError, ExportError
+from bitsmith.export.frozen import FrozenWeightQuantizer, thaw_weights
+from bitsmith.export.latency import (
+    LatencyTable,
+    LayerGeometry,
+    measure_latency_table,
+    precision_key,
+    register_runtime,
+)
+from bitsmith.export.onnx_export import (
+    Agreement,
+    OnnxExportReport,
+    compare_onnx,
+    export_fp32_onnx,
+    export_onnx,
+)
+from bitsmith.export.packed import PackedReport, load_packed, read_packed, save_packed
+from bitsmith.export.pipeline import ExportSummary, deploy
+
+__all__ = [
+    "Agreement", "ArtifactError", "ExportError", "ExportSummary", "FrozenWeightQuantizer",
+    "LatencyTable", "LayerGeometry", "OnnxExportReport", "PackedReport", "compare_onnx",
+    "deploy", "export_fp32_onnx", "export_onnx", "load_packed", "measure_latency_table",
+    "precision_key", "read_packed", "register_runtime", "save_packed", "thaw_weights",
+]

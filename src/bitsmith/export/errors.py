@@ -1,0 +1,11 @@
+"""Errors raised by the export package."""
+
+from __future__ import annotations
+
+
+class ExportError(ValueError):
+    """The model or its Policy cannot be exported in the requested format (the message says why)."""
+
+
+class ArtifactError(ValueError):
+    """A packed artifact is missing, truncated, tampered with or does not fit the given model."""

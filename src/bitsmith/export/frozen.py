@@ -1,0 +1,44 @@
+"""Frozen weight quantizers: the state of a quantized layer rebuilt from a packed artifact.
+
+A loaded layer's ``weight`` already holds the dequantized values of its codes
+(bit-identical to what the simulation's weight quantizer produced), so its
+weight quantizer must not quantize again: for data-driven schemes (binary,
+ternary, resq, μL2Q, ZoomQ) re-fitting the parameters on the quantized values
+would move them. :class:`FrozenWeightQuantizer` keeps the parameters (so
+``.params()`` still reports them) and passes the weight through.
+:func:`thaw_weights` turns the layers back into ordinary fake-quantized layers
+(for fine-tuning); their parameters are then re-fitted from the dequantized
+weights.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from bitsmith.graph import quantized_layers
+from bitsmith.schemes.quantizer import Quantizer
+
+
+class FrozenWeightQuantizer(Quantizer):
+    """A weight quantizer whose input is already quantized: ``forward(w) = w``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", frozen"
+
+
+def freeze(quantizer: Quantizer) -> FrozenWeightQuantizer:
+    """Turn ``quantizer`` into a :class:`FrozenWeightQuantizer` in place (class swap)."""
+    quantizer.__class__ = FrozenWeightQuantizer
+    return quantizer  # type: ignore[return-value]
+
+
+def thaw_weights(model: nn.Module) -> nn.Module:
+    """Make every frozen weight quantizer of ``model`` an ordinary :class:`Quantizer` again."""
+    for layer in quantized_layers(model).values():
+        if isinstance(layer.weight_quantizer, FrozenWeightQuantizer):
+            layer.weight_quantizer.__class__ = Quantizer
+            layer.weight_quantizer._fitted_version = None
+    return model

@@ -1,0 +1,101 @@
+"""Metadata of the packed artifact: compact Policy and LayerTable, signatures, checksum.
+
+The metadata is JSON in the safetensors header. To keep it to a couple of KB the Policy
+stores each distinct LayerSpec once (default QSpec fields omitted) and the LayerTable, when
+it is stored at all, lists field names once. The SHA-256 covers every blob and the
+metadata, so a truncated or edited file is detected on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bitsmith.export.layout import QUANTIZER_KEYS, quantized_weight_keys
+from bitsmith.graph import LayerInfo, LayerTable
+from bitsmith.policy import LayerSpec, Policy, QSpec
+
+
+def digest(tensors: dict[str, np.ndarray], meta_json: str) -> str:
+    """SHA-256 (hex) over every tensor's name, dtype, shape and bytes, then the metadata."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    h.update(meta_json.encode())
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of bitsmith, torch and safetensors that wrote the artifact."""
+    import safetensors
+
+    import bitsmith
+
+    return {"bitsmith": bitsmith.__version__, "torch": torch.__version__,
+            "safetensors": safetensors.__version__}
+
+
+def state_signature(model: nn.Module) -> str:
+    """Short hash of the stored ``state_dict`` keys and shapes (architecture check)."""
+    skip = quantized_weight_keys(model)
+    items = [f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items()
+             if k not in skip and not any(q in k for q in QUANTIZER_KEYS)]
+    return hashlib.sha256("|".join(items).encode()).hexdigest()[:16]
+
+
+_TABLE_FIELDS = [f for f in LayerInfo.__dataclass_fields__]
+
+
+def compact_table(table: LayerTable) -> dict[str, Any]:
+    """The LayerTable as one list of values per layer (field names once)."""
+    return {"fields": _TABLE_FIELDS, "rows": [[getattr(l, f) for f in _TABLE_FIELDS]
+                                              for l in table],
+            "total_params": table.total_params, "unused": table.unused}
+
+
+def table_from(data: dict[str, Any]) -> LayerTable:
+    """Inverse of :func:`compact_table`."""
+    rows = [LayerInfo(**{f: tuple(v) if isinstance(v, list) else v
+                         for f, v in zip(data["fields"], row)}) for row in data["rows"]]
+    return LayerTable(rows, data["total_params"], data["unused"])
+
+
+def spec_dict(spec: LayerSpec) -> dict[str, Any]:
+    """A LayerSpec as a dict without default-valued QSpec fields (``from_dict`` fills them)."""
+    default = QSpec().to_dict()
+    out: dict[str, Any] = {}
+    for role in ("weight", "act"):
+        q = getattr(spec, role)
+        out[role] = None if q is None else {k: v for k, v in q.to_dict().items()
+                                            if v != default[k]}
+    if spec.sparsity:
+        out["sparsity"] = spec.sparsity
+    return out
+
+
+def compact_policy(policy: Policy) -> dict[str, Any]:
+    """The Policy with each distinct LayerSpec stored once: ``specs`` + ``layers`` indices."""
+    specs: list[dict[str, Any]] = []
+    index: dict[str, int] = {}
+    layers = {}
+    for name, spec in policy.items():
+        d = spec_dict(spec)
+        key = json.dumps(d, sort_keys=True)
+        if key not in index:
+            index[key] = len(specs)
+            specs.append(d)
+        layers[name] = index[key]
+    return {"specs": specs, "layers": layers}
+
+
+def policy_from(data: dict[str, Any]) -> Policy:
+    """Inverse of :func:`compact_policy` (validated by ``Policy.from_dict``)."""
+    specs = data["specs"]
+    return Policy.from_dict({"layers": {n: specs[i] for n, i in data["layers"].items()}})

@@ -1,0 +1,237 @@
+"""``export_onnx``: a quantized model as an ONNX QDQ graph for ONNX Runtime, and its check.
+
+Type choices (``docs/export.md``): activations **uint8** (asymmetric,
+``uniform_asymmetric``; symmetric grids are shifted by 128), weights **int8**
+with zero point 0, per-channel scales on the output-channel axis, biases
+**int32** at ``s_in · s_w``. This is ONNX Runtime's u8s8 path (``QLinearConv``,
+``QGemm``, ``QLinearAdd``...). Sub-8-bit weights are stored as int8 holding
+their low-bit grid (ONNX Runtime's int4 ``DequantizeLinear`` is not fused into
+``QLinearConv``, so int4 storage would forfeit the integer kernel); the packed
+artifact holds the real low-bit size.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from bitsmith.export.errors import ExportError
+from bitsmith.export.float_graph import dequantized_copy, export_float_onnx
+from bitsmith.export.onnx_qdq import INT_OPS, LayerPlan, add_outputs, insert_qdq
+from bitsmith.export.ort import make_session, run, tensor_ranges
+from bitsmith.export.packed import _quant_info
+from bitsmith.export.qparams import act_qparams, weight_qparams
+
+
+@dataclass
+class OnnxExportReport:
+    """What :func:`export_onnx` wrote: per-layer kernels, extra points, file size."""
+
+    path: str
+    file_bytes: int
+    opset: int
+    integer_outputs: bool
+    integer_residuals: bool
+    layers: dict[str, str] = field(default_factory=dict)  # name -> kernel description
+    integer_layers: int = 0
+    float_layers: int = 0
+    calibrated_points: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _as_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and all(
+            isinstance(t, torch.Tensor) for t in example_inputs):
+        return tuple(example_inputs)
+    raise ExportError("example_inputs must be a tensor or a tuple of tensors")
+
+
+def _numpy_batches(data: Any, max_batches: int | None) -> list[tuple[np.ndarray, ...]]:
+    from bitsmith.quantize import iter_batches
+
+    return [tuple(t.detach().cpu().numpy().astype(np.float32) for t in args)
+            for args in iter_batches(data, max_batches)]
+
+
+def _cpu_has_vnni() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def layer_plans(qmodel: nn.Module) -> dict[str, LayerPlan]:
+    """How each quantized layer of ``qmodel`` maps onto ONNX (ExportError if one cannot)."""
+    from bitsmith.graph import quantized_layers
+
+    plans = {}
+    with torch.no_grad():
+        for name, layer in quantized_layers(qmodel).items():
+            act = None if layer.input_quantizer is None else act_qparams(
+                f"{name}.input", layer.input_quantizer)
+            wq = layer.weight_quantizer
+            if wq is not None and wq.spec.bits > 8:
+                raise ExportError(f"{name}.weight: {wq.spec.bits}-bit weights do not fit int8")
+            plans[name] = LayerPlan(name, weight_qparams(layer), act)
+    return plans
+
+
+def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
+                calibration: Any = None, integer_outputs: bool = True,
+                integer_residuals: bool = True, observer: str = "mse", opset: int = 17,
+                calibration_batches: int | None = 8) -> OnnxExportReport:
+    """Export a quantized model as ONNX with QuantizeLinear/DequantizeLinear for ONNX Runtime.
+
+    Args:
+        qmodel: a model from :func:`bitsmith.quantize` (calibrated).
+        path: the ``.onnx`` file to write.
+        example_inputs: a tensor or tuple of tensors (batch first; the batch is dynamic).
+        calibration: data (loader, tensor or iterable of batches) for the extra
+            quantization points ONNX Runtime needs between integer kernels (layer outputs
+            before a residual ``Add``, pooling inputs). Defaults to ``example_inputs``.
+        integer_outputs: add those extra points (fast integer chains, small deviation from
+            the simulation); ``False`` exports only the simulation's own points (the ONNX
+            model then computes exactly what the simulation computes, up to float rounding,
+            but most layers run as float ops).
+        integer_residuals: with ``integer_outputs``, also run residual ``Add``, ``Concat``
+            and pooling in int8 (their inputs and outputs quantized, the shortcut included,
+            as ``quantize_static`` does); ``False`` keeps them in float and quantizes only
+            layer outputs (closer to the simulation, a little slower).
+        observer: bitsmith observer for the extra points' ranges: ``mse`` (default; the
+            lowest deviation from the simulation in ``benchmarks/export_resnet20.py``),
+            ``minmax`` (ONNX Runtime's own default), ``percentile`` or ``entropy``.
+        opset: ONNX opset (>= 13 for per-channel DequantizeLinear).
+        calibration_batches: at most this many calibration batches are used.
+
+    Returns:
+        An :class:`OnnxExportReport` (kernel per layer, calibrated points, notes).
+
+    Raises:
+        ExportError: the model is not quantized, or a layer's quantizer has no ONNX form
+            (data-driven or per-channel activations, activations above 8 bits, ...).
+    """
+    if opset < 13:
+        raise ExportError("per-channel DequantizeLinear needs opset >= 13")
+    _quant_info(qmodel)
+    inputs = _as_tuple(example_inputs)
+    was_training = qmodel.training
+    qmodel.eval()
+    try:
+        plans = layer_plans(qmodel)
+        float_model, _ = dequantized_copy(qmodel)
+    finally:
+        qmodel.train(was_training)
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path = export_float_onnx(float_model, Path(tmp) / "float.onnx", inputs, opset)
+        base = onnx.load(str(float_path))
+    data = calibration if calibration is not None else inputs
+    batches = _numpy_batches(data, calibration_batches) if integer_outputs else []
+
+    def ranges(sim: onnx.ModelProto, names: list[str]) -> dict[str, tuple[float, float]]:
+        return tensor_ranges(add_outputs(sim, names).SerializeToString(), names, batches,
+                             observer=observer)
+
+    result = insert_qdq(base, plans, integer_outputs=integer_outputs, range_fn=ranges,
+                        int_ops=INT_OPS if integer_residuals else frozenset())
+    model = result.model
+    model.producer_name = "bitsmith"
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    report = OnnxExportReport(
+        path=str(path), file_bytes=path.stat().st_size, opset=opset,
+        integer_outputs=integer_outputs, integer_residuals=integer_residuals,
+        layers={n: p.kernel for n, p in plans.items()},
+        integer_layers=sum(p.integer for p in plans.values()),
+        float_layers=sum(not p.integer for p in plans.values()),
+        calibrated_points=sorted(result.calibrated))
+    full_range = [n for n, p in plans.items() if p.integer and p.weight.q.dtype == np.int8
+                  and max(abs(p.weight.lattice[0]), p.weight.lattice[1]) > 63]
+    if full_range and not _cpu_has_vnni():
+        note = (f"{len(full_range)} layers use the full int8 weight range; AVX2 u8s8 kernels "
+                "(vpmaddubsw) can saturate: quantize weights with reduced_range=True")
+        warnings.warn(note, stacklevel=2)
+        report.notes.append(note)
+    if calibration is None and integer_outputs and result.calibrated:
+        report.notes.append("extra quantization points were calibrated on example_inputs only; "
+                            "pass calibration= for representative ranges")
+    return report
+
+
+def export_fp32_onnx(model: nn.Module, path: str | Path, example_inputs: Any,
+                     opset: int = 17, fold_bn: bool = True) -> Path:
+    """The FP32 baseline: the float model (BN folded, as bitsmith deploys it) as ONNX."""
+    from bitsmith.quantize import prepare
+
+    inputs = _as_tuple(example_inputs)
+    float_model, _, _ = prepare(model, inputs, fold_bn=fold_bn)
+    return export_float_onnx(float_model, path, inputs, opset)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """ONNX Runtime vs the PyTorch simulation on the same inputs.
+
+    ``top1_agreement`` in percent of examples whose argmax matches; logit errors are
+    absolute; accuracies (percent) when labels were given.
+    """
+
+    count: int
+    top1_agreement: float
+    max_abs_error: float
+    mean_abs_error: float
+    onnx_accuracy: float | None = None
+    torch_accuracy: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def compare_onnx(qmodel: nn.Module, onnx_path: str | Path, data: Any, threads: int = 2,
+                 max_batches: int | None = None) -> Agreement:
+    """Run ``data`` (``(inputs, labels)`` batches or input tensors) through both; compare."""
+    session = make_session(onnx_path, threads)
+    was_training = qmodel.training
+    qmodel.eval()
+    agree = count = correct_o = correct_t = labelled = 0
+    max_err, sum_err, n_logits = 0.0, 0.0, 0
+    try:
+        for i, batch in enumerate(data):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = (batch, None) if isinstance(batch, torch.Tensor) else (batch[0], batch[1])
+            ref = qmodel(x).float()
+            out = torch.from_numpy(run(session, [x.numpy()])[0]).float()
+            err = (out - ref).abs()
+            max_err = max(max_err, float(err.max()))
+            sum_err += float(err.sum())
+            n_logits += err.numel()
+            agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
+            count += x.shape[0]
+            if y is not None:
+                correct_o += int((out.argmax(-1) == y).sum())
+                correct_t += int((ref.argmax(-1) == y).sum())
+                labelled += y.numel()
+    finally:
+        qmodel.train(was_training)
+    if count == 0:
+        raise ValueError("comparison data is empty")
+    return Agreement(count, 100.0 * agree / count, max_err, sum_err / max(n_logits, 1),
+                     100.0 * correct_o / labelled if labelled else None,
+                     100.0 * correct_t / labelled if labelled else None)

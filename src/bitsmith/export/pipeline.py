@@ -1,0 +1,201 @@
+"""The whole deployment check in one call: export, pack, compare, time, summarise.
+
+:func:`deploy` writes ``fp32.onnx``, ``quantized.onnx`` and ``model.safetensors``
+(packed) into a folder, compares the ONNX Runtime outputs with the PyTorch
+simulation on the evaluation data, times FP32 vs quantized ONNX (interleaved
+medians, fixed threads) and returns an :class:`ExportSummary` that is printed
+by ``bitsmith export`` and saved as ``summary.json`` / ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bitsmith.export.onnx_export import (
+    Agreement,
+    OnnxExportReport,
+    compare_onnx,
+    export_fp32_onnx,
+    export_onnx,
+)
+from bitsmith.export.ort import interleaved_latency, make_session
+from bitsmith.export.packed import PackedReport, save_packed
+
+
+@dataclass
+class ExportSummary:
+    """Sizes in bytes, latencies in ms (median), accuracies and agreement in percent."""
+
+    model: str
+    policy_fingerprint: str
+    avg_weight_bits: float
+    sizes: dict[str, int]
+    latency: dict[str, dict[str, Any]]
+    agreement: dict[str, Any]
+    accuracy: dict[str, float | None]
+    onnx: dict[str, Any]
+    packed: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, folder: str | Path) -> tuple[Path, Path]:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "summary.json").write_text(json.dumps(self.to_dict(), indent=2))
+        (folder / "summary.md").write_text(self.to_markdown())
+        return folder / "summary.json", folder / "summary.md"
+
+    def to_markdown(self) -> str:
+        s, a, acc = self.sizes, self.agreement, self.accuracy
+        lines = [
+            f"# Export summary: {self.model}",
+            "",
+            f"Policy {self.policy_fingerprint[:12]}, average weight bits "
+            f"{self.avg_weight_bits:.2f}.",
+            "",
+            "| artifact | bytes | vs FP32 state dict |",
+            "|---|---:|---:|",
+        ]
+        base = s["fp32_state_dict"]
+        for key in ("fp32_state_dict", "fp32_onnx", "quantized_onnx", "packed",
+                    "cost_model_prediction"):
+            lines.append(f"| {key} | {s[key]:,} | {base / max(s[key], 1):.2f}x smaller |")
+        same = "equal" if s["packed_tensors"] == s["cost_model_prediction"] else "differs"
+        lines += ["", f"Packed payload {s['packed_tensors']:,} bytes vs cost model "
+                      f"{s['cost_model_prediction']:,} bytes ({same});"
+                      f" header/metadata {s['packed'] - s['packed_tensors']:,} bytes.", "",
+                  "| batch | FP32 ms | quantized ms | speedup | FP32 img/s | quantized img/s |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for batch, row in self.latency.items():
+            lines.append(f"| {batch} | {row['fp32']['median_ms']:.3f} | "
+                         f"{row['quantized']['median_ms']:.3f} | {row['speedup']:.2f}x | "
+                         f"{row['fp32']['throughput_per_s']:.0f} | "
+                         f"{row['quantized']['throughput_per_s']:.0f} |")
+
+        def pct(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.2f}%"
+
+        lines += ["", f"Accuracy on {a['count']} evaluation examples: FP32 {pct(acc['fp32'])}, "
+                      f"PyTorch simulation {pct(acc['simulation'])}, ONNX Runtime "
+                      f"{pct(acc['onnx'])}.",
+                  f"ONNX vs simulation: top-1 agreement {a['top1_agreement']:.2f}%, max |logit "
+                  f"error| {a['max_abs_error']:.4f}, mean {a['mean_abs_error']:.4f}."]
+        if self.notes:
+            lines += ["", *[f"- {n}" for n in self.notes]]
+        return "\n".join(lines) + "\n"
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Size of ``torch.save(model.state_dict())``: what an FP32 checkpoint takes on disk."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, data: Any) -> float | None:
+    correct = total = 0
+    model.eval()
+    for batch in data:
+        if isinstance(batch, torch.Tensor):
+            return None
+        x, y = batch[0], batch[1]
+        correct += int((model(x).argmax(-1) == y).sum())
+        total += y.numel()
+    return 100.0 * correct / total if total else None
+
+
+def time_models(paths: Sequence[str | Path], input_shape: Sequence[int], batches: Sequence[int],
+                runs: int = 100, threads: int = 2, runs_large: int | None = None
+                ) -> dict[int, list[dict[str, float]]]:
+    """Interleaved median latency of each ONNX model at each batch size (random inputs).
+
+    ``input_shape`` excludes the batch dimension; ``runs_large`` (default ``runs``) is used
+    for batches above 8.
+    """
+    sessions = [make_session(p, threads) for p in paths]
+    out = {}
+    rng = np.random.default_rng(0)
+    for batch in batches:
+        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+        n = runs if batch <= 8 or runs_large is None else runs_large
+        out[batch] = [t.to_dict() for t in interleaved_latency(sessions, [x], n)]
+    return out
+
+
+def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_inputs: Any,
+           calibration: Any, evaluation: Any, model_name: str | None = None,
+           model_kwargs: dict[str, Any] | None = None, batches: Sequence[int] = (1, 64),
+           runs: int = 200, runs_large: int = 30, threads: int = 2,
+           integer_residuals: bool = True,
+           log: Callable[[str], None] | None = None) -> ExportSummary:
+    """Export ``qmodel`` (ONNX + packed), check it against the simulation, time it vs FP32.
+
+    Args:
+        model: the float model ``qmodel`` was made from (FP32 baseline and accuracy).
+        qmodel: the quantized model (:func:`bitsmith.quantize`).
+        out_dir: folder for ``fp32.onnx``, ``quantized.onnx``, ``model.safetensors`` and
+            the summary files.
+        example_inputs: one example batch (its shape without batch is the timed input).
+        calibration: data for the ONNX export's extra quantization points.
+        evaluation: ``(inputs, labels)`` batches for agreement and accuracy.
+        batches, runs, runs_large, threads: latency protocol (interleaved medians).
+    """
+    say = log or (lambda _m: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    example = example_inputs if isinstance(example_inputs, torch.Tensor) else example_inputs[0]
+    say("exporting FP32 ONNX")
+    fp32_path = export_fp32_onnx(model, out / "fp32.onnx", example)
+    say("exporting quantized ONNX (QDQ)")
+    onnx_report: OnnxExportReport = export_onnx(qmodel, out / "quantized.onnx", example,
+                                                calibration=calibration,
+                                                integer_residuals=integer_residuals)
+    say("writing the packed artifact")
+    packed: PackedReport = save_packed(qmodel, out / "model.safetensors",
+                                       example_inputs=example[:1], model_name=model_name,
+                                       model_kwargs=model_kwargs)
+    say("comparing ONNX Runtime with the PyTorch simulation")
+    agreement: Agreement = compare_onnx(qmodel, onnx_report.path, evaluation, threads)
+    fp32_acc = _accuracy(model, evaluation)
+    say("timing FP32 vs quantized (interleaved medians)")
+    timings = time_models([fp32_path, onnx_report.path], tuple(example.shape[1:]), batches,
+                          runs, threads, runs_large)
+    latency = {str(b): {"fp32": t[0], "quantized": t[1],
+                        "speedup": t[0]["median_ms"] / t[1]["median_ms"]}
+               for b, t in timings.items()}
+    sizes = {"fp32_state_dict": state_dict_bytes(model),
+             "fp32_onnx": Path(fp32_path).stat().st_size,
+             "quantized_onnx": onnx_report.file_bytes, "packed": packed.file_bytes,
+             "packed_tensors": packed.tensor_bytes,
+             "cost_model_prediction": packed.predicted_bytes,
+             "cost_model_fp32": packed.fp32_bytes}
+    notes = list(onnx_report.notes) + list(packed.differences)
+    float_layers = [n for n, k in onnx_report.layers.items() if not k.startswith("int8")]
+    if float_layers:
+        notes.append(f"layers without an integer kernel in ONNX Runtime: {float_layers}")
+    if onnx_report.calibrated_points:
+        notes.append(f"{len(onnx_report.calibrated_points)} extra uint8 points calibrated for "
+                     "integer chains (the only deviations from the simulation besides int32 "
+                     "bias rounding)")
+    info = qmodel.bitsmith
+    summary = ExportSummary(
+        model=model_name or type(model).__name__,
+        policy_fingerprint=info.policy.fingerprint(), avg_weight_bits=packed.avg_weight_bits,
+        sizes=sizes, latency=latency, agreement=agreement.to_dict(),
+        accuracy={"fp32": fp32_acc, "simulation": agreement.torch_accuracy,
+                  "onnx": agreement.onnx_accuracy},
+        onnx=onnx_report.to_dict(), packed=packed.to_dict(), notes=notes)
+    summary.save(out)
+    return summary

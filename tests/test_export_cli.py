@@ -1,0 +1,74 @@
+"""``bitsmith export`` / ``bitsmith bench`` through ``register(app)``: outputs and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from typer.testing import CliRunner
+
+from bitsmith.export.cli import EXIT_BAD_INPUT, register
+
+runner = CliRunner()
+
+
+def _text(result) -> str:
+    """Output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def root() -> None:
+        """test root"""
+
+    register(app)
+    return app
+
+
+def test_export_then_bench(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(_app(), [
+        "export", "small_cnn", "--data", "random", "--size", "16", "--channels", "1",
+        "--calib", "64", "--out", str(out), "--batch", "1", "--batch", "4", "--runs", "5",
+        "--runs-large", "3"])
+    assert result.exit_code == 0, result.output
+    for name in ("fp32.onnx", "quantized.onnx", "model.safetensors", "summary.json",
+                 "summary.md"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["latency"]) == {"1", "4"}
+    assert summary["sizes"]["packed_tensors"] == summary["sizes"]["cost_model_prediction"]
+    assert summary["agreement"]["count"] == 128
+    assert "speedup" in _text(result) or "Export summary" in _text(result)
+    report = tmp_path / "bench.json"
+    result = runner.invoke(_app(), ["bench", str(out / "fp32.onnx"), str(out / "quantized.onnx"),
+                                    "--batch", "2", "--runs", "3", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert len(data["results"]["2"]) == 2 and data["threads"] == 2
+    assert all(r["median_ms"] > 0 for r in data["results"]["2"])
+
+
+def test_bad_input_exit_code_2(tmp_path):
+    app = _app()
+    result = runner.invoke(app, ["export", "no_such_model", "--data", "random"])
+    assert result.exit_code == EXIT_BAD_INPUT and "unknown model" in _text(result)
+    result = runner.invoke(app, ["export", "small_cnn", "--data", "random", "--channels", "1",
+                                 "--size", "8", "--policy", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == EXIT_BAD_INPUT and "neither a preset" in _text(result)
+    bad_policy = tmp_path / "bad.yaml"
+    bad_policy.write_text("format: bitsmith.policy/1\nlayers:\n  conv1:\n    weight:\n"
+                          "      scheme: uniform_symmetric\n      bits: 8\n    act:\n"
+                          "      scheme: binary\n      bits: 1\n")
+    result = runner.invoke(app, ["export", "small_cnn", "--data", "random", "--channels", "1",
+                                 "--size", "8", "--policy", str(bad_policy)])
+    assert result.exit_code == EXIT_BAD_INPUT and "not an integer grid" in _text(result)
+    result = runner.invoke(app, ["bench", str(tmp_path / "none.onnx")])
+    assert result.exit_code == EXIT_BAD_INPUT and "does not exist" in _text(result)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not an onnx file")
+    result = runner.invoke(app, ["bench", str(junk)])
+    assert result.exit_code == EXIT_BAD_INPUT and "not a readable ONNX model" in _text(result)
