@@ -12,6 +12,18 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight a busy machine's cores).
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TinyNet(nn.Module):
     """conv-bn-relu, depthwise conv, pointwise conv, linear: the foldable patterns; traceable."""
 

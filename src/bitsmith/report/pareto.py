@@ -1,0 +1,25 @@
+"""The accuracy-vs-size Pareto front of a set of evaluated policies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def pareto_front(sizes: Sequence[float], accuracies: Sequence[float]) -> list[int]:
+    """Indices of the non-dominated points (smaller size and higher accuracy are better).
+
+    A point is dominated when another is no larger and no less accurate, and strictly
+    better in one of the two. Exact duplicates keep the first. Returned in increasing size.
+
+    Args:
+        sizes: e.g. bytes, shape ``(n,)``; accuracies: percent, shape ``(n,)``.
+    """
+    if len(sizes) != len(accuracies):
+        raise ValueError(f"{len(sizes)} sizes but {len(accuracies)} accuracies")
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], -accuracies[i], i))
+    front, best = [], float("-inf")
+    for i in order:
+        if accuracies[i] > best:
+            front.append(i)
+            best = accuracies[i]
+    return front

@@ -1,0 +1,76 @@
+"""The report's content as plain data (what ``report.json`` holds and both renderers show)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bitsmith.cost import estimate, layer_cost
+from bitsmith.report.pareto import pareto_front
+from bitsmith.report.rundir import RunData
+
+MEASURED_FIRST = ("measured_kl", "measured_loss", "measured_accuracy", "hessian", "fisher",
+                  "fisher_diag")
+
+
+def _spec_cells(spec: Any) -> dict[str, Any]:
+    if spec is None or spec.weight is None:
+        weight = {"weight_scheme": "float", "weight_bits": 32, "weight_granularity": ""}
+    else:
+        weight = {"weight_scheme": spec.weight.scheme, "weight_bits": spec.weight.bits,
+                  "weight_granularity": spec.weight.granularity}
+    act = 32 if spec is None or spec.act is None else spec.act.bits
+    act_scheme = "float" if spec is None or spec.act is None else spec.act.scheme
+    return {**weight, "act_scheme": act_scheme, "act_bits": act,
+            "sparsity": 0.0 if spec is None else float(spec.sparsity)}
+
+
+def primary_metric(metrics: list[str]) -> str | None:
+    """The score shown first: a measured one when present, else the first estimate."""
+    for m in MEASURED_FIRST:
+        if m in metrics:
+            return m
+    return metrics[0] if metrics else None
+
+
+def build_summary(data: RunData) -> dict[str, Any]:
+    """Everything the report shows, JSON-serialisable.
+
+    Keys: ``run`` (run.json), ``chosen`` (trial record or None), ``cost`` (the chosen
+    policy's CostReport as a dict), ``layers`` (one row per layer with the chosen
+    scheme/bits/sparsity, bytes, MACs and sensitivity of the chosen candidate),
+    ``trials`` (with ``pareto`` flags), ``pareto`` (trial indices), ``sensitivity``
+    (scores, seconds) or None, ``search`` (points), ``export`` or None.
+    """
+    table, policy = data.table, data.policy
+    cost = estimate(table, policy)
+    sens = data.sensitivity
+    metric = primary_metric(sens.metrics) if sens is not None else None
+    rows = []
+    for info in table:
+        spec = policy.get(info.name)
+        lc = layer_cost(info, spec)
+        row: dict[str, Any] = {
+            "name": info.name, "type": info.type,
+            "weight_shape": "x".join(map(str, info.weight_shape)),
+            "params": info.weight_params, "macs": info.macs, **_spec_cells(spec),
+            "bytes": lc.total_bytes, "size_share": lc.total_bytes / max(cost.size_bytes, 1),
+            "bitops": lc.bitops, "sensitivity": None}
+        if sens is not None and spec is not None and info.name in sens.space \
+                and spec in sens.space[info.name]:
+            row["sensitivity"] = sens.value(metric, info.name, spec)
+        rows.append(row)
+    trials = [dict(t) for t in data.trials]
+    front = pareto_front([t["size_bytes"] for t in trials], [t["accuracy"] for t in trials])
+    for i, t in enumerate(trials):
+        t["pareto"] = i in front
+    chosen = data.chosen
+    out: dict[str, Any] = {
+        "run": data.run, "chosen": chosen, "cost": cost.to_dict() | {"layers": None},
+        "layers": rows, "trials": trials, "pareto": front, "search": data.search,
+        "export": data.export, "sensitivity": None}
+    if sens is not None:
+        out["sensitivity"] = {"primary": metric, "metrics": sens.metrics,
+                              "seconds": sens.seconds, "layers": sens.space.names,
+                              "labels": {n: sens.space.labels(n) for n in sens.space},
+                              "scores": sens.scores}
+    return out

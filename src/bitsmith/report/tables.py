@@ -1,0 +1,88 @@
+"""Table rows shared by the HTML and Markdown renderers: (headers, rows of strings)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def _num(v: Any, fmt: str = "{:,.2f}") -> str:
+    return "" if v is None else fmt.format(v)
+
+
+def key_numbers(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, value) pairs for the header cards."""
+    chosen, cost, run = summary["chosen"], summary["cost"], summary["run"]
+    fp32 = (run.get("fp32") or {}).get("accuracy")
+    out = []
+    if chosen is not None:
+        out.append(("accuracy (chosen)", f"{chosen['accuracy']:.2f}%"))
+    if fp32 is not None:
+        out.append(("accuracy (FP32)", f"{fp32:.2f}%"))
+    out += [("size", f"{cost['size_bytes'] / 1024:,.1f} KiB"),
+            ("compression vs FP32", f"{cost['compression']:.2f}x"),
+            ("BitOPs / example", f"{cost['bitops'] / 1e9:,.3f} G"),
+            ("avg weight bits", f"{cost['avg_weight_bits']:.2f}")]
+    return out
+
+
+def layer_table(summary: dict[str, Any]) -> Table:
+    """The model's layers with the chosen scheme / bits / sparsity and their cost."""
+    sens = summary["sensitivity"]
+    heads = ["#", "layer", "type", "weight", "params", "MACs", "weight scheme", "w bits",
+             "a bits", "sparsity", "bytes", "% size"]
+    if sens is not None:
+        heads.append(f"sensitivity ({sens['primary']})")
+    rows = []
+    for i, r in enumerate(summary["layers"]):
+        scheme = r["weight_scheme"] + (f"/{r['weight_granularity']}" if r["weight_granularity"]
+                                       else "")
+        row = [str(i), r["name"], r["type"], r["weight_shape"], f"{r['params']:,}",
+               f"{r['macs']:,}", scheme, "float" if r["weight_bits"] == 32 else
+               str(r["weight_bits"]), "float" if r["act_bits"] == 32 else str(r["act_bits"]),
+               f"{r['sparsity']:.2f}", f"{r['bytes']:,}", f"{100 * r['size_share']:.1f}"]
+        if sens is not None:
+            row.append(_num(r["sensitivity"], "{:.3g}"))
+        rows.append(row)
+    return heads, rows
+
+
+def trials_table(summary: dict[str, Any]) -> Table:
+    """Every evaluated policy; Pareto-optimal ones and the chosen one flagged."""
+    chosen = (summary["chosen"] or {}).get("name")
+    heads = ["policy", "source", "accuracy %", "size KiB", "compression", "GBitOPs",
+             "avg w bits", "Pareto", "chosen"]
+    rows = []
+    for t in summary["trials"]:
+        rows.append([t["name"], str(t.get("source", "")), f"{t['accuracy']:.2f}",
+                     f"{t['size_bytes'] / 1024:,.1f}", _num(t.get("compression"), "{:.2f}x"),
+                     _num(None if t.get("bitops") is None else t["bitops"] / 1e9, "{:.3f}"),
+                     _num(t.get("avg_weight_bits")), "yes" if t["pareto"] else "",
+                     "**yes**" if t["name"] == chosen else ""])
+    return heads, rows
+
+
+def sensitivity_cost_table(summary: dict[str, Any]) -> Table:
+    """Time each sensitivity score took (seconds)."""
+    sens = summary["sensitivity"]
+    return (["score", "seconds"],
+            [[m, f"{sens['seconds'].get(m, float('nan')):.1f}"] for m in sens["metrics"]])
+
+
+def export_table(summary: dict[str, Any]) -> Table:
+    """One row per exported artifact, columns = the union of their keys."""
+    arts = summary["export"]["artifacts"]
+    keys: list[str] = []
+    for a in arts:
+        keys += [k for k in a if k not in keys]
+    rows = [[_cell(a.get(k)) for k in keys] for a in arts]
+    return keys, rows
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.4g}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return "" if v is None else str(v)
