@@ -1,0 +1,24 @@
+"""Post-training auto-tuning (Quantune and beyond): search space, evaluator, strategies as
+Optuna samplers, objectives, resumable multi-worker studies. See ``docs/tune.md``."""
+
+from bitsmith.tune.errors import SpaceError, StorageError, TuneError
+from bitsmith.tune.evaluator import (
+    Backend,
+    Evaluator,
+    Measurement,
+    TorchBackend,
+    TorchEvaluator,
+)
+from bitsmith.tune.features import ConfigEncoder, model_descriptors
+from bitsmith.tune.objectives import Objective
+from bitsmith.tune.results import TrialRecord, TuneResult
+from bitsmith.tune.runner import InfeasibleError, tune
+from bitsmith.tune.samplers import STRATEGIES, TransferRecord, XGBoostSampler, make_sampler
+from bitsmith.tune.space import SearchSpace
+
+__all__ = [
+    "STRATEGIES", "Backend", "ConfigEncoder", "Evaluator", "InfeasibleError", "Measurement",
+    "Objective", "SearchSpace", "SpaceError", "StorageError", "TorchBackend", "TorchEvaluator",
+    "TransferRecord", "TrialRecord", "TuneError", "TuneResult", "XGBoostSampler",
+    "make_sampler", "model_descriptors", "tune",
+]

@@ -1,0 +1,329 @@
+"""Evaluators: apply a configuration, calibrate, measure accuracy and cost — fast.
+
+:class:`Evaluator` is the protocol the tuner talks to; :class:`TorchEvaluator`
+is the built-in one (fake quantization in PyTorch). What makes it fast:
+
+* calibration statistics are collected **once per calibration-set size** on the
+  float model (:func:`bitsmith.collect_stats`) and reused by every
+  configuration (the observers cache their ranges inside the statistics);
+* fake-quantized **weights are cached** per (layer, weight QSpec) and baked into
+  the evaluated copy, so a weight observer (MSE, percentile) runs once per layer
+  and spec, not once per trial;
+* **results are cached** by (policy fingerprint, calibration size);
+* the validation set is cut into **stages** (e.g. the first 25 %, then the
+  rest): after each stage ``on_stage`` may stop a hopeless configuration (the
+  tuner wires it to an Optuna pruner); the later stages only evaluate the new
+  images.
+
+The model is run through a :class:`Backend`. :class:`TorchBackend` runs the
+fake-quantized PyTorch module. A runtime-backed evaluator (ONNX Runtime through
+the exporter, once that lands) only needs a backend whose ``compile`` returns
+a callable running the integer model and whose ``latency_ms`` times it; it
+then also fills :attr:`Measurement.latency_ms`, the tuner's optional second
+objective.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from bitsmith.cost import estimate
+from bitsmith.cost.model import CostReport
+from bitsmith.engine import evaluate as engine_evaluate
+from bitsmith.graph import quantized_layers
+from bitsmith.policy import Policy
+from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quantize
+from bitsmith.tune.errors import TuneError
+from bitsmith.tune.features import descriptors_of
+from bitsmith.tune.space import Config, SearchSpace
+
+# on_stage(stage index, images seen, accuracy % so far, FP32 accuracy % on the same images)
+# -> True to stop (prune) the configuration.
+StageCallback = Callable[[int, int, float, float], bool]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one evaluated configuration scored.
+
+    Attributes:
+        accuracy: top-1 accuracy in percent on ``images`` validation images.
+        fp32_accuracy: the float model's accuracy on the same images, percent.
+        drop: ``fp32_accuracy - accuracy`` in points (positive = worse).
+        images: validation images evaluated (fewer than all when pruned).
+        size_bytes, fp32_bytes, compression: deployed size (scales included), see
+            :func:`bitsmith.cost.estimate`.
+        bitops, fp32_bitops: BitOPs per example.
+        avg_weight_bits: weight-count-weighted mean bit width.
+        latency_ms: per-batch latency on the runtime, if the backend measures it.
+        seconds: wall time of the evaluation.
+        pruned: stopped early after a stage.
+        cached: served from the result cache.
+    """
+
+    accuracy: float
+    fp32_accuracy: float
+    drop: float
+    images: int
+    size_bytes: int
+    fp32_bytes: int
+    compression: float
+    bitops: int
+    fp32_bitops: int
+    avg_weight_bits: float
+    latency_ms: float | None = None
+    seconds: float = 0.0
+    pruned: bool = False
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """What the tuner needs from an evaluator (implement it to plug in another runtime)."""
+
+    space: SearchSpace
+    layer_names: list[str]
+    measures_latency: bool
+
+    def policy(self, config: Config) -> Policy:
+        """The Policy of a configuration."""
+
+    def cost(self, config: Config) -> CostReport:
+        """Analytic cost of a configuration (no data needed)."""
+
+    def evaluate(self, config: Config, on_stage: StageCallback | None = None) -> Measurement:
+        """Quantize, calibrate and measure one configuration."""
+
+
+class Backend(Protocol):
+    """Runs a quantized model: PyTorch fake quantization, or an integer runtime."""
+
+    measures_latency: bool
+
+    def compile(self, qmodel: nn.Module, example: Tensor) -> Callable[[Tensor], Tensor]:
+        """A callable mapping an input batch ``(N, ...)`` to logits ``(N, classes)``."""
+
+    def latency_ms(self, runner: Callable[[Tensor], Tensor], example: Tensor) -> float | None:
+        """Median latency of one batch ``example`` in milliseconds (``None``: not measured)."""
+
+
+class TorchBackend:
+    """Runs the fake-quantized PyTorch module itself (no latency: it is not a deployment)."""
+
+    measures_latency = False
+
+    def compile(self, qmodel: nn.Module, example: Tensor) -> Callable[[Tensor], Tensor]:
+        return qmodel.eval()
+
+    def latency_ms(self, runner: Callable[[Tensor], Tensor], example: Tensor) -> float | None:
+        return None
+
+
+class _Runner(nn.Module):
+    """Wraps a backend callable as a module so :func:`bitsmith.engine.evaluate` can run it."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+def _stack(data: Any, what: str) -> tuple[Tensor, Tensor | None]:
+    """``(inputs, labels or None)`` tensors from a tensor, an ``(x, y)`` pair or a dataset."""
+    if isinstance(data, Tensor):
+        return data, None
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
+        return data[0], data[1]
+    try:
+        n = len(data)
+    except TypeError:
+        raise TuneError(f"{what}: expected a tensor, an (inputs, labels) pair or a dataset, "
+                        f"got {type(data).__name__}") from None
+    if n == 0:
+        raise TuneError(f"{what}: the data set is empty")
+    items = [data[i] for i in range(n)]
+    if isinstance(items[0], Tensor):
+        return torch.stack(items), None
+    xs = torch.stack([torch.as_tensor(it[0]) for it in items])
+    ys = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
+    return xs, ys
+
+
+def _batches(x: Tensor, y: Tensor | None, batch_size: int) -> list:
+    idx = range(0, len(x), batch_size)
+    if y is None:
+        return [x[i:i + batch_size] for i in idx]
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in idx]
+
+
+def stage_bounds(n: int, stages: Sequence[float | int]) -> list[int]:
+    """Cumulative image counts of the evaluation stages.
+
+    ``stages`` are fractions in (0, 1] or image counts; the last stage always
+    ends at ``n``. E.g. ``stage_bounds(2000, (0.25, 1.0)) == [500, 2000]``.
+    """
+    out: list[int] = []
+    for s in stages:
+        k = int(round(s * n)) if isinstance(s, float) and s <= 1.0 else int(s)
+        k = min(max(k, 1), n)
+        if not out or k > out[-1]:
+            out.append(k)
+    if not out or out[-1] != n:
+        out.append(n)
+    return out
+
+
+class TorchEvaluator:
+    """The built-in evaluator: PyTorch fake quantization with shared statistics and caches.
+
+    Args:
+        model: the trained float model (not modified).
+        calibration: unlabeled calibration inputs: a tensor ``(N, ...)``, an
+            ``(inputs, labels)`` pair or a dataset of inputs / ``(input, label)``;
+            the first ``calib_size`` of them are used.
+        validation: labeled validation data (``(inputs, labels)`` or a dataset).
+        space: the search space (its ``calib_size`` choices must fit ``calibration``).
+        stages: evaluation stages, fractions of the validation set or counts.
+        batch_size: images per forward pass.
+        backend: how the quantized model is run (default :class:`TorchBackend`).
+    """
+
+    def __init__(self, model: nn.Module, calibration: Any, validation: Any, space: SearchSpace,
+                 *, stages: Sequence[float | int] = (0.25, 1.0), batch_size: int = 500,
+                 backend: Backend | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TuneError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model.eval()
+        self.space = space
+        self.backend = backend or TorchBackend()
+        self.measures_latency = bool(self.backend.measures_latency)
+        self.batch_size = int(batch_size)
+        self._calib, _ = _stack(calibration, "calibration")
+        self._val_x, self._val_y = _stack(validation, "validation")
+        if self._val_y is None:
+            raise TuneError("validation: labels are needed to measure accuracy")
+        need = max(space.calib_size)
+        if need > len(self._calib):
+            raise TuneError(f"the space asks for calib_size={need} but only {len(self._calib)} "
+                            "calibration inputs were given")
+        self._stats: dict[int, CalibrationStats] = {}
+        self._weights: dict[tuple[str, Any], Tensor] = {}
+        self._results: dict[tuple[str, int], Measurement] = {}
+        ref = self.stats(need)
+        work, self.table, _ = prepare(self.model, ref.example_inputs)
+        self.layer_names: list[str] = self.table.names
+        self.descriptors = descriptors_of(work, self.table)
+        self.weight_params = {i.name: i.weight_params for i in self.table}
+        self.signed_inputs = {n: bool(ref[n].min < 0) for n in self.layer_names}
+        self.bounds = stage_bounds(len(self._val_x), stages)
+        self.fp32_at = self._stage_accuracies(self.model)
+        self.fp32_accuracy = self.fp32_at[-1]
+
+    # ----------------------------------------------------------- components
+    def stats(self, n: int) -> CalibrationStats:
+        """Calibration statistics of the first ``n`` inputs (collected once per ``n``)."""
+        if n not in self._stats:
+            self._stats[n] = collect_stats(self.model, _batches(self._calib[:n], None,
+                                                                self.batch_size))
+        return self._stats[n]
+
+    def policy(self, config: Config) -> Policy:
+        return self.space.to_policy(config, self.layer_names, self.signed_inputs)
+
+    def cost(self, config: Config) -> CostReport:
+        return estimate(self.table, self.policy(config))
+
+    def quantized_model(self, config: Config) -> nn.Module:
+        """The quantized copy of the model for ``config`` (weight quantizers kept, not baked)."""
+        n = int(config.get("calib_size", self.space.calib_size[0]))
+        return quantize(self.model, self.policy(config), calibration=self.stats(n))
+
+    def state_dict(self, config: Config) -> dict[str, Tensor]:
+        """The quantized model's state dict for ``config`` (weights and every quantizer's
+        scales / zero points, fitted by one forward pass), contiguous copies."""
+        n = int(config.get("calib_size", self.space.calib_size[0]))
+        qmodel = self.quantized_model(config)
+        with torch.no_grad():
+            qmodel(*self.stats(n).example_inputs)
+        return {k: v.detach().contiguous().clone() for k, v in qmodel.state_dict().items()}
+
+    def _bake_weights(self, qmodel: nn.Module) -> None:
+        """Replace each weight by its cached fake-quantized value (same numbers, computed once)."""
+        with torch.no_grad():
+            for name, m in quantized_layers(qmodel).items():
+                q = m.weight_quantizer
+                if q is None:
+                    continue
+                key = (name, q.spec)
+                if key not in self._weights:
+                    self._weights[key] = q(m.weight.detach()).detach().clone()
+                m.weight.data = self._weights[key]
+                m.weight_quantizer = None
+
+    def _count_correct(self, fn: Callable[[Tensor], Tensor], start: int, end: int) -> int:
+        batches = _batches(self._val_x[start:end], self._val_y[start:end], self.batch_size)
+        res = engine_evaluate(_Runner(fn), batches)
+        return int(round(res.accuracy * res.count / 100.0))
+
+    def _stage_accuracies(self, fn: Callable[[Tensor], Tensor]) -> list[float]:
+        correct, out, start = 0, [], 0
+        for end in self.bounds:
+            correct += self._count_correct(fn, start, end)
+            out.append(100.0 * correct / end)
+            start = end
+        return out
+
+    # ------------------------------------------------------------- evaluate
+    def evaluate(self, config: Config, on_stage: StageCallback | None = None) -> Measurement:
+        """Quantize with ``config``, calibrate from the shared statistics, measure.
+
+        ``on_stage`` is called after every stage but the last; returning True
+        stops the evaluation and returns a ``pruned`` measurement on the images
+        seen so far (not cached).
+        """
+        t0 = time.perf_counter()
+        policy = self.policy(config)
+        n_calib = int(config.get("calib_size", self.space.calib_size[0]))
+        key = (policy.fingerprint(), n_calib)
+        if key in self._results:
+            return replace(self._results[key], cached=True, seconds=0.0)
+        cost = estimate(self.table, policy)
+        qmodel = quantize(self.model, policy, calibration=self.stats(n_calib))
+        self._bake_weights(qmodel)
+        example = self._val_x[: self.batch_size]
+        runner = self.backend.compile(qmodel, example)
+        correct, start, pruned, acc = 0, 0, False, 0.0
+        for i, end in enumerate(self.bounds):
+            correct += self._count_correct(runner, start, end)
+            acc, start = 100.0 * correct / end, end
+            if on_stage is not None and i < len(self.bounds) - 1 and on_stage(
+                    i, end, acc, self.fp32_at[i]):
+                pruned = True
+                break
+        fp32 = self.fp32_at[self.bounds.index(start)]
+        m = Measurement(
+            accuracy=acc, fp32_accuracy=fp32, drop=fp32 - acc, images=start,
+            size_bytes=cost.size_bytes, fp32_bytes=cost.fp32_bytes,
+            compression=cost.compression, bitops=cost.bitops, fp32_bitops=cost.fp32_bitops,
+            avg_weight_bits=cost.avg_weight_bits,
+            latency_ms=None if pruned else self.backend.latency_ms(runner, example),
+            seconds=time.perf_counter() - t0, pruned=pruned)
+        if not pruned:
+            self._results[key] = m
+        return m
+
+
+def as_mapping(m: Measurement) -> Mapping[str, Any]:
+    """Measurement as a JSON-able mapping (NaN kept as ``None``)."""
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in m.to_dict().items()}

@@ -1,0 +1,299 @@
+"""The post-training search space, declared in one place: :class:`SearchSpace`.
+
+A *configuration* is a plain ``dict`` of parameter name -> choice (what an
+Optuna trial suggests); :meth:`SearchSpace.to_policy` turns it into a
+:class:`~bitsmith.policy.Policy` for a given model. The space contains
+Quantune's (Lee et al., FGCS 2022) and goes beyond it:
+
+=================  ==========================================================  ==============
+parameter          choices                                                     Quantune
+=================  ==========================================================  ==============
+``scheme``         ``asymmetric``, ``symmetric``, ``symmetric_uint8``,          all four
+                   ``symmetric_pow2``
+``act_clip``       ``minmax`` (max), ``entropy`` (KL), ``percentile``, ``mse``  max, KL
+``weight_clip``    same observers, for the weights                             (max)
+``granularity``    weights ``tensor`` / ``channel`` (activations per tensor)   both
+``calib_size``     calibration images, e.g. 1, 1000, 4000                      1/1000/10000
+``float_layers``   ``none``, ``first``, ``last``, ``first_last``: layers kept   int8 / int8 +
+                   in float                                                    float layers
+``weight_bits``    one global width, or ``w:<layer>`` per layer (mixed         int8 only
+                   precision), choices such as 2..8 and ``"float"``
+``act_bits``       likewise, ``a:<layer>`` per layer                            int8 only
+=================  ==========================================================  ==============
+
+Scheme mapping (see ``docs/tune.md``):
+
+* ``asymmetric``: ``uniform_asymmetric`` weights and activations;
+* ``symmetric``: ``uniform_symmetric`` (signed) weights and activations;
+* ``symmetric_uint8``: ``uniform_symmetric`` weights; an activation whose
+  calibration minimum is >= 0 (post-ReLU) uses an *unsigned* symmetric grid
+  ``s * [0, 2^b - 1]``, which is exactly ``uniform_asymmetric`` with zero
+  point 0 (its range is widened to contain 0, so ``lo = 0`` and ``z = 0``);
+  signed activations fall back to the signed symmetric grid;
+* ``symmetric_pow2``: ``uniform_symmetric`` with the scale rounded up to a
+  power of two (``pow2_scale``), weights and activations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bitsmith.policy import FLOAT, OBSERVERS, LayerSpec, Policy, PolicyError, QSpec
+from bitsmith.tune.errors import SpaceError
+
+FLOAT_CHOICE = "float"
+SCHEMES = ("asymmetric", "symmetric", "symmetric_uint8", "symmetric_pow2")
+FLOAT_LAYER_SETS = {"none": (), "first": ("first",), "last": ("last",),
+                    "first_last": ("first", "last")}
+GLOBAL_DIMS = ("scheme", "act_clip", "weight_clip", "granularity", "calib_size",
+               "float_layers")
+W_PREFIX, A_PREFIX = "w:", "a:"
+Config = dict[str, Any]
+
+
+def _tuple(value: Any, name: str) -> tuple:
+    if isinstance(value, (str, int, float)) or value is None:
+        value = [value]
+    if not isinstance(value, Sequence):
+        raise SpaceError(f"{name}: expected a list of choices, got {value!r}")
+    out = tuple(value)
+    if not out:
+        raise SpaceError(f"{name}: the list of choices is empty; the search space would be empty")
+    if len(set(map(repr, out))) != len(out):
+        raise SpaceError(f"{name}: duplicate choices in {list(out)}")
+    return out
+
+
+def _check_bits(choices: tuple, name: str) -> None:
+    for b in choices:
+        if b == FLOAT_CHOICE:
+            continue
+        if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16:
+            raise SpaceError(f"{name}: bit width {b!r} is invalid; use integers 2..16 or "
+                             f"{FLOAT_CHOICE!r}")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Every knob of post-training quantization the tuner may turn (see the module docstring).
+
+    Attributes are tuples of choices; a single choice fixes that knob.
+    ``per_layer_weight_bits`` / ``per_layer_act_bits`` turn the global
+    ``weight_bits`` / ``act_bits`` into one parameter per layer (``w:<name>``,
+    ``a:<name>``), i.e. a mixed-precision policy. ``percentile`` is the
+    percent of ``|x|`` mass kept by the percentile observer.
+    """
+
+    scheme: tuple[str, ...] = SCHEMES
+    act_clip: tuple[str, ...] = ("minmax", "entropy", "percentile", "mse")
+    weight_clip: tuple[str, ...] = ("minmax",)
+    granularity: tuple[str, ...] = ("tensor", "channel")
+    calib_size: tuple[int, ...] = (1, 1000, 4000)
+    float_layers: tuple[str, ...] = ("none", "first", "first_last")
+    weight_bits: tuple[int | str, ...] = (8,)
+    act_bits: tuple[int | str, ...] = (8,)
+    per_layer_weight_bits: bool = False
+    per_layer_act_bits: bool = False
+    percentile: float = 99.99
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("scheme", "act_clip", "weight_clip", "granularity", "calib_size",
+                     "float_layers", "weight_bits", "act_bits"):
+            object.__setattr__(self, name, _tuple(getattr(self, name), name))
+        bad = [s for s in self.scheme if s not in SCHEMES]
+        if bad:
+            raise SpaceError(f"scheme: unknown choice(s) {bad}; use {list(SCHEMES)}")
+        for name in ("act_clip", "weight_clip"):
+            bad = [c for c in getattr(self, name) if c not in OBSERVERS]
+            if bad:
+                raise SpaceError(f"{name}: unknown observer(s) {bad}; use {list(OBSERVERS)}")
+        bad = [g for g in self.granularity if g not in ("tensor", "channel")]
+        if bad:
+            raise SpaceError(f"granularity: unknown choice(s) {bad}; use tensor/channel")
+        for n in self.calib_size:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise SpaceError(f"calib_size: {n!r} is not a positive number of images")
+        bad = [f for f in self.float_layers if f not in FLOAT_LAYER_SETS]
+        if bad:
+            raise SpaceError(f"float_layers: unknown choice(s) {bad}; use {list(FLOAT_LAYER_SETS)}")
+        _check_bits(self.weight_bits, "weight_bits")
+        _check_bits(self.act_bits, "act_bits")
+        if not 0.0 < float(self.percentile) <= 100.0:
+            raise SpaceError(f"percentile={self.percentile} must be in (0, 100]")
+        if self.extra:
+            raise SpaceError(f"unknown search-space key(s) {sorted(self.extra)}; known: "
+                             f"{[f.name for f in dataclasses.fields(self) if f.name != 'extra']}")
+
+    # ----------------------------------------------------------- presets / IO
+    @classmethod
+    def quantune(cls) -> SearchSpace:
+        """Quantune's space: 4 schemes x {max, KL} x 2 granularities x 3 calibration sizes x
+        {int8, int8 with first+last layers in float} (96 configurations, int8 only)."""
+        return cls(act_clip=("minmax", "entropy"), float_layers=("none", "first_last"))
+
+    @classmethod
+    def mixed_precision(cls, weight_bits: Sequence[int | str] = (2, 3, 4, 5, 6, 8, FLOAT_CHOICE),
+                        act_bits: Sequence[int | str] = (8,), per_layer_act: bool = False
+                        ) -> SearchSpace:
+        """Per-layer weight bit widths (a mixed-precision policy) plus clipping and calibration.
+
+        Defaults: symmetric per-channel weights with min/max or MSE clipping, activations
+        (asymmetric) with any observer, 1,000 calibration images.
+        """
+        return cls(scheme=("symmetric_uint8",), act_clip=("minmax", "percentile", "mse"),
+                   weight_clip=("minmax", "mse"), granularity=("channel",),
+                   calib_size=(1000,), float_layers=("none",), weight_bits=tuple(weight_bits),
+                   act_bits=tuple(act_bits), per_layer_weight_bits=True,
+                   per_layer_act_bits=per_layer_act)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
+        """Build from a mapping (e.g. parsed YAML); ``preset: quantune|mixed`` starts from one."""
+        if not isinstance(data, Mapping):
+            raise SpaceError(f"a search space must be a mapping of knob -> choices, got {data!r}")
+        data = dict(data)
+        preset = data.pop("preset", None)
+        base = {"quantune": cls.quantune, "mixed": cls.mixed_precision, None: cls}.get(preset)
+        if base is None:
+            raise SpaceError(f"unknown preset {preset!r}; use 'quantune' or 'mixed'")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        unknown = {k: v for k, v in data.items() if k not in known}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        start = base()
+        return dataclasses.replace(start, **kwargs, extra=unknown)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SearchSpace:
+        """Load from a YAML or JSON file."""
+        path = Path(path)
+        if not path.is_file():
+            raise SpaceError(f"search-space file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise SpaceError(f"{path}: not valid YAML/JSON: {err}") from None
+        return cls.from_dict(data or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    def fingerprint(self) -> str:
+        """Canonical JSON of the space (stored with a study to refuse a mismatched resume)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    # ------------------------------------------------------------ dimensions
+    def dimensions(self, layer_names: Sequence[str]) -> dict[str, tuple]:
+        """Parameter name -> choices, for a model with these quantizable layers (in order)."""
+        dims: dict[str, tuple] = {name: getattr(self, name) for name in GLOBAL_DIMS}
+        if self.per_layer_weight_bits:
+            dims.update({W_PREFIX + n: self.weight_bits for n in layer_names})
+        else:
+            dims["weight_bits"] = self.weight_bits
+        if self.per_layer_act_bits:
+            dims.update({A_PREFIX + n: self.act_bits for n in layer_names})
+        else:
+            dims["act_bits"] = self.act_bits
+        return dims
+
+    def size(self, layer_names: Sequence[str]) -> int:
+        """Number of distinct configurations."""
+        return math.prod(len(c) for c in self.dimensions(layer_names).values())
+
+    def grid(self, layer_names: Sequence[str], limit: int = 100_000) -> Iterator[Config]:
+        """Every configuration (raises :class:`SpaceError` if there are more than ``limit``)."""
+        dims = self.dimensions(layer_names)
+        total = self.size(layer_names)
+        if total > limit:
+            raise SpaceError(f"the space has {total:.3g} configurations, too many to enumerate "
+                             f"(limit {limit}); use a sampling strategy instead of grid")
+        names = list(dims)
+        for combo in itertools.product(*dims.values()):
+            yield dict(zip(names, combo))
+
+    # -------------------------------------------------------------- policies
+    def to_policy(self, config: Mapping[str, Any], layer_names: Sequence[str],
+                  signed_inputs: Mapping[str, bool] | None = None) -> Policy:
+        """The Policy of one configuration.
+
+        Args:
+            config: parameter name -> choice (missing global knobs take the first choice).
+            layer_names: the model's quantizable layers in execution order.
+            signed_inputs: layer name -> whether its calibration input has negative
+                values; used by ``symmetric_uint8`` (unknown layers count as signed).
+        """
+        if not layer_names:
+            raise SpaceError("the model has no quantizable layers")
+        dims = self.dimensions(layer_names)
+        get = {name: config.get(name, choices[0]) for name, choices in dims.items()}
+        for name, value in get.items():
+            if value not in dims[name]:
+                raise SpaceError(f"{name}={value!r} is not one of the space's choices "
+                                 f"{list(dims[name])}")
+        edges = {"first": layer_names[0], "last": layer_names[-1]}
+        float_set = {edges[e] for e in FLOAT_LAYER_SETS[get["float_layers"]]}
+        signed = signed_inputs or {}
+        layers: dict[str, LayerSpec] = {}
+        for name in layer_names:
+            wbits = get[W_PREFIX + name] if self.per_layer_weight_bits else get["weight_bits"]
+            abits = get[A_PREFIX + name] if self.per_layer_act_bits else get["act_bits"]
+            if name in float_set or (wbits == FLOAT_CHOICE and abits == FLOAT_CHOICE):
+                layers[name] = FLOAT
+                continue
+            try:
+                layers[name] = _layer_spec(
+                    get["scheme"], get["granularity"], get["weight_clip"], get["act_clip"],
+                    wbits, abits, signed.get(name, True), float(self.percentile))
+            except PolicyError as err:
+                raise SpaceError(f"{name}: configuration {dict(get)} is invalid: {err}") from None
+        return Policy(layers)
+
+    def config_from_policy(self, policy: Policy, layer_names: Sequence[str]) -> Config:
+        """The per-layer bit widths of ``policy`` as a (partial) configuration of this space.
+
+        The warm-start hook for external allocators (e.g. a sensitivity-based integer
+        program): only bit widths that are choices of the space are kept; other knobs
+        are left for the sampler. Returns ``{}`` when nothing maps.
+        """
+        out: Config = {}
+        for name in layer_names:
+            spec = policy.get(name)
+            w = FLOAT_CHOICE if spec is None or spec.weight is None else spec.weight.bits
+            a = FLOAT_CHOICE if spec is None or spec.act is None else spec.act.bits
+            if self.per_layer_weight_bits and w in self.weight_bits:
+                out[W_PREFIX + name] = w
+            if self.per_layer_act_bits and a in self.act_bits:
+                out[A_PREFIX + name] = a
+        return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _layer_spec(scheme: str, granularity: str, weight_clip: str, act_clip: str,
+                wbits: int | str, abits: int | str, signed: bool, percentile: float
+                ) -> LayerSpec:
+    """One layer's LayerSpec (memoised: validation runs once per distinct spec)."""
+    pow2 = scheme == "symmetric_pow2"
+    weight = None if wbits == FLOAT_CHOICE else QSpec(
+        "uniform_asymmetric" if scheme == "asymmetric" else "uniform_symmetric", int(wbits),
+        granularity, observer=weight_clip, percentile=percentile, pow2_scale=pow2)
+    unsigned = scheme == "asymmetric" or (scheme == "symmetric_uint8" and not signed)
+    act = None if abits == FLOAT_CHOICE else QSpec(
+        "uniform_asymmetric" if unsigned else "uniform_symmetric", int(abits), "tensor",
+        observer=act_clip, percentile=percentile, pow2_scale=pow2)
+    return LayerSpec(weight=weight, act=act)
+
+
+def config_key(config: Mapping[str, Any]) -> str:
+    """Canonical string of a configuration (cache key; equal configs give equal keys)."""
+    return json.dumps({k: config[k] for k in sorted(config)}, separators=(",", ":"))
