@@ -8,7 +8,7 @@ from bitsmith.cli import EXIT_BAD_INPUT, EXIT_OK, main
 def test_demo_writes_results_and_config_is_overridden_by_flags(tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     out = tmp_path / "run"
-    cfg.write_text(f"demo:\n  epochs: 1\n  out: {out}\n  seed: 3\n")
+    cfg.write_text(f"demo:\n  epochs: 1\n  out: {out}\n  seed: 3\n  tune_trials: 3\n")
     assert main(["--config", str(cfg), "demo", "--epochs", "4"]) == EXIT_OK
     results = json.loads((out / "results.json").read_text())
     names = [r["name"] for r in results["rows"]]
@@ -18,7 +18,13 @@ def test_demo_writes_results_and_config_is_overridden_by_flags(tmp_path, capsys)
     assert w8a8["bitops"] * 16 == fp32["bitops"]
     assert abs(w8a8["accuracy"] - fp32["accuracy"]) <= 2.0
     assert (out / "policy_mixed.yaml").is_file()
-    assert "W8A8" in capsys.readouterr().out
+    # the short auto-tune ran (3 trials) and the run directory feeds the HTML report
+    assert len((out / "tune" / "trials.jsonl").read_text().splitlines()) == 3
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert [t["name"] for t in trials] == names
+    assert (out / "report.html").is_file() and (out / "policy.yaml").is_file()
+    printed = capsys.readouterr().out
+    assert "W8A8" in printed and "report written to" in printed
 
 
 def test_exit_codes_for_bad_input(tmp_path, capsys):

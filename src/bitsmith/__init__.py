@@ -14,7 +14,18 @@ from bitsmith.quantize import (
 
 __version__ = "0.1.0"
 
+
+def load(path: str, model: object = None):  # noqa: ANN201 - returns torch.nn.Module
+    """Rebuild a quantized model from a packed artifact (see :func:`bitsmith.export.load_packed`).
+
+    Imported lazily so that ``import bitsmith`` does not pull in ONNX.
+    """
+    from bitsmith.export.packed import load_packed
+
+    return load_packed(path, model)  # type: ignore[arg-type]
+
+
 __all__ = [
     "CalibrationError", "CalibrationStats", "LayerSpec", "LayerTable", "Policy", "PolicyError",
-    "QSpec", "apply_stats", "calibrate", "collect_stats", "prepare", "quantize",
+    "QSpec", "apply_stats", "calibrate", "collect_stats", "load", "prepare", "quantize",
 ]

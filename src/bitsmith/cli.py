@@ -63,14 +63,16 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Folder for results.json and policies."),
     epochs: int = typer.Option(30, min=1, help="Training epochs for the digits CNN."),
     seed: int = typer.Option(0, help="Random seed."),
+    tune_trials: int = typer.Option(16, min=0, help="Trials of the short auto-tune (0: skip)."),
 ) -> None:
-    """Train a small CNN on the bundled digits and compare FP32, W8A8, W4A4 and a mixed policy.
+    """Train a small CNN on the bundled digits, compare FP32, W8A8, W4A4, a mixed policy and
+    a short auto-tune's result, and write the HTML report.
 
     Example: bitsmith demo --out runs/demo
     """
     from bitsmith.demo import run_demo
 
-    rows = run_demo(out, epochs=epochs, seed=seed, log=console.print)
+    rows = run_demo(out, epochs=epochs, seed=seed, log=console.print, tune_trials=tune_trials)
     table = Table(title="bitsmith demo: SmallCNN on sklearn digits (360 test images)")
     for col in ("policy", "accuracy %", "size", "compression", "BitOPs", "avg w bits"):
         table.add_column(col, justify="left" if col == "policy" else "right")
@@ -80,6 +82,9 @@ def demo(
                       f"{r.avg_weight_bits:.2f}")
     console.print(table)
     console.print(f"results written to {out}/results.json")
+    from bitsmith.report import write_report
+
+    console.print(f"report written to {write_report(out)}")
 
 
 @app.command()
@@ -122,12 +127,29 @@ def layers(
     console.print(table.format())
 
 
+def _register_subcommands() -> None:
+    """Add the sub-commands that live next to their method (tune, export, bench, analyze, ...)."""
+    from bitsmith.export.cli import register as register_export
+    from bitsmith.report.cli import register as register_report
+    from bitsmith.tune.cli import register as register_tune
+
+    for register in (register_tune, register_export, register_report):
+        register(app)
+
+
+_register_subcommands()
+
+
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    from bitsmith.export.errors import ArtifactError, ExportError
     from bitsmith.graph import ConversionError
     from bitsmith.policy import PolicyError
     from bitsmith.quantize import CalibrationError
+    from bitsmith.report.rundir import RunDirError
+    from bitsmith.tune.errors import TuneError
 
-    return (PolicyError, CalibrationError, ConversionError, FileNotFoundError)
+    return (PolicyError, CalibrationError, ConversionError, ExportError, ArtifactError,
+            RunDirError, TuneError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """The embedded demo: train a small CNN on scikit-learn's bundled digits, then compare
-FP32 with W8A8, W4A4 and a mixed-precision policy (accuracy, size, BitOPs).
+FP32 with W8A8, W4A4, a hand-written mixed policy and an auto-tuned one (accuracy,
+size, BitOPs), and write the run directory the HTML report is built from.
 
 Runs offline in well under a minute on two CPU cores.
 """
@@ -51,8 +52,13 @@ def demo_policies(layer_names: list[str]) -> dict[str, Policy]:
 
 
 def run_demo(out_dir: str | Path | None = None, epochs: int = 30, seed: int = 0,
-             log=print) -> list[DemoRow]:
-    """Train, quantize, evaluate; optionally write ``results.json`` and policies to ``out_dir``."""
+             log=print, tune_trials: int = 16) -> list[DemoRow]:
+    """Train, quantize, evaluate; optionally write a run directory to ``out_dir``.
+
+    ``out_dir`` receives ``results.json``, one ``policy_<name>.yaml`` per row and the
+    ``bitsmith.run/1`` files the HTML report reads; with ``tune_trials > 0`` a short
+    auto-tune (XGBoost cost-model strategy) also runs and writes to ``out_dir/tune``.
+    """
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     splits = digits_splits(seed=seed)
@@ -73,13 +79,43 @@ def run_demo(out_dir: str | Path | None = None, epochs: int = 30, seed: int = 0,
         cost = estimate(table, policy)
         rows.append(DemoRow(name, acc, cost.size_bytes, cost.compression, cost.bitops,
                             cost.avg_weight_bits))
+    if out_dir is not None and tune_trials > 0:
+        from bitsmith.tune.demo import run_demo_tune
+
+        tune_dir = Path(out_dir) / "tune"
+        # 0.5 points on the 360 validation images: that split is small, so the tolerance
+        # keeps a margin for the selection's optimism on unseen (test) images.
+        run_demo_tune(model, splits, tune_dir, n_trials=tune_trials, tolerance=0.5, seed=seed,
+                      log=log)
+        best = tune_dir / "best_policy.yaml"
+        if best.is_file():  # the smallest policy within tolerance on the val split
+            policy = Policy.load(best)
+            cost = estimate(table, policy)
+            acc = evaluate(quantize(model, policy, calibration=stats), test).accuracy
+            policies["auto-tuned"] = policy
+            rows.append(DemoRow("auto-tuned", acc, cost.size_bytes, cost.compression,
+                                cost.bitops, cost.avg_weight_bits))
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, policy in policies.items():
-            slug = name.split(" ")[0].lower()  # fp32, w8a8, w4a4, mixed
-            policy.save(out / f"policy_{slug}.yaml")
-        (out / "results.json").write_text(json.dumps(
-            {"rows": [row.__dict__ for row in rows], "layers": table.to_rows(),
-             "test_images": len(splits.test), "seconds": time.perf_counter() - t0}, indent=2))
+        _write_run(Path(out_dir), table, policies, rows, len(splits.test),
+                   time.perf_counter() - t0)
     return rows
+
+
+def _write_run(out: Path, table, policies: dict[str, Policy], rows: list[DemoRow],
+               n_test: int, seconds: float) -> None:
+    """``results.json``, ``policy_<slug>.yaml`` and the run directory of the report."""
+    from bitsmith.report.rundir import RunWriter
+
+    run = RunWriter(out, model="SmallCNN", dataset="sklearn digits",
+                    eval_set=f"test split ({n_test} images)", producer="bitsmith demo")
+    run.write_layers(table)
+    run.set_fp32(accuracy=rows[0].accuracy)
+    for row, (name, policy) in zip(rows, policies.items()):
+        slug = name.split(" ")[0].lower()  # fp32, w8a8, w4a4, mixed, auto-tuned
+        policy.save(out / f"policy_{slug}.yaml")
+        run.add_trial(name, policy=policy, accuracy=row.accuracy,
+                      source="float" if name == "FP32" else "demo")
+    run.choose(rows[-1].name)
+    (out / "results.json").write_text(json.dumps(
+        {"rows": [row.__dict__ for row in rows], "layers": table.to_rows(),
+         "test_images": n_test, "seconds": seconds}, indent=2))
