@@ -65,8 +65,10 @@ def demo(
     seed: int = typer.Option(0, help="Random seed."),
     tune_trials: int = typer.Option(16, min=0, help="Trials of the short auto-tune (0: skip)."),
 ) -> None:
-    """Train a small CNN on the bundled digits, compare FP32, W8A8, W4A4, a mixed policy and
-    a short auto-tune's result, and write the HTML report.
+    """Digits CNN end to end: FP32 vs W8A8, W4A4, mixed and auto-tuned; writes the HTML report.
+
+    Trains a small CNN on scikit-learn's bundled digits (offline), quantizes it with four
+    policies and a short XGBoost auto-tune, prints the table and writes a run directory.
 
     Example: bitsmith demo --out runs/demo
     """

@@ -42,8 +42,10 @@ def analyze(
     epochs: int = typer.Option(30, min=1, help="Training epochs (digits only)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
-    """Per-layer sensitivity, ILP bit allocation at average-bit budgets, uniform comparison,
-    all written to a run directory with its HTML report (exit 3: infeasible budget).
+    """Per-layer sensitivity and ILP bit allocation at average-bit budgets, with its report.
+
+    Compares each allocation with uniform bits at the same size; everything goes to a run
+    directory with its HTML report (exit 3: infeasible budget).
 
     Example: bitsmith analyze resnet20 --out runs/r20 --avg-bits 4 --avg-bits 3
     """
