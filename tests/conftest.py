@@ -63,3 +63,14 @@ def tiny_net() -> nn.Module:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randn(8, 3, 16, 16)
+
+
+def tune_problem(n: int = 96) -> tuple[nn.Module, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """TinyNet with BN statistics, random images (n, 3, 8, 8); returns the model, the first 48
+    images as calibration data and (images, labels = the float model's predictions)."""
+    torch.manual_seed(0)
+    model = randomize_bn(TinyNet())
+    x = torch.randn(n, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x[:48], (x, y)

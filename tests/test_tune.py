@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import typer
-from conftest import TinyNet, randomize_bn
+from conftest import tune_problem
 from safetensors.torch import load_file
-from torch import nn
 from typer.testing import CliRunner
 
 from bitsmith import Policy, quantize
+from bitsmith.report import load_run, write_report
 from bitsmith.tune import (
     InfeasibleError,
     Objective,
@@ -30,17 +30,6 @@ from bitsmith.tune.objectives import pareto_front
 from bitsmith.tune.space import FLOAT_CHOICE
 from bitsmith.tune.study import open_storage
 
-
-def _problem(n: int = 96) -> tuple[nn.Module, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """TinyNet with BN statistics, random images, labels = the float model's predictions."""
-    torch.manual_seed(0)
-    model = randomize_bn(TinyNet())
-    x = torch.randn(n, 3, 8, 8)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x[:48], (x, y)
-
-
 SMALL = SearchSpace.from_dict({"preset": "mixed", "calib_size": [16, 48],
                                "weight_bits": [2, 4, 8], "act_clip": ["minmax", "percentile"],
                                "weight_clip": ["minmax"]})
@@ -48,7 +37,7 @@ SMALL = SearchSpace.from_dict({"preset": "mixed", "calib_size": [16, 48],
 
 @pytest.fixture(scope="module")
 def evaluator() -> TorchEvaluator:
-    model, calib, val = _problem()
+    model, calib, val = tune_problem()
     return TorchEvaluator(model, calib, val, SMALL, stages=(0.5, 1.0), batch_size=32)
 
 
@@ -94,10 +83,24 @@ def test_scheme_mapping_symmetric_uint8_and_pow2() -> None:
 @pytest.mark.parametrize("bad", [
     {"weight_bits": []}, {"scheme": ["nope"]}, {"act_clip": ["max"]}, {"calib_size": [0]},
     {"weight_bits": [1]}, {"float_layers": ["middle"]}, {"unknown_knob": [1]},
-    {"preset": "huge"}])
+    {"preset": "huge"}, {"bias_correction": ["yes"]}, {"reduced_range": [1]}])
 def test_bad_or_empty_space_is_a_clear_error(bad: dict) -> None:
     with pytest.raises(SpaceError):
         SearchSpace.from_dict(bad)
+
+
+def test_boolean_knobs_map_to_policy_and_keep_presets() -> None:
+    assert SearchSpace.quantune().size(["a", "b"]) == 96        # off by default everywhere
+    sp = SearchSpace.from_dict({"preset": "mixed", "reduced_range": [False, True],
+                                "bias_correction": [True, False]})
+    names = ["a", "b"]
+    base = {k: v[0] for k, v in sp.dimensions(names).items()}
+    assert base["bias_correction"] is True and base["reduced_range"] is False
+    assert not sp.to_policy(base, names)["a"].weight.reduced_range
+    rr = sp.to_policy({**base, "reduced_range": True}, names)
+    assert rr["a"].weight.reduced_range and not rr["a"].act.reduced_range
+    # bias correction is not a Policy property: same policy, different configuration
+    assert sp.to_policy({**base, "bias_correction": False}, names) == sp.to_policy(base, names)
 
 
 def test_grid_refuses_huge_space() -> None:
@@ -137,7 +140,7 @@ def test_evaluator_stops_hopeless_configuration_after_first_stage(
 
 
 def test_evaluator_rejects_bad_data() -> None:
-    model, calib, val = _problem()
+    model, calib, val = tune_problem()
     with pytest.raises(TuneError, match="calib_size"):
         TorchEvaluator(model, calib[:8], val, SMALL)
     with pytest.raises(TuneError, match="labels"):
@@ -172,19 +175,32 @@ def test_tune_min_size_writes_outputs(tmp_path: Path, evaluator: TorchEvaluator)
         res.best.config)
     state = load_file(str(tmp_path / "model.safetensors"))
     assert any(k.endswith("weight_quantizer.p_scale") for k in state)
-    lines = (tmp_path / "trials.jsonl").read_text().splitlines()
-    assert len(lines) == 6 and "m.accuracy" in json.loads(lines[0])
+    # a bitsmith.run/1 directory: completed trials in trials.jsonl, every trial in trials.csv
+    completed = [t for t in res.trials if t.state == "COMPLETE"]
+    lines = [json.loads(x) for x in (tmp_path / "trials.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [t.number for t in completed]
+    assert all(r["source"] == "tuner:xgboost" and "m.accuracy" in r for r in lines)
+    assert len((tmp_path / "trials.csv").read_text().splitlines()) == 1 + 6
+    run = load_run(tmp_path)
+    assert run.run["producer"] == "bitsmith tune" and run.policy == policy
+    assert run.chosen["name"] == f"trial {res.best.number}"
+    assert run.chosen["size_bytes"] == best["size_bytes"]
+    assert len(run.search) == len(completed)
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "summary.json").read_text())["trial"] == res.best.number
     # resume: the same call again finds the budget spent and runs nothing new
     again = tune(evaluator=evaluator, objective=Objective("min_cost", tolerance=3.0),
                  strategy="xgboost", n_trials=6, out_dir=tmp_path, progress=False)
     assert [t.number for t in again.trials] == [t.number for t in res.trials]
+    assert len((tmp_path / "trials.jsonl").read_text().splitlines()) == len(completed)
+    # the report reads the tuner's run directory
+    html = write_report(tmp_path)
+    assert html.is_file() and "trial" in html.read_text()
 
 
 @pytest.mark.parametrize("strategy", ["random", "grid", "genetic", "tpe"])
 def test_every_strategy_runs_on_a_study(strategy: str) -> None:
-    model, calib, val = _problem()
+    model, calib, val = tune_problem()
     space = SearchSpace.from_dict({"calib_size": [16], "float_layers": ["none"],
                                    "act_clip": ["minmax"], "scheme": ["symmetric", "asymmetric"],
                                    "weight_bits": [4], "act_bits": [8]})
@@ -215,7 +231,7 @@ def test_zero_tolerance_unmet_reports_closest(evaluator: TorchEvaluator) -> None
     space = SearchSpace.from_dict({"preset": "mixed", "calib_size": [16], "weight_bits": [2],
                                    "act_bits": [2], "act_clip": ["minmax"],
                                    "weight_clip": ["minmax"]})
-    model, calib, val = _problem()
+    model, calib, val = tune_problem()
     ev = TorchEvaluator(model, calib, val, space, stages=(1.0,))
     res = tune(evaluator=ev, objective=Objective("min_cost", tolerance=0.0), strategy="random",
                n_trials=2, progress=False)
@@ -253,7 +269,9 @@ def cli() -> typer.Typer:
 
 @pytest.mark.parametrize("args", [["--tolerance", "-1"], ["--storage", "nosuchdb://x"],
                                   ["--objective", "fastest"], ["--strategy", "anneal"],
-                                  ["--space", "missing.yaml"], ["--model", "vgg"]])
+                                  ["--space", "missing.yaml"], ["--model", "vgg"],
+                                  ["--model", "resnet20", "--val-split", "jpg"],
+                                  ["--backend", "tensorrt"]])
 def test_cli_bad_input_exits_2(cli: typer.Typer, args: list[str], tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["tune", "--model", "digits", "--out", str(tmp_path),
                                    "--n-trials", "1", "--no-progress", "--epochs", "1", *args])

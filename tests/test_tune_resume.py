@@ -4,39 +4,31 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-from test_tune_workers import WORKER, _check_budget, _spawn
+from test_tune_workers import WAIT, WORKER, Lines, _check_budget, _check_run_dir, _spawn
 
 
 def test_sigkill_resume_keeps_finished_trials(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    proc = _spawn(script, url, "resume", 6, 0.6)
-    deadline = time.monotonic() + 60
-    done: list = []
-    while time.monotonic() < deadline:
-        time.sleep(0.3)
-        try:
-            trials = optuna.load_study(study_name="resume", storage=url).get_trials()
-        except KeyError:
-            continue
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
-        if len(done) >= 2 and any(t.state == TrialState.RUNNING for t in trials):
-            break
+    out = tmp_path / "run"
+    # the first worker finishes two evaluations, then hangs inside the third: killed there
+    proc = _spawn(script, url, "resume", 6, 0.0, out, hang_after=2, heartbeat=1)
+    lines = Lines(proc)
+    reached = lines.wait_for("EVAL 2")
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-    assert len(done) >= 2, "the worker did not finish two trials before the kill"
-    before = {t.number: (t.params, t.values) for t in
-              optuna.load_study(study_name="resume", storage=url).get_trials()
-              if t.state == TrialState.COMPLETE}
-    again = _spawn(script, url, "resume", 6, 0.0)
-    out = again.communicate(timeout=120)[0]
-    assert again.returncode == 0, out
+    proc.wait(timeout=60)
+    assert reached, f"the worker never started its third evaluation: {lines.lines}"
+    trials = optuna.load_study(study_name="resume", storage=url).get_trials()
+    before = {t.number: (t.params, t.values) for t in trials if t.state == TrialState.COMPLETE}
+    assert len(before) >= 2 and any(t.state == TrialState.RUNNING for t in trials)
+    again = _spawn(script, url, "resume", 6, 0.0, out, heartbeat=1)
+    output = again.communicate(timeout=WAIT)[0]
+    assert again.returncode == 0, output
     trials = _check_budget(url, "resume", 6)
     after = {t.number: (t.params, t.values) for t in trials if t.state == TrialState.COMPLETE}
     for number, record in before.items():           # every finished trial kept, unchanged
@@ -46,3 +38,4 @@ def test_sigkill_resume_keeps_finished_trials(tmp_path: Path) -> None:
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == stale[0].number]
     assert len(retried) == 1 and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert retried[0].params == stale[0].params or not stale[0].params
+    _check_run_dir(out, trials)                       # the run directory survived the kill

@@ -13,12 +13,13 @@ from bitsmith.tune.features import ConfigEncoder, model_descriptors
 from bitsmith.tune.objectives import Objective
 from bitsmith.tune.results import TrialRecord, TuneResult
 from bitsmith.tune.runner import InfeasibleError, tune
+from bitsmith.tune.runtime import OnnxRuntimeBackend
 from bitsmith.tune.samplers import STRATEGIES, TransferRecord, XGBoostSampler, make_sampler
 from bitsmith.tune.space import SearchSpace
 
 __all__ = [
     "STRATEGIES", "Backend", "ConfigEncoder", "Evaluator", "InfeasibleError", "Measurement",
-    "Objective", "SearchSpace", "SpaceError", "StorageError", "TorchBackend", "TorchEvaluator",
-    "TransferRecord", "TrialRecord", "TuneError", "TuneResult", "XGBoostSampler",
-    "make_sampler", "model_descriptors", "tune",
+    "Objective", "OnnxRuntimeBackend", "SearchSpace", "SpaceError", "StorageError",
+    "TorchBackend", "TorchEvaluator", "TransferRecord", "TrialRecord", "TuneError",
+    "TuneResult", "XGBoostSampler", "make_sampler", "model_descriptors", "tune",
 ]

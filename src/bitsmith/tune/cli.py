@@ -22,13 +22,20 @@ MODELS = ("resnet20", "resnet32", "digits")
 console = Console(stderr=False)
 
 
-def load_problem(model: str, val_size: int, seed: int, epochs: int = 30
-                 ) -> tuple[Any, Any, Any]:
+VAL_SPLITS = ("jpeg", "lossless")
+LOSSLESS_CALIB = 1000
+
+
+def load_problem(model: str, val_size: int, seed: int, epochs: int = 30,
+                 val_split: str = "jpeg") -> tuple[Any, Any, Any]:
     """``(float model, calibration inputs, validation data)`` of a built-in problem.
 
-    ``resnet20`` / ``resnet32``: the pretrained CIFAR-10 ResNets, calibration on the
-    4,000 lossless training images, validation on the first ``val_size`` JPEG
-    validation images (never the test images). ``digits``: a SmallCNN trained
+    ``resnet20`` / ``resnet32``: the pretrained CIFAR-10 ResNets. ``val_split="jpeg"``:
+    calibration on the 4,000 lossless training images, validation on the first
+    ``val_size`` JPEG validation images; ``"lossless"``: calibration on the first 1,000
+    lossless training images, validation on (up to ``val_size`` of) the other 3,000 —
+    a better proxy of the damage on the lossless test images (docs/tune.md, "Which
+    validation set"). Never the test images. ``digits``: a SmallCNN trained
     here for ``epochs`` epochs on the sklearn digits (calibration = train split,
     validation = val split).
     """
@@ -36,11 +43,19 @@ def load_problem(model: str, val_size: int, seed: int, epochs: int = 30
         from bitsmith.data import cifar10_protocol
         from bitsmith.models import load_pretrained_cifar_resnet
 
+        if val_split not in VAL_SPLITS:
+            raise TuneError(f"unknown validation split {val_split!r}; use one of {VAL_SPLITS}")
         proto = cifar10_protocol()
+        net = load_pretrained_cifar_resnet(int(model[6:]))
+        if val_split == "lossless":
+            cal = proto.calibration
+            n = min(val_size, len(cal) - LOSSLESS_CALIB)
+            return (net, cal.subset(list(range(LOSSLESS_CALIB)), name="cifar10-calib-1000"),
+                    cal.subset(list(range(LOSSLESS_CALIB, LOSSLESS_CALIB + n)),
+                               name="cifar10-lossless-heldout"))
         val = proto.val
         n = min(val_size, len(val))
-        return (load_pretrained_cifar_resnet(int(model[6:])), proto.calibration,
-                val.subset(list(range(n)), name="cifar10-val-subset"))
+        return (net, proto.calibration, val.subset(list(range(n)), name="cifar10-val-subset"))
     if model == "digits":
         import torch
 
@@ -68,7 +83,11 @@ def register(app: typer.Typer) -> None:
                                                  "quantune."),
         strategy: str = typer.Option("xgboost", help="random, grid, genetic, tpe, xgboost."),
         objective: str = typer.Option("min-cost", help="min-cost, max-accuracy, pareto."),
-        metric: str = typer.Option("size", help="Cost metric: size, bitops."),
+        metric: str = typer.Option("size", help="Cost metric: size, bitops, latency "
+                                                "(latency needs --backend onnxruntime)."),
+        backend: str = typer.Option("torch", help="Where configurations run: torch (fake "
+                                                  "quantization) or onnxruntime (exported, "
+                                                  "integer kernels; measures latency)."),
         tolerance: float = typer.Option(1.0, help="Max accuracy drop in points (min-cost)."),
         budget: float = typer.Option(None, help="Max cost (bytes / BitOPs) for max-accuracy."),
         n_trials: int = typer.Option(100, help="Trial budget of the study (all workers)."),
@@ -78,6 +97,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/tune"), help="Output folder."),
         seed: int = typer.Option(0, help="Sampler seed."),
         val_size: int = typer.Option(2000, help="Validation images (CIFAR models)."),
+        val_split: str = typer.Option("jpeg", help="CIFAR validation: jpeg (protocol val "
+                                                   "split) or lossless (held-out lossless "
+                                                   "training images; calibration on 1,000)."),
         transfer: list[Path] = typer.Option(None, help="transfer.json of earlier studies."),
         init_policy: list[Path] = typer.Option(None, help="Warm-start policy files."),
         no_prune: bool = typer.Option(False, help="Disable early stopping."),
@@ -114,8 +136,19 @@ def register(app: typer.Typer) -> None:
                 SearchSpace.from_dict({"preset": preset})
             records = [r for p in (transfer or []) for r in load_transfer(p)]
             policies = [Policy.load(p) for p in (init_policy or [])]
-            net, calib, val = load_problem(model, val_size, seed, epochs)
+            if backend not in ("torch", "onnxruntime"):
+                raise TuneError(f"unknown backend {backend!r}; use torch or onnxruntime")
+            net, calib, val = load_problem(model, val_size, seed, epochs, val_split)
+            evaluator = None
+            if backend == "onnxruntime":
+                from bitsmith.tune.evaluator import TorchEvaluator
+                from bitsmith.tune.runtime import OnnxRuntimeBackend
+
+                evaluator = TorchEvaluator(net, calib, val, sp, backend=OnnxRuntimeBackend())
             result = tune(net, calib, val, space=sp, objective=obj, strategy=strategy,
+                          evaluator=evaluator,
+                          run_meta={"model": model, "dataset": model if model == "digits"
+                                    else "CIFAR-10"},
                           n_trials=n_trials, timeout=timeout, storage=storage, study_name=study,
                           out_dir=out, seed=seed, transfer=records, initial_policies=policies,
                           prune=not no_prune, progress=not no_progress, log=console.print)

@@ -15,12 +15,18 @@ is the built-in one (fake quantization in PyTorch). What makes it fast:
   tuner wires it to an Optuna pruner); the later stages only evaluate the new
   images.
 
+* with ``bias_correction`` in the configuration, each quantized layer's bias
+  is corrected for its weights' mean output error (:mod:`bitsmith.tune.correction`;
+  input means collected once per calibration size, shifts cached per layer and spec).
+
 The model is run through a :class:`Backend`. :class:`TorchBackend` runs the
-fake-quantized PyTorch module. A runtime-backed evaluator (ONNX Runtime through
-the exporter, once that lands) only needs a backend whose ``compile`` returns
-a callable running the integer model and whose ``latency_ms`` times it; it
-then also fills :attr:`Measurement.latency_ms`, the tuner's optional second
-objective.
+fake-quantized PyTorch module. :class:`~bitsmith.tune.runtime.OnnxRuntimeBackend`
+exports each configuration with :func:`bitsmith.export.export_onnx` and runs the
+integer model in ONNX Runtime: accuracy on the runtime, and
+:attr:`Measurement.latency_ms`, the tuner's optional second objective. Any backend
+whose ``compile`` returns a callable running the model and whose ``latency_ms``
+times it plugs in the same way (``fake_quant = False`` keeps the weight quantizers
+on the model the backend receives, for exporters).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from bitsmith.engine import evaluate as engine_evaluate
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import Policy
 from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quantize
+from bitsmith.tune.correction import correct_bias, input_means, output_shift
 from bitsmith.tune.errors import TuneError
 from bitsmith.tune.features import descriptors_of
 from bitsmith.tune.space import Config, SearchSpace
@@ -105,9 +112,15 @@ class Evaluator(Protocol):
 
 
 class Backend(Protocol):
-    """Runs a quantized model: PyTorch fake quantization, or an integer runtime."""
+    """Runs a quantized model: PyTorch fake quantization, or an integer runtime.
+
+    ``fake_quant``: whether the model handed to :meth:`compile` may have its weights
+    baked (fake-quantized values, weight quantizers removed; fastest in PyTorch).
+    An exporter needs the quantizers: set it to ``False``.
+    """
 
     measures_latency: bool
+    fake_quant: bool
 
     def compile(self, qmodel: nn.Module, example: Tensor) -> Callable[[Tensor], Tensor]:
         """A callable mapping an input batch ``(N, ...)`` to logits ``(N, classes)``."""
@@ -120,6 +133,7 @@ class TorchBackend:
     """Runs the fake-quantized PyTorch module itself (no latency: it is not a deployment)."""
 
     measures_latency = False
+    fake_quant = True
 
     def compile(self, qmodel: nn.Module, example: Tensor) -> Callable[[Tensor], Tensor]:
         return qmodel.eval()
@@ -219,14 +233,20 @@ class TorchEvaluator:
                             "calibration inputs were given")
         self._stats: dict[int, CalibrationStats] = {}
         self._weights: dict[tuple[str, Any], Tensor] = {}
-        self._results: dict[tuple[str, int], Measurement] = {}
+        self._means: dict[int, dict[str, Tensor]] = {}
+        self._shifts: dict[tuple[str, Any, int], Tensor | None] = {}
+        self._results: dict[tuple[str, int, bool], Measurement] = {}
         ref = self.stats(need)
         work, self.table, _ = prepare(self.model, ref.example_inputs)
+        self._work = work
         self.layer_names: list[str] = self.table.names
         self.descriptors = descriptors_of(work, self.table)
         self.weight_params = {i.name: i.weight_params for i in self.table}
         self.signed_inputs = {n: bool(ref[n].min < 0) for n in self.layer_names}
         self.bounds = stage_bounds(len(self._val_x), stages)
+        attach = getattr(self.backend, "attach", None)
+        if attach is not None:          # e.g. a runtime backend taking calibration inputs
+            attach(self)
         self.fp32_at = self._stage_accuracies(self.model)
         self.fp32_accuracy = self.fp32_at[-1]
 
@@ -238,28 +258,53 @@ class TorchEvaluator:
                                                                 self.batch_size))
         return self._stats[n]
 
+    def calibration_batches(self, k: int | None = None) -> list[Tensor]:
+        """The calibration inputs in batches of ``batch_size`` (the first ``k`` batches)."""
+        out = _batches(self._calib, None, self.batch_size)
+        return out if k is None else out[:k]
+
+    def means(self, n: int) -> dict[str, Tensor]:
+        """Per-channel input means of every quantizable layer over the first ``n``
+        calibration inputs (float model; collected once per ``n``), for bias correction."""
+        if n not in self._means:
+            self._means[n] = input_means(self._work, self.layer_names,
+                                         _batches(self._calib[:n], None, self.batch_size))
+        return self._means[n]
+
     def policy(self, config: Config) -> Policy:
         return self.space.to_policy(config, self.layer_names, self.signed_inputs)
 
     def cost(self, config: Config) -> CostReport:
         return estimate(self.table, self.policy(config))
 
+    def _calib_size(self, config: Config) -> int:
+        return int(config.get("calib_size", self.space.calib_size[0]))
+
+    def _bias_correction(self, config: Config) -> bool:
+        return bool(config.get("bias_correction", self.space.bias_correction[0]))
+
     def quantized_model(self, config: Config) -> nn.Module:
-        """The quantized copy of the model for ``config`` (weight quantizers kept, not baked)."""
-        n = int(config.get("calib_size", self.space.calib_size[0]))
-        return quantize(self.model, self.policy(config), calibration=self.stats(n))
+        """The quantized copy of the model for ``config`` (weight quantizers kept, not
+        baked; biases corrected when the configuration asks for ``bias_correction``)."""
+        n = self._calib_size(config)
+        qmodel = quantize(self.model, self.policy(config), calibration=self.stats(n))
+        self._prepare_layers(qmodel, n, self._bias_correction(config), bake=False)
+        return qmodel
 
     def state_dict(self, config: Config) -> dict[str, Tensor]:
         """The quantized model's state dict for ``config`` (weights and every quantizer's
         scales / zero points, fitted by one forward pass), contiguous copies."""
-        n = int(config.get("calib_size", self.space.calib_size[0]))
+        n = self._calib_size(config)
         qmodel = self.quantized_model(config)
         with torch.no_grad():
             qmodel(*self.stats(n).example_inputs)
         return {k: v.detach().contiguous().clone() for k, v in qmodel.state_dict().items()}
 
-    def _bake_weights(self, qmodel: nn.Module) -> None:
-        """Replace each weight by its cached fake-quantized value (same numbers, computed once)."""
+    def _prepare_layers(self, qmodel: nn.Module, n_calib: int, bias_correction: bool,
+                        bake: bool) -> None:
+        """Per quantized layer: correct the bias (if asked) and, with ``bake``, replace the
+        weight by its cached fake-quantized value (same numbers, computed once per spec)."""
+        means = self.means(n_calib) if bias_correction else None
         with torch.no_grad():
             for name, m in quantized_layers(qmodel).items():
                 q = m.weight_quantizer
@@ -268,8 +313,17 @@ class TorchEvaluator:
                 key = (name, q.spec)
                 if key not in self._weights:
                     self._weights[key] = q(m.weight.detach()).detach().clone()
-                m.weight.data = self._weights[key]
-                m.weight_quantizer = None
+                wq = self._weights[key]
+                if means is not None and name in means:
+                    skey = (name, q.spec, n_calib)
+                    if skey not in self._shifts:
+                        self._shifts[skey] = output_shift(m, wq - m.weight.detach(),
+                                                          means[name])
+                    if self._shifts[skey] is not None:
+                        correct_bias(m, self._shifts[skey])
+                if bake:
+                    m.weight.data = wq
+                    m.weight_quantizer = None
 
     def _count_correct(self, fn: Callable[[Tensor], Tensor], start: int, end: int) -> int:
         batches = _batches(self._val_x[start:end], self._val_y[start:end], self.batch_size)
@@ -294,13 +348,15 @@ class TorchEvaluator:
         """
         t0 = time.perf_counter()
         policy = self.policy(config)
-        n_calib = int(config.get("calib_size", self.space.calib_size[0]))
-        key = (policy.fingerprint(), n_calib)
+        n_calib = self._calib_size(config)
+        bias_correction = self._bias_correction(config)
+        key = (policy.fingerprint(), n_calib, bias_correction)
         if key in self._results:
             return replace(self._results[key], cached=True, seconds=0.0)
         cost = estimate(self.table, policy)
         qmodel = quantize(self.model, policy, calibration=self.stats(n_calib))
-        self._bake_weights(qmodel)
+        self._prepare_layers(qmodel, n_calib, bias_correction,
+                             bake=bool(getattr(self.backend, "fake_quant", True)))
         example = self._val_x[: self.batch_size]
         runner = self.backend.compile(qmodel, example)
         correct, start, pruned, acc = 0, 0, False, 0.0

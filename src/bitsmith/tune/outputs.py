@@ -1,25 +1,50 @@
 """What a tuning run leaves in its output folder.
 
+The folder is a ``bitsmith.run/1`` run directory (:class:`bitsmith.report.RunWriter`),
+so ``bitsmith report OUT_DIR`` works on it, plus the tuner's own files:
+
 =========================  ===============================================================
 file                       content
 =========================  ===============================================================
+``run.json``               run format header: model, validation set, FP32 accuracy, the
+                           chosen (best) trial, the objective and strategy in ``notes``
+``layers.json``            the model's layer table
+``trials.jsonl``           one line per *completed* trial (``name`` ``"trial <n>"``,
+                           validation ``accuracy``, ``size_bytes``, ``bitops``, ...,
+                           ``source`` ``"tuner:<strategy>"``, ``step`` = trial number,
+                           plus ``config``, ``state``, ``violation``, ``feasible`` and the
+                           measurement as ``m.<field>``); appended as trials finish
+``policy.yaml``            the chosen (best, else closest) configuration's Policy
+``search.jsonl``           per completed trial: its accuracy and compression and the best
+                           so far (the report's search curve)
+``policies/``              one Policy YAML per completed trial
 ``best_policy.yaml/json``  the best Policy (rewritten after every trial that improves it)
 ``best.json``              its configuration, measurement, objective, trial number
 ``model.safetensors``      state dict of the quantized model of the best configuration
-                           (BN-folded weights + quantizer scales; no pickle); load it into
+                           (BN-folded weights, bias-corrected when the configuration
+                           says so, + quantizer scales; no pickle); load it into
                            ``bitsmith.quantize(model, policy, ...)``
-``trials.jsonl/.csv``      one line per trial: state, configuration, accuracy, drop, size...
+``trials.csv``             every trial, any state (pruned, failed, waiting too), flat
 ``pareto.png``             accuracy vs cost of every completed trial, front and best marked
 ``transfer.json``          measurements for the cost model of a later study (transfer)
 ``summary.json``           the objective, counts per state, best / closest, Pareto front
 =========================  ===============================================================
+
+Several workers may share one folder: each appends its finished trials to
+``trials.jsonl`` / ``search.jsonl`` (one ``write`` per line, ``O_APPEND``), and
+when a worker ends it rewrites the run files from the study (the source of truth)
+into a private folder and moves them into place with ``os.replace``: a reader never
+sees a half-written file, and the last worker to finish leaves the complete run.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,21 +84,157 @@ def write_best(result: TuneResult, evaluator: Evaluator, out_dir: Path) -> dict[
 
 
 def write_trials(trials: list[TrialRecord], out_dir: Path) -> dict[str, Path]:
-    """``trials.jsonl`` (full records) and ``trials.csv`` (flat columns)."""
+    """``trials.csv``: every trial (any state), flat columns."""
     rows = [t.to_dict() for t in trials]
-    jsonl = out_dir / "trials.jsonl"
-    _atomic_write(jsonl, "".join(json.dumps(r) + "\n" for r in rows))
     flat = [{**{k: v for k, v in r.items() if k != "config"},
              **{f"c.{k}": v for k, v in r["config"].items()}} for r in rows]
     cols: list[str] = []
     for r in flat:
         cols += [c for c in r if c not in cols]
     path = out_dir / "trials.csv"
-    with open(path, "w", newline="") as f:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(flat)
-    return {"trials_jsonl": jsonl, "trials_csv": path}
+    os.replace(tmp, path)
+    return {"trials_csv": path}
+
+
+# ------------------------------------------------------------------ run directory
+def _usable(record: TrialRecord) -> bool:
+    return (record.state == "COMPLETE" and bool(record.measurement)
+            and record.measurement.get("accuracy") is not None)
+
+
+def _trial_name(number: int) -> str:
+    return f"trial {number}"
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class RunLog:
+    """The ``bitsmith.run/1`` side of a tuning run (a :class:`~bitsmith.report.RunWriter`).
+
+    Args:
+        out_dir: the run directory.
+        evaluator: needs ``table`` (a LayerTable) and ``policy(config)``.
+        objective, strategy: recorded in ``run.json`` and used for the search curve.
+        fp32_accuracy: the float model's validation accuracy.
+        meta: ``model``, ``dataset``, ``eval_set`` labels for the report header.
+        fresh: start new trial and search logs (a new study); ``False`` appends.
+    """
+
+    def __init__(self, out_dir: Path, evaluator: Evaluator, objective: Any, strategy: str,
+                 fp32_accuracy: float, meta: Mapping[str, Any] | None = None,
+                 fresh: bool = False) -> None:
+
+        self.evaluator = evaluator
+        self.objective = objective
+        self.strategy = strategy
+        self.fp32_accuracy = float(fp32_accuracy)
+        meta = dict(meta or {})
+        model = getattr(evaluator, "model", None)
+        images = getattr(evaluator, "bounds", [None])[-1]
+        self.kwargs = {
+            "model": str(meta.get("model", type(model).__name__ if model is not None else "")),
+            "dataset": str(meta.get("dataset", "")),
+            "eval_set": str(meta.get("eval_set", f"validation ({images} images)" if images
+                                     else "validation")),
+            "producer": "bitsmith tune",
+            "notes": {"objective": objective.describe(), "strategy": strategy,
+                      **{k: v for k, v in meta.items()
+                         if k not in ("model", "dataset", "eval_set")}}}
+        self.writer = self._open(out_dir, fresh)
+
+    @staticmethod
+    def supported(evaluator: Evaluator) -> bool:
+        """Whether the evaluator exposes a LayerTable (needed for ``layers.json``)."""
+        return getattr(evaluator, "table", None) is not None
+
+    def _open(self, run_dir: Path, fresh: bool):
+        from bitsmith.report.rundir import RunWriter
+
+        writer = RunWriter(run_dir, fresh=fresh, **self.kwargs)
+        writer.write_layers(self.evaluator.table)
+        writer.set_fp32(self.fp32_accuracy)
+        return writer
+
+    def _fields(self, record: TrialRecord) -> dict[str, Any]:
+        m = record.measurement
+        return {"number": record.number, "state": record.state, "config": record.config,
+                "values": record.values, "violation": record.violation,
+                "feasible": record.feasible, "seconds": record.seconds,
+                **{f"m.{k}": _finite(v) for k, v in m.items()}}
+
+    def _search_point(self, record: TrialRecord, best: TrialRecord | None) -> dict[str, float]:
+        m = record.measurement
+        point = {"accuracy": float(m["accuracy"]), "compression": float(m["compression"])}
+        if best is not None:
+            bm = best.measurement
+            key = "best_accuracy" if self.objective.kind != "min_cost" else "best_compression"
+            point[key] = float(bm["accuracy"] if key == "best_accuracy" else bm["compression"])
+        return point
+
+    def improves(self, record: TrialRecord, best: TrialRecord | None) -> bool:
+        """Whether ``record`` is a better best-so-far than ``best`` (for the search curve)."""
+        if not _usable(record):
+            return False
+        if self.objective.kind == "pareto":
+            return best is None or (record.measurement["accuracy"]
+                                    > best.measurement["accuracy"])
+        if not record.feasible or not record.values:
+            return False
+        return best is None or self.objective.better(record.values[0], best.values[0])
+
+    def _add(self, writer: Any, record: TrialRecord, best: TrialRecord | None) -> None:
+        policy = self.evaluator.policy(record.config)
+        writer.add_trial(_trial_name(record.number), accuracy=float(
+            record.measurement["accuracy"]), policy=policy, source=f"tuner:{self.strategy}",
+            step=record.number, **self._fields(record))
+        writer.log_search(record.number, self.strategy, **self._search_point(record, best))
+
+    def append(self, record: TrialRecord, best: TrialRecord | None) -> None:
+        """Append one finished trial (completed ones only; others are in ``trials.csv``)."""
+        if _usable(record):
+            self._add(self.writer, record, best)
+
+    def rewrite(self, result: TuneResult, out_dir: Path) -> dict[str, Path]:
+        """Rewrite the run files from the whole study, atomically file by file."""
+        from bitsmith.report.rundir import (
+            LAYERS_JSON,
+            POLICY_YAML,
+            RUN_JSON,
+            SEARCH_JSONL,
+            TRIALS_JSONL,
+        )
+
+        done = sorted((t for t in result.trials if _usable(t)), key=lambda t: t.number)
+        pick = result.best or result.closest
+        if not done or pick is None:
+            return {}
+        tmp = out_dir / f".run-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            writer = self._open(tmp, fresh=True)
+            best: TrialRecord | None = None
+            for t in done:
+                if self.improves(t, best):
+                    best = t
+                self._add(writer, t, best)
+            writer.choose(_trial_name(pick.number))
+            (out_dir / "policies").mkdir(exist_ok=True)
+            for f in (tmp / "policies").iterdir():
+                os.replace(f, out_dir / "policies" / f.name)
+            files = {"layers": LAYERS_JSON, "trials_jsonl": TRIALS_JSONL,
+                     "search": SEARCH_JSONL, "policy": POLICY_YAML, "run": RUN_JSON}
+            for name in files.values():          # run.json last: it names the chosen trial
+                os.replace(tmp / name, out_dir / name)
+            return {key: out_dir / name for key, name in files.items()}
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def plot_pareto(result: TuneResult, path: Path) -> Path:
@@ -115,10 +276,12 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
 
 
 def write_outputs(result: TuneResult, evaluator: Evaluator, out_dir: Path,
-                  save_model: bool = True) -> dict[str, Path]:
+                  save_model: bool = True, run_log: RunLog | None = None) -> dict[str, Path]:
     """Write every output (see the module docstring); returns name -> path."""
     files = write_best(result, evaluator, out_dir)
     files.update(write_trials(result.trials, out_dir))
+    if run_log is not None:
+        files.update(run_log.rewrite(result, out_dir))
     files["pareto"] = plot_pareto(result, out_dir / "pareto.png")
     summary = {**_best_payload(result), "counts": result.counts(), "budget": result.budget,
                "stopped": result.stopped, "storage": result.storage,
@@ -137,8 +300,12 @@ def write_outputs(result: TuneResult, evaluator: Evaluator, out_dir: Path,
 
         path = out_dir / "model.safetensors"
         policy = evaluator.policy(result.best.config)
-        save_file(state_dict(result.best.config), str(path),
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file(state_dict(result.best.config), str(tmp),
                   metadata={"format": "bitsmith.tune/1", "policy": policy.to_json(),
-                            "config": json.dumps(result.best.config)})
+                            "config": json.dumps(result.best.config),
+                            "bias_correction": json.dumps(bool(
+                                result.best.config.get("bias_correction", False)))})
+        os.replace(tmp, path)
         files["model"] = path
     return files

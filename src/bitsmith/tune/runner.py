@@ -174,7 +174,8 @@ def tune(model: Any = None, calibration: Any = None, validation: Any = None, *,
          initial_policies: Sequence[Policy] = (), stages: Sequence[float | int] = (0.25, 1.0),
          prune: bool = True, prune_margin: float = 2.0, evaluator: Evaluator | None = None,
          progress: bool = True, save_model: bool = True, heartbeat_interval: int = 5,
-         log: Callable[[str], None] | None = None) -> TuneResult:
+         log: Callable[[str], None] | None = None,
+         run_meta: Mapping[str, Any] | None = None) -> TuneResult:
     """Search quantization configurations of ``model`` for ``objective``; one worker.
 
     Args:
@@ -203,6 +204,9 @@ def tune(model: Any = None, calibration: Any = None, validation: Any = None, *,
         save_model: write the quantized model (safetensors) of the best configuration.
         heartbeat_interval: seconds between heartbeats; a trial silent for 3x this is
             considered dead and re-run.
+        run_meta: labels for the run directory (``model``, ``dataset``, ``eval_set``; other
+            keys go to ``run.json`` notes); ``out_dir`` is a ``bitsmith.run/1`` directory
+            (``bitsmith report OUT_DIR``) whenever the evaluator has a layer table.
 
     Raises:
         TuneError: bad input (tolerance < 0, empty space, storage cannot be opened, ...).
@@ -257,20 +261,28 @@ def tune(model: Any = None, calibration: Any = None, validation: Any = None, *,
                                    int(n_trials), [c for c in initial if c])
     say(f"study {study.study_name!r} on {url or 'memory'}: {objective.describe()}, "
         f"budget {budget} trials, strategy {strategy}, space of {space.size(names):.3g} configs")
+    run_log = None
+    if out is not None:
+        from bitsmith.tune.outputs import RunLog
+
+        if RunLog.supported(evaluator):
+            run_log = RunLog(out, evaluator, objective, strategy, fp32_acc, run_meta)
     stopped = _work(study, store, _TrialRunner(study, evaluator, objective), objective, budget,
-                    timeout, heartbeat_interval, progress, evaluator, out, url, fp32_acc, say)
+                    timeout, heartbeat_interval, progress, evaluator, out, url, fp32_acc, say,
+                    run_log)
     result = summarize(study, objective, budget, stopped, url, fp32_acc)
     if out is not None:
         from bitsmith.tune.outputs import write_outputs
 
-        result.files = write_outputs(result, evaluator, out, save_model=save_model)
+        result.files = write_outputs(result, evaluator, out, save_model=save_model,
+                                     run_log=run_log)
     return result
 
 
 def _work(study: optuna.Study, store: Any, run: _TrialRunner, objective: Objective, budget: int,
           timeout: float | None, heartbeat_interval: int, progress: bool, evaluator: Evaluator,
           out: Path | None, url: str | None, fp32_acc: float,
-          say: Callable[[str], None]) -> str:
+          say: Callable[[str], None], run_log: Any = None) -> str:
     """The worker loop: pop tickets until none is left (or the timeout), then wait for the
     other workers' running trials (re-running dead ones). Returns why it stopped."""
     t0 = time.monotonic()
@@ -288,14 +300,19 @@ def _work(study: optuna.Study, store: Any, run: _TrialRunner, objective: Objecti
                     return "budget"
                 time.sleep(min(1.0, heartbeat_interval))   # others still running: wait
                 continue
-            _run_one(study, store, trial_id, run, heartbeat_interval, say)
+            number = _run_one(study, store, trial_id, run, heartbeat_interval, say)
             if out is not None:
-                _save_best(summarize(study, objective, budget, "running", url, fp32_acc),
-                           evaluator, out)
+                current = summarize(study, objective, budget, "running", url, fp32_acc)
+                _save_best(current, evaluator, out)
+                if run_log is not None:
+                    record = next((t for t in current.trials if t.number == number), None)
+                    if record is not None:
+                        run_log.append(record, current.best)
 
 
 def _run_one(study: optuna.Study, store: Any, trial_id: int, run: _TrialRunner,
-             heartbeat_interval: int, say: Callable[[str], None]) -> None:
+             heartbeat_interval: int, say: Callable[[str], None]) -> int:
+    """Run one claimed trial to a final state; returns its number."""
     trial = Trial(study, trial_id)
     beat = Heartbeat(store, trial_id, heartbeat_interval)
     try:
@@ -303,7 +320,7 @@ def _run_one(study: optuna.Study, store: Any, trial_id: int, run: _TrialRunner,
     except optuna.TrialPruned:
         beat.stop()
         study.tell(trial, state=TrialState.PRUNED)
-        return
+        return trial.number
     except KeyboardInterrupt:
         beat.stop()
         # give the ticket back: fail this trial and re-enqueue its configuration
@@ -321,9 +338,10 @@ def _run_one(study: optuna.Study, store: Any, trial_id: int, run: _TrialRunner,
         trial.set_user_attr("error", f"{type(err).__name__}: {err}")
         study.tell(trial, state=TrialState.FAIL)
         say(f"trial {trial.number} failed: {type(err).__name__}: {err}")
-        return
+        return trial.number
     beat.stop()
     study.tell(trial, values)
+    return trial.number
 
 
 def _best_line(study: optuna.Study, objective: Objective, budget: int, url: str | None,

@@ -21,6 +21,11 @@ parameter          choices                                                     Q
 ``act_bits``       likewise, ``a:<layer>`` per layer                            int8 only
 =================  ==========================================================  ==============
 
+Two boolean knobs (default: ``false`` only): ``bias_correction`` shifts each
+layer's bias by the expected output error of its quantized weights
+(:mod:`bitsmith.tune.correction`); ``reduced_range`` makes weights use one bit
+less of their integer range (ONNX Runtime's AVX2 ``reduce_range``).
+
 Scheme mapping (see ``docs/tune.md``):
 
 * ``asymmetric``: ``uniform_asymmetric`` weights and activations;
@@ -56,7 +61,7 @@ SCHEMES = ("asymmetric", "symmetric", "symmetric_uint8", "symmetric_pow2")
 FLOAT_LAYER_SETS = {"none": (), "first": ("first",), "last": ("last",),
                     "first_last": ("first", "last")}
 GLOBAL_DIMS = ("scheme", "act_clip", "weight_clip", "granularity", "calib_size",
-               "float_layers")
+               "float_layers", "bias_correction", "reduced_range")
 W_PREFIX, A_PREFIX = "w:", "a:"
 Config = dict[str, Any]
 
@@ -92,6 +97,7 @@ class SearchSpace:
     ``weight_bits`` / ``act_bits`` into one parameter per layer (``w:<name>``,
     ``a:<name>``), i.e. a mixed-precision policy. ``percentile`` is the
     percent of ``|x|`` mass kept by the percentile observer.
+    ``bias_correction`` and ``reduced_range`` are boolean knobs (default: off only).
     """
 
     scheme: tuple[str, ...] = SCHEMES
@@ -102,6 +108,8 @@ class SearchSpace:
     float_layers: tuple[str, ...] = ("none", "first", "first_last")
     weight_bits: tuple[int | str, ...] = (8,)
     act_bits: tuple[int | str, ...] = (8,)
+    bias_correction: tuple[bool, ...] = (False,)
+    reduced_range: tuple[bool, ...] = (False,)
     per_layer_weight_bits: bool = False
     per_layer_act_bits: bool = False
     percentile: float = 99.99
@@ -109,8 +117,13 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         for name in ("scheme", "act_clip", "weight_clip", "granularity", "calib_size",
-                     "float_layers", "weight_bits", "act_bits"):
+                     "float_layers", "weight_bits", "act_bits", "bias_correction",
+                     "reduced_range"):
             object.__setattr__(self, name, _tuple(getattr(self, name), name))
+        for name in ("bias_correction", "reduced_range"):
+            bad = [v for v in getattr(self, name) if not isinstance(v, bool)]
+            if bad:
+                raise SpaceError(f"{name}: choices must be true/false, got {bad}")
         bad = [s for s in self.scheme if s not in SCHEMES]
         if bad:
             raise SpaceError(f"scheme: unknown choice(s) {bad}; use {list(SCHEMES)}")
@@ -254,7 +267,8 @@ class SearchSpace:
             try:
                 layers[name] = _layer_spec(
                     get["scheme"], get["granularity"], get["weight_clip"], get["act_clip"],
-                    wbits, abits, signed.get(name, True), float(self.percentile))
+                    wbits, abits, signed.get(name, True), float(self.percentile),
+                    bool(get["reduced_range"]))
             except PolicyError as err:
                 raise SpaceError(f"{name}: configuration {dict(get)} is invalid: {err}") from None
         return Policy(layers)
@@ -280,13 +294,14 @@ class SearchSpace:
 
 @functools.lru_cache(maxsize=4096)
 def _layer_spec(scheme: str, granularity: str, weight_clip: str, act_clip: str,
-                wbits: int | str, abits: int | str, signed: bool, percentile: float
-                ) -> LayerSpec:
+                wbits: int | str, abits: int | str, signed: bool, percentile: float,
+                reduced_range: bool = False) -> LayerSpec:
     """One layer's LayerSpec (memoised: validation runs once per distinct spec)."""
     pow2 = scheme == "symmetric_pow2"
     weight = None if wbits == FLOAT_CHOICE else QSpec(
         "uniform_asymmetric" if scheme == "asymmetric" else "uniform_symmetric", int(wbits),
-        granularity, observer=weight_clip, percentile=percentile, pow2_scale=pow2)
+        granularity, observer=weight_clip, percentile=percentile, pow2_scale=pow2,
+        reduced_range=reduced_range)
     unsigned = scheme == "asymmetric" or (scheme == "symmetric_uint8" and not signed)
     act = None if abits == FLOAT_CHOICE else QSpec(
         "uniform_asymmetric" if unsigned else "uniform_symmetric", int(abits), "tensor",

@@ -69,7 +69,9 @@ def open_storage(url: str | None, heartbeat_interval: int = 5,
                     heartbeat_stale_trial_callback=retry)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as err:
             # several workers creating the schema at once: the loser retries and finds it
-            transient = isinstance(err, sqlalchemy.exc.IntegrityError) or "locked" in str(err)
+            # ("table ... already exists" when the other created it between check and create)
+            transient = isinstance(err, sqlalchemy.exc.IntegrityError) or any(
+                text in str(err) for text in ("locked", "already exists"))
             if not transient or attempt == 5:
                 return _storage_failure(url, err)
             time.sleep(0.2 * (attempt + 1))
