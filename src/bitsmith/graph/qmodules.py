@@ -38,26 +38,34 @@ class QuantLayerMixin:
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        w = self.quantized_weight()
-        if isinstance(self, nn.Linear):
-            return F.linear(x, w, self.bias)
-        for base, op in _CONV_T.items():
-            if isinstance(self, base):
-                n = 1 if base is nn.ConvTranspose1d else 2
-                pad = self._output_padding(x, output_size, self.stride, self.padding,
-                                           self.kernel_size, n, self.dilation)
-                return op(x, w, self.bias, self.stride, self.padding, pad, self.groups,
-                          self.dilation)
-        return self._conv_forward(x, w, self.bias)
+        return layer_op(self, x, self.quantized_weight(), output_size)
 
 
-_CLASS_CACHE: dict[type, type] = {}
+def layer_op(layer: nn.Module, x: Tensor, weight: Tensor,
+             output_size: list[int] | None = None) -> Tensor:
+    """Run ``layer``'s own operation (linear, conv, transposed conv) with ``weight`` instead of
+    its parameter; ``x`` and the result have the layer's usual shapes."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, weight, layer.bias)
+    for base, op in _CONV_T.items():
+        if isinstance(layer, base):
+            n = 1 if base is nn.ConvTranspose1d else 2
+            pad = layer._output_padding(x, output_size, layer.stride, layer.padding,
+                                        layer.kernel_size, n, layer.dilation)
+            return op(x, weight, layer.bias, layer.stride, layer.padding, pad, layer.groups,
+                      layer.dilation)
+    return layer._conv_forward(x, weight, layer.bias)
 
 
-def _quant_class(cls: type[nn.Module]) -> type[nn.Module]:
-    if cls not in _CLASS_CACHE:
-        _CLASS_CACHE[cls] = type(f"Quant{cls.__name__}", (QuantLayerMixin, cls), {})
-    return _CLASS_CACHE[cls]
+_CLASS_CACHE: dict[tuple[type, type], type] = {}
+
+
+def twin_class(mixin: type, cls: type[nn.Module], prefix: str) -> type[nn.Module]:
+    """The cached subclass ``<prefix><cls>(mixin, cls)`` that a module's class is swapped to."""
+    key = (mixin, cls)
+    if key not in _CLASS_CACHE:
+        _CLASS_CACHE[key] = type(f"{prefix}{cls.__name__}", (mixin, cls), {})
+    return _CLASS_CACHE[key]
 
 
 def is_quantized(module: nn.Module) -> bool:
@@ -71,7 +79,7 @@ def make_quantized(module: nn.Module, spec: LayerSpec, name: str, weight_axis: i
         raise TypeError(f"{name}: {type(module).__name__} is not a quantizable layer type")
     if is_quantized(module):
         raise ValueError(f"{name}: layer is already quantized")
-    module.__class__ = _quant_class(type(module))
+    module.__class__ = twin_class(QuantLayerMixin, type(module), "Quant")
     module.layer_spec = spec
     module.layer_name = name
     module.bypass_weight_quantizer = False  # set during calibration: statistics of the float model

@@ -1,0 +1,299 @@
+"""Benchmark: training-time mixed-precision search (AutoQNN QPL/QSS, SSPS) on ResNet-20.
+
+Protocol (shared/data/SOURCES.md): pretrained ResNet-20 (91.50 % on the 1,000 lossless test
+images), weights trained on the JPEG fine-tuning split (+ the 4,000 lossless images,
+augmented), architecture parameters on the held-out JPEG validation split, calibration on
+the lossless training images, accuracy reported on the 1,000 lossless test images only.
+First and last layer fixed at W8A8 in every policy (counted in every budget).
+
+Parts:
+  a  QPL, budget avg weight bits <= 4 (all layers), activations 4 bit; target >= 90.50 %.
+  b  QSS, size <= size of the uniform W3A4 policy; vs uniform W3A4 trained with the same
+     recipe (same supernet phase with one candidate, same QAT steps, same KD, same data).
+  c  SSPS, BitOPs <= BitOPs of the uniform W3A4 policy; vs the same uniform W3A4 run.
+  mem  wall-clock per step and peak RSS of the single-path (SSPS) vs expected (composite)
+     vs full multi-path supernet, each in a fresh process.
+
+CPU budget: one thread, short schedules (a fraction of an epoch); see --search-steps and
+--qat-steps. Results: benchmarks/results/search_resnet20.{json,md}.
+
+Usage:  nice python benchmarks/search_resnet20.py --search-steps 120 --qat-steps 450
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import RESULTS, write_result  # noqa: E402
+
+PARTIAL = RESULTS / "search_resnet20.partial.json"
+RUNS = Path("/tmp/bitsmith_search_runs")
+
+
+def _setup(batch: int):
+    from bitsmith.data import cifar10_protocol, make_loader
+    from bitsmith.models import build_model
+
+    proto = cifar10_protocol(n_val=2000)
+    train_loader = make_loader(proto.finetune, batch_size=batch, shuffle=True, seed=0,
+                               drop_last=True)
+    calib = make_loader(proto.calibration, batch_size=128, shuffle=False)
+    test = make_loader(proto.test, batch_size=250)
+    model = build_model("resnet20", pretrained=True).eval()
+    return proto, train_loader, calib, test, model
+
+
+def _uniform_w3_costs(model, example):
+    from bitsmith.cost import estimate
+    from bitsmith.policy import INT8, LayerSpec, Policy, QSpec
+    from bitsmith.quantize import prepare
+
+    _, table, _ = prepare(model, example)
+    names = table.names
+    spec = LayerSpec(QSpec("uniform_symmetric", 3, "channel"), QSpec("uniform_asymmetric", 4))
+    pol = Policy({n: (INT8 if n in (names[0], names[-1]) else spec) for n in names})
+    return estimate(table, pol)
+
+
+def run_part(part: str, args) -> dict:
+    from bitsmith.analyze.allocate import Budget
+    from bitsmith.search import SearchSettings, SearchSpace, TrainConfig, run_search
+
+    proto, train_loader, calib, test, model = _setup(args.batch)
+    example = next(iter(calib))[0][:8]
+    u3 = _uniform_w3_costs(model, example)
+    search_cfg = TrainConfig(max_steps=args.search_steps, lr=args.lr, weight_decay=0.0,
+                             grad_clip=10.0, log_every=10, checkpoint_every=50, progress=False,
+                             seed=0)
+    qat_cfg = TrainConfig(max_steps=args.qat_steps, lr=args.lr, weight_decay=0.0, grad_clip=10.0,
+                          distill_weight=args.kd, distill_temperature=4.0, log_every=20,
+                          checkpoint_every=100, progress=False, seed=0)
+    bits = (2, 3, 4, 5, 6)
+    common = dict(train_loader=train_loader, calibration=calib, eval_loader=test,
+                  example_inputs=example, model_name="ResNet-20 (pretrained)",
+                  dataset="CIFAR-10", eval_set="test images 0..999 (lossless)")
+    if part == "a":
+        budget = Budget(avg_weight_bits=4.0)
+        st = SearchSettings("qpl", budget, SearchSpace.uniform_bits(bits + (8,), (4,)),
+                            search_cfg, qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
+                                                            "init_bits": 4.0})
+    elif part == "b":
+        budget = Budget(size_bytes=u3.size_bytes)
+        st = SearchSettings("qss", budget, SearchSpace.uniform_bits(bits, (4,)), search_cfg,
+                            qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
+                                                "tau0": 5.0, "tau_min": 0.5})
+    elif part == "c":
+        budget = Budget(bitops=u3.bitops)
+        st = SearchSettings("ssps", budget, SearchSpace.uniform_bits(bits, (4,)), search_cfg,
+                            qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
+                                                "threshold": args.ssps_threshold,
+                                                "warmup_steps": args.ssps_warmup})
+    elif part == "u3":
+        budget = Budget(size_bytes=u3.size_bytes, bitops=u3.bitops)
+        st = SearchSettings("qpl", budget, SearchSpace.uniform_bits((3,), (4,)), search_cfg,
+                            qat_cfg)
+    else:
+        raise ValueError(part)
+    arch = proto.val if st.method in ("qss", "ssps") else None
+    t0 = time.perf_counter()
+    o = run_search(model, settings=st, arch_data=arch, teacher=model,
+                   out_dir=RUNS / f"{part}{args.run_tag}",
+                   **common)
+    res = o.summary()
+    res.update(part=part, budget=dict(budget.items()), wall_s=time.perf_counter() - t0,
+               search_steps=args.search_steps, qat_steps=args.qat_steps, batch=args.batch,
+               method_kw=st.method_kw,
+               search_s_per_step=o.search_seconds / max(o.search_result.steps, 1),
+               qat_s_per_step=o.qat_seconds / max(o.qat_result.steps, 1) if o.qat_result
+               else None, layers=o.derivation.rows,
+               weight_bits={n: s.weight.bits for n, s in o.policy.items() if s.weight},
+               within_budget=all(
+                   {"size_bytes": o.derivation.cost.size_bytes, "bitops": o.derivation.cost.bitops,
+                    "avg_weight_bits": o.derivation.cost.avg_weight_bits}[k] <= v * (1 + 1e-9)
+                   for k, v in budget.items()),
+               uniform_w3a4={"size_bytes": u3.size_bytes, "bitops": u3.bitops,
+                             "avg_weight_bits": u3.avg_weight_bits})
+    return res
+
+
+def mem_child(path: str, steps: int, batch: int) -> dict:
+    """One fresh process: build the supernet, train ``steps`` steps, report RSS and time."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bitsmith.analyze.allocate import Budget
+    from bitsmith.models import build_model
+    from bitsmith.search import SearchSpace, TrainConfig, build_supernet, make_method, train
+
+    # Synthetic CIFAR-shaped data: the training memory does not depend on the pixels, and
+    # skipping the JPEG decode keeps the process's earlier peak RSS below the training one.
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(batch * steps, 3, 32, 32, generator=g),
+                         torch.randint(0, 10, (batch * steps,), generator=g))
+    train_loader = DataLoader(data, batch_size=batch, shuffle=True)
+    model = build_model("resnet20", pretrained=True).eval()
+    example = data.tensors[0][:8]
+    space = SearchSpace.uniform_bits((2, 3, 4, 5, 6), (4, 8))
+    net = build_supernet(model, example, space, [(data.tensors[0][:128], None)])
+    method = make_method("ssps", net, Budget(avg_weight_bits=4.0), path=path, threshold=1.0)
+    rss0 = _proc_kib("VmRSS") * 1024
+    reset = _reset_peak_rss()  # peak of the training alone, not of the calibration before it
+    t0 = time.perf_counter()
+    train(net.model, train_loader, TrainConfig(max_steps=steps, progress=False, lr=1e-4,
+                                               find_unused_parameters=True),
+          callbacks=[method])
+    dt = (time.perf_counter() - t0) / steps
+    rss1 = (_proc_kib("VmHWM") * 1024 if reset
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"path": path, "s_per_step": dt, "peak_rss_bytes": rss1,
+            "rss_before_training": rss0, "training_rss_increase_bytes": rss1 - rss0,
+            "peak_reset": reset, "batch": batch, "steps": steps, "weight_candidates": 5,
+            "act_candidates": 2}
+
+
+def _proc_kib(key: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``); 0 where unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux ``clear_refs`` 5); False if impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _proc_kib("VmHWM") > 0
+    except OSError:
+        return False
+
+
+def _save_partial(results: dict, path: Path = PARTIAL) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="a,b,u3,c,mem")
+    ap.add_argument("--search-steps", type=int, default=120)
+    ap.add_argument("--qat-steps", type=int, default=450)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--kd", type=float, default=0.7)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mem-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--mem-steps", type=int, default=5)
+    ap.add_argument("--partial", default=str(PARTIAL), help="where finished parts are kept")
+    ap.add_argument("--ssps-threshold", type=float, default=0.6)
+    ap.add_argument("--ssps-warmup", type=int, default=20)
+    ap.add_argument("--run-tag", default="", help="suffix of the run folder")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    partial = Path(args.partial)
+    if args.mem_child:
+        print("MEM " + json.dumps(mem_child(args.mem_child, args.mem_steps, args.batch)))
+        return
+    results = json.loads(partial.read_text()) if partial.is_file() else {}
+    for part in args.parts.split(","):
+        if part in results:
+            print(f"part {part}: already done (in {partial})", flush=True)
+            continue
+        t0 = time.perf_counter()
+        if part == "mem":
+            rows = []
+            for path in ("single", "expected", "multipath"):
+                out = subprocess.run([sys.executable, __file__, "--mem-child", path,
+                                      "--mem-steps", str(args.mem_steps),
+                                      "--batch", str(args.batch)],
+                                     capture_output=True, text=True, check=True)
+                line = [ln for ln in out.stdout.splitlines() if ln.startswith("MEM ")][-1]
+                rows.append(json.loads(line[4:]))
+            results["mem"] = {"rows": rows}
+        else:
+            results[part] = run_part(part, args)
+        print(f"part {part} done in {time.perf_counter() - t0:.0f} s: "
+              f"{json.dumps({k: v for k, v in results[part].items() if k != 'layers'})[:600]}",
+              flush=True)
+        _save_partial(results, partial)
+    summarize(results, args)
+
+
+def summarize(results: dict, args) -> None:
+    lines = [f"ResNet-20, CIFAR-10 protocol; accuracy on the 1,000 lossless test images "
+             f"(FP32 91.50 %). Search {args.search_steps} steps + QAT {args.qat_steps} steps, "
+             f"batch {args.batch}, lr {args.lr}, KD weight {args.kd} (T=4), 1 CPU thread, "
+             "first/last layer W8A8 in every policy. Wall-clock seconds were measured on a "
+             "shared 2-core machine running several other jobs (load 4-6): compare them only "
+             "roughly.", ""]
+    lines.append("| run | method | budget | accuracy % | avg w bits | size bytes | BitOPs | "
+                 "search s | QAT s |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for part in ("a", "a_v0", "b", "c", "c_v0", "c_w60t08", "u3"):
+        r = results.get(part)
+        if not r:
+            continue
+        b = ", ".join(f"{k} <= {v:,.6g}" for k, v in r["budget"].items())
+        lines.append(f"| {part} | {r['method'] if part != 'u3' else 'uniform W3A4'} | {b} | "
+                     f"{r['accuracy']:.2f} | {r['avg_weight_bits']:.3f} | {r['size_bytes']:,} | "
+                     f"{r['bitops']:,} | {r['search_seconds']:.0f} | {r['qat_seconds']:.0f} |")
+    if "a" in results:
+        acc = results["a"]["accuracy"]
+        lines += ["", f"(a) target >= 90.50 %: measured {acc:.2f} % -> "
+                  f"{'met' if acc >= 90.5 else 'MISSED by %.2f points' % (90.5 - acc)}"]
+    if "a_v0" in results:
+        lines.append("(a_v0: same search and QAT, earlier derivation without the expected-cost "
+                     f"lower bound: {results['a_v0']['accuracy']:.2f} %)")
+    if "u3" in results:
+        u = results["u3"]["accuracy"]
+        for part in ("b", "c"):
+            if part in results:
+                m = results[part]["accuracy"]
+                pv = results.get("paired", {}).get(part, {}).get("mcnemar_exact_p")
+                sig = "" if pv is None else (
+                    f", McNemar p = {pv:.3g}" + ("" if pv < 0.05 else ": not significant"))
+                lines.append(f"({part}) searched {m:.2f} % vs uniform W3A4 {u:.2f} %: "
+                             f"{'searched higher' if m > u else 'searched NOT better'} "
+                             f"({m - u:+.2f} points, same 1,000 images{sig})")
+    if "c_v0" in results:
+        r = results["c_v0"]
+        lines.append(f"(c_v0: first SSPS run, layers could be fixed while the budget hinge was "
+                     f"active: {r['accuracy']:.2f} %, BitOPs {r['bitops']:,} = "
+                     f"{100 * r['bitops'] / r['budget']['bitops']:.0f} % of the budget)")
+    if "c_w60t08" in results:
+        r = results["c_w60t08"]
+        lines.append(f"(c_w60t08: SSPS with warm-up 60 steps and threshold 0.8: "
+                     f"{r['accuracy']:.2f} %, BitOPs {r['bitops']:,} = "
+                     f"{100 * r['bitops'] / r['budget']['bitops']:.0f} % of the budget)")
+    if "paired" in results:
+        lines += ["", "Paired comparison on the same 1,000 images (exact McNemar test):", ""]
+        for part, r in results["paired"].items():
+            lines.append(f"- {part} vs uniform W3A4: only {part} right "
+                         f"{r['only_searched_right']}, only uniform right "
+                         f"{r['only_uniform_right']}, p = {r['mcnemar_exact_p']:.3f}")
+    if "mem" in results:
+        lines += ["", "Supernet of ResNet-20, 5 weight x 2 activation candidates per layer, batch "
+              f"{args.batch}, peak RSS of the training steps (kernel counter reset before them):",
+              "", "| supernet path | s/step | peak RSS MiB | RSS increase in training MiB |",
+                  "|---|---|---|---|"]
+        for r in results["mem"]["rows"]:
+            lines.append(f"| {r['path']} | {r['s_per_step']:.2f} | "
+                         f"{r['peak_rss_bytes'] / 2**20:.0f} | "
+                         f"{r['training_rss_increase_bytes'] / 2**20:.0f} |")
+    payload = {"args": vars(args), "results": results}
+    write_result("search_resnet20", payload, lines)
+
+
+if __name__ == "__main__":
+    main()

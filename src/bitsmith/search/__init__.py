@@ -1,0 +1,34 @@
+"""Training-time mixed-precision search: AutoQNN (QSS, QPL) and SSPS, then QAT.
+
+* :mod:`bitsmith.search.train` - the shared training loop (:func:`train`, :class:`TrainConfig`,
+  :class:`Callback`), DDP-ready and resumable; also used by ``bitsmith.compress``.
+* :mod:`bitsmith.search.supernet` - :class:`SearchSpace`, :func:`build_supernet`.
+* :mod:`bitsmith.search.methods` - :class:`QSS`, :class:`QPL`, :class:`SSPS`.
+* :mod:`bitsmith.search.derive` - :func:`derive_policy` (budget met exactly, ILP repair).
+* :mod:`bitsmith.search.qat` - :func:`build_qat_model`, :func:`save_result`, :func:`load_result`.
+* :mod:`bitsmith.search.pipeline` - :func:`run_search` (everything, into a run directory).
+
+See ``docs/search.md``.
+"""
+
+from bitsmith.search.derive import Derivation, derive_policy, within_budget
+from bitsmith.search.methods import QPL, QSS, SSPS, SearchMethod, make_method
+from bitsmith.search.pipeline import SearchOutcome, SearchSettings, run_search
+from bitsmith.search.qat import build_qat_model, load_result, save_result
+from bitsmith.search.supernet import SearchSpace, SearchSpaceError, Supernet, build_supernet
+from bitsmith.search.train import (
+    Callback,
+    NonFiniteLossError,
+    TrainConfig,
+    TrainResult,
+    TrainState,
+    train,
+)
+
+__all__ = [
+    "QPL", "QSS", "SSPS", "Callback", "Derivation", "NonFiniteLossError", "SearchMethod",
+    "SearchOutcome", "SearchSettings", "SearchSpace", "SearchSpaceError", "Supernet",
+    "TrainConfig", "TrainResult", "TrainState", "build_qat_model", "build_supernet",
+    "derive_policy", "load_result", "make_method", "run_search", "save_result", "train",
+    "within_budget",
+]

@@ -1,0 +1,198 @@
+"""Quantization-aware fine-tuning of a derived Policy, and saving / loading the result.
+
+:func:`build_qat_model` turns the search's float model (BN folded, weights updated by the
+search) into a quantized model of the ``bitsmith.quantize`` kind (``model.bitsmith`` holds
+the Policy, LayerTable and conversion report, so ``bitsmith.export`` consumes it). Every
+uniform-family quantizer is made LSQ-learnable and starts from the step size the search
+learned for that candidate (activation quantizers without one are calibrated).
+:func:`finetune` trains it with :func:`bitsmith.search.train.train` (optional distillation
+from the FP32 model). :func:`save_result` writes ``policy.yaml`` and ``weights.safetensors``
+(float weights + quantizer parameters); :func:`load_result` rebuilds the quantized model.
+
+BN handling: BatchNorm is folded into the preceding convolution before the search
+(``build_supernet(fold_bn=True)``), so training, evaluation and the exported integer model
+compute the same function and no running statistics can drift; with ``fold_bn=False``
+use ``TrainConfig.freeze_bn_after`` to freeze the statistics after a few hundred steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bitsmith.graph.convert import ConversionReport, apply_policy, convert
+from bitsmith.graph.qmodules import quantized_layers
+from bitsmith.policy import LayerSpec, Policy, QSpec
+from bitsmith.quantize import QuantInfo, calibrate
+from bitsmith.schemes import get_scheme
+from bitsmith.schemes.quantizer import Quantizer
+from bitsmith.search.supernet import SearchLayerMixin, Supernet
+from bitsmith.search.train import Callback, TrainConfig, TrainResult, train
+
+
+def learnable(policy: Policy) -> Policy:
+    """``policy`` with ``learnable=True`` on every QSpec whose scheme has learnable keys."""
+    def fix(q: QSpec | None) -> QSpec | None:
+        if q is None or not get_scheme(q.scheme).learnable_keys():
+            return q
+        return q.replace(learnable=True)
+
+    return Policy({n: LayerSpec(fix(s.weight), fix(s.act), s.sparsity) for n, s in policy.items()})
+
+
+def float_model_of(net: Supernet) -> nn.Module:
+    """A copy of the supernet's model with plain float layers (search weights kept)."""
+    sources = [m.search_source for m in net.layers()]
+    net.set_source(None)
+    try:
+        model = copy.deepcopy(net.model)
+    finally:
+        for m, src in zip(net.layers(), sources):
+            m.search_source = src
+    for name in net.names:
+        m = model.get_submodule(name)
+        base = next(c for c in type(m).__mro__[1:] if not issubclass(c, SearchLayerMixin))
+        m.__class__ = base
+        for attr in ("weight_quantizers", "act_quantizers"):
+            if attr in m._modules:
+                del m._modules[attr]
+        for attr in ("search_index", "search_source", "search_path", "search_bypass"):
+            m.__dict__.pop(attr, None)
+    return model
+
+
+def _copy_quantizer(dst: Quantizer, src: Quantizer) -> bool:
+    if not src.ready or not src._param_keys or src.spec.scheme != dst.spec.scheme:
+        return False
+    dst._shape_hint = src._shape_hint
+    dst._store({k: v.detach() for k, v in src.params().items()})
+    dst._fitted_version = None
+    return True
+
+
+def build_qat_model(net: Supernet, policy: Policy, calibration: Iterable | None = None,
+                    calib_batches: int = 4) -> nn.Module:
+    """Quantized model of ``policy`` on the search's weights, quantizers warm-started.
+
+    Args:
+        net: the supernet after the search.
+        policy: the derived Policy (made LSQ-learnable here).
+        calibration: ``(inputs, labels)`` batches for activation quantizers that have no
+            search-trained counterpart (the fixed first/last layers).
+        calib_batches: batches of ``calibration`` used.
+    """
+    policy = learnable(policy)
+    model = float_model_of(net)
+    report = ConversionReport(model=type(model).__name__, traced=True)
+    apply_policy(model, net.table, policy, report)
+    qlayers = quantized_layers(model)
+    missing = []
+    for name, m in qlayers.items():
+        if name in net.names:
+            src = net.model.get_submodule(name)
+            spec = policy[name]
+            k = _index(net.weight_specs, spec.weight)
+            j = _index(net.act_specs, spec.act)
+            if m.weight_quantizer is not None and k is not None:
+                _copy_quantizer(m.weight_quantizer, src.weight_quantizers[k])
+            if m.input_quantizer is not None and (j is None or not _copy_quantizer(
+                    m.input_quantizer, src.act_quantizers[j])):
+                missing.append(name)
+        elif m.input_quantizer is not None:
+            missing.append(name)
+    if missing:
+        if calibration is None:
+            raise ValueError(f"layers {missing[:4]} need calibration data for their "
+                             "activation quantizers")
+        _calibrate_some(model, missing, calibration, calib_batches)
+    # Weight quantizers without warm start fit themselves on the first forward; do it now
+    # so that their LSQ parameters exist before the optimizer is built.
+    with torch.no_grad():
+        for m in qlayers.values():
+            if m.weight_quantizer is not None and not m.weight_quantizer._param_keys:
+                m.weight_quantizer(m.weight)
+    model.bitsmith = QuantInfo(policy, net.table, report)
+    return model
+
+
+def _index(specs: list[QSpec], spec: QSpec | None) -> int | None:
+    if spec is None:
+        return None
+    for i, s in enumerate(specs):
+        if s.replace(learnable=spec.learnable) == spec:
+            return i
+    return None
+
+
+def _calibrate_some(model: nn.Module, names: list[str], data: Iterable, n: int) -> None:
+    """Calibrate only the activation quantizers of ``names`` (others keep their ranges)."""
+    qlayers = quantized_layers(model)
+    keep = {nm: m.input_quantizer for nm, m in qlayers.items() if nm not in names}
+    for nm in keep:
+        qlayers[nm].input_quantizer = None
+    try:
+        calibrate(model, data, num_batches=n)
+    finally:
+        for nm, q in keep.items():
+            qlayers[nm].input_quantizer = q
+
+
+def finetune(qmodel: nn.Module, train_loader: Iterable, config: TrainConfig, *,
+             teacher: nn.Module | None = None, val_loader: Iterable | None = None,
+             callbacks: tuple[Callback, ...] = ()) -> TrainResult:
+    """QAT of a quantized model (weights and LSQ steps) with :func:`train`."""
+    return train(qmodel, train_loader, config, teacher=teacher, val_loader=val_loader,
+                 callbacks=callbacks)
+
+
+def save_result(qmodel: nn.Module, out_dir: str | Path, extra: dict[str, Any] | None = None
+                ) -> dict[str, Path]:
+    """Write ``policy.yaml``, ``weights.safetensors`` and ``result.json`` into ``out_dir``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info: QuantInfo = qmodel.bitsmith
+    policy_path = info.policy.save(out / "policy.yaml")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()}
+    weights = out / "weights.safetensors"
+    save_file(tensors, str(weights), metadata={"format": "bitsmith.search.weights/1"})
+    meta = out / "result.json"
+    meta.write_text(json.dumps({"format": "bitsmith.search.result/1",
+                                "policy_fingerprint": info.policy.fingerprint(),
+                                **(extra or {})}, indent=2))
+    return {"policy": policy_path, "weights": weights, "meta": meta}
+
+
+def load_result(model: nn.Module, example_inputs: Tensor, out_dir: str | Path) -> nn.Module:
+    """Rebuild the fine-tuned quantized model from :func:`save_result`'s files.
+
+    ``model`` is the original float model (same architecture as the searched one).
+    """
+    from safetensors.torch import load_file
+
+    out = Path(out_dir)
+    policy = Policy.load(out / "policy.yaml")
+    tensors = load_file(str(out / "weights.safetensors"))
+    work, table, report = convert(model, example_inputs, fold_bn=True)
+    apply_policy(work, table, policy, report)
+    for name, m in quantized_layers(work).items():
+        for attr in ("weight_quantizer", "input_quantizer"):
+            q = getattr(m, attr)
+            if q is None:
+                continue
+            prefix = f"{name}.{attr}.p_"
+            params = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if params:
+                first = next(iter(params.values()))
+                q._shape_hint = tuple(first.shape)
+                q._store(params)
+    work.load_state_dict(tensors, strict=True)
+    work.bitsmith = QuantInfo(policy, table, report)
+    return work.eval()

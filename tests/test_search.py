@@ -1,0 +1,411 @@
+"""Training-time mixed-precision search (bitsmith.search): budgets, resume, DDP, errors."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+from conftest import TinyNet, randomize_bn
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from bitsmith.analyze.allocate import Budget, InfeasibleBudgetError
+from bitsmith.cost import estimate
+from bitsmith.graph.convert import ConversionError
+from bitsmith.search import (
+    Callback,
+    NonFiniteLossError,
+    SearchSettings,
+    SearchSpace,
+    SearchSpaceError,
+    TrainConfig,
+    build_supernet,
+    derive_policy,
+    load_result,
+    make_method,
+    run_search,
+    train,
+    within_budget,
+)
+from bitsmith.search.methods import two_hot
+from bitsmith.search.train import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SPACE = SearchSpace.uniform_bits((2, 3, 4, 8), (4, 8), observer="minmax", first_last="search")
+
+
+def _data(n: int = 64, size: int = 16) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, 3, size, size, generator=g),
+                         torch.randint(0, 10, (n,), generator=g))
+
+
+def _loader(ds: TensorDataset, bs: int = 16) -> DataLoader:
+    return DataLoader(ds, batch_size=bs, shuffle=True)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(max_steps=4, lr=1e-3, progress=False, log_every=2, find_unused_parameters=True)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ----------------------------------------------------------------------- budgets
+@pytest.mark.parametrize("method", ["qss", "qpl", "ssps"])
+@pytest.mark.parametrize("kind,value", [("avg_weight_bits", 3.0), ("avg_weight_bits", 4.5),
+                                        ("size_bytes", None), ("bitops", None)])
+def test_derived_policy_never_exceeds_budget(method, kind, value):
+    ds = _data()
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], SPACE, _loader(ds))
+    if value is None:  # 40 % of the way from the cheapest to the dearest policy
+        lo = net.const[kind] + sum(float(c.min()) for c in net.costs[kind])
+        hi = net.const[kind] + sum(float(c.max()) for c in net.costs[kind])
+        value = lo + 0.4 * (hi - lo)
+    budget = Budget(**{kind: value})
+    kw = {"arch_data": ds, "arch_batch_size": 8} if method != "qpl" else {"init_bits": 8.0}
+    m = make_method(method, net, budget, arch_lr=0.1, **kw)
+    train(net.model, _loader(ds), _cfg(), callbacks=[m])
+    d = derive_policy(m)
+    cost = estimate(net.table, d.policy)
+    assert within_budget(cost, budget)
+    assert {"size_bytes": cost.size_bytes, "bitops": cost.bitops,
+            "avg_weight_bits": cost.avg_weight_bits}[kind] <= value * (1 + 1e-9)
+    assert set(d.policy) == set(net.table.names)
+
+
+def test_torchvision_resnet18_budget():
+    tvm = pytest.importorskip("torchvision.models")
+    model = tvm.resnet18(weights=None, num_classes=10).eval()
+    ds = _data(8, 32)
+    space = SearchSpace.uniform_bits((2, 4, 8), (8,), observer="minmax")
+    net = build_supernet(model, ds.tensors[0][:2], space, [(ds.tensors[0][:4], None)])
+    assert len(net.names) == len(net.table) - 2  # first/last fixed at W8A8
+    for bits in (3.0, 5.0):
+        budget = Budget(avg_weight_bits=bits)
+        m = make_method("qss", net, budget, arch_lr=0.1)
+        d = derive_policy(m)
+        assert d.cost.avg_weight_bits <= bits + 1e-9
+        assert d.policy[net.table.names[0]].weight.bits == 8
+
+
+def test_multi_budget_repair_meets_all():
+    ds = _data()
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], SPACE, _loader(ds))
+    hi_bits = net.const["bitops"] + sum(float(c.max()) for c in net.costs["bitops"])
+    budget = Budget(avg_weight_bits=4.0, bitops=0.5 * hi_bits)
+    m = make_method("qss", net, budget)
+    with torch.no_grad():  # make the arg-max the most expensive policy: repair must act
+        for p in m.arch_parameters():
+            p.copy_(torch.arange(len(p), dtype=torch.float32))
+    d = derive_policy(m)
+    assert d.repaired
+    assert within_budget(d.cost, budget)
+
+
+# ----------------------------------------------------------------------- methods
+def test_two_hot_interpolates_with_gradient():
+    b = torch.tensor(3.25, requires_grad=True)
+    w, i = two_hot(b, torch.tensor([2.0, 3.0, 4.0]))
+    assert i == 1
+    assert torch.allclose(w, torch.tensor([0.0, 0.75, 0.25]))
+    (w * torch.tensor([0.0, 3.0, 4.0])).sum().backward()
+    assert math.isclose(float(b.grad), 1.0, rel_tol=1e-6)  # d(3(1-f) + 4f)/db = 1
+
+
+def test_single_path_runs_one_quantizer_per_tensor():
+    ds = _data(16)
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], SPACE, _loader(ds))
+    calls = {"n": 0}
+
+    def hook(*_):
+        calls["n"] += 1
+
+    for layer in net.layers():
+        for q in list(layer.weight_quantizers) + list(layer.act_quantizers):
+            q.register_forward_hook(hook)
+    n_layers = len(net.names)
+    # single path: one weight and one activation quantizer per layer; multipath: all
+    # 4 weight and 2 activation candidates (and K_w * K_a convolutions).
+    for path, expected in (("single", 2 * n_layers), ("multipath", 6 * n_layers)):
+        m = make_method("ssps", net, Budget(avg_weight_bits=4.0), path=path)
+        net.model.train()
+        m.refresh()
+        calls["n"] = 0
+        net.model(ds.tensors[0][:2])
+        assert calls["n"] == expected
+
+
+def test_ssps_fixes_layers_and_records_step():
+    ds = _data()
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], SPACE, _loader(ds))
+    m = make_method("ssps", net, Budget(avg_weight_bits=6.0), arch_data=ds, arch_batch_size=8,
+                    arch_lr=0.5, threshold=0.3, fix_per_step=2)
+    train(net.model, _loader(ds), _cfg(max_steps=8), callbacks=[m])
+    assert m.fixed_at, "no layer was fixed"
+    assert all(1 <= s <= 8 for s in m.fixed_at.values())
+    rows = {r["layer"]: r for r in derive_policy(m).rows}
+    for name, step in m.fixed_at.items():
+        assert rows[name]["fixed_step"] == step
+        i = net.names.index(name)
+        k, j = m.fixed[i]
+        assert [t[0] for t in m.terms(i, "w", True)] == [k]
+
+
+def test_qss_model_wide_share_uses_one_vector():
+    ds = _data(16)
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], SPACE, _loader(ds))
+    m = make_method("qss", net, Budget(avg_weight_bits=4.0), share="model")
+    assert len(m.arch_parameters()) == 2
+    pw, _ = m.probs()
+    assert all(torch.equal(p, pw[0]) for p in pw)
+
+
+# ------------------------------------------------------------------------ resume
+class _Crash(Callback):
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, state) -> None:
+        if state.step == self.at:
+            raise KeyboardInterrupt
+
+
+def _ssps_run(tmp, crash_at=None):
+    torch.manual_seed(0)
+    ds = _data()
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], SPACE, _loader(ds))
+    m = make_method("ssps", net, Budget(avg_weight_bits=4.0), arch_data=ds, arch_batch_size=8,
+                    arch_lr=0.3, threshold=0.3)
+    cbs = [m] + ([_Crash(crash_at)] if crash_at else [])
+    res = train(net.model, _loader(ds), _cfg(max_steps=9, checkpoint_dir=str(tmp),
+                                             checkpoint_every=3), callbacks=cbs)
+    return net, m, res
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    net_a, m_a, res_a = _ssps_run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        _ssps_run(tmp_path / "b", crash_at=5)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 3
+    net_b, m_b, res_b = _ssps_run(tmp_path / "b")
+    assert res_b.resumed_from == 3 and res_b.steps == res_a.steps == 9
+    sa, sb = net_a.model.state_dict(), net_b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    for pa, pb in zip(m_a.arch_parameters(), m_b.arch_parameters()):
+        assert torch.equal(pa, pb)
+    assert m_a.fixed_at == m_b.fixed_at
+    assert res_a.history == res_b.history
+
+
+# -------------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _IgnoreFcBias(Callback):
+    """DDP leaves ``fc.bias`` alone; train() must average its gradient itself."""
+
+    def ddp_ignored_parameters(self, model):
+        return ["fc.bias"]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ds = _data()
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], SPACE,
+                         DataLoader(ds, batch_size=16))
+    m = make_method("qss", net, Budget(avg_weight_bits=4.0), arch_data=ds, arch_batch_size=8)
+    res = train(net.model, DataLoader(ds, batch_size=8, shuffle=True),
+                _cfg(max_steps=3, device="cpu", checkpoint_dir=out),
+                callbacks=[m, _IgnoreFcBias()])
+    torch.save({"model": net.model.state_dict(), "arch": [p.detach() for p in
+                                                          m.arch_parameters()],
+                "steps": res.steps}, os.path.join(out, f"rank{rank}.pt"))
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0["steps"] == r1["steps"] == 3
+    for k, v in r0["model"].items():  # DDP keeps every replica identical
+        assert torch.allclose(v, r1["model"][k]), k
+    for a, b in zip(r0["arch"], r1["arch"]):  # arch grads averaged by the callback
+        assert torch.allclose(a, b)
+    assert (tmp_path / "last.pt").is_file()
+
+
+# ------------------------------------------------------------------- error paths
+def test_infeasible_budget_names_the_minimum():
+    ds = _data(16)
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], SPACE, _loader(ds))
+    with pytest.raises(InfeasibleBudgetError) as err:
+        make_method("qss", net, Budget(avg_weight_bits=1.5))
+    assert err.value.minimum == pytest.approx(2.0)
+    assert "minimum" in str(err.value) and "2" in str(err.value)
+    lowest = net.const["size_bytes"] + sum(float(c.min()) for c in net.costs["size_bytes"])
+    with pytest.raises(InfeasibleBudgetError) as err:
+        make_method("ssps", net, Budget(size_bytes=lowest - 1))
+    assert err.value.minimum == pytest.approx(lowest)
+    assert f"{lowest:,.6g}" in str(err.value)
+
+
+@pytest.mark.parametrize("space,match", [
+    (SearchSpace(weight=()), "empty"),
+    (SearchSpace(act_bits=()), "empty"),
+    (SearchSpace(weight=(("nosuch", 4),)), "unknown scheme"),
+    (SearchSpace(weight=(("binary", 4),)), "binary"),
+    (SearchSpace(weight=(("uniform_symmetric", 4), ("uniform_symmetric", 4))), "duplicates"),
+    (SearchSpace(weight=(("uniform_symmetric",),)), "pair"),
+])
+def test_invalid_candidate_sets(space, match):
+    with pytest.raises(SearchSpaceError, match=match):
+        build_supernet(TinyNet().eval(), torch.randn(2, 3, 8, 8), space)
+
+
+def test_qpl_rejects_several_schemes():
+    space = SearchSpace(weight=(("uniform_symmetric", 4), ("pot", 4)), observer="minmax",
+                        first_last="search")
+    net = build_supernet(TinyNet().eval(), torch.randn(2, 3, 8, 8), space)
+    with pytest.raises(SearchSpaceError, match="one scheme"):
+        make_method("qpl", net, Budget(avg_weight_bits=4))
+
+
+def test_model_without_quantizable_layers():
+    model = nn.Sequential(nn.ReLU(), nn.Flatten())
+    with pytest.raises(ConversionError, match="no quantizable layer"):
+        build_supernet(model, torch.randn(2, 3, 4, 4), SPACE)
+
+
+class _NaNAt(Callback):
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def extra_loss(self, state):
+        return torch.tensor(float("nan")) if state.step == self.at else None
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    ds = _data()
+    model = randomize_bn(TinyNet())
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint") as err:
+        train(model, _loader(ds), _cfg(max_steps=20, checkpoint_dir=str(tmp_path),
+                                       checkpoint_every=2), callbacks=[_NaNAt(5)])
+    assert "step 5" in str(err.value) and "(step 4)" in str(err.value)
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_train_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="lamb")
+    with pytest.raises(ValueError, match="distill_weight"):
+        TrainConfig(distill_weight=2.0)
+
+
+# ---------------------------------------------------------------------- pipeline
+def test_run_search_writes_run_dir_and_reloads(tmp_path):
+    from bitsmith.report.rundir import load_run
+
+    ds = _data()
+    model = randomize_bn(TinyNet())
+    budget = Budget(avg_weight_bits=4.0)
+    st = SearchSettings("ssps", budget, SPACE, _cfg(max_steps=3),
+                        _cfg(max_steps=2, distill_weight=0.5), method_kw={"threshold": 0.3})
+    o = run_search(model, _loader(ds), st, arch_data=ds, eval_loader=DataLoader(ds, 32),
+                   out_dir=tmp_path, model_name="tiny", dataset="random")
+    assert o.derivation.cost.avg_weight_bits <= 4.0 + 1e-9
+    run = load_run(tmp_path)
+    assert run.search and {p.get("label") for p in run.search} == {"search", "qat"}
+    for name in ("weights.safetensors", "policy.yaml", "search_layers.json", "result.json"):
+        assert (tmp_path / name).is_file(), name
+    q2 = load_result(model, ds.tensors[0][:4], tmp_path)
+    o.qmodel.eval()
+    x = ds.tensors[0][:8]
+    assert torch.allclose(o.qmodel(x), q2(x), atol=1e-6)
+    # A rerun resumes: both phases are already complete, so nothing is retrained.
+    o2 = run_search(model, _loader(ds), st, arch_data=ds, out_dir=tmp_path)
+    assert o2.search_result.resumed_from == 3 and o2.policy == o.policy
+
+
+def test_cli_bad_input_exit_code_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from bitsmith.cli import app
+
+    runner = CliRunner()
+    for args in (["search", "--method", "nope", "--avg-bits", "4"],
+                 ["search", "--model", "digits"],                      # no budget
+                 ["search", "--avg-bits", "4", "--w-bits", "a,b"],
+                 ["search", "--avg-bits", "4", "--schemes", "nosuch"],
+                 ["search", "--latency-ms", "3"]):
+        res = runner.invoke(app, args + ["--out", str(tmp_path)])
+        assert res.exit_code == 2, (args, res.output)
+    res = runner.invoke(app, ["search", "--help"])
+    assert res.exit_code == 0 and "Examples" in res.output
+
+
+AUTOQNN_SCHEMES = (("binary", 1), ("ternary", 2), ("resq", 2), ("fixed_point", 4),
+                   ("mu_l2q", 2), ("zoomq", 3), ("clipq", 4), ("pot", 4),
+                   ("uniform_symmetric", 4))
+
+
+def test_qss_over_the_autoqnn_schemes():
+    ds = _data()
+    space = SearchSpace(weight=AUTOQNN_SCHEMES, act_bits=(4,), observer="minmax",
+                        first_last="search")
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
+    budget = Budget(avg_weight_bits=2.5)
+    m = make_method("qss", net, budget, arch_data=ds, arch_batch_size=8, hard=True)
+    res = train(net.model, _loader(ds), _cfg(max_steps=3), callbacks=[m])
+    assert math.isfinite(res.final_loss)
+    assert all(p.grad is None and torch.isfinite(p).all() for p in m.arch_parameters())
+    d = derive_policy(m)
+    assert d.cost.avg_weight_bits <= 2.5 + 1e-9
+    assert {s.weight.scheme for s in d.policy.values()} <= {s for s, _ in AUTOQNN_SCHEMES}
+
+
+def test_derivation_uses_the_relaxations_budget_share():
+    ds = _data(16)
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], SPACE, _loader(ds))
+    m = make_method("qss", net, Budget(avg_weight_bits=4.5))  # flat: E = mean(2,3,4,8)
+    expected = float(net.expected_cost("avg_weight_bits", *m.probs()).detach())
+    assert expected == pytest.approx(4.25, abs=1e-5)
+    matched = derive_policy(m).cost.avg_weight_bits
+    plain = derive_policy(m, match_expected=False).cost.avg_weight_bits
+    assert 0.98 * expected - 1e-9 <= matched <= 4.5 + 1e-9
+    assert plain <= matched
+
+
+def test_latency_budget_from_a_lookup_table():
+    ds = _data()
+    model = randomize_bn(TinyNet())
+    table_probe = build_supernet(model, ds.tensors[0][:4], SPACE, _loader(ds)).table
+
+    def lut(name, spec):  # ms; any per-layer, per-precision table works
+        return table_probe[name].macs * spec.weight.bits * spec.act.bits * 1e-6
+
+    net = build_supernet(model, ds.tensors[0][:4], SPACE, _loader(ds), latency=lut)
+    lo = net.const["latency"] + sum(float(c.min()) for c in net.costs["latency"])
+    hi = net.const["latency"] + sum(float(c.max()) for c in net.costs["latency"])
+    budget = Budget(latency=lo + 0.3 * (hi - lo))
+    m = make_method("qpl", net, budget, mode="round", init_bits=8.0)
+    train(net.model, _loader(ds), _cfg(max_steps=3), callbacks=[m])
+    d = derive_policy(m, latency=lut)
+    total = sum(lut(n, s) for n, s in d.policy.items())
+    assert total <= budget.latency * (1 + 1e-9)
+    with pytest.raises(InfeasibleBudgetError, match="latency"):
+        make_method("qss", net, Budget(latency=0.9 * lo))
