@@ -140,6 +140,40 @@ def test_pareto_front():
         pareto_front([1, 2], [3])
 
 
+def test_report_charges_actual_masks_of_sparse_layers(tmp_path, table):
+    """A sparse policy's report uses the survivors' stored masks (masks.json), so its sizes
+    equal the cost model with the same masks, not the nominal-sparsity estimate."""
+    from bitsmith.cost.sparse import mask_layout
+    from bitsmith.report.summary import build_summary
+
+    d = tmp_path / "r"
+    run = make_run(d, table, sensitivity=False, extras=False)
+    from bitsmith.policy import LayerSpec
+
+    name = table.names[0]
+    sparse = Policy.uniform(table.names, W, A8).with_layers(
+        {name: LayerSpec(weight=W, act=A8, sparsity=0.9)})
+    keep = np.zeros(table[name].weight_params, dtype=bool)
+    keep[:5] = True  # 5 clustered survivors: a relative index is much smaller than the bitmask
+    layouts = {name: mask_layout(keep)}
+    assert layouts[name].kind == "index"
+    run.add_trial("sparse", policy=sparse, accuracy=80.0,
+                  size_bytes=estimate(table, sparse, masks=layouts).size_bytes)
+    run.choose("sparse")
+    run.write_masks(layouts)
+    data = load_run(d)
+    assert data.masks == layouts
+    summary = build_summary(data)
+    assert summary["cost"]["size_bytes"] == data.chosen["size_bytes"]
+    assert summary["cost"]["size_bytes"] < estimate(table, sparse).size_bytes
+    (d / "masks.json").write_text(json.dumps({"layers": {"ghost": layouts[name].__dict__}}))
+    with pytest.raises(RunDirError, match="ghost"):
+        load_run(d)
+    (d / "masks.json").write_text(json.dumps({"layers": {name: {"total": 1}}}))
+    with pytest.raises(RunDirError, match="bad mask layout"):
+        load_run(d)
+
+
 # -------------------------------------------------------------------- report
 def test_write_report_outputs(tmp_path, table):
     d = tmp_path / "r"

@@ -131,11 +131,14 @@ def layers(
 
 def _register_subcommands() -> None:
     """Add the sub-commands that live next to their method (tune, export, bench, analyze, ...)."""
+    from bitsmith.compress.cli import register as register_compress
     from bitsmith.export.cli import register as register_export
     from bitsmith.report.cli import register as register_report
+    from bitsmith.search.cli import register as register_search
     from bitsmith.tune.cli import register as register_tune
 
-    for register in (register_tune, register_export, register_report):
+    for register in (register_tune, register_export, register_report, register_compress,
+                     register_search):
         register(app)
 
 

@@ -18,6 +18,9 @@ Format ``bitsmith.run/1`` (documented in docs/analyze_and_report.md)::
       export.json       optional  {"format": "bitsmith.export/1", "artifacts": [{"name", "format"?,
                                    "path"?, "size_bytes"?, "latency_ms"?, "agreement"? (%),
                                    "accuracy"?, ...}]}
+      masks.json        optional  {"format": "bitsmith.masks/1", "layers": {name: MaskLayout
+                                   fields}}: how the chosen policy's sparse layers store their
+                                   actual survivors, so the report's sizes equal the packed file's
       policies/         optional  one YAML per trial policy (written by :class:`RunWriter`)
 
 JSONL files are append-only, one ``write`` per line, so several workers (a tuner's
@@ -29,7 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,15 +42,18 @@ from pathlib import Path
 from typing import Any
 
 from bitsmith.cost import estimate
+from bitsmith.cost.sparse import MaskLayout
 from bitsmith.graph.layer_table import LayerInfo, LayerTable
 from bitsmith.policy import Policy, PolicyError
 
 RUN_FORMAT = "bitsmith.run/1"
 LAYERS_FORMAT = "bitsmith.layers/1"
 EXPORT_FORMAT = "bitsmith.export/1"
+MASKS_FORMAT = "bitsmith.masks/1"
 RUN_JSON, LAYERS_JSON, TRIALS_JSONL, POLICY_YAML = (
     "run.json", "layers.json", "trials.jsonl", "policy.yaml")
 SENSITIVITY_JSON, SEARCH_JSONL, EXPORT_JSON = "sensitivity.json", "search.jsonl", "export.json"
+MASKS_JSON = "masks.json"
 REQUIRED = (RUN_JSON, LAYERS_JSON, TRIALS_JSONL, POLICY_YAML)
 TRIAL_REQUIRED = ("name", "accuracy", "size_bytes")
 
@@ -60,6 +68,14 @@ class RunDirError(ValueError):
     def __init__(self, message: str, missing: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.missing = list(missing)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: a concurrent
+    reader (another worker of the same run) sees the old or the new file, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _slug(name: str) -> str:
@@ -119,7 +135,7 @@ class RunWriter:
         self._save_run()
 
     def _save_run(self) -> None:
-        (self.dir / RUN_JSON).write_text(json.dumps(self.run, indent=2))
+        _atomic_write(self.dir / RUN_JSON, json.dumps(self.run, indent=2))
 
     def _append(self, name: str, record: Mapping[str, Any]) -> None:
         with open(self.dir / name, "a") as f:
@@ -129,7 +145,7 @@ class RunWriter:
         """``layers.json`` from the model's LayerTable (also used for trial costs)."""
         self._table = table
         path = self.dir / LAYERS_JSON
-        path.write_text(json.dumps({"format": LAYERS_FORMAT, "total_params": table.total_params,
+        _atomic_write(path, json.dumps({"format": LAYERS_FORMAT, "total_params": table.total_params,
                                     "layers": table.to_rows()}, indent=1))
         return path
 
@@ -205,6 +221,15 @@ class RunWriter:
                                     "artifacts": [dict(a) for a in artifacts]}, indent=2))
         return path
 
+    def write_masks(self, layouts: Mapping[str, MaskLayout]) -> Path:
+        """``masks.json``: the stored-mask layout of each sparse layer of the chosen policy
+        (from :func:`bitsmith.compress.accounting.mask_layouts`), so the report charges the
+        actual mask bytes instead of the worst case for the policy's nominal sparsity."""
+        path = self.dir / MASKS_JSON
+        _atomic_write(path, json.dumps({"format": MASKS_FORMAT, "layers": {
+            name: dataclasses.asdict(layout) for name, layout in layouts.items()}}, indent=2))
+        return path
+
 
 @dataclass
 class RunData:
@@ -218,6 +243,7 @@ class RunData:
     sensitivity: Any = None
     search: list[dict[str, Any]] = field(default_factory=list)
     export: dict[str, Any] | None = None
+    masks: dict[str, MaskLayout] = field(default_factory=dict)
 
     @property
     def chosen(self) -> dict[str, Any] | None:
@@ -304,4 +330,21 @@ def load_run(run_dir: str | Path) -> RunData:
     export = _read_json(d / EXPORT_JSON) if (d / EXPORT_JSON).is_file() else None
     if export is not None and not isinstance(export.get("artifacts"), list):
         raise RunDirError(f"{d / EXPORT_JSON}: expected {{'artifacts': [...]}}")
-    return RunData(d, run, table, trials, policy, sens, search, export)
+    masks = _read_masks(d / MASKS_JSON, table) if (d / MASKS_JSON).is_file() else {}
+    return RunData(d, run, table, trials, policy, sens, search, export, masks)
+
+
+def _read_masks(path: Path, table: LayerTable) -> dict[str, MaskLayout]:
+    raw = _read_json(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("layers"), dict):
+        raise RunDirError(f"{path}: expected {{'format': {MASKS_FORMAT!r}, 'layers': {{...}}}}")
+    names = set(table.names)
+    out = {}
+    for name, rec in raw["layers"].items():
+        if name not in names:
+            raise RunDirError(f"{path}: layer {name!r} is not in the run's layer table")
+        try:
+            out[name] = MaskLayout(**rec)
+        except TypeError as err:
+            raise RunDirError(f"{path}, layer {name!r}: bad mask layout ({err})") from None
+    return out

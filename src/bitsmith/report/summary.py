@@ -42,13 +42,13 @@ def build_summary(data: RunData) -> dict[str, Any]:
     (scores, seconds) or None, ``search`` (points), ``export`` or None.
     """
     table, policy = data.table, data.policy
-    cost = estimate(table, policy)
+    cost = estimate(table, policy, masks=data.masks)
     sens = data.sensitivity
     metric = primary_metric(sens.metrics) if sens is not None else None
     rows = []
     for info in table:
         spec = policy.get(info.name)
-        lc = layer_cost(info, spec)
+        lc = layer_cost(info, spec, data.masks.get(info.name))
         row: dict[str, Any] = {
             "name": info.name, "type": info.type,
             "weight_shape": "x".join(map(str, info.weight_shape)),
