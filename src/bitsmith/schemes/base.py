@@ -65,7 +65,13 @@ def available() -> list[str]:
 # Straight-through estimator helpers
 # --------------------------------------------------------------------------
 def round_ste(x: Tensor) -> Tensor:
-    """``round(x)`` in the forward pass, identity gradient in the backward pass."""
+    """``round(x)`` in the forward pass, identity gradient in the backward pass.
+
+    Without autograd (inference, calibration, evaluation) it is a plain ``torch.round``:
+    the straight-through form costs two extra passes over ``x``.
+    """
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return torch.round(x)
     return x + (torch.round(x) - x).detach()
 
 
