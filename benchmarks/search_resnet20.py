@@ -11,6 +11,9 @@ Parts:
   b  QSS, size <= size of the uniform W3A4 policy; vs uniform W3A4 trained with the same
      recipe (same supernet phase with one candidate, same QAT steps, same KD, same data).
   c  SSPS, BitOPs <= BitOPs of the uniform W3A4 policy; vs the same uniform W3A4 run.
+     Declared setting: Fisher-ILP warm start, strength 3 (initial probability 0.83 of the
+     allocated candidate), threshold 0.6, warm-up 20; variants via --ssps-warm-start,
+     --ssps-warm-strength, --ssps-threshold, --ssps-warmup with --key NAME.
   mem  wall-clock per step and peak RSS of the single-path (SSPS) vs expected (composite)
      vs full multi-path supernet, each in a fresh process.
 
@@ -97,6 +100,9 @@ def run_part(part: str, args) -> dict:
                             qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
                                                 "threshold": args.ssps_threshold,
                                                 "warmup_steps": args.ssps_warmup})
+        if args.ssps_warm_start != "none":
+            st.warm_start = args.ssps_warm_start
+            st.warm_start_strength = args.ssps_warm_strength
     elif part == "u3":
         budget = Budget(size_bytes=u3.size_bytes, bitops=u3.bitops)
         st = SearchSettings("qpl", budget, SearchSpace.uniform_bits((3,), (4,)), search_cfg,
@@ -111,7 +117,9 @@ def run_part(part: str, args) -> dict:
     res = o.summary()
     res.update(part=part, budget=dict(budget.items()), wall_s=time.perf_counter() - t0,
                search_steps=args.search_steps, qat_steps=args.qat_steps, batch=args.batch,
-               method_kw=st.method_kw,
+               method_kw=st.method_kw, warm_start_setting=(
+                   st.warm_start if isinstance(st.warm_start, str) else None),
+               warm_start_strength=st.warm_start_strength,
                search_s_per_step=o.search_seconds / max(o.search_result.steps, 1),
                qat_s_per_step=o.qat_seconds / max(o.qat_result.steps, 1) if o.qat_result
                else None, layers=o.derivation.rows,
@@ -121,8 +129,40 @@ def run_part(part: str, args) -> dict:
                     "avg_weight_bits": o.derivation.cost.avg_weight_bits}[k] <= v * (1 + 1e-9)
                    for k, v in budget.items()),
                uniform_w3a4={"size_bytes": u3.size_bytes, "bitops": u3.bitops,
-                             "avg_weight_bits": u3.avg_weight_bits})
+                             "avg_weight_bits": u3.avg_weight_bits},
+               correct=_correct_string(o.qmodel, test),
+               val_accuracy=_val_accuracy(o.qmodel, proto))
     return res
+
+
+def _val_accuracy(model, proto) -> float:
+    """Accuracy on the held-out JPEG validation split: the protocol's model-selection set
+    (the architecture steps draw from it; no weight is trained on it; never the test set)."""
+    from bitsmith.data import make_loader
+    from bitsmith.engine import evaluate
+
+    return evaluate(model, make_loader(proto.val, batch_size=250)).accuracy
+
+
+@torch.no_grad()
+def _correct_string(model, loader) -> str:
+    """Per-test-image correctness as a '0'/'1' string (for the paired McNemar test)."""
+    model.eval()
+    out = []
+    for x, y in loader:
+        out += ["1" if c else "0" for c in (model(x).argmax(1) == y).tolist()]
+    return "".join(out)
+
+
+def mcnemar(a: str, b: str) -> dict:
+    """Exact two-sided McNemar test of two per-image correctness strings."""
+    from scipy.stats import binomtest
+
+    only_a = sum(x == "1" and y == "0" for x, y in zip(a, b))
+    only_b = sum(x == "0" and y == "1" for x, y in zip(a, b))
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"only_searched_right": only_a, "only_uniform_right": only_b,
+            "mcnemar_exact_p": float(p)}
 
 
 def mem_child(path: str, steps: int, batch: int) -> dict:
@@ -198,17 +238,31 @@ def main() -> None:
     ap.add_argument("--partial", default=str(PARTIAL), help="where finished parts are kept")
     ap.add_argument("--ssps-threshold", type=float, default=0.6)
     ap.add_argument("--ssps-warmup", type=int, default=20)
+    ap.add_argument("--ssps-warm-start", default="fisher", choices=("none", "fisher", "hessian"),
+                    help="part c: initialise the SSPS logits at the sensitivity + ILP policy")
+    ap.add_argument("--ssps-warm-strength", type=float, default=3.0,
+                    help="part c: logit advantage of the warm-start choice")
     ap.add_argument("--run-tag", default="", help="suffix of the run folder")
+    ap.add_argument("--key", default="", help="store the (single) part under this name")
+    ap.add_argument("--label", default="", help="description of the variant (md table)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     partial = Path(args.partial)
     if args.mem_child:
         print("MEM " + json.dumps(mem_child(args.mem_child, args.mem_steps, args.batch)))
         return
-    results = json.loads(partial.read_text()) if partial.is_file() else {}
+    if partial.is_file():
+        results = json.loads(partial.read_text())
+    elif (RESULTS / "search_resnet20.json").is_file():  # keep the rows already published
+        results = json.loads((RESULTS / "search_resnet20.json").read_text())["results"]
+    else:
+        results = {}
     for part in args.parts.split(","):
-        if part in results:
-            print(f"part {part}: already done (in {partial})", flush=True)
+        if not part:
+            continue
+        key = args.key or part
+        if key in results:
+            print(f"part {key}: already done (in {partial})", flush=True)
             continue
         t0 = time.perf_counter()
         if part == "mem":
@@ -222,71 +276,121 @@ def main() -> None:
                 rows.append(json.loads(line[4:]))
             results["mem"] = {"rows": rows}
         else:
-            results[part] = run_part(part, args)
-        print(f"part {part} done in {time.perf_counter() - t0:.0f} s: "
-              f"{json.dumps({k: v for k, v in results[part].items() if k != 'layers'})[:600]}",
-              flush=True)
+            results[key] = run_part(part, args)
+            results[key]["label"] = args.label or key
+        brief = {k: v for k, v in results[key].items() if k not in ("layers", "correct")}
+        print(f"part {key} done in {time.perf_counter() - t0:.0f} s: "
+              f"{json.dumps(brief)[:600]}", flush=True)
+        _paired(results)
         _save_partial(results, partial)
+    _paired(results)
     summarize(results, args)
 
 
+def _paired(results: dict) -> None:
+    """McNemar of every run with per-image predictions vs the uniform W3A4 run that has them.
+
+    The first uniform run (``u3``) kept no per-image predictions; its paired tests
+    (``reference`` absent) were computed then from its saved model. ``u3_rerun`` (the same
+    recipe rerun) is the reference of every later run (``reference: "u3_rerun"``).
+    """
+    ref_key = next((k for k in ("u3", "u3_rerun") if results.get(k, {}).get("correct")), None)
+    if ref_key is None:
+        return
+    paired = results.setdefault("paired", {})
+    for key, r in results.items():
+        if isinstance(r, dict) and r.get("correct") and not key.startswith("u3"):
+            paired[key] = {**mcnemar(r["correct"], results[ref_key]["correct"]),
+                           "reference": ref_key}
+
+
+ORDER = ("a", "a_v0", "b", "c", "c_v0", "c_v1", "c_w60t08", "c_fisher_s1", "c_fisher_s2",
+         "c_fisher_s3", "c_fisher_s5", "u3", "u3_rerun")
+NOTES = {
+    "a_v0": "same search and QAT as a, earlier derivation without the expected-cost lower "
+            "bound",
+    "c_v0": "first SSPS run: layers could be fixed while the budget hinge was active, "
+            "one-sided hinge",
+    "c_v1": "SSPS without warm start, threshold 0.6, warm-up 20 (two-sided hinge, fill "
+            "rule; derivation lower bound min(E, B)): the previously declared c",
+    "c_w60t08": "c_v1 with warm-up 60 and threshold 0.8",
+    "u3": "uniform W3A4, search phase with one candidate + the same QAT",
+    "u3_rerun": "u3 rerun with the same recipe to record per-image predictions (for McNemar)",
+}
+
+
+def _cell(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
 def summarize(results: dict, args) -> None:
-    lines = [f"ResNet-20, CIFAR-10 protocol; accuracy on the 1,000 lossless test images "
-             f"(FP32 91.50 %). Search {args.search_steps} steps + QAT {args.qat_steps} steps, "
-             f"batch {args.batch}, lr {args.lr}, KD weight {args.kd} (T=4), 1 CPU thread, "
-             "first/last layer W8A8 in every policy. Wall-clock seconds were measured on a "
-             "shared 2-core machine running several other jobs (load 4-6): compare them only "
-             "roughly.", ""]
-    lines.append("| run | method | budget | accuracy % | avg w bits | size bytes | BitOPs | "
-                 "search s | QAT s |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
-    for part in ("a", "a_v0", "b", "c", "c_v0", "c_w60t08", "u3"):
-        r = results.get(part)
-        if not r:
-            continue
+    lines = ["ResNet-20, CIFAR-10 protocol; accuracy on the 1,000 lossless test images "
+             "(FP32 91.50 %); val = the 2,000-image JPEG validation split (the protocol's "
+             "model-selection split; the architecture steps draw from it, no weight is trained "
+             "on it). Search 120 steps + QAT 450 steps, batch 64, lr 0.0002, KD weight 0.7 "
+             "(T=4), 1 CPU thread, first/last layer W8A8 in every policy, for every run. "
+             "Wall-clock seconds were measured on a shared 2-core machine running several "
+             "other jobs (load 3-6): compare them only roughly.", ""]
+    lines.append("| run | method | budget | test acc. % | val acc. % | avg w bits | size bytes | "
+                 "BitOPs | % of BitOPs budget | search s | QAT s | wall s |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    keys = [k for k in ORDER if k in results] + sorted(
+        k for k in results if k not in ORDER and k not in ("paired", "mem", "mem_v0"))
+    for key in keys:
+        r = results[key]
         b = ", ".join(f"{k} <= {v:,.6g}" for k, v in r["budget"].items())
-        lines.append(f"| {part} | {r['method'] if part != 'u3' else 'uniform W3A4'} | {b} | "
-                     f"{r['accuracy']:.2f} | {r['avg_weight_bits']:.3f} | {r['size_bytes']:,} | "
-                     f"{r['bitops']:,} | {r['search_seconds']:.0f} | {r['qat_seconds']:.0f} |")
+        share = (f"{100 * r['bitops'] / r['budget']['bitops']:.1f}"
+                 if "bitops" in r["budget"] else "-")
+        method = "uniform W3A4" if key.startswith("u3") else r["method"]
+        lines.append(f"| {key} | {method} | {b} | {r['accuracy']:.2f} | "
+                     f"{_cell(r.get('val_accuracy'), '.2f')} | {r['avg_weight_bits']:.3f} | "
+                     f"{r['size_bytes']:,} | {r['bitops']:,} | {share} | "
+                     f"{r['search_seconds']:.0f} | {r['qat_seconds']:.0f} | "
+                     f"{_cell(r.get('wall_s'), '.0f')} |")
+    lines += ["", "Runs:", ""]
+    for key in keys:
+        r = results[key]
+        note = r.get("label") or NOTES.get(key)
+        if note and note != key:
+            lines.append(f"- {key}: {note}")
+        if "weight_bits" in r and key.startswith("c"):
+            lines.append(f"  weight bits per layer: "
+                         f"{' '.join(str(v) for v in r['weight_bits'].values())}")
     if "a" in results:
         acc = results["a"]["accuracy"]
         lines += ["", f"(a) target >= 90.50 %: measured {acc:.2f} % -> "
                   f"{'met' if acc >= 90.5 else 'MISSED by %.2f points' % (90.5 - acc)}"]
-    if "a_v0" in results:
-        lines.append("(a_v0: same search and QAT, earlier derivation without the expected-cost "
-                     f"lower bound: {results['a_v0']['accuracy']:.2f} %)")
-    if "u3" in results:
-        u = results["u3"]["accuracy"]
-        for part in ("b", "c"):
-            if part in results:
-                m = results[part]["accuracy"]
-                pv = results.get("paired", {}).get(part, {}).get("mcnemar_exact_p")
-                sig = "" if pv is None else (
-                    f", McNemar p = {pv:.3g}" + ("" if pv < 0.05 else ": not significant"))
-                lines.append(f"({part}) searched {m:.2f} % vs uniform W3A4 {u:.2f} %: "
-                             f"{'searched higher' if m > u else 'searched NOT better'} "
-                             f"({m - u:+.2f} points, same 1,000 images{sig})")
-    if "c_v0" in results:
-        r = results["c_v0"]
-        lines.append(f"(c_v0: first SSPS run, layers could be fixed while the budget hinge was "
-                     f"active: {r['accuracy']:.2f} %, BitOPs {r['bitops']:,} = "
-                     f"{100 * r['bitops'] / r['budget']['bitops']:.0f} % of the budget)")
-    if "c_w60t08" in results:
-        r = results["c_w60t08"]
-        lines.append(f"(c_w60t08: SSPS with warm-up 60 steps and threshold 0.8: "
-                     f"{r['accuracy']:.2f} %, BitOPs {r['bitops']:,} = "
-                     f"{100 * r['bitops'] / r['budget']['bitops']:.0f} % of the budget)")
+    for part in ("b", "c"):
+        if part not in results:
+            continue
+        m = results[part]["accuracy"]
+        pr = results.get("paired", {}).get(part, {})
+        ref = pr.get("reference", "u3")
+        u = results[ref]["accuracy"] if ref in results else float("nan")
+        pv = pr.get("mcnemar_exact_p")
+        sig = "" if pv is None else (
+            f", McNemar p = {pv:.3g}" + ("" if pv < 0.05 else ": not significant"))
+        also = ""
+        if ref != "u3" and "u3" in results:
+            u0 = results["u3"]["accuracy"]
+            also = f"; vs the first uniform run (u3) {u0:.2f} %: {m - u0:+.2f} points"
+        lines.append(f"({part}) searched {m:.2f} % vs uniform W3A4 ({ref}) {u:.2f} %: "
+                     f"{'searched higher' if m > u else 'searched NOT better'} "
+                     f"({m - u:+.2f} points, same 1,000 images{sig}{also})")
+    if results.get("c", {}).get("selection"):
+        lines += ["", f"Choice of the declared c: {results['c']['selection']}"]
     if "paired" in results:
         lines += ["", "Paired comparison on the same 1,000 images (exact McNemar test):", ""]
         for part, r in results["paired"].items():
-            lines.append(f"- {part} vs uniform W3A4: only {part} right "
-                         f"{r['only_searched_right']}, only uniform right "
-                         f"{r['only_uniform_right']}, p = {r['mcnemar_exact_p']:.3f}")
+            ref = r.get("reference", "u3")
+            lines.append(f"- {part} vs {ref}: only {part} right {r['only_searched_right']}, "
+                         f"only {ref} right {r['only_uniform_right']}, "
+                         f"p = {r['mcnemar_exact_p']:.3g}")
     if "mem" in results:
         lines += ["", "Supernet of ResNet-20, 5 weight x 2 activation candidates per layer, batch "
-              f"{args.batch}, peak RSS of the training steps (kernel counter reset before them):",
-              "", "| supernet path | s/step | peak RSS MiB | RSS increase in training MiB |",
-                  "|---|---|---|---|"]
+                  f"{args.batch}, peak RSS of the training steps (kernel counter reset before "
+                  "them):", "", "| supernet path | s/step | peak RSS MiB | RSS increase in "
+                  "training MiB |", "|---|---|---|---|"]
         for r in results["mem"]["rows"]:
             lines.append(f"| {r['path']} | {r['s_per_step']:.2f} | "
                          f"{r['peak_rss_bytes'] / 2**20:.0f} | "

@@ -409,3 +409,116 @@ def test_latency_budget_from_a_lookup_table():
     assert total <= budget.latency * (1 + 1e-9)
     with pytest.raises(InfeasibleBudgetError, match="latency"):
         make_method("qss", net, Budget(latency=0.9 * lo))
+
+
+# -------------------------------------------------------------------- warm start
+def _warm_policy(net):
+    """A policy over every searched layer with a different weight candidate per layer."""
+    from bitsmith.policy import Policy
+
+    kw, ka = len(net.weight_specs), len(net.act_specs)
+    return Policy({**dict(net.fixed), **{n: net.spec_of((i + 1) % kw, i % ka)
+                                         for i, n in enumerate(net.names)}})
+
+
+@pytest.mark.parametrize("method", ["qss", "ssps", "qpl"])
+def test_warm_start_logits_start_at_the_policy(method):
+    ds = _data(16)
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], SPACE, _loader(ds))
+    pol = _warm_policy(net)
+    m = make_method(method, net, Budget(avg_weight_bits=8.0), init_policy=pol,
+                    init_strength=2.0)
+    start = {n: pol[n] for n in net.names}
+    assert {n: net.spec_of(k, j) for n, (k, j) in m.choices().items()} == start
+    pw, pa = [p.detach() for p in m.probs()[0]], [p.detach() for p in m.probs()[1]]
+    if method == "qpl":  # continuous bits start at the policy's widths
+        bw, ba = [b.detach() for b in m.bits()[0]], [b.detach() for b in m.bits()[1]]
+        for i, n in enumerate(net.names):
+            assert float(bw[i]) == pytest.approx(pol[n].weight.bits, abs=0.01)
+            assert float(ba[i]) == pytest.approx(pol[n].act.bits, abs=0.01)
+    else:  # logit advantage s: p = e^s / (e^s + K - 1)
+        for i in range(len(net.names)):
+            assert float(pw[i].max()) == pytest.approx(math.exp(2) / (math.exp(2) + 3))
+            assert float(pa[i].max()) == pytest.approx(math.exp(2) / (math.exp(2) + 1))
+    neutral = make_method(method, net, Budget(avg_weight_bits=8.0))
+    if method != "qpl":
+        assert all(float(p.detach().max()) == pytest.approx(0.25)
+                   for p in neutral.probs()[0])
+
+
+def test_warm_start_bad_policies_are_clear_errors():
+    from bitsmith.policy import LayerSpec, Policy, QSpec
+
+    ds = _data(16)
+    space = SearchSpace.uniform_bits((2, 3, 4), (4,), observer="minmax")  # first/last int8
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
+    good = net.spec_of(0, 0)
+    with pytest.raises(SearchSpaceError, match="does not have.*nope"):
+        make_method("ssps", net, Budget(avg_weight_bits=8.0),
+                    init_policy=Policy({"nope": good}))
+    off = LayerSpec(QSpec("uniform_symmetric", 5, "channel"), net.act_specs[0])
+    with pytest.raises(SearchSpaceError, match="not a candidate"):
+        make_method("qss", net, Budget(avg_weight_bits=8.0),
+                    init_policy=Policy({net.names[0]: off}))
+    first = net.table.names[0]  # fixed at W8A8 by first_last="int8"
+    with pytest.raises(SearchSpaceError, match="fixed"):
+        make_method("ssps", net, Budget(avg_weight_bits=8.0),
+                    init_policy=Policy({first: good}))
+    with pytest.raises(SearchSpaceError, match="share='layer'"):
+        make_method("qss", net, Budget(avg_weight_bits=8.0), share="model",
+                    init_policy=Policy({net.names[0]: good}))
+    with pytest.raises(ValueError, match="init_strength"):
+        make_method("ssps", net, Budget(avg_weight_bits=8.0),
+                    init_policy=Policy({net.names[0]: good}), init_strength=-1.0)
+    # a partial policy is fine: unnamed layers keep the neutral start
+    m = make_method("ssps", net, Budget(avg_weight_bits=8.0),
+                    init_policy=Policy({net.names[0]: net.spec_of(2, 0)}))
+    assert m.choices()[net.names[0]] == (2, 0) and set(m.init_choices) == {0}
+
+
+@pytest.mark.parametrize("metric", ["fisher", "hessian"])
+def test_ilp_warm_start_meets_budget_and_seeds_run_search(metric):
+    from bitsmith.search.warmstart import ilp_warm_start
+
+    ds = _data(32)
+    model = randomize_bn(TinyNet())
+    net = build_supernet(model, ds.tensors[0][:4], SPACE, _loader(ds))
+    budget = Budget(avg_weight_bits=3.5)
+    alloc = ilp_warm_start(model, net, budget, DataLoader(ds, 64), metric=metric,
+                           max_examples=32)  # the batches run_search uses for arch_data
+    assert within_budget(estimate(net.table, alloc.policy), budget)
+    assert set(alloc.policy) == set(net.table.names)
+    st = SearchSettings("ssps", budget, SPACE, _cfg(max_steps=2), _cfg(max_steps=1),
+                        warm_start=metric, warm_start_strength=3.0, warm_start_examples=32,
+                        method_kw={"threshold": 0.99})
+    o = run_search(model, _loader(ds), st, arch_data=ds, run_qat=False)
+    assert o.warm_start == alloc.policy
+    assert o.method.init_choices and o.summary()["warm_start"]
+    with pytest.raises(ValueError, match="unknown warm start"):
+        run_search(model, _loader(ds), SearchSettings("ssps", budget, SPACE, _cfg(max_steps=1),
+                                                      warm_start="nope"), run_qat=False)
+
+
+def test_two_sided_derivation_fills_the_budget():
+    ds = _data(16)
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], SPACE, _loader(ds))
+    budget = Budget(avg_weight_bits=6.0)
+    from bitsmith.policy import Policy
+
+    # probabilities lean to 2 bits (E ~ 3.6 < B): the arg-max would leave budget unused
+    cheap = Policy({n: net.spec_of(0, 0) for n in net.names})
+    m = make_method("ssps", net, budget, init_policy=cheap)
+    bits = derive_policy(m).cost.avg_weight_bits
+    assert 0.98 * 6.0 - 1e-9 <= bits <= 6.0 + 1e-9
+    one = make_method("ssps", net, budget, two_sided=False, init_policy=cheap)
+    assert derive_policy(one).cost.avg_weight_bits < 0.98 * 6.0
+
+
+def test_cli_warm_start_bad_value_exit_code_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from bitsmith.cli import app
+
+    res = CliRunner().invoke(app, ["search", "--model", "digits", "--avg-bits", "3",
+                                   "--warm-start", "nosuch", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "warm-start" in res.output

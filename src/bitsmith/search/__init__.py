@@ -7,6 +7,7 @@
 * :mod:`bitsmith.search.derive` - :func:`derive_policy` (budget met exactly, ILP repair).
 * :mod:`bitsmith.search.qat` - :func:`build_qat_model`, :func:`save_result`, :func:`load_result`.
 * :mod:`bitsmith.search.pipeline` - :func:`run_search` (everything, into a run directory).
+* :mod:`bitsmith.search.warmstart` - :func:`ilp_warm_start` (sensitivity + ILP start policy).
 
 See ``docs/search.md``.
 """
@@ -24,11 +25,12 @@ from bitsmith.search.train import (
     TrainState,
     train,
 )
+from bitsmith.search.warmstart import ilp_warm_start
 
 __all__ = [
     "QPL", "QSS", "SSPS", "Callback", "Derivation", "NonFiniteLossError", "SearchMethod",
     "SearchOutcome", "SearchSettings", "SearchSpace", "SearchSpaceError", "Supernet",
     "TrainConfig", "TrainResult", "TrainState", "build_qat_model", "build_supernet",
-    "derive_policy", "load_result", "make_method", "run_search", "save_result", "train",
-    "within_budget",
+    "derive_policy", "ilp_warm_start", "load_result", "make_method", "run_search",
+    "save_result", "train", "within_budget",
 ]

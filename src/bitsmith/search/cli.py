@@ -26,6 +26,9 @@ EPILOG = """Examples:
 
   bitsmith search --model resnet20 --method ssps --bitops 5.1e8 --out runs/s-c
 
+  bitsmith search --model resnet20 --method ssps --bitops 5.1e8 --warm-start fisher \
+      --warm-strength 3 --out runs/s-c-ws
+
   bitsmith search --model digits --method ssps --avg-bits 3 --out runs/digits
 
   torchrun --nproc_per_node 2 -m bitsmith.cli search --model digits --avg-bits 3 ...
@@ -123,6 +126,12 @@ def register(app: typer.Typer) -> None:
         arch_lr: float = typer.Option(0.05, help="Adam learning rate of arch parameters."),
         penalty: float = typer.Option(2.0, help="Weight of the budget hinge loss."),
         threshold: float = typer.Option(0.8, help="SSPS certainty to fix a layer."),
+        warm_start: str = typer.Option(
+            "none", help="Start the architecture at a policy: none, fisher or hessian "
+                         "(sensitivity + integer program under the budget), or a "
+                         "policy.yaml path."),
+        warm_strength: float = typer.Option(3.0, help="Logit advantage of the warm-start "
+                                                      "choice (QSS/SSPS)."),
         kd: float = typer.Option(0.7, help="Distillation weight in QAT (0 = off)."),
         seed: int = typer.Option(0, help="Random seed."),
         out: Path = typer.Option(Path("runs/search"), help="Run directory."),
@@ -177,7 +186,8 @@ def register(app: typer.Typer) -> None:
                                 **common),
                 act_budget_bytes=None if act_kib is None else act_kib * 1024,
                 method_kw={"arch_lr": arch_lr, "penalty": penalty,
-                           **({"threshold": threshold} if method == "ssps" else {})})
+                           **({"threshold": threshold} if method == "ssps" else {})},
+                warm_start=_warm_start(warm_start), warm_start_strength=warm_strength)
             data = load_data(model, batch_size, seed)
             outcome = run_search(
                 data["model"], data["train"], settings, arch_data=data["arch"],
@@ -198,6 +208,23 @@ def register(app: typer.Typer) -> None:
 
         if dist_info()[0] == 0:  # under torchrun only rank 0 prints
             _print(outcome, settings, out)
+
+
+def _warm_start(text: str) -> Any:
+    """``--warm-start``: None, ``"fisher"``/``"hessian"``, or the Policy of a YAML file."""
+    from bitsmith.search.warmstart import WARM_METRICS
+
+    if text.lower() in ("", "none"):
+        return None
+    if text.lower() in WARM_METRICS:
+        return text.lower()
+    path = Path(text)
+    if not path.is_file():
+        raise SearchInputError(f"--warm-start {text!r}: use none, {', '.join(WARM_METRICS)} "
+                               "or the path of a policy.yaml")
+    from bitsmith.policy import Policy
+
+    return Policy.load(path)
 
 
 def _supports(scheme: str, bits: int) -> bool:

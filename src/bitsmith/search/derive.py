@@ -12,7 +12,12 @@ is minimal), so the integer program *is* the repair step: it changes only as few
 cheap choices as needed when rounding the relaxed solution overshoots. A second program
 (``match_expected``) adds the lower bound ``cost_k >= (1 - slack) · min(E_k, B_k)``, ``E_k``
 the relaxation's expected cost, so that an undecided relaxation does not round to the
-cheapest candidates and leave budget unused; it is used whenever it is feasible. Layers that SSPS
+cheapest candidates and leave budget unused; it is used whenever it is feasible. For a
+method with a two-sided constraint (SSPS by default: its relaxation is *held at* the budget)
+the lower bound is ``(1 - slack) · B_k`` itself, falling back to ``min(E_k, B_k)`` when the
+fixed layers make that infeasible: a single-path relaxation whose probabilities are split
+between a cheap and a dear candidate can sit at the budget in expectation while its
+arg-max is far below it. Layers that SSPS
 fixed keep their choice (if that is infeasible they are released, with a warning).
 An activation-memory budget removes the candidates whose input bytes exceed it.
 """
@@ -58,7 +63,8 @@ def derive_policy(method: SearchMethod, latency: Any = None, time_limit: float =
     """Discrete Policy from a trained search ``method`` meeting its budget exactly.
 
     Args:
-        method: a trained :class:`~bitsmith.search.methods.SearchMethod`.
+        method: a trained :class:`~bitsmith.search.methods.SearchMethod` (with
+            ``two_sided=True`` the lower bound below is the budget itself).
         latency: the latency LUT (``LatencyTable`` or ``f(layer, spec)``), needed for a
             latency budget.
         time_limit: solver time limit in seconds.
@@ -113,10 +119,15 @@ def derive_policy(method: SearchMethod, latency: Any = None, time_limit: float =
         alloc, space, sc = solve(False)
     policy = alloc.policy
     if match_expected:
-        matched = _match_expected(method, space, sc, lat, slack, time_limit)
-        if matched is not None and within_budget(estimate(net.table, matched), method.budget,
-                                                 _latency_total(net, matched, lat)):
-            policy = matched
+        targets = ("budget", "expected") if getattr(method, "two_sided", False) \
+            else ("expected",)
+        for target in targets:
+            matched = _match_expected(method, space, sc, lat, slack, time_limit, target)
+            if matched is not None and within_budget(
+                    estimate(net.table, matched), method.budget,
+                    _latency_total(net, matched, lat)):
+                policy = matched
+                break
     argmax = Policy({**dict(net.fixed), **{n: net.spec_of(*c)
                                           for n, c in method.choices().items()}})
     rows = method.layer_rows()
@@ -150,8 +161,12 @@ def _pair_costs(net: Any, space: CandidateSpace, kind: str, lat: Any) -> np.ndar
 
 
 def _match_expected(method: SearchMethod, space: CandidateSpace, sc: dict[str, list[float]],
-                    lat: Any, slack: float, time_limit: float) -> Policy | None:
-    """Most probable policy with ``(1 - slack)·min(E_k, B_k) <= cost_k <= B_k``; None if none."""
+                    lat: Any, slack: float, time_limit: float, target: str = "expected"
+                    ) -> Policy | None:
+    """Most probable policy with ``(1 - slack)·T_k <= cost_k <= B_k``; None if none.
+
+    ``T_k = min(E_k, B_k)`` for ``target="expected"``, ``B_k`` for ``target="budget"``.
+    """
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     net = method.net
@@ -172,7 +187,8 @@ def _match_expected(method: SearchMethod, space: CandidateSpace, sc: dict[str, l
         cost = _pair_costs(net, space, kind, lat)
         expected = float(net.expected_cost(kind, [p.detach() for p in pw],
                                            [p.detach() for p in pa]))
-        lower = (1.0 - slack) * min(expected, limit) - net.const[kind]
+        goal = limit if target == "budget" else min(expected, limit)
+        lower = (1.0 - slack) * goal - net.const[kind]
         upper = limit - net.const[kind]
         scale = max(float(np.abs(cost).max()), 1e-12)
         cons.append(LinearConstraint(cost[None, :] / scale, lower / scale,

@@ -41,6 +41,14 @@ SSPS (single-path search, sequential decisions)
     a fixed layer leaves the search (constant
     one-hot, no gradient) and the step is recorded in :attr:`SSPS.fixed_at`.
 
+Warm start (all methods): ``init_policy`` (a :class:`~bitsmith.policy.Policy`, e.g. the
+sensitivity + integer-program allocation of :func:`bitsmith.search.warmstart.ilp_warm_start`)
+starts the architecture parameters at its choices: QSS/SSPS logits ``α_l[k] = s`` for the
+policy's candidate ``k`` and 0 for the others (``s = init_strength``; initial probability
+``e^s / (e^s + K - 1)``), the same for ``β_l``; QPL starts ``θ_l`` at the policy's bit widths.
+Layers the policy does not name keep the neutral start; a layer the supernet does not search,
+or a spec that is not one of the candidates, raises :class:`SearchSpaceError`.
+
 Architecture updates: with ``arch_data`` (a held-out map-style dataset, DNAS-style
 alternation), every ``arch_every`` steps a batch drawn from it (indices fixed by
 ``(seed, step)``, so resumes repeat it) gives ``∂(CE + L_budget)/∂(α, β, θ)`` and an Adam
@@ -59,10 +67,49 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
 from bitsmith.analyze.allocate import Budget
+from bitsmith.policy import Policy
 from bitsmith.search.supernet import SearchSpaceError, Supernet, check_budget_feasible
 from bitsmith.search.train import Callback, TrainState, all_reduce_mean
 
 METHODS = ("qss", "qpl", "ssps")
+
+
+def warm_start_choices(net: Supernet, policy: Policy) -> dict[int, tuple[int, int]]:
+    """``search index -> (weight candidate, activation candidate)`` of ``policy``.
+
+    Layers the supernet keeps fixed may appear with their fixed spec; searched layers the
+    policy does not name are left out (they keep the neutral start).
+
+    Raises:
+        SearchSpaceError: the policy names a layer that is not in the model, a fixed layer
+            with another spec, or a spec that is not among the layer's candidates.
+    """
+    if not isinstance(policy, Policy):
+        raise SearchSpaceError(f"the warm start must be a Policy, got {type(policy).__name__}")
+    index = {n: i for i, n in enumerate(net.names)}
+    pairs = {net.spec_of(k, j): (k, j) for k in range(len(net.weight_specs))
+             for j in range(len(net.act_specs))}
+    out: dict[int, tuple[int, int]] = {}
+    unknown = [n for n, _ in policy.items() if n not in index and n not in net.fixed]
+    if unknown:
+        raise SearchSpaceError(
+            f"the warm-start policy names layer(s) the supernet does not have: {unknown[:5]}; "
+            f"searched layers are {net.names[:6]}{' ...' if len(net.names) > 6 else ''}")
+    for name, spec in policy.items():
+        if name in net.fixed:
+            if spec != net.fixed[name]:
+                raise SearchSpaceError(
+                    f"warm start: layer {name} is fixed at {net.fixed[name]} by the search "
+                    f"space (first_last), the policy gives {spec}")
+            continue
+        if spec not in pairs:
+            cands = ", ".join(w.short() for w in net.weight_specs)
+            raise SearchSpaceError(
+                f"warm start: {name} -> {spec} is not a candidate of the search space "
+                f"(weights: {cands}; activation bits: "
+                f"{[a.bits for a in net.act_specs]})")
+        out[index[name]] = pairs[spec]
+    return out
 
 
 def gumbel_like(x: Tensor) -> Tensor:
@@ -90,6 +137,9 @@ class SearchMethod(Callback):
         two_sided: penalise an expected cost *below* the budget too,
             ``λ·max(0, 1 - E/B)``, so that the relaxation sits at the budget (SSPS default:
             its decisions are irreversible).
+        init_policy: warm start (a Policy over the searched layers, e.g. the ILP allocation
+            from sensitivities, :func:`bitsmith.search.warmstart.ilp_warm_start`).
+        init_strength: logit advantage ``s`` of the warm-start candidate (QSS/SSPS).
     """
 
     name = "base"
@@ -99,7 +149,8 @@ class SearchMethod(Callback):
                  penalty: float = 2.0, arch_lr: float = 0.01, arch_data: Dataset | None = None,
                  arch_batch_size: int = 64, arch_every: int = 1, warmup_steps: int = 0,
                  tau0: float = 5.0, tau_min: float = 0.5, seed: int = 0,
-                 two_sided: bool = False) -> None:
+                 two_sided: bool = False, init_policy: Policy | None = None,
+                 init_strength: float = 3.0) -> None:
         if not budget.items() and act_budget_bytes is None:
             raise ValueError("the search needs a budget (size_bytes, bitops, avg_weight_bits, "
                              "latency or act_budget_bytes)")
@@ -121,7 +172,14 @@ class SearchMethod(Callback):
         self.total = 1
         self._cache: dict[str, list[list[tuple[int, Tensor]]]] | None = None
         self._cost_probs: tuple[list[Tensor], list[Tensor]] | None = None
+        self.init_choices = ({} if init_policy is None
+                             else warm_start_choices(net, init_policy))
+        if not math.isfinite(init_strength) or init_strength < 0:
+            raise ValueError(f"init_strength must be finite and >= 0, got {init_strength}")
+        self.init_strength = float(init_strength)
         self.arch = nn.ParameterList(self._make_params())
+        if self.init_choices:
+            self._warm_start(self.init_choices)
         self.arch_opt = torch.optim.Adam(self.arch_parameters(), lr=self.arch_lr,
                                          betas=(0.5, 0.999))
         net.set_source(self)
@@ -140,6 +198,16 @@ class SearchMethod(Callback):
     def probs(self) -> tuple[list[Tensor], list[Tensor]]:
         """Current per-layer probabilities over weight / activation candidates (no noise)."""
         raise NotImplementedError
+
+    def _warm_start(self, choices: dict[int, tuple[int, int]]) -> None:
+        """Set the logits of layer ``i`` to ``s`` at ``choices[i]``, 0 elsewhere (QSS/SSPS)."""
+        ps = list(self.arch)
+        with torch.no_grad():
+            for i, (k, j) in choices.items():
+                for p, c in ((ps[i], k), (ps[self.n + i], j)):
+                    p.zero_()
+                    if p.numel() > 1:
+                        p[c] = self.init_strength
 
     # ---------------------------------------------------------------- helpers
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -303,6 +371,8 @@ class QSS(SearchMethod):
         if share not in ("layer", "model"):
             raise ValueError(f"share={share!r}; use 'layer' or 'model'")
         self.share, self.hard = share, hard
+        if share == "model" and kw.get("init_policy") is not None:
+            raise SearchSpaceError("a per-layer warm start (init_policy) needs share='layer'")
         super().__init__(net, budget, **kw)
 
     def _make_params(self) -> list[nn.Parameter]:
@@ -394,6 +464,14 @@ class QPL(SearchMethod):
         tw, ta = self._theta(self.init_bits, self.wvals), self._theta(self.init_act, self.avals)
         return ([nn.Parameter(torch.tensor(tw)) for _ in range(self.n)]
                 + [nn.Parameter(torch.tensor(ta)) for _ in range(self.n)])
+
+    def _warm_start(self, choices: dict[int, tuple[int, int]]) -> None:
+        """Start the continuous bit widths at the warm-start policy's bit widths."""
+        ps = list(self.arch)
+        with torch.no_grad():
+            for i, (k, j) in choices.items():
+                ps[i].fill_(self._theta(float(self.wvals[k]), self.wvals))
+                ps[self.n + i].fill_(self._theta(float(self.avals[j]), self.avals))
 
     def bits(self) -> tuple[list[Tensor], list[Tensor]]:
         """Continuous weight / activation bit widths per layer (scalar tensors)."""

@@ -61,6 +61,14 @@ class SearchSettings:
             ``tau_min``, ``warmup_steps``, ``threshold``, ``share``, ``mode`` ...).
         arch_batch_size: held-out batch size of the architecture updates.
         fold_bn: fold BatchNorm before the search.
+        warm_start: start the architecture parameters at a Policy (``init_policy`` of the
+            method): a :class:`~bitsmith.policy.Policy`, or ``"fisher"`` / ``"hessian"`` to
+            compute it with the sensitivity estimator and the integer program under
+            ``budget`` (:func:`bitsmith.search.warmstart.ilp_warm_start`, on ``arch_data``
+            when given, else the training batches); ``None`` = neutral start.
+        warm_start_strength: logit advantage of the warm-start choice (QSS/SSPS;
+            ``init_strength``): initial probability ``e^s / (e^s + K_w - 1)``.
+        warm_start_examples: examples of the sensitivity estimate.
     """
 
     method: str = "qss"
@@ -74,6 +82,9 @@ class SearchSettings:
     method_kw: dict[str, Any] = field(default_factory=dict)
     arch_batch_size: int = 64
     fold_bn: bool = True
+    warm_start: Policy | str | None = None
+    warm_start_strength: float = 3.0
+    warm_start_examples: int = 512
 
 
 @dataclass
@@ -92,6 +103,8 @@ class SearchOutcome:
     search_seconds: float
     qat_seconds: float
     files: dict[str, str] = field(default_factory=dict)
+    warm_start: Policy | None = None
+    warm_start_seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         c = self.derivation.cost
@@ -101,7 +114,12 @@ class SearchOutcome:
                 "compression": c.compression, "repaired": self.derivation.repaired,
                 "search_seconds": self.search_seconds, "qat_seconds": self.qat_seconds,
                 "search_peak_memory_bytes": self.search_result.peak_memory_bytes,
-                "policy_fingerprint": self.policy.fingerprint()}
+                "policy_fingerprint": self.policy.fingerprint(),
+                "warm_start": None if self.warm_start is None else {
+                    n: (f"{s.weight.short() if s.weight else 'float'} / "
+                        f"a{s.act.bits if s.act else 32}")
+                    for n, s in self.warm_start.items()},
+                "warm_start_seconds": self.warm_start_seconds}
 
 
 def _with_ckpt(cfg: TrainConfig, out_dir: Path | None, sub: str, **changes: Any) -> TrainConfig:
@@ -150,9 +168,15 @@ def run_search(model: nn.Module, train_loader: Iterable, settings: SearchSetting
         net = build_supernet(model, example_inputs, settings.space,
                              calibration if calibration is not None else train_loader,
                              fold_bn=settings.fold_bn, latency=latency)
+        tw = time.perf_counter()
+        warm = resolve_warm_start(settings, model, net, train_loader, arch_data, latency)
+        warm_s = time.perf_counter() - tw
+        method_kw = dict(settings.method_kw)
+        if warm is not None:
+            method_kw.update(init_policy=warm, init_strength=settings.warm_start_strength)
         method = make_method(settings.method, net, settings.budget,
                              act_budget_bytes=settings.act_budget_bytes, arch_data=arch_data,
-                             arch_batch_size=settings.arch_batch_size, **settings.method_kw)
+                             arch_batch_size=settings.arch_batch_size, **method_kw)
         t0 = time.perf_counter()
         scfg = _with_ckpt(settings.search, out, "search", find_unused_parameters=True)
         sres = train(net.model, train_loader, scfg, callbacks=[method])
@@ -176,7 +200,8 @@ def run_search(model: nn.Module, train_loader: Iterable, settings: SearchSetting
             acc = evaluate(qmodel, eval_loader, device=device).accuracy
             fp32 = evaluate(model.to(device), eval_loader, device=device).accuracy
         outcome = SearchOutcome(derivation.policy, derivation, qmodel, net, method, sres, qres,
-                                acc, fp32, search_s, qat_s)
+                                acc, fp32, search_s, qat_s, warm_start=warm,
+                                warm_start_seconds=warm_s)
         if out is not None and dist_info()[0] == 0:
             outcome.files = _write_run(outcome, out, settings, model_name, dataset, eval_set)
         if dist.is_available() and dist.is_initialized():
@@ -185,6 +210,40 @@ def run_search(model: nn.Module, train_loader: Iterable, settings: SearchSetting
     finally:
         if we_init and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def resolve_warm_start(settings: SearchSettings, model: nn.Module, net: Supernet,
+                       train_loader: Iterable, arch_data: Dataset | None,
+                       latency: Any = None) -> Policy | None:
+    """The Policy that ``settings.warm_start`` asks for (``None``: no warm start).
+
+    Raises:
+        ValueError: an unknown warm-start name, or ``method_kw`` already has ``init_policy``.
+    """
+    ws = settings.warm_start
+    if ws is None:
+        return None
+    if "init_policy" in settings.method_kw:
+        raise ValueError("give the warm start either as SearchSettings.warm_start or as "
+                         "method_kw['init_policy'], not both")
+    if isinstance(ws, Policy):
+        return ws
+    if not isinstance(ws, str):
+        raise ValueError(f"warm_start must be a Policy, 'fisher', 'hessian' or None, got "
+                         f"{type(ws).__name__}")
+    from bitsmith.search.warmstart import WARM_METRICS, ilp_warm_start
+
+    if ws not in WARM_METRICS:
+        raise ValueError(f"unknown warm start {ws!r}; use a Policy or one of {WARM_METRICS}")
+    data: Iterable = train_loader
+    if arch_data is not None:
+        from torch.utils.data import DataLoader
+
+        data = DataLoader(arch_data, batch_size=64, shuffle=False)
+    alloc = ilp_warm_start(model, net, settings.budget, data, metric=ws,
+                           act_budget_bytes=settings.act_budget_bytes, latency=latency,
+                           max_examples=settings.warm_start_examples, seed=settings.search.seed)
+    return alloc.policy
 
 
 def _write_run(o: SearchOutcome, out: Path, settings: SearchSettings, model_name: str,
@@ -197,7 +256,11 @@ def _write_run(o: SearchOutcome, out: Path, settings: SearchSettings, model_name
                            "act_budget_bytes": settings.act_budget_bytes,
                            "space": dataclasses.asdict(settings.space),
                            "search": settings.search.to_dict(), "qat": settings.qat.to_dict(),
-                           "method_kw": settings.method_kw})
+                           "method_kw": settings.method_kw,
+                           "warm_start": (settings.warm_start if isinstance(
+                               settings.warm_start, str) or settings.warm_start is None
+                               else "policy"),
+                           "warm_start_strength": settings.warm_start_strength})
     run.write_layers(o.net.table)
     if o.fp32_accuracy is not None:
         run.set_fp32(o.fp32_accuracy)

@@ -1,0 +1,77 @@
+"""ILP warm start of the training-time search: sensitivity + integer program -> Policy.
+
+:func:`ilp_warm_start` estimates a cheap per-candidate sensitivity of every searched layer
+(``"fisher"``: empirical Fisher, :func:`bitsmith.analyze.fisher.estimate_fisher`;
+``"hessian"``: HAWQ-V2 Hutchinson traces, :func:`bitsmith.analyze.hessian.estimate_hessian`)
+over the supernet's candidates and allocates them under the search budget with the same 0-1
+integer program as ``bitsmith analyze`` (:func:`bitsmith.analyze.allocate.allocate`). The
+returned Policy is what ``SearchSettings(warm_start=...)`` / the method's ``init_policy``
+start the architecture parameters at. Both estimators score the *weight* perturbation only:
+with several activation candidates the program takes the cheapest activation bits that fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+
+from bitsmith.analyze.allocate import Allocation, Budget, allocate
+from bitsmith.analyze.candidates import CandidateSpace
+from bitsmith.policy import Policy
+from bitsmith.search.supernet import Supernet
+
+WARM_METRICS = ("fisher", "hessian")
+
+
+def ilp_warm_start(model: nn.Module, net: Supernet, budget: Budget, data: Iterable, *,
+                   metric: str = "fisher", act_budget_bytes: float | None = None,
+                   latency: Any = None, max_examples: int = 512, seed: int = 0,
+                   time_limit: float = 30.0) -> Allocation:
+    """Allocate the supernet's candidates by sensitivity under ``budget`` (the warm start).
+
+    Args:
+        model: the float model the supernet was built from (not modified).
+        net: the supernet (its candidates, fixed layers and cost constants are used).
+        budget: the search budget.
+        data: labelled batches for the sensitivity (the held-out split is a good choice).
+        metric: ``"fisher"`` or ``"hessian"``.
+        act_budget_bytes: drop activation candidates whose input bytes exceed it.
+        latency: latency LUT (``LatencyTable`` or ``f(layer, spec)``) for a latency budget.
+        max_examples: examples the estimator uses.
+
+    Returns:
+        the :class:`~bitsmith.analyze.allocate.Allocation`; ``.policy`` is the warm start.
+
+    Raises:
+        ValueError: unknown ``metric``.
+        InfeasibleBudgetError: no policy meets the budget.
+    """
+    if metric not in WARM_METRICS:
+        raise ValueError(f"unknown warm-start metric {metric!r}; use one of {WARM_METRICS}")
+    kw, ka = len(net.weight_specs), len(net.act_specs)
+    choices = {}
+    for i, name in enumerate(net.names):
+        pairs = [(k, j) for k in range(kw) for j in range(ka)
+                 if act_budget_bytes is None or float(net.act_bytes[i][j]) <= act_budget_bytes]
+        choices[name] = [net.spec_of(k, j) for k, j in pairs] or \
+            [net.spec_of(k, int(net.act_bytes[i].argmin())) for k in range(kw)]
+    space = CandidateSpace(net.table, choices)
+    if metric == "fisher":
+        from bitsmith.analyze.fisher import estimate_fisher
+
+        sens = estimate_fisher(model, space, data, max_examples=max_examples)
+    else:
+        from bitsmith.analyze.hessian import estimate_hessian
+
+        sens = estimate_hessian(model, space, data, max_examples=max_examples, seed=seed)
+    lat = None
+    if latency is not None:
+        lat = latency if callable(latency) else (lambda name, spec: latency.latency(name, spec))
+    return allocate(space, sens, budget, metric=metric, base=Policy(dict(net.fixed)),
+                    latency=lat, latency_offset=net.const.get("latency", 0.0),
+                    time_limit=time_limit)
+
+
+__all__ = ["WARM_METRICS", "ilp_warm_start"]
