@@ -238,7 +238,8 @@ def main() -> None:
     ap.add_argument("--partial", default=str(PARTIAL), help="where finished parts are kept")
     ap.add_argument("--ssps-threshold", type=float, default=0.6)
     ap.add_argument("--ssps-warmup", type=int, default=20)
-    ap.add_argument("--ssps-warm-start", default="fisher", choices=("none", "fisher", "hessian"),
+    ap.add_argument("--ssps-warm-start", default="fisher",
+                    choices=("none", "fisher", "hessian", "measured_kl"),
                     help="part c: initialise the SSPS logits at the sensitivity + ILP policy")
     ap.add_argument("--ssps-warm-strength", type=float, default=3.0,
                     help="part c: logit advantage of the warm-start choice")

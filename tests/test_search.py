@@ -332,6 +332,18 @@ def test_run_search_writes_run_dir_and_reloads(tmp_path):
     assert run.search and {p.get("label") for p in run.search} == {"search", "qat"}
     for name in ("weights.safetensors", "policy.yaml", "search_layers.json", "result.json"):
         assert (tmp_path / name).is_file(), name
+    # The report's layer table says when each searched layer was decided (SSPS: the step
+    # it was fixed at; "end" = at the derivation); the fixed first/last layers stay blank.
+    from bitsmith.report.summary import build_summary
+    from bitsmith.report.tables import layer_table
+
+    heads, rows = layer_table(build_summary(run))
+    col = heads.index("fixed at step")
+    fixed_col = {r[1]: r[col] for r in rows}
+    for r in o.derivation.rows:
+        step = o.method.fixed_at.get(r["layer"])
+        assert fixed_col[r["layer"]] == ("end" if step is None else str(step))
+    assert all(fixed_col[n] == "" for n in net_fixed_names(o))
     q2 = load_result(model, ds.tensors[0][:4], tmp_path)
     o.qmodel.eval()
     x = ds.tensors[0][:8]
@@ -339,6 +351,25 @@ def test_run_search_writes_run_dir_and_reloads(tmp_path):
     # A rerun resumes: both phases are already complete, so nothing is retrained.
     o2 = run_search(model, _loader(ds), st, arch_data=ds, out_dir=tmp_path)
     assert o2.search_result.resumed_from == 3 and o2.policy == o.policy
+
+
+def net_fixed_names(o) -> list[str]:
+    return [n for n in o.net.table.names if n not in o.net.names]
+
+
+def test_report_rejects_search_layers_of_unknown_layers(tmp_path):
+    from bitsmith.report.rundir import SEARCH_LAYERS_JSON, RunDirError, load_run
+
+    ds = _data()
+    st = SearchSettings("qpl", Budget(avg_weight_bits=4.0), SPACE, _cfg(max_steps=1))
+    run_search(randomize_bn(TinyNet()), _loader(ds), st, out_dir=tmp_path, run_qat=False)
+    assert load_run(tmp_path).search_layers
+    (tmp_path / SEARCH_LAYERS_JSON).write_text('{"layers": [{"layer": "nope"}]}')
+    with pytest.raises(RunDirError, match="nope"):
+        load_run(tmp_path)
+    (tmp_path / SEARCH_LAYERS_JSON).write_text('{"layers": 3}')
+    with pytest.raises(RunDirError, match="expected"):
+        load_run(tmp_path)
 
 
 def test_cli_bad_input_exit_code_2(tmp_path):
@@ -476,7 +507,7 @@ def test_warm_start_bad_policies_are_clear_errors():
     assert m.choices()[net.names[0]] == (2, 0) and set(m.init_choices) == {0}
 
 
-@pytest.mark.parametrize("metric", ["fisher", "hessian"])
+@pytest.mark.parametrize("metric", ["fisher", "hessian", "measured_kl"])
 def test_ilp_warm_start_meets_budget_and_seeds_run_search(metric):
     from bitsmith.search.warmstart import ilp_warm_start
 

@@ -21,6 +21,10 @@ Format ``bitsmith.run/1`` (documented in docs/analyze_and_report.md)::
       masks.json        optional  {"format": "bitsmith.masks/1", "layers": {name: MaskLayout
                                    fields}}: how the chosen policy's sparse layers store their
                                    actual survivors, so the report's sizes equal the packed file's
+      search_layers.json optional {"format": "bitsmith.search.layers/1", "method": str,
+                                   "layers": [{"layer", "w_prob"?, "fixed_step"?, ...}]}: the
+                                   training-time search's per-layer decision (probability of the
+                                   choice, step at which SSPS fixed the layer)
       policies/         optional  one YAML per trial policy (written by :class:`RunWriter`)
 
 JSONL files are append-only, one ``write`` per line, so several workers (a tuner's
@@ -50,10 +54,11 @@ RUN_FORMAT = "bitsmith.run/1"
 LAYERS_FORMAT = "bitsmith.layers/1"
 EXPORT_FORMAT = "bitsmith.export/1"
 MASKS_FORMAT = "bitsmith.masks/1"
+SEARCH_LAYERS_FORMAT = "bitsmith.search.layers/1"
 RUN_JSON, LAYERS_JSON, TRIALS_JSONL, POLICY_YAML = (
     "run.json", "layers.json", "trials.jsonl", "policy.yaml")
 SENSITIVITY_JSON, SEARCH_JSONL, EXPORT_JSON = "sensitivity.json", "search.jsonl", "export.json"
-MASKS_JSON = "masks.json"
+MASKS_JSON, SEARCH_LAYERS_JSON = "masks.json", "search_layers.json"
 REQUIRED = (RUN_JSON, LAYERS_JSON, TRIALS_JSONL, POLICY_YAML)
 TRIAL_REQUIRED = ("name", "accuracy", "size_bytes")
 
@@ -230,6 +235,15 @@ class RunWriter:
             name: dataclasses.asdict(layout) for name, layout in layouts.items()}}, indent=2))
         return path
 
+    def write_search_layers(self, method: str, rows: Sequence[Mapping[str, Any]]) -> Path:
+        """``search_layers.json``: one record per searched layer (``"layer"`` plus e.g.
+        ``"w_prob"``, the probability of the chosen candidate, and ``"fixed_step"``, the
+        step at which SSPS fixed the layer; ``None`` = decided at the end)."""
+        path = self.dir / SEARCH_LAYERS_JSON
+        _atomic_write(path, json.dumps({"format": SEARCH_LAYERS_FORMAT, "method": method,
+                                        "layers": [dict(r) for r in rows]}, indent=1))
+        return path
+
 
 @dataclass
 class RunData:
@@ -244,6 +258,7 @@ class RunData:
     search: list[dict[str, Any]] = field(default_factory=list)
     export: dict[str, Any] | None = None
     masks: dict[str, MaskLayout] = field(default_factory=dict)
+    search_layers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def chosen(self) -> dict[str, Any] | None:
@@ -331,7 +346,23 @@ def load_run(run_dir: str | Path) -> RunData:
     if export is not None and not isinstance(export.get("artifacts"), list):
         raise RunDirError(f"{d / EXPORT_JSON}: expected {{'artifacts': [...]}}")
     masks = _read_masks(d / MASKS_JSON, table) if (d / MASKS_JSON).is_file() else {}
-    return RunData(d, run, table, trials, policy, sens, search, export, masks)
+    search_layers = (_read_search_layers(d / SEARCH_LAYERS_JSON, table)
+                     if (d / SEARCH_LAYERS_JSON).is_file() else {})
+    return RunData(d, run, table, trials, policy, sens, search, export, masks, search_layers)
+
+
+def _read_search_layers(path: Path, table: LayerTable) -> dict[str, dict[str, Any]]:
+    raw = _read_json(path)
+    rows = raw.get("layers") if isinstance(raw, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "layer" in r
+                                             for r in rows):
+        raise RunDirError(f"{path}: expected {{'format': {SEARCH_LAYERS_FORMAT!r}, "
+                          "'layers': [{'layer': name, ...}, ...]}")
+    names = set(table.names)
+    unknown = [r["layer"] for r in rows if r["layer"] not in names]
+    if unknown:
+        raise RunDirError(f"{path}: layer(s) {unknown[:3]} not in the run's layer table")
+    return {r["layer"]: r for r in rows}
 
 
 def _read_masks(path: Path, table: LayerTable) -> dict[str, MaskLayout]:

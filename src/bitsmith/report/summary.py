@@ -37,7 +37,8 @@ def build_summary(data: RunData) -> dict[str, Any]:
 
     Keys: ``run`` (run.json), ``chosen`` (trial record or None), ``cost`` (the chosen
     policy's CostReport as a dict), ``layers`` (one row per layer with the chosen
-    scheme/bits/sparsity, bytes, MACs and sensitivity of the chosen candidate),
+    scheme/bits/sparsity, bytes, MACs and sensitivity of the chosen candidate; with a
+    training-time search also ``searched``, ``search_prob`` and ``fixed_step``),
     ``trials`` (with ``pareto`` flags), ``pareto`` (trial indices), ``sensitivity``
     (scores, seconds) or None, ``search`` (points), ``export`` or None.
     """
@@ -55,6 +56,11 @@ def build_summary(data: RunData) -> dict[str, Any]:
             "params": info.weight_params, "macs": info.macs, **_spec_cells(spec),
             "bytes": lc.total_bytes, "size_share": lc.total_bytes / max(cost.size_bytes, 1),
             "bitops": lc.bitops, "sensitivity": None}
+        if data.search_layers:
+            found = data.search_layers.get(info.name)
+            row["searched"] = found is not None
+            row["search_prob"] = (found or {}).get("w_prob")
+            row["fixed_step"] = (found or {}).get("fixed_step")
         if sens is not None and spec is not None and info.name in sens.space \
                 and spec in sens.space[info.name]:
             row["sensitivity"] = sens.value(metric, info.name, spec)

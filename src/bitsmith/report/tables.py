@@ -28,12 +28,16 @@ def key_numbers(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def layer_table(summary: dict[str, Any]) -> Table:
-    """The model's layers with the chosen scheme / bits / sparsity and their cost."""
+    """The model's layers with the chosen scheme / bits / sparsity and their cost (and, for a
+    training-time search, the probability of the choice and the step it was fixed at)."""
     sens = summary["sensitivity"]
+    searched = any(r.get("searched") for r in summary["layers"])
     heads = ["#", "layer", "type", "weight", "params", "MACs", "weight scheme", "w bits",
              "a bits", "sparsity", "bytes", "% size"]
     if sens is not None:
         heads.append(f"sensitivity ({sens['primary']})")
+    if searched:
+        heads += ["p(choice)", "fixed at step"]
     rows = []
     for i, r in enumerate(summary["layers"]):
         scheme = r["weight_scheme"] + (f"/{r['weight_granularity']}" if r["weight_granularity"]
@@ -44,6 +48,10 @@ def layer_table(summary: dict[str, Any]) -> Table:
                f"{r['sparsity']:.2f}", f"{r['bytes']:,}", f"{100 * r['size_share']:.1f}"]
         if sens is not None:
             row.append(_num(r["sensitivity"], "{:.3g}"))
+        if searched:
+            fixed = ("" if not r.get("searched") else "end" if r.get("fixed_step") is None
+                     else str(r["fixed_step"]))
+            row += [_num(r.get("search_prob")), fixed]
         rows.append(row)
     return heads, rows
 

@@ -127,7 +127,8 @@ def register(app: typer.Typer) -> None:
         penalty: float = typer.Option(2.0, help="Weight of the budget hinge loss."),
         threshold: float = typer.Option(0.8, help="SSPS certainty to fix a layer."),
         warm_start: str = typer.Option(
-            "none", help="Start the architecture at a policy: none, fisher or hessian "
+            "none", help="Start the architecture at a policy: none, fisher, hessian or "
+                         "measured_kl "
                          "(sensitivity + integer program under the budget), or a "
                          "policy.yaml path."),
         warm_strength: float = typer.Option(3.0, help="Logit advantage of the warm-start "
@@ -211,7 +212,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _warm_start(text: str) -> Any:
-    """``--warm-start``: None, ``"fisher"``/``"hessian"``, or the Policy of a YAML file."""
+    """``--warm-start``: None, a metric of ``WARM_METRICS``, or the Policy of a YAML file."""
     from bitsmith.search.warmstart import WARM_METRICS
 
     if text.lower() in ("", "none"):

@@ -62,7 +62,8 @@ class SearchSettings:
         arch_batch_size: held-out batch size of the architecture updates.
         fold_bn: fold BatchNorm before the search.
         warm_start: start the architecture parameters at a Policy (``init_policy`` of the
-            method): a :class:`~bitsmith.policy.Policy`, or ``"fisher"`` / ``"hessian"`` to
+            method): a :class:`~bitsmith.policy.Policy`, or ``"fisher"`` / ``"hessian"`` /
+            ``"measured_kl"`` to
             compute it with the sensitivity estimator and the integer program under
             ``budget`` (:func:`bitsmith.search.warmstart.ilp_warm_start`, on ``arch_data``
             when given, else the training batches); ``None`` = neutral start.
@@ -169,7 +170,8 @@ def run_search(model: nn.Module, train_loader: Iterable, settings: SearchSetting
                              calibration if calibration is not None else train_loader,
                              fold_bn=settings.fold_bn, latency=latency)
         tw = time.perf_counter()
-        warm = resolve_warm_start(settings, model, net, train_loader, arch_data, latency)
+        warm = resolve_warm_start(settings, model, net, train_loader, arch_data, latency,
+                                  calibration=calibration)
         warm_s = time.perf_counter() - tw
         method_kw = dict(settings.method_kw)
         if warm is not None:
@@ -214,7 +216,8 @@ def run_search(model: nn.Module, train_loader: Iterable, settings: SearchSetting
 
 def resolve_warm_start(settings: SearchSettings, model: nn.Module, net: Supernet,
                        train_loader: Iterable, arch_data: Dataset | None,
-                       latency: Any = None) -> Policy | None:
+                       latency: Any = None, calibration: Iterable | None = None
+                       ) -> Policy | None:
     """The Policy that ``settings.warm_start`` asks for (``None``: no warm start).
 
     Raises:
@@ -229,7 +232,7 @@ def resolve_warm_start(settings: SearchSettings, model: nn.Module, net: Supernet
     if isinstance(ws, Policy):
         return ws
     if not isinstance(ws, str):
-        raise ValueError(f"warm_start must be a Policy, 'fisher', 'hessian' or None, got "
+        raise ValueError(f"warm_start must be a Policy, a metric name or None, got "
                          f"{type(ws).__name__}")
     from bitsmith.search.warmstart import WARM_METRICS, ilp_warm_start
 
@@ -241,8 +244,9 @@ def resolve_warm_start(settings: SearchSettings, model: nn.Module, net: Supernet
 
         data = DataLoader(arch_data, batch_size=64, shuffle=False)
     alloc = ilp_warm_start(model, net, settings.budget, data, metric=ws,
-                           act_budget_bytes=settings.act_budget_bytes, latency=latency,
-                           max_examples=settings.warm_start_examples, seed=settings.search.seed)
+                           calibration=calibration, act_budget_bytes=settings.act_budget_bytes,
+                           latency=latency, max_examples=settings.warm_start_examples,
+                           seed=settings.search.seed)
     return alloc.policy
 
 
@@ -280,11 +284,7 @@ def _write_run(o: SearchOutcome, out: Path, settings: SearchSettings, model_name
                   qat_seconds=o.qat_seconds)
     run.choose(name)
     files = {k: str(v) for k, v in save_result(o.qmodel, out, o.summary()).items()}
-    layers = out / "search_layers.json"
-    layers.write_text(json.dumps({"format": "bitsmith.search.layers/1",
-                                  "method": o.method.name, "layers": o.derivation.rows},
-                                 indent=1))
-    files["layers"] = str(layers)
+    files["layers"] = str(run.write_search_layers(o.method.name, o.derivation.rows))
     try:
         from bitsmith.report.figures import search_figure
 

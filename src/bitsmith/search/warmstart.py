@@ -1,13 +1,17 @@
 """ILP warm start of the training-time search: sensitivity + integer program -> Policy.
 
-:func:`ilp_warm_start` estimates a cheap per-candidate sensitivity of every searched layer
-(``"fisher"``: empirical Fisher, :func:`bitsmith.analyze.fisher.estimate_fisher`;
-``"hessian"``: HAWQ-V2 Hutchinson traces, :func:`bitsmith.analyze.hessian.estimate_hessian`)
-over the supernet's candidates and allocates them under the search budget with the same 0-1
-integer program as ``bitsmith analyze`` (:func:`bitsmith.analyze.allocate.allocate`). The
-returned Policy is what ``SearchSettings(warm_start=...)`` / the method's ``init_policy``
-start the architecture parameters at. Both estimators score the *weight* perturbation only:
-with several activation candidates the program takes the cheapest activation bits that fit.
+:func:`ilp_warm_start` estimates a per-candidate sensitivity of every searched layer over
+the supernet's candidates and allocates them under the search budget with the same 0-1
+integer program as ``bitsmith analyze`` (:func:`bitsmith.analyze.allocate.allocate`).
+Metrics: ``"fisher"`` (empirical Fisher, :func:`bitsmith.analyze.fisher.estimate_fisher`),
+``"hessian"`` (HAWQ-V2 Hutchinson traces, :func:`bitsmith.analyze.hessian.estimate_hessian`)
+and ``"measured_kl"`` (each candidate quantized alone, KL divergence of the outputs,
+:func:`bitsmith.analyze.measured.measure_sensitivity`). Fisher and Hessian score the
+*weight* perturbation only (with several activation candidates the program takes the
+cheapest activation bits that fit); the measured score quantizes the candidate's weights and
+activations, needs calibration batches and costs one evaluation per candidate. The returned
+Policy is what ``SearchSettings(warm_start=...)`` / the method's ``init_policy`` start the
+architecture parameters at.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from bitsmith.analyze.candidates import CandidateSpace
 from bitsmith.policy import Policy
 from bitsmith.search.supernet import Supernet
 
-WARM_METRICS = ("fisher", "hessian")
+WARM_METRICS = ("fisher", "hessian", "measured_kl")
 
 
 def ilp_warm_start(model: nn.Module, net: Supernet, budget: Budget, data: Iterable, *,
-                   metric: str = "fisher", act_budget_bytes: float | None = None,
+                   metric: str = "fisher", calibration: Iterable | None = None,
+                   act_budget_bytes: float | None = None,
                    latency: Any = None, max_examples: int = 512, seed: int = 0,
                    time_limit: float = 30.0) -> Allocation:
     """Allocate the supernet's candidates by sensitivity under ``budget`` (the warm start).
@@ -36,7 +41,9 @@ def ilp_warm_start(model: nn.Module, net: Supernet, budget: Budget, data: Iterab
         net: the supernet (its candidates, fixed layers and cost constants are used).
         budget: the search budget.
         data: labelled batches for the sensitivity (the held-out split is a good choice).
-        metric: ``"fisher"`` or ``"hessian"``.
+        metric: ``"fisher"``, ``"hessian"`` or ``"measured_kl"``.
+        calibration: batches for the activation ranges (``"measured_kl"`` only; default
+            ``data``).
         act_budget_bytes: drop activation candidates whose input bytes exceed it.
         latency: latency LUT (``LatencyTable`` or ``f(layer, spec)``) for a latency budget.
         max_examples: examples the estimator uses.
@@ -62,10 +69,16 @@ def ilp_warm_start(model: nn.Module, net: Supernet, budget: Budget, data: Iterab
         from bitsmith.analyze.fisher import estimate_fisher
 
         sens = estimate_fisher(model, space, data, max_examples=max_examples)
-    else:
+    elif metric == "hessian":
         from bitsmith.analyze.hessian import estimate_hessian
 
         sens = estimate_hessian(model, space, data, max_examples=max_examples, seed=seed)
+    else:
+        from bitsmith.analyze.measured import measure_sensitivity
+
+        sens = measure_sensitivity(model, space, data, max_examples=max_examples,
+                                   calibration=data if calibration is None else calibration,
+                                   base=Policy(dict(net.fixed)))
     lat = None
     if latency is not None:
         lat = latency if callable(latency) else (lambda name, spec: latency.latency(name, spec))
