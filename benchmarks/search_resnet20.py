@@ -55,14 +55,14 @@ def _setup(batch: int):
     return proto, train_loader, calib, test, model
 
 
-def _uniform_w3_costs(model, example):
+def _uniform_w3_costs(model, example, scheme: str = "uniform_symmetric"):
     from bitsmith.cost import estimate
     from bitsmith.policy import INT8, LayerSpec, Policy, QSpec
     from bitsmith.quantize import prepare
 
     _, table, _ = prepare(model, example)
     names = table.names
-    spec = LayerSpec(QSpec("uniform_symmetric", 3, "channel"), QSpec("uniform_asymmetric", 4))
+    spec = LayerSpec(QSpec(scheme, 3, "channel"), QSpec("uniform_asymmetric", 4))
     pol = Policy({n: (INT8 if n in (names[0], names[-1]) else spec) for n in names})
     return estimate(table, pol)
 
@@ -73,7 +73,7 @@ def run_part(part: str, args) -> dict:
 
     proto, train_loader, calib, test, model = _setup(args.batch)
     example = next(iter(calib))[0][:8]
-    u3 = _uniform_w3_costs(model, example)
+    u3 = _uniform_w3_costs(model, example, args.weight_scheme)
     search_cfg = TrainConfig(max_steps=args.search_steps, lr=args.lr, weight_decay=0.0,
                              grad_clip=10.0, log_every=10, checkpoint_every=50, progress=False,
                              seed=0)
@@ -96,7 +96,9 @@ def run_part(part: str, args) -> dict:
                                                 "tau0": 5.0, "tau_min": 0.5})
     elif part == "c":
         budget = Budget(bitops=u3.bitops)
-        st = SearchSettings("ssps", budget, SearchSpace.uniform_bits(bits, (4,)), search_cfg,
+        st = SearchSettings("ssps", budget,
+                            SearchSpace.uniform_bits(bits, (4,), scheme=args.weight_scheme),
+                            search_cfg,
                             qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
                                                 "threshold": args.ssps_threshold,
                                                 "warmup_steps": args.ssps_warmup})
@@ -105,8 +107,9 @@ def run_part(part: str, args) -> dict:
             st.warm_start_strength = args.ssps_warm_strength
     elif part == "u3":
         budget = Budget(size_bytes=u3.size_bytes, bitops=u3.bitops)
-        st = SearchSettings("qpl", budget, SearchSpace.uniform_bits((3,), (4,)), search_cfg,
-                            qat_cfg)
+        st = SearchSettings("qpl", budget,
+                            SearchSpace.uniform_bits((3,), (4,), scheme=args.weight_scheme),
+                            search_cfg, qat_cfg)
     else:
         raise ValueError(part)
     arch = proto.val if st.method in ("qss", "ssps") else None
@@ -115,7 +118,8 @@ def run_part(part: str, args) -> dict:
                    out_dir=RUNS / f"{part}{args.run_tag}",
                    **common)
     res = o.summary()
-    res.update(part=part, budget=dict(budget.items()), wall_s=time.perf_counter() - t0,
+    res.update(part=part, budget=dict(budget.items()), weight_scheme=args.weight_scheme,
+               wall_s=time.perf_counter() - t0,
                search_steps=args.search_steps, qat_steps=args.qat_steps, batch=args.batch,
                method_kw=st.method_kw, warm_start_setting=(
                    st.warm_start if isinstance(st.warm_start, str) else None),
@@ -243,6 +247,10 @@ def main() -> None:
                     help="part c: initialise the SSPS logits at the sensitivity + ILP policy")
     ap.add_argument("--ssps-warm-strength", type=float, default=3.0,
                     help="part c: logit advantage of the warm-start choice")
+    ap.add_argument("--weight-scheme", default="uniform_symmetric",
+                    help="parts c and u3: weight scheme of every candidate (uniform_symmetric: "
+                         "narrow signed range, 2 bits = ternary; uniform_asymmetric: all 2^b "
+                         "levels with a per-channel zero point)")
     ap.add_argument("--run-tag", default="", help="suffix of the run folder")
     ap.add_argument("--key", default="", help="store the (single) part under this name")
     ap.add_argument("--label", default="", help="description of the variant (md table)")
@@ -301,12 +309,24 @@ def _paired(results: dict) -> None:
     paired = results.setdefault("paired", {})
     for key, r in results.items():
         if isinstance(r, dict) and r.get("correct") and not key.startswith("u3"):
-            paired[key] = {**mcnemar(r["correct"], results[ref_key]["correct"]),
-                           "reference": ref_key}
+            ref = _reference(results, key, ref_key)
+            paired[key] = {**mcnemar(r["correct"], results[ref]["correct"]), "reference": ref}
+
+
+def _reference(results: dict, key: str, default: str) -> str:
+    """The uniform run a searched run is compared with: the one with its weight scheme."""
+    scheme = results[key].get("weight_scheme", "uniform_symmetric")
+    if scheme != "uniform_symmetric":
+        for k, r in results.items():
+            if k.startswith("u3") and isinstance(r, dict) and r.get("correct") \
+                    and r.get("weight_scheme") == scheme:
+                return k
+    return default
 
 
 ORDER = ("a", "a_v0", "b", "c", "c_v0", "c_v1", "c_w60t08", "c_fisher_s1", "c_fisher_s2",
-         "c_fisher_s3", "c_fisher_s5", "u3", "u3_rerun")
+         "c_fisher_s3", "c_fisher_s5", "c_hessian_s3", "c_kl_s3", "u3", "u3_rerun",
+         "c_asym_kl_s3", "u3_asym")
 NOTES = {
     "a_v0": "same search and QAT as a, earlier derivation without the expected-cost lower "
             "bound",
@@ -343,6 +363,8 @@ def summarize(results: dict, args) -> None:
         share = (f"{100 * r['bitops'] / r['budget']['bitops']:.1f}"
                  if "bitops" in r["budget"] else "-")
         method = "uniform W3A4" if key.startswith("u3") else r["method"]
+        if r.get("weight_scheme", "uniform_symmetric") != "uniform_symmetric":
+            method += " (asym. weights)"
         lines.append(f"| {key} | {method} | {b} | {r['accuracy']:.2f} | "
                      f"{_cell(r.get('val_accuracy'), '.2f')} | {r['avg_weight_bits']:.3f} | "
                      f"{r['size_bytes']:,} | {r['bitops']:,} | {share} | "
@@ -361,7 +383,7 @@ def summarize(results: dict, args) -> None:
         acc = results["a"]["accuracy"]
         lines += ["", f"(a) target >= 90.50 %: measured {acc:.2f} % -> "
                   f"{'met' if acc >= 90.5 else 'MISSED by %.2f points' % (90.5 - acc)}"]
-    for part in ("b", "c"):
+    for part in ("b", "c", "c_asym_kl_s3"):
         if part not in results:
             continue
         m = results[part]["accuracy"]
@@ -372,7 +394,7 @@ def summarize(results: dict, args) -> None:
         sig = "" if pv is None else (
             f", McNemar p = {pv:.3g}" + ("" if pv < 0.05 else ": not significant"))
         also = ""
-        if ref != "u3" and "u3" in results:
+        if ref == "u3_rerun" and "u3" in results:
             u0 = results["u3"]["accuracy"]
             also = f"; vs the first uniform run (u3) {u0:.2f} %: {m - u0:+.2f} points"
         lines.append(f"({part}) searched {m:.2f} % vs uniform W3A4 ({ref}) {u:.2f} %: "
