@@ -97,9 +97,9 @@ def run_part(part: str, args) -> dict:
     elif part == "c":
         budget = Budget(bitops=u3.bitops)
         st = SearchSettings("ssps", budget,
-                            SearchSpace.uniform_bits(bits, (4,), scheme=args.weight_scheme),
-                            search_cfg,
-                            qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
+                            SearchSpace.uniform_bits(bits, args.act_bits,
+                                                     scheme=args.weight_scheme),
+                            search_cfg, qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
                                                 "threshold": args.ssps_threshold,
                                                 "warmup_steps": args.ssps_warmup})
         if args.ssps_warm_start != "none":
@@ -119,6 +119,7 @@ def run_part(part: str, args) -> dict:
                    **common)
     res = o.summary()
     res.update(part=part, budget=dict(budget.items()), weight_scheme=args.weight_scheme,
+               act_bit_candidates=list(st.space.act_bits),
                wall_s=time.perf_counter() - t0,
                search_steps=args.search_steps, qat_steps=args.qat_steps, batch=args.batch,
                method_kw=st.method_kw, warm_start_setting=(
@@ -128,6 +129,7 @@ def run_part(part: str, args) -> dict:
                qat_s_per_step=o.qat_seconds / max(o.qat_result.steps, 1) if o.qat_result
                else None, layers=o.derivation.rows,
                weight_bits={n: s.weight.bits for n, s in o.policy.items() if s.weight},
+               act_bits={n: s.act.bits for n, s in o.policy.items() if s.act},
                within_budget=all(
                    {"size_bytes": o.derivation.cost.size_bytes, "bitops": o.derivation.cost.bitops,
                     "avg_weight_bits": o.derivation.cost.avg_weight_bits}[k] <= v * (1 + 1e-9)
@@ -251,6 +253,9 @@ def main() -> None:
                     help="parts c and u3: weight scheme of every candidate (uniform_symmetric: "
                          "narrow signed range, 2 bits = ternary; uniform_asymmetric: all 2^b "
                          "levels with a per-channel zero point)")
+    ap.add_argument("--act-bits", type=lambda t: tuple(int(b) for b in t.split(",")),
+                    default=(4,), help="part c: activation bit candidates, e.g. 3,4,6 (the "
+                                       "BitOPs budget stays that of uniform W3A4)")
     ap.add_argument("--run-tag", default="", help="suffix of the run folder")
     ap.add_argument("--key", default="", help="store the (single) part under this name")
     ap.add_argument("--label", default="", help="description of the variant (md table)")
@@ -314,19 +319,24 @@ def _paired(results: dict) -> None:
 
 
 def _reference(results: dict, key: str, default: str) -> str:
-    """The uniform run a searched run is compared with: the one with its weight scheme."""
-    scheme = results[key].get("weight_scheme", "uniform_symmetric")
-    if scheme != "uniform_symmetric":
-        for k, r in results.items():
-            if k.startswith("u3") and isinstance(r, dict) and r.get("correct") \
-                    and r.get("weight_scheme") == scheme:
-                return k
+    """The uniform run a searched run is compared with: the one with its weight scheme and
+    QAT steps (``default`` for the symmetric 450-step recipe)."""
+    def recipe(r: dict) -> tuple:
+        return r.get("weight_scheme", "uniform_symmetric"), r.get("qat_steps", 450)
+
+    mine = recipe(results[key])
+    if mine == ("uniform_symmetric", 450):
+        return default
+    for k, r in results.items():
+        if k.startswith("u3") and isinstance(r, dict) and r.get("correct") \
+                and recipe(r) == mine:
+            return k
     return default
 
 
 ORDER = ("a", "a_v0", "b", "c", "c_v0", "c_v1", "c_w60t08", "c_fisher_s1", "c_fisher_s2",
          "c_fisher_s3", "c_fisher_s5", "c_hessian_s3", "c_kl_s3", "u3", "u3_rerun",
-         "c_asym_kl_s3", "u3_asym")
+         "c_asym_kl_s3", "u3_asym", "c_kl_s3_qat1350", "u3_qat1350", "c_kl_s3_a346")
 NOTES = {
     "a_v0": "same search and QAT as a, earlier derivation without the expected-cost lower "
             "bound",
@@ -348,8 +358,9 @@ def summarize(results: dict, args) -> None:
     lines = ["ResNet-20, CIFAR-10 protocol; accuracy on the 1,000 lossless test images "
              "(FP32 91.50 %); val = the 2,000-image JPEG validation split (the protocol's "
              "model-selection split; the architecture steps draw from it, no weight is trained "
-             "on it). Search 120 steps + QAT 450 steps, batch 64, lr 0.0002, KD weight 0.7 "
-             "(T=4), 1 CPU thread, first/last layer W8A8 in every policy, for every run. "
+             "on it). Search 120 steps + QAT 450 steps (unless the run says otherwise), batch 64, "
+             "lr 0.0002, KD weight 0.7 (T=4), 1 CPU thread, first/last layer W8A8 in every "
+             "policy, for every run. "
              "Wall-clock seconds were measured on a shared 2-core machine running several "
              "other jobs (load 3-6): compare them only roughly.", ""]
     lines.append("| run | method | budget | test acc. % | val acc. % | avg w bits | size bytes | "
@@ -379,11 +390,14 @@ def summarize(results: dict, args) -> None:
         if "weight_bits" in r and key.startswith("c"):
             lines.append(f"  weight bits per layer: "
                          f"{' '.join(str(v) for v in r['weight_bits'].values())}")
+        if len(r.get("act_bit_candidates", [4])) > 1:
+            lines.append(f"  activation bits per layer: "
+                         f"{' '.join(str(v) for v in r['act_bits'].values())}")
     if "a" in results:
         acc = results["a"]["accuracy"]
         lines += ["", f"(a) target >= 90.50 %: measured {acc:.2f} % -> "
                   f"{'met' if acc >= 90.5 else 'MISSED by %.2f points' % (90.5 - acc)}"]
-    for part in ("b", "c", "c_asym_kl_s3"):
+    for part in ("b", "c", "c_asym_kl_s3", "c_kl_s3_qat1350", "c_kl_s3_a346"):
         if part not in results:
             continue
         m = results[part]["accuracy"]
