@@ -336,7 +336,8 @@ def _reference(results: dict, key: str, default: str) -> str:
 
 ORDER = ("a", "a_v0", "b", "c", "c_v0", "c_v1", "c_w60t08", "c_fisher_s1", "c_fisher_s2",
          "c_fisher_s3", "c_fisher_s5", "c_hessian_s3", "c_kl_s3", "u3", "u3_rerun",
-         "c_asym_kl_s3", "u3_asym", "c_kl_s3_qat1350", "u3_qat1350", "c_kl_s3_a346")
+         "c_asym_kl_s3", "u3_asym", "c_kl_s3_qat1350", "u3_qat1350", "c_kl_s3_a346",
+         "c_kl_s3_qat3000", "u3_qat3000")
 NOTES = {
     "a_v0": "same search and QAT as a, earlier derivation without the expected-cost lower "
             "bound",
@@ -397,7 +398,7 @@ def summarize(results: dict, args) -> None:
         acc = results["a"]["accuracy"]
         lines += ["", f"(a) target >= 90.50 %: measured {acc:.2f} % -> "
                   f"{'met' if acc >= 90.5 else 'MISSED by %.2f points' % (90.5 - acc)}"]
-    for part in ("b", "c", "c_asym_kl_s3", "c_kl_s3_qat1350", "c_kl_s3_a346"):
+    for part in ("b", "c", "c_asym_kl_s3", "c_kl_s3_qat1350", "c_kl_s3_a346", "c_kl_s3_qat3000"):
         if part not in results:
             continue
         m = results[part]["accuracy"]
