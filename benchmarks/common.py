@@ -22,6 +22,18 @@ def environment() -> dict[str, Any]:
     }
 
 
+def quiet_tuning(threads: int) -> None:
+    """Process set-up of the tuning benchmarks: no Python warnings, no per-trial Optuna log
+    lines, ``threads`` torch intra-op threads."""
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(threads)
+
+
 def write_result(name: str, payload: dict[str, Any], summary_lines: list[str]) -> Path:
     """Write ``results/<name>.json`` and ``results/<name>.md``; print the summary."""
     RESULTS.mkdir(parents=True, exist_ok=True)

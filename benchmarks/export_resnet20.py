@@ -145,7 +145,7 @@ def main() -> None:
     packed = save_packed(qmixed, tmp / "mixed.safetensors", example_inputs=example,
                          model_name="resnet20")
     reloaded = load_packed(tmp / "mixed.safetensors")
-    x = torch.stack([proto.test[i][0] for i in range(1000)])
+    x, _ = proto.test.tensors(range(1000))
     with torch.no_grad():
         identical = bool(torch.equal(qmixed(x), reloaded(x)))
     mixed_onnx = export_onnx(qmixed, tmp / "mixed.onnx", example, calibration=calib)

@@ -28,10 +28,8 @@ import json
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-import optuna
 import torch
 
 from bitsmith import Policy, QSpec
@@ -42,10 +40,10 @@ from bitsmith.models import load_pretrained_cifar_resnet
 from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
 
 try:
-    from benchmarks.common import RESULTS, write_result
+    from benchmarks.common import RESULTS, quiet_tuning, write_result
     from benchmarks.tune_resnet20 import BITS, N_CALIB, test_row
 except ImportError:  # run as a script from benchmarks/
-    from common import RESULTS, write_result
+    from common import RESULTS, quiet_tuning, write_result
     from tune_resnet20 import BITS, N_CALIB, test_row
 
 N_TRIALS = 24
@@ -64,16 +62,12 @@ def measure(ev: TorchEvaluator, name: str, config: dict, test_loader, *, group: 
 
 
 def main() -> None:
-    warnings.filterwarnings("ignore")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    quiet_tuning(int(os.environ.get("BENCH_THREADS", "1")))
     torch.manual_seed(0)
     load_start = os.getloadavg()[0]
     t_start = time.perf_counter()
     proto = cifar10_protocol()
-    cal = proto.calibration
-    calib = torch.stack([cal[i][0] for i in range(len(cal))])
-    cy = torch.tensor([int(cal[i][1]) for i in range(len(cal))])
+    calib, cy = proto.calibration.tensors()
     test_loader = make_loader(proto.test, batch_size=250)
     model = load_pretrained_cifar_resnet(20)
     fp32_test = evaluate(model, test_loader).accuracy

@@ -32,11 +32,9 @@ import os
 import resource
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import optuna
 import torch
 
 from bitsmith import QSpec
@@ -47,9 +45,9 @@ from bitsmith.models import load_pretrained_cifar_resnet
 from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
 
 try:
-    from benchmarks.common import RESULTS, write_result
+    from benchmarks.common import RESULTS, quiet_tuning, write_result
 except ImportError:  # run as a script from benchmarks/
-    from common import RESULTS, write_result
+    from common import RESULTS, quiet_tuning, write_result
 
 N_VAL_JPEG = 2000
 N_CALIB = 1000
@@ -179,18 +177,12 @@ def warm_starts(model, ev: TorchEvaluator, space: SearchSpace, proto) -> tuple[l
 
 
 def main() -> None:
-    warnings.filterwarnings("ignore")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    quiet_tuning(int(os.environ.get("BENCH_THREADS", "1")))
     torch.manual_seed(0)
     load_start = os.getloadavg()[0]
     proto = cifar10_protocol()
-    val = proto.val
-    vx = torch.stack([val[i][0] for i in range(N_VAL_JPEG)])
-    vy = torch.tensor([int(val[i][1]) for i in range(N_VAL_JPEG)])
-    cal = proto.calibration
-    calib = torch.stack([cal[i][0] for i in range(len(cal))])
-    cy = torch.tensor([int(cal[i][1]) for i in range(len(cal))])
+    vx, vy = proto.val.tensors(range(N_VAL_JPEG))
+    calib, cy = proto.calibration.tensors()
     test = proto.test
     test_loader = make_loader(test, batch_size=250)
     model = load_pretrained_cifar_resnet(20)

@@ -19,11 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
-
-import optuna
-import torch
 
 from bitsmith.data import cifar10_protocol
 from bitsmith.export import export_fp32_onnx
@@ -33,9 +29,9 @@ from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
 from bitsmith.tune.runtime import OnnxRuntimeBackend
 
 try:
-    from benchmarks.common import write_result
+    from benchmarks.common import quiet_tuning, write_result
 except ImportError:  # run as a script from benchmarks/
-    from common import write_result
+    from common import quiet_tuning, write_result
 
 N_VAL = 1000
 BATCH = 64
@@ -43,15 +39,11 @@ RUNS = 30
 
 
 def main() -> None:
-    warnings.filterwarnings("ignore")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    torch.set_num_threads(1)
+    quiet_tuning(1)
     load_start = os.getloadavg()[0]
     proto = cifar10_protocol()
-    val, cal = proto.val, proto.calibration
-    vx = torch.stack([val[i][0] for i in range(N_VAL)])
-    vy = torch.tensor([int(val[i][1]) for i in range(N_VAL)])
-    calib = torch.stack([cal[i][0] for i in range(1000)])
+    vx, vy = proto.val.tensors(range(N_VAL))
+    calib, _ = proto.calibration.tensors(range(1000))
     model = load_pretrained_cifar_resnet(20)
     space = SearchSpace.from_dict({
         "scheme": ["asymmetric", "symmetric_uint8", "symmetric"], "act_clip": ["minmax"],

@@ -42,10 +42,8 @@ def problem(name: str, n_val: int) -> tuple:
     """
     if name.startswith("resnet"):
         proto = cifar10_protocol()
-        val = proto.val
-        x = torch.stack([val[i][0] for i in range(n_val)])
-        y = torch.tensor([int(val[i][1]) for i in range(n_val)])
-        return load_pretrained_cifar_resnet(int(name[6:])), proto.calibration, (x, y)
+        return (load_pretrained_cifar_resnet(int(name[6:])), proto.calibration,
+                proto.val.tensors(range(n_val)))
     seed, width = (0, 16) if name == "digits" else (1, 24)
     torch.manual_seed(seed)
     splits = digits_splits(seed=0)

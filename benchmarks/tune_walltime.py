@@ -18,21 +18,19 @@ import multiprocessing as mp
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import optuna
-import torch
 
 from bitsmith.data import cifar10_protocol
 from bitsmith.models import load_pretrained_cifar_resnet
 from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
 
 try:
-    from benchmarks.common import write_result
+    from benchmarks.common import quiet_tuning, write_result
     from benchmarks.tune_resnet20 import BITS, N_CALIB, N_TRIALS, cpu_seconds, warm_starts
 except ImportError:  # run as a script from benchmarks/
-    from common import write_result
+    from common import quiet_tuning, write_result
     from tune_resnet20 import BITS, N_CALIB, N_TRIALS, cpu_seconds, warm_starts
 
 STUDY = "r20-walltime"
@@ -40,14 +38,10 @@ STUDY = "r20-walltime"
 
 def worker(rank: int, url: str, seed: int, results: mp.Queue) -> None:
     """One tuning worker: its own evaluator, then trials until the shared budget is spent."""
-    warnings.filterwarnings("ignore")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    torch.set_num_threads(1)
+    quiet_tuning(1)
     t0 = time.perf_counter()
     proto = cifar10_protocol()
-    cal = proto.calibration
-    calib = torch.stack([cal[i][0] for i in range(len(cal))])
-    cy = torch.tensor([int(cal[i][1]) for i in range(len(cal))])
+    calib, cy = proto.calibration.tensors()
     model = load_pretrained_cifar_resnet(20)
     space = SearchSpace.from_dict({"preset": "mixed", "weight_bits": list(BITS),
                                    "calib_size": [N_CALIB], "bias_correction": [True]})
