@@ -358,22 +358,26 @@ def _read_search_layers(path: Path, table: LayerTable) -> dict[str, dict[str, An
                                              for r in rows):
         raise RunDirError(f"{path}: expected {{'format': {SEARCH_LAYERS_FORMAT!r}, "
                           "'layers': [{'layer': name, ...}, ...]}")
-    names = set(table.names)
-    unknown = [r["layer"] for r in rows if r["layer"] not in names]
+    _check_layers(path, [r["layer"] for r in rows], table)
+    return {r["layer"]: r for r in rows}
+
+
+def _check_layers(path: Path, names: list[str], table: LayerTable) -> None:
+    """Raise :class:`RunDirError` naming the entries of an optional per-layer file that are
+    not layers of the run's layer table."""
+    known = set(table.names)
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise RunDirError(f"{path}: layer(s) {unknown[:3]} not in the run's layer table")
-    return {r["layer"]: r for r in rows}
 
 
 def _read_masks(path: Path, table: LayerTable) -> dict[str, MaskLayout]:
     raw = _read_json(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("layers"), dict):
         raise RunDirError(f"{path}: expected {{'format': {MASKS_FORMAT!r}, 'layers': {{...}}}}")
-    names = set(table.names)
+    _check_layers(path, list(raw["layers"]), table)
     out = {}
     for name, rec in raw["layers"].items():
-        if name not in names:
-            raise RunDirError(f"{path}: layer {name!r} is not in the run's layer table")
         try:
             out[name] = MaskLayout(**rec)
         except TypeError as err:
