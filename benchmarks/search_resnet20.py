@@ -11,9 +11,12 @@ Parts:
   b  QSS, size <= size of the uniform W3A4 policy; vs uniform W3A4 trained with the same
      recipe (same supernet phase with one candidate, same QAT steps, same KD, same data).
   c  SSPS, BitOPs <= BitOPs of the uniform W3A4 policy; vs the same uniform W3A4 run.
-     Declared setting: Fisher-ILP warm start, strength 3 (initial probability 0.83 of the
-     allocated candidate), threshold 0.6, warm-up 20; variants via --ssps-warm-start,
-     --ssps-warm-strength, --ssps-threshold, --ssps-warmup with --key NAME.
+     Declared setting: measured-KL-ILP warm start, strength 3 (initial probability 0.83 of
+     the allocated candidate), threshold 0.6, warm-up 20 (the earlier declared Fisher-ILP
+     warm start is --ssps-warm-start fisher); variants via --ssps-warm-start,
+     --ssps-warm-strength, --ssps-threshold, --ssps-warmup with --key NAME; repeats with
+     other seeds (data order, search, QAT) via --seed S --key c_kl_s3_seedS / u3_seedS,
+     summarised as the mean gap over seeds.
   mem  wall-clock per step and peak RSS of the single-path (SSPS) vs expected (composite)
      vs full multi-path supernet, each in a fresh process.
 
@@ -42,12 +45,12 @@ PARTIAL = RESULTS / "search_resnet20.partial.json"
 RUNS = Path("/tmp/bitsmith_search_runs")
 
 
-def _setup(batch: int):
+def _setup(batch: int, seed: int = 0):
     from bitsmith.data import cifar10_protocol, make_loader
     from bitsmith.models import build_model
 
     proto = cifar10_protocol(n_val=2000)
-    train_loader = make_loader(proto.finetune, batch_size=batch, shuffle=True, seed=0,
+    train_loader = make_loader(proto.finetune, batch_size=batch, shuffle=True, seed=seed,
                                drop_last=True)
     calib = make_loader(proto.calibration, batch_size=128, shuffle=False)
     test = make_loader(proto.test, batch_size=250)
@@ -71,15 +74,15 @@ def run_part(part: str, args) -> dict:
     from bitsmith.analyze.allocate import Budget
     from bitsmith.search import SearchSettings, SearchSpace, TrainConfig, run_search
 
-    proto, train_loader, calib, test, model = _setup(args.batch)
+    proto, train_loader, calib, test, model = _setup(args.batch, args.seed)
     example = next(iter(calib))[0][:8]
     u3 = _uniform_w3_costs(model, example, args.weight_scheme)
     search_cfg = TrainConfig(max_steps=args.search_steps, lr=args.lr, weight_decay=0.0,
                              grad_clip=10.0, log_every=10, checkpoint_every=50, progress=False,
-                             seed=0)
+                             seed=args.seed)
     qat_cfg = TrainConfig(max_steps=args.qat_steps, lr=args.lr, weight_decay=0.0, grad_clip=10.0,
                           distill_weight=args.kd, distill_temperature=4.0, log_every=20,
-                          checkpoint_every=100, progress=False, seed=0)
+                          checkpoint_every=100, progress=False, seed=args.seed)
     bits = (2, 3, 4, 5, 6)
     common = dict(train_loader=train_loader, calibration=calib, eval_loader=test,
                   example_inputs=example, model_name="ResNet-20 (pretrained)",
@@ -122,6 +125,7 @@ def run_part(part: str, args) -> dict:
                act_bit_candidates=list(st.space.act_bits),
                wall_s=time.perf_counter() - t0,
                search_steps=args.search_steps, qat_steps=args.qat_steps, batch=args.batch,
+               seed=args.seed,
                method_kw=st.method_kw, warm_start_setting=(
                    st.warm_start if isinstance(st.warm_start, str) else None),
                warm_start_strength=st.warm_start_strength,
@@ -244,7 +248,7 @@ def main() -> None:
     ap.add_argument("--partial", default=str(PARTIAL), help="where finished parts are kept")
     ap.add_argument("--ssps-threshold", type=float, default=0.6)
     ap.add_argument("--ssps-warmup", type=int, default=20)
-    ap.add_argument("--ssps-warm-start", default="fisher",
+    ap.add_argument("--ssps-warm-start", default="measured_kl",
                     choices=("none", "fisher", "hessian", "measured_kl"),
                     help="part c: initialise the SSPS logits at the sensitivity + ILP policy")
     ap.add_argument("--ssps-warm-strength", type=float, default=3.0,
@@ -256,6 +260,9 @@ def main() -> None:
     ap.add_argument("--act-bits", type=lambda t: tuple(int(b) for b in t.split(",")),
                     default=(4,), help="part c: activation bit candidates, e.g. 3,4,6 (the "
                                        "BitOPs budget stays that of uniform W3A4)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the data order, the search and the QAT (parts c and u3 are "
+                         "paired by weight scheme, QAT steps and seed)")
     ap.add_argument("--run-tag", default="", help="suffix of the run folder")
     ap.add_argument("--key", default="", help="store the (single) part under this name")
     ap.add_argument("--label", default="", help="description of the variant (md table)")
@@ -322,10 +329,11 @@ def _reference(results: dict, key: str, default: str) -> str:
     """The uniform run a searched run is compared with: the one with its weight scheme and
     QAT steps (``default`` for the symmetric 450-step recipe)."""
     def recipe(r: dict) -> tuple:
-        return r.get("weight_scheme", "uniform_symmetric"), r.get("qat_steps", 450)
+        return (r.get("weight_scheme", "uniform_symmetric"), r.get("qat_steps", 450),
+                r.get("seed", 0))
 
     mine = recipe(results[key])
-    if mine == ("uniform_symmetric", 450):
+    if mine == ("uniform_symmetric", 450, 0):
         return default
     for k, r in results.items():
         if k.startswith("u3") and isinstance(r, dict) and r.get("correct") \
@@ -433,8 +441,52 @@ def summarize(results: dict, args) -> None:
             lines.append(f"| {r['path']} | {r['s_per_step']:.2f} | "
                          f"{r['peak_rss_bytes'] / 2**20:.0f} | "
                          f"{r['training_rss_increase_bytes'] / 2**20:.0f} |")
-    payload = {"args": vars(args), "results": results}
+    seeds = seed_summary(results)
+    if seeds:
+        lines += ["", "Declared c vs uniform W3A4 over seeds (seed = data order, search and QAT; "
+                  "450 QAT steps; seed 0 is c_kl_s3 vs u3_rerun):", "",
+                  "| seed | searched % | uniform % | searched - uniform | McNemar p |",
+                  "|---|---|---|---|---|"]
+        for row in seeds["pairs"]:
+            lines.append(f"| {row['seed']} | {row['searched']:.2f} | {row['uniform']:.2f} | "
+                         f"{row['gap']:+.2f} | {row['mcnemar_exact_p']:.3g} |")
+        lines += ["", f"Mean gap {seeds['mean_gap']:+.2f} points (SD {seeds['sd_gap']:.2f}, "
+                  f"{seeds['n']} seeds; one-sample t-test p = {seeds['t_test_p']:.3g}); searched "
+                  f"higher in {seeds['searched_higher']} of {seeds['n']} seeds. Pooled over the "
+                  f"seeds: only searched right {seeds['pooled_only_searched']}, only uniform "
+                  f"right {seeds['pooled_only_uniform']}."]
+    payload = {"args": vars(args), "results": results, "seed_summary": seeds}
     write_result("search_resnet20", payload, lines)
+
+
+def seed_summary(results: dict) -> dict | None:
+    """Declared c (``c_kl_s3``) vs uniform W3A4 over seeds: per-seed gap, mean, SD, t-test.
+
+    Seed 0 is the pair (``c_kl_s3``, ``u3_rerun``); seed ``s`` > 0 is (``c_kl_s3_seed{s}``,
+    ``u3_seed{s}``). Returns None until at least two complete pairs exist.
+    """
+    from scipy.stats import ttest_1samp
+
+    pairs = [(0, "c_kl_s3", "u3_rerun")] + [
+        (int(k.rsplit("seed", 1)[1]), k, f"u3_seed{k.rsplit('seed', 1)[1]}")
+        for k in sorted(results) if k.startswith("c_kl_s3_seed")]
+    rows = []
+    for seed, c_key, u_key in pairs:
+        if not (results.get(c_key, {}).get("correct") and results.get(u_key, {}).get("correct")):
+            continue
+        c, u = results[c_key], results[u_key]
+        rows.append({"seed": seed, "searched_run": c_key, "uniform_run": u_key,
+                     "searched": c["accuracy"], "uniform": u["accuracy"],
+                     "gap": c["accuracy"] - u["accuracy"],
+                     **mcnemar(c["correct"], u["correct"])})
+    if len(rows) < 2:
+        return None
+    gaps = torch.tensor([r["gap"] for r in rows], dtype=torch.float64)
+    return {"pairs": rows, "n": len(rows), "mean_gap": float(gaps.mean()),
+            "sd_gap": float(gaps.std()), "t_test_p": float(ttest_1samp(gaps.tolist(), 0.0).pvalue),
+            "searched_higher": int((gaps > 0).sum()),
+            "pooled_only_searched": sum(r["only_searched_right"] for r in rows),
+            "pooled_only_uniform": sum(r["only_uniform_right"] for r in rows)}
 
 
 if __name__ == "__main__":
