@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from bitsmith.analyze.allocate import Budget, InfeasibleBudgetError
 from bitsmith.cost import estimate
 from bitsmith.graph.convert import ConversionError
+from bitsmith.policy import Policy
 from bitsmith.search import (
     Callback,
     NonFiniteLossError,
@@ -553,3 +554,107 @@ def test_cli_warm_start_bad_value_exit_code_2(tmp_path):
     res = CliRunner().invoke(app, ["search", "--model", "digits", "--avg-bits", "3",
                                    "--warm-start", "nosuch", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "warm-start" in res.output
+
+
+# ------------------------------------------------------------------ uniform baseline
+def test_uniform_within_budget_takes_the_dearest_feasible_uniform_pair():
+    from bitsmith.search import uniform_within_budget
+    from bitsmith.search.supernet import layer_spec_table
+
+    ds = _data()
+    space = SearchSpace.uniform_bits((2, 3, 4, 8), (4, 8), observer="minmax")  # first/last W8A8
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
+    k3, j4 = [s.bits for s in net.weight_specs].index(3), [s.bits for s in net.act_specs].index(4)
+    w3a4 = Policy(layer_spec_table(net, {n: (k3, j4) for n in net.names}))
+    budget = Budget(bitops=estimate(net.table, w3a4).bitops)
+    pol = uniform_within_budget(net, budget)
+    # W3A4 uses the whole BitOPs budget; W4A4 and W2A8 would exceed it, W2A4 leaves a third.
+    assert pol == w3a4
+    for name, spec in net.fixed.items():  # fixed layers stay as in the search
+        assert pol[name] == spec
+    assert within_budget(estimate(net.table, pol), budget)
+    # An activation-memory limit below the 8-bit inputs rules the A8 pairs out.
+    a4_bytes = max(float(net.act_bytes[i][j4]) for i in range(len(net.names)))
+    big = Budget(avg_weight_bits=8.0)
+    pol = uniform_within_budget(net, big)
+    assert {(pol[n].weight.bits, pol[n].act.bits) for n in net.names} == {(8, 8)}
+    pol = uniform_within_budget(net, big, act_budget_bytes=a4_bytes)
+    assert {pol[n].act.bits for n in net.names} == {4}
+    assert {pol[n].weight.bits for n in net.names} == {8}
+    # Below the cheapest uniform pair (but above the cheapest mixed policy's floor): None.
+    w2a4 = Policy(layer_spec_table(net, {n: (0, j4) for n in net.names}))
+    assert uniform_within_budget(net, Budget(bitops=0.99 * estimate(net.table, w2a4).bitops)) \
+        is None
+
+
+def test_run_search_uniform_baseline_is_trained_and_reported(tmp_path):
+    import warnings
+
+    from bitsmith.report.rundir import load_run
+
+    ds = _data()
+    model = randomize_bn(TinyNet())
+    space = SearchSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="search")
+    st = SearchSettings("ssps", Budget(avg_weight_bits=3.0), space, _cfg(max_steps=3),
+                        _cfg(max_steps=2), method_kw={"threshold": 0.3},
+                        uniform_baseline=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the baseline may win on noise
+        o = run_search(model, _loader(ds), st, arch_data=ds, eval_loader=DataLoader(ds, 32),
+                       out_dir=tmp_path)
+    b = o.baseline
+    assert b["label"] == "uniform_symmetric:3/ch / a4"  # 3 bits is the dearest within 3.0 avg
+    assert {b["policy"][n].weight.bits for n in o.net.names} == {3}
+    assert b["avg_weight_bits"] <= 3.0 + 1e-9 and 0.0 <= b["accuracy"] <= 100.0
+    assert b["qmodel"] is not o.qmodel and b["qat_seconds"] > 0
+    summary = o.summary()["uniform_baseline"]
+    assert summary["accuracy"] == b["accuracy"] and "qmodel" not in summary
+    trials = {t["name"]: t for t in load_run(tmp_path).trials}
+    assert trials["uniform-baseline"]["source"] == "baseline:uniform"
+    assert trials["uniform-baseline"]["accuracy"] == pytest.approx(b["accuracy"])
+    assert (tmp_path / "ckpt" / f"qat-baseline-{b['policy'].fingerprint()[:12]}").is_dir()
+
+
+def test_uniform_baseline_warns_when_it_beats_the_searched_policy(tmp_path, monkeypatch):
+    import bitsmith.search.pipeline as pipeline
+
+    ds = _data()
+    space = SearchSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="search")
+    st = SearchSettings("ssps", Budget(avg_weight_bits=3.0), space, _cfg(max_steps=2),
+                        _cfg(max_steps=1), method_kw={"threshold": 0.3}, uniform_baseline=True)
+    calls = iter([10.0, 50.0, 90.0])  # searched, FP32, baseline
+    monkeypatch.setattr(pipeline, "evaluate",
+                        lambda *a, **k: type("R", (), {"accuracy": next(calls)})())
+    with pytest.warns(RuntimeWarning, match=r"uniform policy .* scored 90.00 % vs 10.00 %"):
+        o = run_search(randomize_bn(TinyNet()), _loader(ds), st, arch_data=ds,
+                       eval_loader=DataLoader(ds, 32))
+    assert o.baseline["accuracy"] == 90.0
+
+
+def test_uniform_baseline_none_when_no_uniform_pair_fits():
+    ds = _data()
+    space = SearchSpace.uniform_bits((2, 4), (4,), observer="minmax", first_last="search")
+    net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
+    from bitsmith.search import uniform_within_budget
+
+    lo = net.const["size_bytes"] + sum(float(c.min()) for c in net.costs["size_bytes"])
+    # Just above the all-2-bit policy: feasible for a mixed policy and for uniform W2 ...
+    assert uniform_within_budget(net, Budget(size_bytes=lo * 1.001)) is not None
+    # ... but an avg-bits budget of 1.5 is below every uniform pair (and every policy).
+    assert uniform_within_budget(net, Budget(avg_weight_bits=1.5)) is None
+
+
+def test_cli_uniform_baseline_prints_both_and_records_the_trial(tmp_path):
+    from typer.testing import CliRunner
+
+    from bitsmith.cli import app
+    from bitsmith.report.rundir import load_run
+
+    res = CliRunner().invoke(app, ["search", "--model", "digits", "--avg-bits", "4",
+                                   "--search-steps", "2", "--qat-steps", "2",
+                                   "--uniform-baseline", "--no-progress", "--threads", "1",
+                                   "--out", str(tmp_path)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    trial = {t["name"]: t for t in load_run(tmp_path).trials}["uniform-baseline"]
+    assert f"{trial['accuracy']:.2f} %" in res.output
+    assert "uniform baseline uniform_symmetric:3/ch / a4 within the same budget" in res.output

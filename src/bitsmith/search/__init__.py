@@ -8,10 +8,12 @@
 * :mod:`bitsmith.search.qat` - :func:`build_qat_model`, :func:`save_result`, :func:`load_result`.
 * :mod:`bitsmith.search.pipeline` - :func:`run_search` (everything, into a run directory).
 * :mod:`bitsmith.search.warmstart` - :func:`ilp_warm_start` (sensitivity + ILP start policy).
+* :mod:`bitsmith.search.baseline` - :func:`uniform_within_budget` (the uniform policy to beat).
 
 See ``docs/search.md``.
 """
 
+from bitsmith.search.baseline import uniform_within_budget
 from bitsmith.search.derive import Derivation, derive_policy, within_budget
 from bitsmith.search.methods import QPL, QSS, SSPS, SearchMethod, make_method
 from bitsmith.search.pipeline import SearchOutcome, SearchSettings, run_search
@@ -32,5 +34,5 @@ __all__ = [
     "SearchOutcome", "SearchSettings", "SearchSpace", "SearchSpaceError", "Supernet",
     "TrainConfig", "TrainResult", "TrainState", "build_qat_model", "build_supernet",
     "derive_policy", "ilp_warm_start", "load_result", "make_method", "run_search",
-    "save_result", "train", "within_budget",
+    "save_result", "train", "uniform_within_budget", "within_budget",
 ]

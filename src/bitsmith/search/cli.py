@@ -134,6 +134,9 @@ def register(app: typer.Typer) -> None:
         warm_strength: float = typer.Option(3.0, help="Logit advantage of the warm-start "
                                                       "choice (QSS/SSPS)."),
         kd: float = typer.Option(0.7, help="Distillation weight in QAT (0 = off)."),
+        uniform_baseline: bool = typer.Option(
+            False, help="Also fine-tune the dearest uniform policy within the budget with the "
+                        "same recipe and report both (doubles the QAT time)."),
         seed: int = typer.Option(0, help="Random seed."),
         out: Path = typer.Option(Path("runs/search"), help="Run directory."),
         resume: bool = typer.Option(True, help="Resume from OUT/ckpt if present."),
@@ -188,7 +191,8 @@ def register(app: typer.Typer) -> None:
                 act_budget_bytes=None if act_kib is None else act_kib * 1024,
                 method_kw={"arch_lr": arch_lr, "penalty": penalty,
                            **({"threshold": threshold} if method == "ssps" else {})},
-                warm_start=_warm_start(warm_start), warm_start_strength=warm_strength)
+                warm_start=_warm_start(warm_start), warm_start_strength=warm_strength,
+                uniform_baseline=uniform_baseline)
             data = load_data(model, batch_size, seed)
             outcome = run_search(
                 data["model"], data["train"], settings, arch_data=data["arch"],
@@ -253,6 +257,14 @@ def _print(outcome: Any, settings: Any, out: Path) -> None:
                   f"{' (repaired by the ILP)' if s['repaired'] else ''}")
     if s["accuracy"] is not None:
         console.print(f"accuracy {s['accuracy']:.2f} % (FP32 {s['fp32_accuracy']:.2f} %)")
+    b = s["uniform_baseline"]
+    if b is not None and b["label"] is None:
+        console.print(f"uniform baseline: none ({b['reason']})")
+    elif b is not None and b["accuracy"] is not None and s["accuracy"] is not None:
+        gap = s["accuracy"] - b["accuracy"]
+        console.print(f"uniform baseline {b['label']} within the same budget: "
+                      f"{b['accuracy']:.2f} % (searched {gap:+.2f} points; "
+                      f"{'searched better' if gap > 0 else 'uniform as good or better'})")
     console.print(f"search {s['search_seconds']:.0f} s, QAT {s['qat_seconds']:.0f} s; "
                   f"outputs in {out}/")
 

@@ -35,6 +35,7 @@ from bitsmith.analyze.candidates import CandidateSpace
 from bitsmith.cost import CostReport, estimate, layer_cost
 from bitsmith.policy import Policy
 from bitsmith.search.methods import SSPS, SearchMethod
+from bitsmith.search.supernet import latency_function, spec_label
 
 
 @dataclass
@@ -82,9 +83,7 @@ def derive_policy(method: SearchMethod, latency: Any = None, time_limit: float =
     scores = method.score()
     kw, ka = len(net.weight_specs), len(net.act_specs)
     fixed = method.fixed if isinstance(method, SSPS) else {}
-    lat = None
-    if latency is not None:
-        lat = latency if callable(latency) else (lambda name, spec: latency.latency(name, spec))
+    lat = latency_function(latency)
 
     def solve(use_fixed: bool) -> tuple[Allocation, CandidateSpace, dict[str, list[float]]]:
         choices, sc = {}, {}
@@ -125,7 +124,7 @@ def derive_policy(method: SearchMethod, latency: Any = None, time_limit: float =
             matched = _match_expected(method, space, sc, lat, slack, time_limit, target)
             if matched is not None and within_budget(
                     estimate(net.table, matched), method.budget,
-                    _latency_total(net, matched, lat)):
+                    latency_total(matched, lat)):
                 policy = matched
                 break
     argmax = Policy({**dict(net.fixed), **{n: net.spec_of(*c)
@@ -133,13 +132,13 @@ def derive_policy(method: SearchMethod, latency: Any = None, time_limit: float =
     rows = method.layer_rows()
     for r in rows:
         spec = policy[r["layer"]]
-        r["derived"] = f"{spec.weight.short() if spec.weight else 'float'} / " \
-                       f"a{spec.act.bits if spec.act else 32}"
+        r["derived"] = spec_label(spec)
     return Derivation(policy=policy, cost=estimate(net.table, policy), allocation=alloc,
                       argmax_policy=argmax, repaired=argmax != policy, rows=rows)
 
 
-def _latency_total(net: Any, policy: Policy, lat: Any) -> float | None:
+def latency_total(policy: Policy, lat: Any) -> float | None:
+    """Sum of ``lat(layer, spec)`` over ``policy`` (None without a latency function)."""
     if lat is None:
         return None
     return float(sum(lat(n, s) for n, s in policy.items()))

@@ -28,10 +28,11 @@ from torch.utils.data import Dataset
 from bitsmith.analyze.allocate import Budget
 from bitsmith.engine import evaluate
 from bitsmith.policy import Policy
+from bitsmith.search.baseline import uniform_within_budget
 from bitsmith.search.derive import Derivation, derive_policy
 from bitsmith.search.methods import SearchMethod, make_method
 from bitsmith.search.qat import build_qat_model, save_result
-from bitsmith.search.supernet import SearchSpace, Supernet, build_supernet
+from bitsmith.search.supernet import SearchSpace, Supernet, build_supernet, spec_label
 from bitsmith.search.train import (
     TrainConfig,
     TrainResult,
@@ -70,6 +71,10 @@ class SearchSettings:
         warm_start_strength: logit advantage of the warm-start choice (QSS/SSPS;
             ``init_strength``): initial probability ``e^s / (e^s + K_w - 1)``.
         warm_start_examples: examples of the sensitivity estimate.
+        uniform_baseline: also fine-tune the dearest *uniform* policy of the candidates that
+            meets the budget (:func:`bitsmith.search.baseline.uniform_within_budget`), with the
+            same QAT recipe from the same post-search weights, and report it next to the
+            searched one (a warning when it scores higher). Doubles the QAT time.
     """
 
     method: str = "qss"
@@ -86,6 +91,7 @@ class SearchSettings:
     warm_start: Policy | str | None = None
     warm_start_strength: float = 3.0
     warm_start_examples: int = 512
+    uniform_baseline: bool = False
 
 
 @dataclass
@@ -106,6 +112,7 @@ class SearchOutcome:
     files: dict[str, str] = field(default_factory=dict)
     warm_start: Policy | None = None
     warm_start_seconds: float = 0.0
+    baseline: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         c = self.derivation.cost
@@ -117,10 +124,10 @@ class SearchOutcome:
                 "search_peak_memory_bytes": self.search_result.peak_memory_bytes,
                 "policy_fingerprint": self.policy.fingerprint(),
                 "warm_start": None if self.warm_start is None else {
-                    n: (f"{s.weight.short() if s.weight else 'float'} / "
-                        f"a{s.act.bits if s.act else 32}")
-                    for n, s in self.warm_start.items()},
-                "warm_start_seconds": self.warm_start_seconds}
+                    n: spec_label(s) for n, s in self.warm_start.items()},
+                "warm_start_seconds": self.warm_start_seconds,
+                "uniform_baseline": None if self.baseline is None else {
+                    k: v for k, v in self.baseline.items() if k not in ("policy", "qmodel")}}
 
 
 def _with_ckpt(cfg: TrainConfig, out_dir: Path | None, sub: str, **changes: Any) -> TrainConfig:
@@ -201,9 +208,13 @@ def run_search(model: nn.Module, train_loader: Iterable, settings: SearchSetting
             qmodel.eval()
             acc = evaluate(qmodel, eval_loader, device=device).accuracy
             fp32 = evaluate(model.to(device), eval_loader, device=device).accuracy
+        baseline = None
+        if settings.uniform_baseline and run_qat:
+            baseline = _uniform_baseline(settings, net, train_loader, calibration, eval_loader,
+                                         out, kd_teacher, latency, device, acc)
         outcome = SearchOutcome(derivation.policy, derivation, qmodel, net, method, sres, qres,
                                 acc, fp32, search_s, qat_s, warm_start=warm,
-                                warm_start_seconds=warm_s)
+                                warm_start_seconds=warm_s, baseline=baseline)
         if out is not None and dist_info()[0] == 0:
             outcome.files = _write_run(outcome, out, settings, model_name, dataset, eval_set)
         if dist.is_available() and dist.is_initialized():
@@ -212,6 +223,45 @@ def run_search(model: nn.Module, train_loader: Iterable, settings: SearchSetting
     finally:
         if we_init and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _uniform_baseline(settings: SearchSettings, net: Supernet, train_loader: Iterable,
+                      calibration: Iterable | None, eval_loader: Iterable | None,
+                      out: Path | None, teacher: nn.Module | None, latency: Any,
+                      device: torch.device, searched_accuracy: float | None
+                      ) -> dict[str, Any]:
+    """Fine-tune the dearest uniform policy within the budget with the searched one's recipe.
+
+    Returns ``{"policy", "label", "qmodel", "accuracy", "size_bytes", "bitops",
+    "avg_weight_bits", "qat_seconds"}``, or ``{"label": None, "reason": ...}`` when no
+    uniform choice of the candidates meets the budget.
+    """
+    import warnings
+
+    from bitsmith.cost import estimate
+
+    policy = uniform_within_budget(net, settings.budget, latency, settings.act_budget_bytes)
+    if policy is None:
+        return {"label": None, "reason": "no uniform choice of the candidates meets the budget"}
+    t0 = time.perf_counter()
+    bq = build_qat_model(net, policy, calibration if calibration is not None else train_loader)
+    cfg = _with_ckpt(settings.qat, out, f"qat-baseline-{policy.fingerprint()[:12]}")
+    train(bq, train_loader, cfg, teacher=teacher)
+    seconds = time.perf_counter() - t0
+    acc = None
+    if eval_loader is not None:
+        bq.eval()
+        acc = evaluate(bq, eval_loader, device=device).accuracy
+    cost = estimate(net.table, policy)
+    label = spec_label(policy[net.names[0]])
+    if acc is not None and searched_accuracy is not None and acc > searched_accuracy:
+        warnings.warn(f"the uniform policy {label} within the same budget scored {acc:.2f} % "
+                      f"vs {searched_accuracy:.2f} % for the searched mixed policy; consider "
+                      "deploying the uniform one (or a size budget, see docs/search.md)",
+                      RuntimeWarning, stacklevel=3)
+    return {"policy": policy, "label": label, "qmodel": bq, "accuracy": acc,
+            "size_bytes": cost.size_bytes, "bitops": cost.bitops,
+            "avg_weight_bits": cost.avg_weight_bits, "qat_seconds": seconds}
 
 
 def resolve_warm_start(settings: SearchSettings, model: nn.Module, net: Supernet,
@@ -282,6 +332,11 @@ def _write_run(o: SearchOutcome, out: Path, settings: SearchSettings, model_name
                   policy=o.policy, source=f"search:{o.method.name}",
                   repaired=o.derivation.repaired, search_seconds=o.search_seconds,
                   qat_seconds=o.qat_seconds)
+    b = o.baseline
+    if b is not None and b.get("policy") is not None:
+        run.add_trial("uniform-baseline", accuracy=b["accuracy"] if b["accuracy"] is not None
+                      else float("nan"), policy=b["policy"], source="baseline:uniform",
+                      qat_seconds=b["qat_seconds"])
     run.choose(name)
     files = {k: str(v) for k, v in save_result(o.qmodel, out, o.summary()).items()}
     files["layers"] = str(run.write_search_layers(o.method.name, o.derivation.rows))

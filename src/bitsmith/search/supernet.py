@@ -337,8 +337,7 @@ def _compute_costs(net: Supernet, latency: Any) -> None:
         const["avg_weight_bits"] += c.weight_bits * table[name].weight_params / n_total
         net.fixed_act_bytes = max(net.fixed_act_bytes, c.activation_bytes)
         if latency is not None:
-            const["latency"] += float(latency(name, spec) if callable(latency)
-                                      else latency.latency(name, spec))
+            const["latency"] += float(latency_function(latency)(name, spec))
     costs: dict[str, list[Tensor]] = {k: [] for k in COST_KINDS}
     kw, ka = len(net.weight_specs), len(net.act_specs)
     for name in net.names:
@@ -400,6 +399,20 @@ def _init_quantizers(net: Supernet, example: Tensor, calibration: Iterable | Non
         for q in m.weight_quantizers:
             q(m.weight)  # fits range-based parameters (and creates LSQ parameters)
     model.train(was)
+
+
+def latency_function(latency: Any) -> Any:
+    """A latency LUT as ``f(layer, spec) -> latency`` (a ``LatencyTable`` or already a
+    callable); None stays None."""
+    if latency is None or callable(latency):
+        return latency
+    return lambda name, spec: latency.latency(name, spec)
+
+
+def spec_label(spec: LayerSpec) -> str:
+    """Short label of a layer's choice, e.g. ``uniform_symmetric:3/ch / a4``."""
+    return (f"{spec.weight.short() if spec.weight else 'float'} / "
+            f"a{spec.act.bits if spec.act else 32}")
 
 
 def layer_spec_table(net: Supernet, choices: Mapping[str, tuple[int, int]]) -> dict[str, LayerSpec]:

@@ -24,7 +24,7 @@ from torch import nn
 from bitsmith.analyze.allocate import Allocation, Budget, allocate
 from bitsmith.analyze.candidates import CandidateSpace
 from bitsmith.policy import Policy
-from bitsmith.search.supernet import Supernet
+from bitsmith.search.supernet import Supernet, latency_function
 
 WARM_METRICS = ("fisher", "hessian", "measured_kl")
 
@@ -79,11 +79,8 @@ def ilp_warm_start(model: nn.Module, net: Supernet, budget: Budget, data: Iterab
         sens = measure_sensitivity(model, space, data, max_examples=max_examples,
                                    calibration=data if calibration is None else calibration,
                                    base=Policy(dict(net.fixed)))
-    lat = None
-    if latency is not None:
-        lat = latency if callable(latency) else (lambda name, spec: latency.latency(name, spec))
     return allocate(space, sens, budget, metric=metric, base=Policy(dict(net.fixed)),
-                    latency=lat, latency_offset=net.const.get("latency", 0.0),
+                    latency=latency_function(latency), latency_offset=net.const.get("latency", 0.0),
                     time_limit=time_limit)
 
 
