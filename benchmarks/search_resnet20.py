@@ -72,7 +72,13 @@ def _uniform_w3_costs(model, example, scheme: str = "uniform_symmetric"):
 
 def run_part(part: str, args) -> dict:
     from bitsmith.analyze.allocate import Budget
-    from bitsmith.search import SearchSettings, SearchSpace, TrainConfig, run_search
+    from bitsmith.search import (
+        SearchSettings,
+        SearchSpace,
+        TrainConfig,
+        run_search,
+        within_budget,
+    )
 
     proto, train_loader, calib, test, model = _setup(args.batch, args.seed)
     example = next(iter(calib))[0][:8]
@@ -134,10 +140,7 @@ def run_part(part: str, args) -> dict:
                else None, layers=o.derivation.rows,
                weight_bits={n: s.weight.bits for n, s in o.policy.items() if s.weight},
                act_bits={n: s.act.bits for n, s in o.policy.items() if s.act},
-               within_budget=all(
-                   {"size_bytes": o.derivation.cost.size_bytes, "bitops": o.derivation.cost.bitops,
-                    "avg_weight_bits": o.derivation.cost.avg_weight_bits}[k] <= v * (1 + 1e-9)
-                   for k, v in budget.items()),
+               within_budget=within_budget(o.derivation.cost, budget),
                uniform_w3a4={"size_bytes": u3.size_bytes, "bitops": u3.bitops,
                              "avg_weight_bits": u3.avg_weight_bits},
                correct=_correct_string(o.qmodel, test),

@@ -18,7 +18,7 @@ from typing import Any
 from bitsmith.analyze.allocate import Budget
 from bitsmith.cost import estimate
 from bitsmith.policy import Policy
-from bitsmith.search.derive import latency_total, within_budget
+from bitsmith.search.derive import budget_values, latency_total, within_budget
 from bitsmith.search.supernet import Supernet, latency_function, layer_spec_table
 
 
@@ -45,8 +45,7 @@ def uniform_within_budget(net: Supernet, budget: Budget, latency: Any = None,
             lat_total = latency_total(policy, lat)
             if not within_budget(cost, budget, lat_total):
                 continue
-            used = {"size_bytes": cost.size_bytes, "bitops": cost.bitops,
-                    "avg_weight_bits": cost.avg_weight_bits, "latency": lat_total}
+            used = budget_values(cost, lat_total)
             rank = (sum(float(used[kind]) / limit for kind, limit in budget.items()),
                     a_spec.bits, w_spec.bits)
             if best is None or rank > best[0]:

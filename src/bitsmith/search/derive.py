@@ -206,10 +206,17 @@ def _match_expected(method: SearchMethod, space: CandidateSpace, sc: dict[str, l
     return Policy({n: specs[n] for n in net.table.names if n in specs})
 
 
+def budget_values(cost: CostReport, latency_total: float | None = None
+                  ) -> dict[str, float | None]:
+    """The quantity each budget kind limits: bytes, BitOPs per example, average weight
+    bits, latency (the LUT's unit; None without one)."""
+    return {"size_bytes": cost.size_bytes, "bitops": cost.bitops,
+            "avg_weight_bits": cost.avg_weight_bits, "latency": latency_total}
+
+
 def within_budget(cost: CostReport, budget: Budget, latency_total: float | None = None) -> bool:
     """True when ``cost`` (and ``latency_total``) meet every limit of ``budget``."""
-    vals = {"size_bytes": cost.size_bytes, "bitops": cost.bitops,
-            "avg_weight_bits": cost.avg_weight_bits, "latency": latency_total}
+    vals = budget_values(cost, latency_total)
     for kind, limit in budget.items():
         v = vals[kind]
         if v is None or v > limit * (1 + 1e-9):

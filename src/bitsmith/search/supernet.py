@@ -260,17 +260,11 @@ class Supernet:
         return out
 
 
-def _latency_matrix(lut: Any, name: str, specs: list[list[LayerSpec]]) -> Tensor:
-    rows = []
-    for row in specs:
-        vals = []
-        for spec in row:
-            if callable(lut):
-                vals.append(float(lut(name, spec)))
-            else:
-                vals.append(float(lut.latency(name, spec)))
-        rows.append(vals)
-    return torch.tensor(rows, dtype=torch.float64)
+def _latency_matrix(lat: Any, name: str, specs: list[list[LayerSpec]]) -> Tensor:
+    """``[weight cand, act cand]`` latencies of layer ``name``; ``lat`` from
+    :func:`latency_function`."""
+    return torch.tensor([[float(lat(name, spec)) for spec in row] for row in specs],
+                        dtype=torch.float64)
 
 
 def build_supernet(model: nn.Module, example_inputs: Tensor, space: SearchSpace,
@@ -325,6 +319,7 @@ def build_supernet(model: nn.Module, example_inputs: Tensor, space: SearchSpace,
 
 
 def _compute_costs(net: Supernet, latency: Any) -> None:
+    lat = latency_function(latency)
     table = net.table
     in_layers = sum(i.weight_params + i.bias_params for i in table)
     n_total = max(sum(i.weight_params for i in table), 1)
@@ -337,7 +332,7 @@ def _compute_costs(net: Supernet, latency: Any) -> None:
         const["avg_weight_bits"] += c.weight_bits * table[name].weight_params / n_total
         net.fixed_act_bytes = max(net.fixed_act_bytes, c.activation_bytes)
         if latency is not None:
-            const["latency"] += float(latency_function(latency)(name, spec))
+            const["latency"] += float(lat(name, spec))
     costs: dict[str, list[Tensor]] = {k: [] for k in COST_KINDS}
     kw, ka = len(net.weight_specs), len(net.act_specs)
     for name in net.names:
@@ -354,7 +349,7 @@ def _compute_costs(net: Supernet, latency: Any) -> None:
         net.act_bytes.append(torch.tensor([lc[0][j].activation_bytes for j in range(ka)],
                                           dtype=torch.float64))
         if latency is not None:
-            costs["latency"].append(_latency_matrix(latency, name, specs))
+            costs["latency"].append(_latency_matrix(lat, name, specs))
     if latency is None:
         del costs["latency"]
         del const["latency"]
