@@ -24,11 +24,13 @@ from typing import Any
 
 import yaml
 
+from bitsmith.errors import InputError
+
 GRANULARITIES = ("tensor", "channel")
 OBSERVERS = ("minmax", "percentile", "entropy", "mse")
 
 
-class PolicyError(ValueError):
+class PolicyError(InputError):
     """A Policy, LayerSpec or QSpec is invalid; the message names the layer and field."""
 
 

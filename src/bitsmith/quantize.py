@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from bitsmith.calibrate import TensorStats
+from bitsmith.errors import InputError
 from bitsmith.graph import ConversionReport, LayerTable, apply_policy, convert, quantized_layers
 from bitsmith.policy import Policy
 from bitsmith.schemes.base import broadcast_shape
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InputError):
     """Calibration data is missing, empty or unusable."""
 
 

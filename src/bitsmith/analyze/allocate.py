@@ -30,13 +30,14 @@ from bitsmith.analyze.candidates import CandidateSpace
 from bitsmith.analyze.sensitivity import Sensitivity
 from bitsmith.cost import layer_cost, weight_bytes
 from bitsmith.cost.model import FLOAT_BITS
+from bitsmith.errors import InfeasibleError
 from bitsmith.policy import LayerSpec, Policy
 
 LatencyTable = Mapping[str, Sequence[float]] | Callable[[str, LayerSpec], float]
 KINDS = ("size_bytes", "bitops", "avg_weight_bits", "latency")
 
 
-class InfeasibleBudgetError(ValueError):
+class InfeasibleBudgetError(InfeasibleError, ValueError):
     """No choice of candidates meets a budget.
 
     Attributes:

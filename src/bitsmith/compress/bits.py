@@ -32,6 +32,7 @@ from bitsmith.compress.accounting import compression_report, mask_layouts, sync_
 from bitsmith.compress.dpq import dpq_spec, quantization_nsr, set_layer_spec
 from bitsmith.compress.pruning import CompressError
 from bitsmith.cost import weight_bytes
+from bitsmith.errors import InfeasibleError
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import LayerSpec
 
@@ -39,7 +40,7 @@ DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
 WEIGHTINGS = ("equal", "sqrt", "size")
 
 
-class InfeasibleCompressionBudget(CompressError):
+class InfeasibleCompressionBudget(InfeasibleError, CompressError):
     """No choice of bit widths fits the size budget; ``.minimum`` is the smallest size."""
 
     def __init__(self, budget: float, minimum: float) -> None:

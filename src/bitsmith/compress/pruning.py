@@ -31,10 +31,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from bitsmith.errors import InputError
+
 SCOPES = ("layer", "global")
 
 
-class CompressError(ValueError):
+class CompressError(InputError):
     """Invalid compression settings (sparsity, budget, ...); the message says which."""
 
 

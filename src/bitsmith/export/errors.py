@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from bitsmith.errors import InputError
 
-class ExportError(ValueError):
+
+class ExportError(InputError):
     """The model or its Policy cannot be exported in the requested format (the message says why)."""
 
 
-class ArtifactError(ValueError):
+class ArtifactError(InputError):
     """A packed artifact is missing, truncated, tampered with or does not fit the given model."""

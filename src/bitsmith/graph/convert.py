@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import fx, nn
 
+from bitsmith.errors import InputError
 from bitsmith.graph.fold import fold_batchnorm
 from bitsmith.graph.layer_table import LayerTable
 from bitsmith.graph.qmodules import make_quantized
@@ -28,7 +29,7 @@ class ConversionWarning(UserWarning):
     """Conversion succeeded only partly (e.g. tracing failed and the fallback was used)."""
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
     """The model cannot be converted (e.g. it has no quantizable layer)."""
 
 

@@ -47,6 +47,7 @@ from typing import Any
 
 from bitsmith.cost import estimate
 from bitsmith.cost.sparse import MaskLayout
+from bitsmith.errors import InputError
 from bitsmith.graph.layer_table import LayerInfo, LayerTable
 from bitsmith.policy import Policy, PolicyError
 
@@ -63,7 +64,7 @@ REQUIRED = (RUN_JSON, LAYERS_JSON, TRIALS_JSONL, POLICY_YAML)
 TRIAL_REQUIRED = ("name", "accuracy", "size_bytes")
 
 
-class RunDirError(ValueError):
+class RunDirError(InputError):
     """A run directory is missing, incomplete or malformed.
 
     Attributes:

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bitsmith.errors import InputError
+
 EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 1, 2, 3
 MODELS = ("resnet20", "resnet32", "digits")
 console = Console()
@@ -39,7 +41,7 @@ over). Options can also come from the --config YAML of the bitsmith command
 """
 
 
-class SearchInputError(ValueError):
+class SearchInputError(InputError):
     """Bad command-line input (exit code 2)."""
 
 

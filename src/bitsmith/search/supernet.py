@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from bitsmith.analyze.allocate import Budget, InfeasibleBudgetError
 from bitsmith.cost import layer_cost
+from bitsmith.errors import InputError
 from bitsmith.graph.convert import ConversionError, convert
 from bitsmith.graph.layer_table import QUANTIZABLE_TYPES, LayerTable
 from bitsmith.graph.qmodules import layer_op, twin_class
@@ -50,7 +51,7 @@ COST_KINDS = ("size_bytes", "bitops", "avg_weight_bits", "latency")
 PATHS = ("expected", "single", "multipath")
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(InputError):
     """The candidate set is empty or invalid; the message names the bad candidate."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from bitsmith.errors import InputError
 
-class TuneError(ValueError):
+
+class TuneError(InputError):
     """Bad input to the tuner (tolerance, budget, storage URL, study mismatch, ...)."""
 
 

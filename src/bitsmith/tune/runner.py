@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import Trial, TrialState
 
+from bitsmith.errors import InfeasibleError as BaseInfeasibleError
 from bitsmith.policy import Policy
 from bitsmith.tune.errors import TuneError
 from bitsmith.tune.evaluator import Evaluator, Measurement, TorchEvaluator, as_mapping
@@ -41,7 +42,7 @@ from bitsmith.tune.study import (
 DEFAULT_STUDY = "bitsmith-tune"
 
 
-class InfeasibleError(RuntimeError):
+class InfeasibleError(BaseInfeasibleError, RuntimeError):
     """No configuration of the space can meet the constraint (raised before searching when
     that is certain, e.g. a size budget below the smallest configuration).
 
