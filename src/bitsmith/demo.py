@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from bitsmith.atomic import atomic_write_text
 from bitsmith.cost import estimate
 from bitsmith.data import digits_splits, make_loader
 from bitsmith.engine import evaluate, fit
@@ -116,6 +117,6 @@ def _write_run(out: Path, table, policies: dict[str, Policy], rows: list[DemoRow
         run.add_trial(name, policy=policy, accuracy=row.accuracy,
                       source="float" if name == "FP32" else "demo")
     run.choose(rows[-1].name)
-    (out / "results.json").write_text(json.dumps(
+    atomic_write_text(out / "results.json", json.dumps(
         {"rows": [row.__dict__ for row in rows], "layers": table.to_rows(),
          "test_images": n_test, "seconds": seconds}, indent=2))

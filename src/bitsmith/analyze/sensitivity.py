@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bitsmith.analyze.candidates import CandidateSpace
+from bitsmith.atomic import atomic_write_text
 from bitsmith.graph.layer_table import LayerTable
 from bitsmith.policy import LayerSpec
 
@@ -117,7 +118,7 @@ class Sensitivity:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
         return path
 
     @classmethod

@@ -13,6 +13,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from bitsmith.atomic import atomic_write_text
+
 EXIT_BAD_INPUT, EXIT_INFEASIBLE = 2, 3
 console = Console()
 err_console = Console(stderr=True)
@@ -170,7 +172,7 @@ def _run(model_name: str, cfg, steps: int | None, epochs: int, batch_size: int, 
         "sparsity": result.sparsity, "bits": result.bits, "budget_bytes": result.budget_bytes,
         "events": result.events,
     }
-    (out / "result.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "result.json", json.dumps(summary, indent=2))
     run = RunWriter(out / "report", model=model_name, dataset="CIFAR-10",
                     eval_set="test images 0..999 (lossless)", producer="bitsmith compress")
     run.write_layers(qmodel.bitsmith.layer_table)

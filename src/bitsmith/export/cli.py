@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bitsmith.atomic import atomic_write_text
+
 EXIT_BAD_INPUT = 2
 PRESETS = ("w8a8", "w8a8-reduced")
 console = Console()
@@ -34,6 +36,31 @@ def _fail(err: BaseException) -> typer.Exit:
     msg = err.args[0] if isinstance(err, KeyError) and err.args else err
     err_console.print(f"[red]error:[/red] {msg}")
     return typer.Exit(EXIT_BAD_INPUT)
+
+
+def read_key_file(path: Path | None) -> bytes | None:
+    """The signing key held by ``path`` (its bytes, exactly); ``None`` without a path.
+
+    Raises:
+        ArtifactError: the file is missing, unreadable or empty.
+    """
+    from bitsmith.export.errors import ArtifactError
+
+    if path is None:
+        return None
+    try:
+        key = Path(path).read_bytes()
+    except OSError as err:
+        raise ArtifactError(f"--key-file {path}: cannot be read ({err.strerror or err}); give "
+                            "a file holding the secret key") from None
+    if not key:
+        raise ArtifactError(f"--key-file {path} is empty; put at least 16 random bytes in it "
+                            "(e.g. head -c 32 /dev/urandom > KEY)")
+    return key
+
+
+KEY_FILE_HELP = ("Secret key file: sign the packed artifact with HMAC-SHA256 (without it "
+                 "the checksum detects damage, not tampering).")
 
 
 def _policy(spec: str, names: list[str]):
@@ -82,6 +109,7 @@ def export_command(
     runs_large: int = typer.Option(30, min=3, help="Timed rounds at batches above 8."),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime intra-op threads."),
     integer_residuals: bool = typer.Option(True, help="Run residual adds / pooling in int8."),
+    key_file: Path | None = typer.Option(None, help=KEY_FILE_HELP),
 ) -> None:
     """Quantize MODEL with POLICY, export ONNX (QDQ) + packed artifact, check and time them.
 
@@ -93,6 +121,7 @@ def export_command(
     from bitsmith.models import build_model
 
     try:
+        key = read_key_file(key_file)
         kwargs = {"pretrained": True} if pretrained else {}
         net = build_model(model, **kwargs).eval()
         calib_data, eval_data = _data(data, calib, size, channels)
@@ -111,7 +140,8 @@ def export_command(
             summary = deploy(net, qmodel, out, example_inputs=stats.example_inputs,
                              calibration=calib_data, evaluation=eval_data, model_name=model,
                              model_kwargs={}, batches=batch, runs=runs, runs_large=runs_large,
-                             threads=threads, integer_residuals=integer_residuals, log=log)
+                             threads=threads, integer_residuals=integer_residuals, log=log,
+                             key=key)
     except _bad_input() as err:
         raise _fail(err) from None
     console.print(summary.to_markdown())
@@ -164,11 +194,41 @@ def bench_command(
     if json_out is not None:
         payload = {"threads": threads, "models": [str(p) for p in models],
                    "results": {str(b): rows for b, rows in results.items()}}
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(payload, indent=2))
+        atomic_write_text(json_out, json.dumps(payload, indent=2))
+
+
+def verify_command(
+    artifact: Path = typer.Argument(..., help="Packed artifact (.safetensors)."),
+    key_file: Path | None = typer.Option(None, help="Secret key file the artifact was "
+                                                    "signed with; then the signature must "
+                                                    "match."),
+) -> None:
+    """Check a packed artifact: readable, checksum intact and, with --key-file, signed.
+
+    Without --key-file only damage is detected (the checksum is stored in the file itself).
+    Example: bitsmith verify runs/r20/model.safetensors --key-file secret.key
+    """
+    from bitsmith.export.metadata import policy_from
+    from bitsmith.export.packed import SIGNATURE_KEY, read_header, read_packed
+
+    try:
+        _, meta = read_packed(artifact, read_key_file(key_file))
+        header = read_header(artifact)
+        layers = len(policy_from(meta["policy"]))
+    except _bad_input() as err:
+        raise _fail(err) from None
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        from bitsmith.export.errors import ArtifactError
+
+        raise _fail(ArtifactError(f"{artifact}: malformed metadata ({err})")) from None
+    signed = "signed" if SIGNATURE_KEY in header else "not signed"
+    how = "checksum intact, signature verified" if key_file is not None else (
+        f"checksum intact ({signed}; without --key-file tampering is not detected)")
+    console.print(f"{artifact}: {meta['format']}, {layers} quantized layer(s); {how}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``export`` and ``bench`` commands to ``app``."""
+    """Add the ``export``, ``bench`` and ``verify`` commands to ``app``."""
     app.command("export")(export_command)
     app.command("bench")(bench_command)
+    app.command("verify")(verify_command)

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 from torch import nn
 
+from bitsmith.atomic import atomic_write_text
 from bitsmith.graph import LayerTable
 from bitsmith.policy import LayerSpec, Policy
 from bitsmith.schemes import get_scheme
@@ -291,8 +292,7 @@ class LatencyTable:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
         return path
 
     @classmethod

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from bitsmith.analyze.allocate import Budget
+from bitsmith.atomic import atomic_write_bytes
 from bitsmith.engine import evaluate
 from bitsmith.policy import Policy
 from bitsmith.search.baseline import uniform_within_budget
@@ -346,7 +347,7 @@ def _write_run(o: SearchOutcome, out: Path, settings: SearchSettings, model_name
         pts = [json.loads(line) for line in (out / "search.jsonl").read_text().splitlines()]
         png = search_figure(pts)
         if png:
-            (out / "search_curves.png").write_bytes(png)
+            atomic_write_bytes(out / "search_curves.png", png)
             files["curves"] = str(out / "search_curves.png")
     except (ImportError, FileNotFoundError):
         pass

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bitsmith.atomic import atomic_write_text
 from bitsmith.tune.errors import TuneError
 from bitsmith.tune.samplers import TransferRecord
 
@@ -40,7 +41,8 @@ def records_from_trials(trials: Sequence[Any], descriptors: Mapping[str, float],
 def save_transfer(records: Sequence[TransferRecord], path: str | Path) -> Path:
     """Write records as a ``transfer.json`` file."""
     path = Path(path)
-    path.write_text(json.dumps({"format": FORMAT, "records": [r.to_dict() for r in records]}))
+    atomic_write_text(path, json.dumps({"format": FORMAT,
+                                        "records": [r.to_dict() for r in records]}))
     return path
 
 
