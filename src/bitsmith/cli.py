@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -28,23 +27,15 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 0, 1, 2, 3
 app = typer.Typer(help="bitsmith: automatic mixed-precision quantization for PyTorch.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 
-def load_cli_config(path: Path) -> dict[str, Any]:
-    """Read a ``{command: {option: value}}`` YAML file (safe loader) for click's default_map."""
-    if not path.is_file():
-        raise typer.BadParameter(f"config file {path} does not exist", param_hint="--config")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise typer.BadParameter(f"{path} is not valid YAML: {err}",
-                                 param_hint="--config") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise typer.BadParameter(
-            f"{path} must map command names to option mappings, e.g. 'demo: {{epochs: 5}}'",
-            param_hint="--config")
-    return {cmd: {k.replace("-", "_"): v for k, v in opts.items()} for cmd, opts in data.items()}
+def load_cli_config(path: Path, ctx: typer.Context) -> dict[str, Any]:
+    """Read a ``{command: {option: value}}`` file for click's default_map, strictly
+    (:mod:`bitsmith.cli_config`: unknown commands/options and mistyped values are errors)."""
+    from bitsmith.cli_config import load_cli_config as load
+
+    return load(path, ctx.command, ctx)
 
 
 @app.callback()
@@ -55,7 +46,7 @@ def root(
 ) -> None:
     """bitsmith: automatic mixed-precision quantization for PyTorch."""
     if config is not None:
-        ctx.default_map = load_cli_config(config)
+        ctx.default_map = load_cli_config(config, ctx)
 
 
 @app.command()
@@ -146,6 +137,7 @@ _register_subcommands()
 
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    from bitsmith.errors import InputError
     from bitsmith.export.errors import ArtifactError, ExportError
     from bitsmith.graph import ConversionError
     from bitsmith.policy import PolicyError
@@ -153,8 +145,8 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from bitsmith.report.rundir import RunDirError
     from bitsmith.tune.errors import TuneError
 
-    return (PolicyError, CalibrationError, ConversionError, ExportError, ArtifactError,
-            RunDirError, TuneError, FileNotFoundError)
+    return (InputError, PolicyError, CalibrationError, ConversionError, ExportError,
+            ArtifactError, RunDirError, TuneError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

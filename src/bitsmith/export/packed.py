@@ -239,7 +239,7 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, example_inputs: Any = No
     """
     from safetensors.numpy import save_file
 
-    key = as_key(key)
+    sign_key = as_key(key)
     info = _quant_info(qmodel)
     policy: Policy = info.policy
     table: LayerTable = info.layer_table
@@ -316,8 +316,8 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, example_inputs: Any = No
     meta_json = json.dumps(meta, separators=(",", ":"))
     path = Path(path)
     header = {"bitsmith": meta_json, "sha256": digest(blobs, meta_json)}
-    if key is not None:
-        header[SIGNATURE_KEY] = signature(blobs, meta_json, key)
+    if sign_key is not None:
+        header[SIGNATURE_KEY] = signature(blobs, meta_json, sign_key)
     with atomic_path(path) as tmp:
         save_file(blobs, str(tmp), metadata=header)
     tensor_bytes = sum(a.nbytes for a in blobs.values())
