@@ -97,6 +97,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from bitsmith.atomic import atomic_path
 from bitsmith.engine import EvalResult, evaluate
+from bitsmith.safeload import CheckpointError, load_weights
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "bitsmith.train/1"
@@ -419,11 +420,10 @@ def _callback_keys(callbacks: Sequence[Callback]) -> list[str]:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`train` (``weights_only=True``)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    data = torch.load(path, map_location=map_location, weights_only=True)
+    data = load_weights(path, "training checkpoint", map_location)
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a bitsmith training checkpoint")
+        raise CheckpointError(f"{path} is not a bitsmith training checkpoint; delete it to "
+                              "start afresh, or point to one written by train()")
     return data
 
 

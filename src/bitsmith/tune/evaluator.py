@@ -155,10 +155,15 @@ class _Runner(nn.Module):
 
 def _stack(data: Any, what: str) -> tuple[Tensor, Tensor | None]:
     """``(inputs, labels or None)`` tensors from a tensor, an ``(x, y)`` pair or a dataset."""
-    if isinstance(data, Tensor):
-        return data, None
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
-        return data[0], data[1]
+        data, labels = data
+    else:
+        labels = None
+    if isinstance(data, Tensor):
+        if data.dim() == 0 or data.shape[0] == 0:
+            raise TuneError(f"{what}: the tensor is empty (shape {tuple(data.shape)}); give "
+                            "at least one input")
+        return data, labels
     try:
         n = len(data)
     except TypeError:
