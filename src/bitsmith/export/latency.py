@@ -311,8 +311,8 @@ class LatencyTable:
                 not all(isinstance(v, dict) and all(
                     isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())
                         for v in layers.values()):
-            raise ConfigError(f"latency table {path} is not a bitsmith.latency/1 table "
-                              "({'layers': {layer: {precision: ms}}, 'meta': {...}}); "
+            raise ConfigError(f"{path} is not a bitsmith latency table (bitsmith.latency/1: "
+                              "{'layers': {layer: {precision: ms}}, 'meta': {...}}); "
                               "write one with 'bitsmith export' / measure_latency_table")
         return cls(layers, data["meta"], data.get("geometry"))
 

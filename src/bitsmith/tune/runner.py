@@ -21,8 +21,16 @@ from optuna.trial import Trial, TrialState
 
 from bitsmith.errors import InfeasibleError as BaseInfeasibleError
 from bitsmith.policy import Policy
+from bitsmith.tune.distinct import (
+    DistinctSampler,
+    DuplicateConfig,
+    exhausted,
+    find_twin,
+    release_duplicate,
+)
 from bitsmith.tune.errors import TuneError
 from bitsmith.tune.evaluator import Evaluator, Measurement, TorchEvaluator, as_mapping
+from bitsmith.tune.feasible import BudgetRepair
 from bitsmith.tune.features import ConfigEncoder
 from bitsmith.tune.objectives import Objective, cost_value, fp32_cost
 from bitsmith.tune.progress import TuneProgress
@@ -38,6 +46,7 @@ from bitsmith.tune.study import (
     pop_ticket,
     reclaim_stale,
 )
+from bitsmith.tune.workers import register_worker, worker_seed
 
 DEFAULT_STUDY = "bitsmith-tune"
 
@@ -128,6 +137,9 @@ class _TrialRunner:
 
     def __call__(self, trial: Trial) -> float | tuple[float, float]:
         config = {n: trial.suggest_categorical(n, list(c)) for n, c in self.dims.items()}
+        twin = find_twin(self.study, trial.number, config)
+        if twin is not None and not exhausted(self.study, self.dims):
+            raise DuplicateConfig(twin)          # handed back: re-drawn, not counted
         prev = self._previous(config, trial.number)
         if prev is not None:
             m = Measurement(**{k: (math.nan if v is None else v) for k, v in prev.items()})
@@ -251,17 +263,22 @@ def tune(model: Any = None, calibration: Any = None, validation: Any = None, *,
         m = evaluator_cost(evaluator, config)
         return cost_value(m, objective.metric), fp32_cost(m, objective.metric)
 
-    sampler = make_sampler(strategy, space, encoder, objective, seed=seed,
-                           cost_fn=None if objective.metric == "latency" else cost_fn,
-                           accuracy_ref=fp32_acc, transfer=transfer, n_trials=int(n_trials))
     initial = [dict(c) for c in initial_configs]
     initial += [space.config_from_policy(p, names) for p in initial_policies]
     spec = {"space": space.fingerprint(), "objective": objective.to_dict(), "layers": names}
     study, budget = create_or_load(store, study_name or DEFAULT_STUDY, objective.directions,
-                                   sampler, _pruner(objective, prune_margin, prune), spec,
+                                   None, _pruner(objective, prune_margin, prune), spec,
                                    int(n_trials), [c for c in initial if c])
+    worker = register_worker(study, store)          # seeds differ per worker (workers.py)
+    study.sampler = DistinctSampler(
+        make_sampler(strategy, space, encoder, objective, seed=worker_seed(seed, worker),
+                     cost_fn=None if objective.metric == "latency" else cost_fn,
+                     accuracy_ref=fp32_acc, transfer=transfer, n_trials=int(n_trials)),
+        space.dimensions(names), seed=seed, worker=worker,
+        repair=BudgetRepair.for_study(evaluator, objective))
     say(f"study {study.study_name!r} on {url or 'memory'}: {objective.describe()}, "
-        f"budget {budget} trials, strategy {strategy}, space of {space.size(names):.3g} configs")
+        f"budget {budget} trials, strategy {strategy}, space of {space.size(names):.3g} configs"
+        f", worker {worker}")
     run_log = None
     if out is not None:
         from bitsmith.tune.outputs import RunLog
@@ -318,6 +335,10 @@ def _run_one(study: optuna.Study, store: Any, trial_id: int, run: _TrialRunner,
     beat = Heartbeat(store, trial_id, heartbeat_interval)
     try:
         values = run(trial)
+    except DuplicateConfig as dup:
+        beat.stop()
+        release_duplicate(study, trial, dup.twin)
+        return trial.number
     except optuna.TrialPruned:
         beat.stop()
         study.tell(trial, state=TrialState.PRUNED)
