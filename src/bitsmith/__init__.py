@@ -1,5 +1,6 @@
 """bitsmith: automatic mixed-precision quantization for PyTorch models."""
 
+from bitsmith._version import __version__
 from bitsmith.graph import LayerTable
 from bitsmith.policy import LayerSpec, Policy, PolicyError, QSpec
 from bitsmith.quantize import (
@@ -11,8 +12,6 @@ from bitsmith.quantize import (
     prepare,
     quantize,
 )
-
-__version__ = "0.1.0"
 
 
 def load(path: str, model: object = None, *, key: bytes | str | None = None):  # noqa: ANN201
@@ -29,5 +28,6 @@ def load(path: str, model: object = None, *, key: bytes | str | None = None):  #
 
 __all__ = [
     "CalibrationError", "CalibrationStats", "LayerSpec", "LayerTable", "Policy", "PolicyError",
-    "QSpec", "apply_stats", "calibrate", "collect_stats", "load", "prepare", "quantize",
+    "QSpec", "__version__", "apply_stats", "calibrate", "collect_stats", "load", "prepare",
+    "quantize",
 ]

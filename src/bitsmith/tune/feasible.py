@@ -6,7 +6,7 @@ configurations without evaluating them; at a tight budget (3-bit size on a ResNe
 every configuration a strategy proposes is over it. :class:`BudgetRepair` keeps the
 proposal's global knobs (scheme, clipping, calibration, ...) and moves its per-layer bit
 widths the *fewest steps* needed to fit, solving the same 0-1 integer program as the
-sensitivity-based allocator (:func:`bitsmith.analyze.allocate.allocate`):
+sensitivity-based allocator (:func:`bitsmith.allocation.ilp.allocate`):
 
     minimise    Σ_l Σ_c d[l, c] · x[l, c]      d = bit-width steps from the proposal,
                                                plus a tie-break toward the dearer choice
@@ -24,8 +24,9 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bitsmith.analyze.allocate import Budget, InfeasibleBudgetError, allocate
-from bitsmith.analyze.candidates import CandidateSpace
+from bitsmith.allocation.candidates import CandidateSpace
+from bitsmith.allocation.ilp import allocate
+from bitsmith.cost.budget import Budget, InfeasibleBudgetError
 from bitsmith.policy import FLOAT, LayerSpec, Policy
 from bitsmith.tune.objectives import Objective
 from bitsmith.tune.space import A_PREFIX, FLOAT_CHOICE, W_PREFIX, Config
