@@ -29,10 +29,15 @@ class DiskFullError(InputError, OSError):
     """
 
     def __init__(self, path: str | os.PathLike[str], err_no: int = errno.ENOSPC) -> None:
-        super().__init__(f"cannot write {path}: no space left on device (nothing was written); "
-                         "free some space or choose another output folder")
+        self.message = (f"cannot write {path}: no space left on device (nothing was written); "
+                        "free some space or choose another output folder")
+        super().__init__(self.message)
         self.errno = err_no
+        self.strerror = os.strerror(err_no)
         self.filename = str(path)
+
+    def __str__(self) -> str:   # OSError would print "[Errno 28] ..." once errno is set
+        return self.message
 
 
 def is_disk_full(err: BaseException) -> bool:
@@ -70,12 +75,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
     except BaseException as err:
+        # some writers (torch.save's C++ zip writer) hide ENOSPC behind their own error:
+        # look at the file system too, before the temporary file frees its space again
+        full = is_disk_full(err) or (isinstance(err, Exception) and _out_of_space(dest.parent))
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if is_disk_full(err) and not isinstance(err, DiskFullError):
+        if full and not isinstance(err, DiskFullError):
             raise DiskFullError(dest, getattr(err, "errno", None) or errno.ENOSPC) from err
         raise
     _fsync_dir(dest.parent)
+
+
+def _out_of_space(folder: Path) -> bool:
+    """Whether the file system of ``folder`` has no block left for an ordinary user."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return False
+    return st.f_bavail == 0
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
