@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line
 EXIT_BAD_INPUT, EXIT_INFEASIBLE = 2, 3
 
 

@@ -17,7 +17,7 @@ from bitsmith.atomic import atomic_write_text
 
 EXIT_BAD_INPUT, EXIT_INFEASIBLE = 2, 3
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 EPILOG = (
     "Examples:\n\n"

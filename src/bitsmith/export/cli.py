@@ -19,7 +19,7 @@ from bitsmith.atomic import atomic_write_text
 EXIT_BAD_INPUT = 2
 PRESETS = ("w8a8", "w8a8-reduced")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 
 def _bad_input() -> tuple[type[BaseException], ...]:

@@ -20,6 +20,7 @@ EXIT_BAD_INPUT = 2
 EXIT_INFEASIBLE = 3
 MODELS = ("resnet20", "resnet32", "digits")
 console = Console(stderr=False)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one line
 
 
 VAL_SPLITS = ("jpeg", "lossless")
@@ -153,10 +154,10 @@ def register(app: typer.Typer) -> None:
                           out_dir=out, seed=seed, transfer=records, initial_policies=policies,
                           prune=not no_prune, progress=not no_progress, log=console.print)
         except InfeasibleError as err:
-            console.print(f"[red]{err}[/red]")
+            err_console.print(f"[red]{err}[/red]")
             raise typer.Exit(EXIT_INFEASIBLE) from None
         except (TuneError, PolicyError, FileNotFoundError) as err:
-            console.print(f"[red]error:[/red] {err}")
+            err_console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(EXIT_BAD_INPUT) from None
         console.print(result.summary())
         names = ", ".join(sorted(p.name for p in result.files.values()))
