@@ -335,33 +335,39 @@ class Policy(Mapping[str, LayerSpec]):
             raise PolicyError(f"{source}: 'layers' must map layer names to layer specs")
         _check_header(data, layers, source)
         try:
-            return cls(
+            policy = cls(
                 (name, FLOAT if spec is None else LayerSpec.from_dict(spec, str(name)))
                 for name, spec in layers.items()
             )
         except PolicyError as err:
             raise PolicyError(f"{source}: {err}") from None
+        _check_checksum(data, layers, source)    # after parsing: the layers' shape is bounded
+        return policy
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     @classmethod
     def from_json(cls, text: str, source: str = "policy") -> Policy:
+        from bitsmith.config import ConfigError, parse_structured_text
+
         try:
-            return cls.from_dict(json.loads(text), source)
-        except json.JSONDecodeError as err:
-            raise PolicyError(f"{source} is not valid JSON: {err}") from None
+            data = parse_structured_text(text, source, json_only=True)
+        except ConfigError as err:
+            raise PolicyError(str(err)) from None
+        return cls.from_dict(data, source)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "policy") -> Policy:
+        from bitsmith.config import ConfigError, parse_structured_text
+
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise PolicyError(f"{source} is not valid YAML ({first})") from None
+            data = parse_structured_text(text, source)
+        except ConfigError as err:
+            raise PolicyError(str(err)) from None
         return cls.from_dict(data, source)
 
     def save(self, path: str | Path) -> Path:
@@ -439,6 +445,12 @@ def _check_header(data: Mapping[str, Any], layers: Mapping[str, Any], source: st
     if count != len(layers):
         raise PolicyError(f"{source}: has {len(layers)} layer(s) but its header says {count}: "
                           "the file is truncated or damaged; write it again")
+
+
+def _check_checksum(data: Mapping[str, Any], layers: Mapping[str, Any], source: str) -> None:
+    """Refuse a ``bitsmith.policy/2`` file whose layers do not match its ``checksum``."""
+    if data.get("format") != FORMAT:
+        return
     stored = data.get("checksum")
     if stored is not None and stored != _checksum(layers):
         raise PolicyError(f"{source}: the layers do not match the file's checksum (truncated "
