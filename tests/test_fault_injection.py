@@ -25,13 +25,13 @@ from torch import nn
 import bitsmith
 from bitsmith import Policy, QSpec
 from bitsmith.atomic import DiskFullError, append_line
-from bitsmith.errors import EXIT_BAD_INPUT, exit_code_of
+from bitsmith.errors import EXIT_BAD_INPUT, InputError, exit_code_of
 from bitsmith.export import ArtifactError, read_packed, save_packed
 from bitsmith.export.onnx_export import export_fp32_onnx
 from bitsmith.policy import PolicyError
 from bitsmith.report import write_report
 from bitsmith.rundir import RunDirError, RunWriter, load_run
-from bitsmith.training.loop import _save_atomic, load_checkpoint
+from bitsmith.training.checkpoint import load_checkpoint, save_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bitsmith"
 W = QSpec("uniform_symmetric", 4, "channel")
@@ -118,14 +118,14 @@ def _check_onnx(d: Path) -> None:
 
 
 def _checkpoint(d: Path) -> None:
-    _save_atomic({"format": "bitsmith.train/1", "w": torch.randn(256, 256)}, d / "last.pt")
+    save_checkpoint({"w": torch.randn(256, 256)}, d / "last.pt")
 
 
 def _check_checkpoint(d: Path) -> None:
     if (d / "last.pt").exists():
         assert load_checkpoint(d / "last.pt")["w"].shape == (256, 256)
     else:
-        with pytest.raises(FileNotFoundError):
+        with pytest.raises(InputError, match="does not exist"):
             load_checkpoint(d / "last.pt")
 
 

@@ -30,7 +30,7 @@ from bitsmith.export.metadata import digest
 from bitsmith.policy import PolicyError
 from bitsmith.rundir import RunDirError, RunWriter, load_run
 from bitsmith.tune.errors import TuneError
-from bitsmith.tune.space import SearchSpace
+from bitsmith.tune.space import TuneSpace
 from bitsmith.tune.transfer import load_transfer
 
 FAST = settings(max_examples=40, deadline=timedelta(seconds=2), derandomize=True,
@@ -142,7 +142,7 @@ space_keys = st.sampled_from(["preset", "scheme", "act_clip", "weight_clip", "gr
 @given(st.one_of(structures, st.dictionaries(space_keys, structures, max_size=5)))
 def test_search_space_of_any_structure(data: Any) -> None:
     try:
-        SearchSpace.from_dict(data)
+        TuneSpace.from_dict(data)
     except TuneError:
         pass
 
@@ -152,7 +152,7 @@ def test_search_space_of_any_structure(data: Any) -> None:
 def test_search_space_file_of_any_bytes(tmp_path: Path, raw: bytes) -> None:
     (tmp_path / "s.yaml").write_bytes(raw)
     try:
-        SearchSpace.load(tmp_path / "s.yaml")
+        TuneSpace.load(tmp_path / "s.yaml")
     except TuneError:
         pass
 

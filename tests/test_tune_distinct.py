@@ -22,7 +22,7 @@ from bitsmith import prepare
 from bitsmith.cost import estimate
 from bitsmith.models import cifar_resnet
 from bitsmith.policy import Policy, QSpec
-from bitsmith.tune import Objective, SearchSpace, tune
+from bitsmith.tune import Objective, TuneSpace, tune
 from bitsmith.tune.distinct import DistinctSampler, is_duplicate
 from bitsmith.tune.evaluator import Measurement
 from bitsmith.tune.feasible import BudgetRepair
@@ -38,7 +38,7 @@ class TableEvaluator:
 
     measures_latency = False
 
-    def __init__(self, space: SearchSpace) -> None:
+    def __init__(self, space: TuneSpace) -> None:
         _, self.table, _ = prepare(cifar_resnet(20).eval(), torch.zeros(1, 3, 32, 32))
         self.space, self.layer_names = space, self.table.names
         self.fp32_accuracy = 91.5
@@ -126,7 +126,7 @@ def test_distinct_sampler_never_repeats_a_configuration() -> None:
 
 
 def test_budget_repair_moves_the_fewest_bits_into_the_budget() -> None:
-    space = SearchSpace.mixed_precision()
+    space = TuneSpace.mixed_precision()
     ev = TableEvaluator(space)
     budget = _size_at(ev, 3)
     repair = BudgetRepair(ev, Objective("max_accuracy", "size", budget=budget))
@@ -161,7 +161,7 @@ def test_budget_repair_moves_the_fewest_bits_into_the_budget() -> None:
 def test_budgeted_study_on_resnet20_evaluates_feasible_configurations() -> None:
     """30 trials under a 3-bit size budget on ResNet-20's real layer table: every evaluated
     configuration is within the budget (was 4 of 30 before the repair) and distinct."""
-    space = SearchSpace.mixed_precision()
+    space = TuneSpace.mixed_precision()
     ev = TableEvaluator(space)
     budget = _size_at(ev, 3)
     result = tune(evaluator=ev, objective=Objective("max_accuracy", "size", budget=budget),
@@ -173,7 +173,7 @@ def test_budgeted_study_on_resnet20_evaluates_feasible_configurations() -> None:
 
 
 def test_resumed_seeded_study_does_not_replay_its_suggestions(tmp_path: Path) -> None:
-    space = SearchSpace.from_dict({"preset": "mixed", "weight_bits": [2, 3, 4, 8],
+    space = TuneSpace.from_dict({"preset": "mixed", "weight_bits": [2, 3, 4, 8],
                                    "act_clip": ["minmax"], "weight_clip": ["minmax"]})
     ev = TableEvaluator(space)
     url = f"sqlite:///{tmp_path / 'study.db'}"

@@ -38,14 +38,14 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from bitsmith.tune.space import Config, config_key
+from bitsmith.tune.space import Choices, config_key
 
 DUPLICATE_ATTR = "bitsmith.duplicate_of"
 ERROR_ATTR = "error"
 HOLDING = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 
 # repair(config, fixed) -> a configuration within the budget, or None when none is near
-Repair = Callable[[Config, Mapping[str, Any]], Config | None]
+Repair = Callable[[Choices, Mapping[str, Any]], Choices | None]
 
 
 class DuplicateConfig(Exception):
@@ -115,7 +115,7 @@ class DistinctSampler(BaseSampler):
 
     Args:
         base: the strategy's sampler (random, grid, NSGA-II, TPE, XGBoost).
-        dims: parameter name -> choices (:meth:`SearchSpace.dimensions`).
+        dims: parameter name -> choices (:meth:`TuneSpace.dimensions`).
         seed, worker: seed of the fallback draws (with the trial number); ``seed=None``
             draws from fresh entropy.
         repair: maps a drawn configuration into the budget (or ``None`` to leave it).
@@ -162,7 +162,7 @@ class DistinctSampler(BaseSampler):
             return {}                       # an enqueued configuration: run it as given
         held = taken(study, list(self.dims), exclude=trial.number)
         latest = study._storage.get_trial(trial._trial_id)   # sees a grid cell set just now
-        config: Config | None = None
+        config: Choices | None = None
         for _ in range(self.max_draws):
             config = self._finish(self._draw(study, latest), fixed)
             if config_key(config) not in held:
@@ -175,7 +175,7 @@ class DistinctSampler(BaseSampler):
         return self._free(config or {}, fixed, search_space)   # the space is (nearly) full
 
     # -------------------------------------------------------------- internals
-    def _draw(self, study: Study, trial: FrozenTrial) -> Config:
+    def _draw(self, study: Study, trial: FrozenTrial) -> Choices:
         """One whole configuration as the wrapped strategy would suggest it."""
         space = self.base.infer_relative_search_space(study, trial)
         config = dict(self.base.sample_relative(study, trial, space)) if space else {}
@@ -188,10 +188,10 @@ class DistinctSampler(BaseSampler):
                 config[name] = self.base.sample_independent(study, trial, name, dist)
         return config
 
-    def _uniform(self, rng: np.random.Generator) -> Config:
+    def _uniform(self, rng: np.random.Generator) -> Choices:
         return {n: c[int(rng.integers(len(c)))] for n, c in self.dims.items()}
 
-    def _finish(self, config: Config, fixed: Mapping[str, Any]) -> Config:
+    def _finish(self, config: Choices, fixed: Mapping[str, Any]) -> Choices:
         config = {**config, **{k: v for k, v in fixed.items() if k in self.dims}}
         if self.repair is not None:
             repaired = self.repair(config, fixed)
@@ -205,6 +205,6 @@ class DistinctSampler(BaseSampler):
         return np.random.default_rng([int(self.seed) & 0xFFFFFFFF, self.worker, int(number)])
 
     @staticmethod
-    def _free(config: Config, fixed: Mapping[str, Any],
+    def _free(config: Choices, fixed: Mapping[str, Any],
               search_space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
         return {k: v for k, v in config.items() if k in search_space and k not in fixed}

@@ -29,7 +29,7 @@ from bitsmith.allocation.ilp import allocate
 from bitsmith.cost.budget import Budget, InfeasibleBudgetError
 from bitsmith.policy import FLOAT, LayerSpec, Policy
 from bitsmith.tune.objectives import Objective
-from bitsmith.tune.space import A_PREFIX, FLOAT_CHOICE, W_PREFIX, Config
+from bitsmith.tune.space import A_PREFIX, FLOAT_CHOICE, W_PREFIX, Choices
 
 BUDGET_KINDS = {"size": "size_bytes", "bitops": "bitops"}
 TIE_BREAK = 1e-3            # weight of "prefer the dearer choice" against one bit-width step
@@ -77,11 +77,11 @@ class BudgetRepair:
             return None
         return cls(evaluator, objective)
 
-    def cost(self, config: Config) -> float:
+    def cost(self, config: Choices) -> float:
         report = self.evaluator.cost(config)
         return float(report.size_bytes if self.kind == "size_bytes" else report.bitops)
 
-    def __call__(self, config: Config, fixed: Mapping[str, Any] = ()) -> Config | None:
+    def __call__(self, config: Choices, fixed: Mapping[str, Any] = ()) -> Choices | None:
         """``config`` if within budget; else its nearest repair; ``None`` if none exists."""
         if self.cost(config) <= self.budget:
             return config
@@ -123,7 +123,7 @@ class BudgetRepair:
         return out
 
     # -------------------------------------------------------------- internals
-    def _options(self, config: Config) -> dict[str, list[tuple[tuple, LayerSpec]]]:
+    def _options(self, config: Choices) -> dict[str, list[tuple[tuple, LayerSpec]]]:
         """Per layer: ``(choice of each of its dims, LayerSpec)`` for every combination of
         its per-layer dims under ``config``'s global knobs (cached per global knobs)."""
         key = repr(sorted((d, v) for d, v in config.items() if ":" not in d))
@@ -142,7 +142,7 @@ class BudgetRepair:
             self._specs[key] = per_layer
         return self._specs[key]
 
-    def _score(self, config: Config, dims: Sequence[str], combo: tuple) -> float:
+    def _score(self, config: Choices, dims: Sequence[str], combo: tuple) -> float:
         """Bit-width steps of ``combo`` from the proposal, plus a tie-break toward the
         combination that keeps more bits (the dearer one)."""
         steps = sum(abs(self._rank(d, v) - self._rank(d, config[d])) for d, v in zip(dims, combo))

@@ -40,7 +40,6 @@ sees a half-written file, and the last worker to finish leaves the complete run.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -88,11 +87,10 @@ def write_trials(trials: list[TrialRecord], out_dir: Path) -> dict[str, Path]:
     for r in flat:
         cols += [c for c in r if c not in cols]
     path = out_dir / "trials.csv"
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
-    w.writerows(flat)
-    atomic_write_text(path, buf.getvalue())
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(flat)
     return {"trials_csv": path}
 
 
