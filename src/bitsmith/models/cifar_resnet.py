@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from bitsmith.data.paths import find_data_file
 
 PRETRAINED_DIR = "models/akamaster_resnet_cifar10"
-DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9}  # depth -> blocks per stage
+DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}  # depth -> blocks per stage
+SHIPPED_DEPTHS = (20, 32)  # pretrained checkpoints in shared/data
 
 
 class PadShortcut(nn.Module):
@@ -75,8 +76,8 @@ class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs: 16/32/64 channels, 3 stages of ``n`` blocks.
 
     Input ``(N, 3, 32, 32)`` normalised images -> logits ``(N, num_classes)``.
-    Parameter counts (10 classes): 269,722 / 464,154 / 658,586 / 853,018 for depth
-    20 / 32 / 44 / 56.
+    Parameter counts (10 classes): 269,722 / 464,154 / 658,586 / 853,018 / 1,727,962 /
+    19,421,274 for depth 20 / 32 / 44 / 56 / 110 / 1202.
     """
 
     def __init__(self, num_blocks: tuple[int, int, int] | list[int], num_classes: int = 10
@@ -110,7 +111,7 @@ class CifarResNet(nn.Module):
 
 
 def cifar_resnet(depth: int, num_classes: int = 10) -> CifarResNet:
-    """A randomly initialised CIFAR ResNet of the given depth (20, 32, 44 or 56)."""
+    """A randomly initialised CIFAR ResNet of the given depth (20, 32, 44, 56, 110, 1202)."""
     if depth not in DEPTHS:
         raise ValueError(f"CIFAR ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
     n = DEPTHS[depth]
@@ -135,6 +136,16 @@ def resnet44(num_classes: int = 10) -> CifarResNet:
 def resnet56(num_classes: int = 10) -> CifarResNet:
     """ResNet-56 (853,018 parameters with 10 classes)."""
     return cifar_resnet(56, num_classes)
+
+
+def resnet110(num_classes: int = 10) -> CifarResNet:
+    """ResNet-110 (1,727,962 parameters with 10 classes)."""
+    return cifar_resnet(110, num_classes)
+
+
+def resnet1202(num_classes: int = 10) -> CifarResNet:
+    """ResNet-1202 (19,421,274 parameters with 10 classes)."""
+    return cifar_resnet(1202, num_classes)
 
 
 def _check_hash(path: Path) -> None:
@@ -174,7 +185,8 @@ def load_pretrained_cifar_resnet(depth: int, path: str | Path | None = None,
         except FileNotFoundError as e:
             raise FileNotFoundError(
                 f"pretrained ResNet-{depth} checkpoint not found (only resnet20 and resnet32 "
-                f"are shipped in shared/data). {e}"
+                f"are shipped in shared/data; give another depth's weights as a checkpoint "
+                f"file). {e}"
             ) from None
     path = Path(path)
     if not path.exists():
