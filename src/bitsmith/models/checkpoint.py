@@ -26,7 +26,6 @@ letter (so date-stamped names such as ``ckpt-20240101.pt`` are not mistaken for 
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 import re
 import zipfile
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from bitsmith.errors import InputError
+from bitsmith.safetensors_io import read_safetensors
 from bitsmith.userspec import one_line
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
@@ -101,35 +101,6 @@ def verify_sha256(path: Path, expected: str | None = None) -> None:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has SHA-256 {digest[:16]}..., but {source} says "
             f"{expected}...; the file is corrupt or not the one you meant, copy it again")
-
-
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        if size < 8 + n:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} is truncated: its safetensors header says "
-                f"{n:,} header bytes but the file has {size:,} bytes in all; copy it again")
-        try:
-            header = json.loads(fh.read(n))
-            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-        except (ValueError, KeyError, TypeError, IndexError) as err:
-            raise CheckpointError(f"checkpoint {str(path)!r} has a corrupt safetensors header "
-                                  f"({one_line(err)}); copy it again") from err
-    expected = 8 + n + max(ends, default=0)
-    if size != expected:
-        what = "truncated" if size < expected else "corrupt (extra bytes after the tensors)"
-        raise CheckpointError(f"checkpoint {str(path)!r} is {what}: the header describes "
-                              f"{expected:,} bytes, the file has {size:,}; copy it again")
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, ValueError, OSError) as err:
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read as safetensors: "
-                              f"{one_line(err)}; copy it again") from err
 
 
 def _check_zip(path: Path) -> None:
@@ -195,7 +166,8 @@ def read_state_dict(path: str | Path, *, sha256: str | None = None) -> dict[str,
     fmt = checkpoint_format(path)
     verify_sha256(path, sha256)
     if fmt == "safetensors":
-        return find_state_dict(_read_safetensors(path), str(path))
+        return find_state_dict(read_safetensors(path, what="checkpoint", error=CheckpointError),
+                               str(path))
     if fmt == "torch-zip":
         _check_zip(path)
     return find_state_dict(_torch_load(path), str(path))
