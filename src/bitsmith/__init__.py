@@ -1,5 +1,6 @@
 """bitsmith: automatic mixed-precision quantization for PyTorch models."""
 
+from bitsmith.evaluation import evaluate
 from bitsmith.graph import LayerTable
 from bitsmith.policy import LayerSpec, Policy, PolicyError, QSpec
 from bitsmith.quantize import (
@@ -27,5 +28,6 @@ def load(path: str, model: object = None):  # noqa: ANN201 - returns torch.nn.Mo
 
 __all__ = [
     "CalibrationError", "CalibrationStats", "LayerSpec", "LayerTable", "Policy", "PolicyError",
-    "QSpec", "apply_stats", "calibrate", "collect_stats", "load", "prepare", "quantize",
+    "QSpec", "apply_stats", "calibrate", "collect_stats", "evaluate", "load", "prepare",
+    "quantize",
 ]

@@ -1,12 +1,14 @@
 """The deterministic split rule and the overlap check between splits.
 
 **Split rule** (:func:`split_indices`): one source of ``N`` items is cut into parts with the
-given fractions (default calibration 20 %, validation 40 %, test 40 %). With labels the cut
-is stratified: within each class (in sorted label order) the items are shuffled with
-``numpy.random.default_rng(seed)`` and apportioned by largest remainders; without labels the
-whole set is shuffled once. Each part is returned in a seeded random order, so any prefix
-(the tuner validates on growing prefixes) is roughly stratified. Same files + same seed =
-same split, on any machine.
+given fractions (default calibration 20 %, validation 40 %, test 40 %); part sizes are the
+largest-remainder rounding of ``N * fraction``. With labels the cut is stratified: each
+class (in sorted label order) is shuffled with ``numpy.random.default_rng(seed)`` and its
+``k``-th of ``n_c`` items gets the key ``(k + 1/2) / n_c``; all items sorted by key (ties
+at random) are cut at the part sizes, so every part holds each class in proportion (within
+one item). Without labels the whole set is shuffled once. Each part is returned in a seeded
+random order, so any prefix (the tuner validates on growing prefixes) is roughly
+stratified. Same files + same seed = same split, on any machine.
 
 **Overlap check** (:func:`check_disjoint`): items are fingerprinted by file path (image
 folders) and by a BLAKE2b hash of their input bytes; two splits that share a fingerprint
@@ -64,18 +66,19 @@ def split_indices(n: int, fractions: Sequence[float], *, labels: Sequence[int] |
         raise DataSpecError(f"split fractions {tuple(fractions)} must be >= 0 and not all 0")
     rng = np.random.default_rng(seed)
     if labels is None:
-        groups = [np.arange(n)]
+        order = rng.permutation(n)
     else:
         lab = np.asarray(labels)
-        groups = [np.nonzero(lab == c)[0] for c in np.unique(lab)]
-    parts: list[list[np.ndarray]] = [[] for _ in fractions]
-    for group in groups:
-        group = rng.permutation(group)
-        start = 0
-        for k, count in enumerate(apportion(len(group), fractions)):
-            parts[k].append(group[start:start + count])
-            start += count
-    return [rng.permutation(np.concatenate(p)).astype(np.int64) for p in parts]
+        key = np.empty(n)
+        for c in np.unique(lab):  # spread each class evenly over [0, 1): rank + 1/2 / size
+            members = rng.permutation(np.nonzero(lab == c)[0])
+            key[members] = (np.arange(len(members)) + 0.5) / len(members)
+        order = np.lexsort((rng.random(n), key))  # ties between classes broken at random
+    parts, start = [], 0
+    for count in apportion(n, fractions):
+        parts.append(rng.permutation(order[start:start + count]).astype(np.int64))
+        start += count
+    return parts
 
 
 def _digest(t: Tensor) -> bytes:
@@ -159,10 +162,11 @@ def check_disjoint(splits: dict[str, Any], sources: dict[str, str] | None = None
         shared = [k for k in fa if k in fb]
         if shared:
             ex = shared[0]
-            same = "is" if isinstance(ex, str) else "has the same content as"
+            example = f"{fa[ex]} is in both" if isinstance(ex, str) else \
+                f"{fa[ex]} has the same content as {fb[ex]}"
             raise DataSpecError(
                 f"the {a} data ({sources.get(a, a)}) and the {b} data ({sources.get(b, b)}) "
-                f"share {len(shared)} item(s): {fa[ex]} {same} {fb[ex]}; give disjoint sets "
+                f"share {len({fa[k] for k in shared})} item(s): {example}; give disjoint sets "
                 f"(scores on {b} data must come from items not used for {a})")
 
 
