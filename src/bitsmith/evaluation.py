@@ -132,6 +132,8 @@ class Metric:
 
     def _score(self, model: nn.Module, data: Any) -> float:
         if self.fn is None:
+            if data is None:
+                raise MetricError(f"metric {self.name!r} needs labelled data to evaluate on")
             try:
                 result = classification_scores(model, as_batches(data))
             except UnlabelledDataError as err:

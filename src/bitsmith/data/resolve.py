@@ -641,7 +641,9 @@ def check_model_input(model: nn.Module, data: Any, *, model_name: str = "the mod
     Raises:
         DataSpecError: one line naming the model, the data, the shapes and the fix.
     """
-    x = _batch_of_one(data.validation if isinstance(data, DataSplits) else data)
+    if isinstance(data, DataSplits):
+        data = data.validation if data.validation is not None else data.calibration
+    x = _batch_of_one(data)
     seen: dict[str, Any] = {}
 
     def hook(module: nn.Module, args: tuple) -> None:
