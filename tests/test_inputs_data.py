@@ -74,6 +74,11 @@ def test_split_fractions_and_explicit_roles(tmp_path: Path) -> None:
     assert data.info["calibration"].size == 10 and data.info["validation"].size == 20
     data = resolve_data(calibration=root, validation=other)
     assert data.test is None and data.info["calibration"].size == 30
+    capped = resolve_data(root, calibration_size=3, validation_size=6)
+    assert Counter(p.parent.name for p in capped.calibration.paths) == dict.fromkeys(CLASSES, 1)
+    assert Counter(p.parent.name for p in capped.validation.paths) == dict.fromkeys(CLASSES, 2)
+    assert capped.info["validation"].size == 6 and "stratified" in \
+        capped.info["validation"].description
     with pytest.raises(DataSpecError, match="three fractions"):
         resolve_data(root, split="0.5,0.5")
     with pytest.raises(DataSpecError, match="not used"):

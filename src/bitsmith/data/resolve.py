@@ -256,9 +256,12 @@ def _cap(data: Any, n: int | None, seed: int, role: str) -> Any:
         return data
     if n < 1:
         raise DataSpecError(f"{role} size must be >= 1, got {n}")
+    if not hasattr(data, "__getitem__"):
+        raise DataSpecError(f"the {role} data cannot be cut to {n} items (no indexing, e.g. "
+                            "a DataLoader); give it at the size you want")
     idx = split_indices(len(data), [n, len(data) - n], labels=as_long_labels(data),
                         seed=seed)[0]
-    return subset(data, np.sort(idx), name=getattr(data, "name", None))
+    return subset(data, idx, name=getattr(data, "name", None))
 
 
 def _info(role: str, size: int | None, source: str, text: str, labelled: bool = True
@@ -593,6 +596,14 @@ def resolve_data(data: Any = None, *, calibration: Any = None, validation: Any =
     if "calibration" not in parts:
         raise DataSpecError("no calibration data: give a data source (--data) or calibration "
                             "data (--calibration-data)")
+    for role, cap in (("calibration", calibration_size), ("validation", validation_size)):
+        value = parts.get(role)
+        if cap is not None and value is not None and not isinstance(value, _Lazy) \
+                and _size(value) is not None and cap < _size(value):  # type: ignore[operator]
+            parts[role] = _cap(value, cap, seed, role)
+            old = info[role]
+            info[role] = SplitInfo(role, cap, old.labelled, old.source,
+                                   f"{cap:,} (stratified, seed {seed}) of {old.description}")
     if "train" not in parts:
         parts["train"] = parts["calibration"]
         cal = info["calibration"]
