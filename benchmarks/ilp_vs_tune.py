@@ -1,7 +1,7 @@
 """Integer-program bit allocation vs the auto-tuner vs uniform, at 4- and 3-bit budgets.
 
 Issue 7 acceptance: on the pretrained CIFAR-10 ResNet-20, the sensitivity-based allocation
-(``bitsmith.analyze.allocate``) at 4-bit-average and 3-bit-average weight budgets, compared
+(``bitsmith.allocation.ilp``) at 4-bit-average and 3-bit-average weight budgets, compared
 on the 1,000 lossless test images with uniform weights and with the tuner's result at the
 same size budget.
 
@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 
 from bitsmith import Policy, QSpec
-from bitsmith.analyze import Budget, allocate, bit_candidates
+from bitsmith.allocation import allocate, bit_candidates
+from bitsmith.cost import Budget
 from bitsmith.data import cifar10_protocol, make_loader
 from bitsmith.engine import evaluate
 from bitsmith.models import load_pretrained_cifar_resnet

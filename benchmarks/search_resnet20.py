@@ -71,14 +71,9 @@ def _uniform_w3_costs(model, example, scheme: str = "uniform_symmetric"):
 
 
 def run_part(part: str, args) -> dict:
-    from bitsmith.analyze.allocate import Budget
-    from bitsmith.search import (
-        SearchSettings,
-        SearchSpace,
-        TrainConfig,
-        run_search,
-        within_budget,
-    )
+    from bitsmith.cost import Budget, within_budget
+    from bitsmith.search import SearchSettings, SearchSpace, run_search
+    from bitsmith.training import TrainConfig
 
     proto, train_loader, calib, test, model = _setup(args.batch, args.seed)
     example = next(iter(calib))[0][:8]
@@ -182,9 +177,10 @@ def mem_child(path: str, steps: int, batch: int) -> dict:
     """One fresh process: build the supernet, train ``steps`` steps, report RSS and time."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from bitsmith.analyze.allocate import Budget
+    from bitsmith.cost.budget import Budget
     from bitsmith.models import build_model
-    from bitsmith.search import SearchSpace, TrainConfig, build_supernet, make_method, train
+    from bitsmith.search import SearchSpace, build_supernet, make_method
+    from bitsmith.training import TrainConfig, train
 
     # Synthetic CIFAR-shaped data: the training memory does not depend on the pixels, and
     # skipping the JPEG decode keeps the process's earlier peak RSS below the training one.

@@ -38,10 +38,12 @@ import numpy as np
 import torch
 
 from bitsmith import QSpec
-from bitsmith.analyze import Budget, allocate, bit_candidates, estimate_fisher, size_budget
+from bitsmith.allocation import allocate, bit_candidates, size_budget
+from bitsmith.cost import Budget
 from bitsmith.data import cifar10_protocol, make_loader
 from bitsmith.engine import evaluate
 from bitsmith.models import load_pretrained_cifar_resnet
+from bitsmith.sensitivity import estimate_fisher
 from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
 
 try:

@@ -21,8 +21,8 @@ from bitsmith.errors import (
 
 
 def test_exit_codes_of_the_family() -> None:
-    from bitsmith.analyze.allocate import InfeasibleBudgetError
     from bitsmith.compress.bits import InfeasibleCompressionBudget
+    from bitsmith.cost.budget import InfeasibleBudgetError
     from bitsmith.policy import PolicyError
     from bitsmith.tune.errors import TuneError
 

@@ -37,7 +37,7 @@ from bitsmith.cost.sparse import best_index_bits, index_fields
 from bitsmith.export import load_packed, read_packed, save_packed
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import LayerSpec, Policy, QSpec
-from bitsmith.search.train import TrainConfig, train
+from bitsmith.training import TrainConfig, train
 
 A8 = QSpec("uniform_asymmetric", 8)
 

@@ -12,27 +12,21 @@ from conftest import TinyNet, randomize_bn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bitsmith.analyze.allocate import Budget, InfeasibleBudgetError
-from bitsmith.cost import estimate
+from bitsmith.cost import Budget, InfeasibleBudgetError, estimate, within_budget
 from bitsmith.graph.convert import ConversionError
 from bitsmith.policy import Policy
 from bitsmith.search import (
-    Callback,
-    NonFiniteLossError,
     SearchSettings,
     SearchSpace,
     SearchSpaceError,
-    TrainConfig,
     build_supernet,
     derive_policy,
     load_result,
     make_method,
     run_search,
-    train,
-    within_budget,
 )
 from bitsmith.search.methods import two_hot
-from bitsmith.search.train import load_checkpoint
+from bitsmith.training import Callback, NonFiniteLossError, TrainConfig, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -319,7 +313,7 @@ def test_train_config_rejects_bad_values():
 
 # ---------------------------------------------------------------------- pipeline
 def test_run_search_writes_run_dir_and_reloads(tmp_path):
-    from bitsmith.report.rundir import load_run
+    from bitsmith.rundir import load_run
 
     ds = _data()
     model = randomize_bn(TinyNet())
@@ -359,7 +353,7 @@ def net_fixed_names(o) -> list[str]:
 
 
 def test_report_rejects_search_layers_of_unknown_layers(tmp_path):
-    from bitsmith.report.rundir import SEARCH_LAYERS_JSON, RunDirError, load_run
+    from bitsmith.rundir import SEARCH_LAYERS_JSON, RunDirError, load_run
 
     ds = _data()
     st = SearchSettings("qpl", Budget(avg_weight_bits=4.0), SPACE, _cfg(max_steps=1))
@@ -590,7 +584,7 @@ def test_uniform_within_budget_takes_the_dearest_feasible_uniform_pair():
 def test_run_search_uniform_baseline_is_trained_and_reported(tmp_path):
     import warnings
 
-    from bitsmith.report.rundir import load_run
+    from bitsmith.rundir import load_run
 
     ds = _data()
     model = randomize_bn(TinyNet())
@@ -648,7 +642,7 @@ def test_cli_uniform_baseline_prints_both_and_records_the_trial(tmp_path):
     from typer.testing import CliRunner
 
     from bitsmith.cli import app
-    from bitsmith.report.rundir import load_run
+    from bitsmith.rundir import load_run
 
     res = CliRunner().invoke(app, ["search", "--model", "digits", "--avg-bits", "4",
                                    "--search-steps", "2", "--qat-steps", "2",

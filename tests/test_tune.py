@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from bitsmith import Policy, quantize
-from bitsmith.report import load_run, write_report
+from bitsmith.report import write_report
+from bitsmith.rundir import load_run
 from bitsmith.tune import (
     InfeasibleError,
     Objective,

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bitsmith.report import load_run
+from bitsmith.rundir import load_run
 
 WORKER = r'''
 import sys, time, torch

@@ -1,5 +1,6 @@
 """bitsmith: automatic mixed-precision quantization for PyTorch models."""
 
+from bitsmith._version import __version__
 from bitsmith.evaluation import evaluate
 from bitsmith.graph import LayerTable
 from bitsmith.policy import LayerSpec, Policy, PolicyError, QSpec
@@ -12,8 +13,6 @@ from bitsmith.quantize import (
     prepare,
     quantize,
 )
-
-__version__ = "0.1.0"
 
 
 def load(path: str, model: object = None):  # noqa: ANN201 - returns torch.nn.Module
@@ -28,6 +27,6 @@ def load(path: str, model: object = None):  # noqa: ANN201 - returns torch.nn.Mo
 
 __all__ = [
     "CalibrationError", "CalibrationStats", "LayerSpec", "LayerTable", "Policy", "PolicyError",
-    "QSpec", "apply_stats", "calibrate", "collect_stats", "evaluate", "load", "prepare",
-    "quantize",
+    "QSpec", "__version__", "apply_stats", "calibrate", "collect_stats", "evaluate", "load",
+    "prepare", "quantize",
 ]

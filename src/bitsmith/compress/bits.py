@@ -2,7 +2,7 @@
 
 Under an overall size budget ``B`` (bytes, as :func:`compression_report` counts them) the
 bit width ``b_l`` of every DPQ layer ``l`` is chosen by the 0-1 integer program of
-:func:`bitsmith.analyze.allocate`::
+:func:`bitsmith.allocation.ilp`::
 
     minimise  Σ_l NSR_l(b_l)      subject to  size(b) <= B
 
@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from bitsmith.analyze.allocate import Budget, InfeasibleBudgetError, allocate
-from bitsmith.analyze.candidates import CandidateSpace
+from bitsmith.allocation.candidates import CandidateSpace
+from bitsmith.allocation.ilp import allocate
 from bitsmith.compress.accounting import compression_report, mask_layouts, sync_sparsity
 from bitsmith.compress.dpq import dpq_spec, quantization_nsr, set_layer_spec
 from bitsmith.compress.pruning import CompressError
 from bitsmith.cost import weight_bytes
+from bitsmith.cost.budget import Budget, InfeasibleBudgetError
 from bitsmith.errors import InfeasibleError
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import LayerSpec

@@ -1,4 +1,4 @@
-"""DPQ inside the shared training loop (:func:`bitsmith.search.train.train`), as one callback.
+"""DPQ inside the shared training loop (:func:`bitsmith.training.train`), as one callback.
 
 :class:`DPQCallback` does, at the loop's hooks:
 
@@ -43,7 +43,7 @@ from bitsmith.compress.pruning import (
 from bitsmith.compress.rpc import RPC, RPCSchedule
 from bitsmith.cost import mask_layout
 from bitsmith.graph import quantized_layers
-from bitsmith.search.train import Callback, TrainState
+from bitsmith.training import Callback, TrainState
 
 
 class DPQCallback(Callback):

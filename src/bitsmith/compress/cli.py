@@ -131,8 +131,8 @@ def _run(model_name: str, cfg, steps: int | None, epochs: int, batch_size: int, 
     from bitsmith.engine import evaluate
     from bitsmith.export import save_packed
     from bitsmith.models import build_model
-    from bitsmith.report.rundir import RunWriter
-    from bitsmith.search.train import TrainConfig
+    from bitsmith.rundir import RunWriter
+    from bitsmith.training import TrainConfig
 
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
 
 1. ``bitsmith.quantize`` the FP32 model (BN folded) with DPQ weight quantizers (8 bits to
    start) and calibrated ``uniform_asymmetric`` activations;
-2. fine-tune with the shared loop :func:`bitsmith.search.train.train`, distilling from the
+2. fine-tune with the shared loop :func:`bitsmith.training.train`, distilling from the
    FP32 model, while :class:`~bitsmith.compress.callbacks.DPQCallback` prunes along the cubic
    schedule (target sparsity at ``prune_end`` of the steps), keeps pruned weights at zero,
    re-chooses the bits under the size budget, and applies RPC to the activations;
@@ -30,7 +30,7 @@ from bitsmith.cost import CostReport
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import LayerSpec, Policy, QSpec
 from bitsmith.quantize import iter_batches, prepare, quantize
-from bitsmith.search.train import TrainConfig, TrainResult, train
+from bitsmith.training import TrainConfig, TrainResult, train
 
 
 @dataclass

@@ -152,13 +152,13 @@ def register(app: typer.Typer) -> None:
         """
         import torch
 
-        from bitsmith.analyze.allocate import Budget, InfeasibleBudgetError
+        from bitsmith.cost.budget import Budget, InfeasibleBudgetError
         from bitsmith.graph.convert import ConversionError
         from bitsmith.policy import PolicyError
         from bitsmith.search.methods import METHODS
         from bitsmith.search.pipeline import SearchSettings, run_search
         from bitsmith.search.supernet import SearchSpace, SearchSpaceError
-        from bitsmith.search.train import NonFiniteLossError, TrainConfig
+        from bitsmith.training import NonFiniteLossError, TrainConfig
 
         try:
             if threads > 0:
@@ -211,7 +211,7 @@ def register(app: typer.Typer) -> None:
         except NonFiniteLossError as err:
             console.print(f"[red]stopped:[/red] {err}")
             raise typer.Exit(EXIT_ERROR) from None
-        from bitsmith.search.train import dist_info
+        from bitsmith.training import dist_info
 
         if dist_info()[0] == 0:  # under torchrun only rank 0 prints
             _print(outcome, settings, out)

@@ -1,6 +1,6 @@
 """The search methods: AutoQNN QSS and QPL, and SSPS, as training callbacks.
 
-Every method is a :class:`~bitsmith.search.train.Callback` *and* the term source of the
+Every method is a :class:`~bitsmith.training.Callback` *and* the term source of the
 :class:`~bitsmith.search.supernet.Supernet` layers: before every forward pass it computes,
 for each searched layer ``l``, the mixture coefficients of the weight candidates
 (``p_l``, length ``K_w``) and of the activation candidates (``q_l``, length ``K_a``).
@@ -66,10 +66,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
-from bitsmith.analyze.allocate import Budget
+from bitsmith.cost.budget import Budget
 from bitsmith.policy import Policy
 from bitsmith.search.supernet import SearchSpaceError, Supernet, check_budget_feasible
-from bitsmith.search.train import Callback, TrainState, all_reduce_mean
+from bitsmith.training import Callback, TrainState, all_reduce_mean
 
 METHODS = ("qss", "qpl", "ssps")
 
@@ -158,7 +158,7 @@ class SearchMethod(Callback):
         if act_budget_bytes is not None:
             lowest = max(net.fixed_act_bytes, max(float(a.min()) for a in net.act_bytes))
             if lowest > act_budget_bytes:
-                from bitsmith.analyze.allocate import InfeasibleBudgetError
+                from bitsmith.cost.budget import InfeasibleBudgetError
 
                 raise InfeasibleBudgetError("act_bytes", act_budget_bytes, lowest)
         self.net, self.budget, self.act_budget = net, budget, act_budget_bytes

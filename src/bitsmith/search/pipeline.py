@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from bitsmith.analyze.allocate import Budget
+from bitsmith.cost.budget import Budget
 from bitsmith.engine import evaluate
 from bitsmith.policy import Policy
 from bitsmith.search.baseline import uniform_within_budget
@@ -33,7 +33,7 @@ from bitsmith.search.derive import Derivation, derive_policy
 from bitsmith.search.methods import SearchMethod, make_method
 from bitsmith.search.qat import build_qat_model, save_result
 from bitsmith.search.supernet import SearchSpace, Supernet, build_supernet, spec_label
-from bitsmith.search.train import (
+from bitsmith.training import (
     TrainConfig,
     TrainResult,
     dist_info,
@@ -302,7 +302,7 @@ def resolve_warm_start(settings: SearchSettings, model: nn.Module, net: Supernet
 
 def _write_run(o: SearchOutcome, out: Path, settings: SearchSettings, model_name: str,
                dataset: str, eval_set: str) -> dict[str, str]:
-    from bitsmith.report.rundir import RunWriter
+    from bitsmith.rundir import RunWriter
 
     run = RunWriter(out, model=model_name or type(o.net.model).__name__, dataset=dataset,
                     eval_set=eval_set, producer=f"bitsmith search ({o.method.name})",

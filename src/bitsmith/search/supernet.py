@@ -5,7 +5,7 @@ then swaps every *searched* layer's class to a ``Search<Conv2d|Linear|...>`` twi
 Such a layer keeps its one float weight and holds
 
 * ``K_w`` weight quantizers, one per weight candidate ``(scheme, bits)``
-  (:class:`~bitsmith.schemes.quantizer.Quantizer`, LSQ-learnable step for the uniform family);
+  (:class:`~bitsmith.graph.quantizer.Quantizer`, LSQ-learnable step for the uniform family);
 * ``K_a`` input-activation quantizers, one per activation bit width (``uniform_asymmetric``).
 
 Its forward asks the search method for *terms*: lists of ``(candidate index, coefficient)``
@@ -37,15 +37,15 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from bitsmith.analyze.allocate import Budget, InfeasibleBudgetError
 from bitsmith.cost import layer_cost
+from bitsmith.cost.budget import Budget, InfeasibleBudgetError, latency_function
 from bitsmith.errors import InputError
 from bitsmith.graph.convert import ConversionError, convert
 from bitsmith.graph.layer_table import QUANTIZABLE_TYPES, LayerTable
 from bitsmith.graph.qmodules import layer_op, twin_class
+from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import INT8, LayerSpec, PolicyError, QSpec
 from bitsmith.schemes import available, get_scheme
-from bitsmith.schemes.quantizer import Quantizer
 
 COST_KINDS = ("size_bytes", "bitops", "avg_weight_bits", "latency")
 PATHS = ("expected", "single", "multipath")
@@ -395,14 +395,6 @@ def _init_quantizers(net: Supernet, example: Tensor, calibration: Iterable | Non
         for q in m.weight_quantizers:
             q(m.weight)  # fits range-based parameters (and creates LSQ parameters)
     model.train(was)
-
-
-def latency_function(latency: Any) -> Any:
-    """A latency LUT as ``f(layer, spec) -> latency`` (a ``LatencyTable`` or already a
-    callable); None stays None."""
-    if latency is None or callable(latency):
-        return latency
-    return lambda name, spec: latency.latency(name, spec)
 
 
 def spec_label(spec: LayerSpec) -> str:

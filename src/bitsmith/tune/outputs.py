@@ -155,7 +155,7 @@ class RunLog:
         return getattr(evaluator, "table", None) is not None
 
     def _open(self, run_dir: Path, fresh: bool):
-        from bitsmith.report.rundir import RunWriter
+        from bitsmith.rundir import RunWriter
 
         writer = RunWriter(run_dir, fresh=fresh, **self.kwargs)
         writer.write_layers(self.evaluator.table)
@@ -203,7 +203,7 @@ class RunLog:
 
     def rewrite(self, result: TuneResult, out_dir: Path) -> dict[str, Path]:
         """Rewrite the run files from the whole study, atomically file by file."""
-        from bitsmith.report.rundir import (
+        from bitsmith.rundir import (
             LAYERS_JSON,
             POLICY_YAML,
             RUN_JSON,

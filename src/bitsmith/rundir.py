@@ -13,7 +13,7 @@ Format ``bitsmith.run/1`` (documented in docs/analyze_and_report.md)::
                                    "avg_weight_bits"?, "compression"?, "source"?, "step"?,
                                    "policy_file"?, "fingerprint"?, ...}
       policy.yaml       required  the chosen Policy
-      sensitivity.json  optional  bitsmith.analyze.Sensitivity.save(...)
+      sensitivity.json  optional  bitsmith.allocation.Sensitivity.save(...)
       search.jsonl      optional  {"step": int, "label"?: str, <metric>: number, ...} per line
       export.json       optional  {"format": "bitsmith.export/1", "artifacts": [{"name", "format"?,
                                    "path"?, "size_bytes"?, "latency_ms"?, "agreement"? (%),
@@ -209,7 +209,7 @@ class RunWriter:
         return policy.save(self.dir / POLICY_YAML)
 
     def write_sensitivity(self, sensitivity: Any) -> Path:
-        """``sensitivity.json`` from a :class:`bitsmith.analyze.Sensitivity`."""
+        """``sensitivity.json`` from a :class:`bitsmith.allocation.Sensitivity`."""
         return sensitivity.save(self.dir / SENSITIVITY_JSON)
 
     def log_search(self, step: int, label: str = "", **metrics: float) -> None:
@@ -336,7 +336,7 @@ def load_run(run_dir: str | Path) -> RunData:
         raise RunDirError(f"{d / POLICY_YAML}: {err}") from None
     sens = None
     if (d / SENSITIVITY_JSON).is_file():
-        from bitsmith.analyze.sensitivity import Sensitivity
+        from bitsmith.allocation.scores import Sensitivity
 
         try:
             sens = Sensitivity.from_dict(_read_json(d / SENSITIVITY_JSON), table)
