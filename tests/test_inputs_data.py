@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from user_inputs import CLASSES, make_image_folder
 
 from bitsmith.data.datasets import ArrayImageDataset, InputDataset
-from bitsmith.data.folder import DataSpecError, image_transform, scan_image_folder
-from bitsmith.data.resolve import DataSplits, check_model_input, resolve_data
-from bitsmith.data.splits import apportion, split_indices
 from bitsmith.errors import InputError
+from bitsmith.inputs import DataSpecError, DataSplits, check_model_input, resolve_data
+from bitsmith.inputs.folder import image_transform, scan_image_folder
+from bitsmith.inputs.splits import apportion, split_indices
 
 
 def _paths(ds) -> list[str]:

@@ -14,10 +14,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from user_inputs import make_image_folder, write_user_model
 
 import bitsmith
-from bitsmith.data.folder import DataSpecError
 from bitsmith.engine import evaluate as engine_evaluate
-from bitsmith.evaluation import Evaluate, MetricError, resolve_metric
-from bitsmith.workloads import Workload, load_workload
+from bitsmith.inputs import (
+    DataSpecError,
+    Evaluate,
+    MetricError,
+    Workload,
+    load_workload,
+    resolve_metric,
+)
 
 
 def _problem(n: int = 64, classes: int = 6):
@@ -100,7 +105,7 @@ def test_builtin_metric_on_unlabelled_data() -> None:
 @pytest.fixture
 def user_setup(tmp_path: Path):
     net = write_user_model(tmp_path, "net.py")
-    from bitsmith.models.resolve import resolve_model
+    from bitsmith.inputs import resolve_model
 
     torch.save({"state_dict": resolve_model(f"{net}:build", model_kwargs="num_classes=3")
                 .state_dict()}, tmp_path / "ck.pt")

@@ -14,6 +14,7 @@ from torch import nn
 from user_inputs import USER_MODEL, write_user_model
 
 from bitsmith.errors import InputError
+from bitsmith.inputs import ModelSpecError, describe_model, resolve_model
 from bitsmith.models import available_models, build_model
 from bitsmith.models.checkpoint import (
     CheckpointError,
@@ -21,7 +22,6 @@ from bitsmith.models.checkpoint import (
     read_state_dict,
     strip_prefixes,
 )
-from bitsmith.models.resolve import ModelSpecError, describe_model, resolve_model
 
 
 @pytest.fixture

@@ -20,11 +20,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "bitsmith"
 # Bottom to top. "__init__" is the package root (bitsmith/__init__.py), the public API.
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"_version", "errors", "atomic", "progress", "pareto"}),
-    ("plain data", {"config", "schemes", "calibrate", "data", "engine"}),
+    ("plain data", {"config", "schemes", "calibrate", "data", "engine", "safeload"}),
     ("policy, models", {"policy", "models"}),
     ("conversion", {"graph"}),
     ("cost, quantize", {"cost", "quantize"}),
-    ("shared primitives", {"allocation", "training"}),
+    ("shared primitives", {"allocation", "training", "inputs"}),
     ("run directory, estimators", {"rundir", "sensitivity"}),
     ("consumers", {"export", "report"}),
     ("cli support", {"cli_support"}),

@@ -1,8 +1,8 @@
 """bitsmith: automatic mixed-precision quantization for PyTorch models."""
 
 from bitsmith._version import __version__
-from bitsmith.evaluation import evaluate
 from bitsmith.graph import LayerTable
+from bitsmith.inputs.metric import evaluate
 from bitsmith.policy import LayerSpec, Policy, PolicyError, QSpec
 from bitsmith.quantize import (
     CalibrationError,

@@ -8,8 +8,6 @@ Module names match the akamaster checkpoints (after stripping ``module.``), so
 
 from __future__ import annotations
 
-import hashlib
-import re
 from pathlib import Path
 
 import torch
@@ -17,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitsmith.data.paths import find_data_file
+from bitsmith.models.checkpoint import load_state, read_state_dict, strip_prefixes
+from bitsmith.safeload import check_sha256_prefix
 
 PRETRAINED_DIR = "models/akamaster_resnet_cifar10"
 DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}  # depth -> blocks per stage
@@ -148,19 +148,6 @@ def resnet1202(num_classes: int = 10) -> CifarResNet:
     return cifar_resnet(1202, num_classes)
 
 
-def _check_hash(path: Path) -> None:
-    """Verify a torch.hub-style name ``<name>-<sha256 prefix>.th`` against the file bytes."""
-    m = re.search(r"-([0-9a-f]{8,})\.[A-Za-z]+$", path.name)
-    if not m:
-        return
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if not digest.startswith(m.group(1)):
-        raise RuntimeError(
-            f"{path}: SHA-256 {digest[:16]}... does not start with {m.group(1)} from the file "
-            "name; the checkpoint is corrupt or was modified"
-        )
-
-
 def load_pretrained_cifar_resnet(depth: int, path: str | Path | None = None,
                                  check_hash: bool = True) -> CifarResNet:
     """The akamaster pretrained CIFAR-10 ResNet, in eval mode on the CPU.
@@ -176,6 +163,8 @@ def load_pretrained_cifar_resnet(depth: int, path: str | Path | None = None,
 
     Raises:
         FileNotFoundError: no checkpoint found (the message lists where it looked).
+        CheckpointError: the file is truncated, modified (SHA-256 prefix of its name), holds
+            more than weights, or does not fit the architecture.
     """
     if depth not in DEPTHS:
         raise ValueError(f"CIFAR ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
@@ -191,12 +180,10 @@ def load_pretrained_cifar_resnet(depth: int, path: str | Path | None = None,
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    what = f"ResNet-{depth} checkpoint"
     if check_hash:
-        _check_hash(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+        check_sha256_prefix(path, what, require_letter=False)
+    state = strip_prefixes(read_state_dict(path, check_name=False, what=what), set())
     num_classes = state["linear.weight"].shape[0] if "linear.weight" in state else 10
-    model = cifar_resnet(depth, num_classes)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return load_state(cifar_resnet(depth, num_classes), state, source=str(path),
+                      model_name=f"ResNet-{depth}")

@@ -37,8 +37,8 @@ from bitsmith.data.datasets import (
     MNIST_STD,
     ArrayImageDataset,
 )
-from bitsmith.errors import InputError
-from bitsmith.userspec import one_line
+from bitsmith.errors import one_line
+from bitsmith.inputs.errors import DataSpecError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif",
                   ".tiff", ".webp")
@@ -50,11 +50,6 @@ SPLIT_FOLDERS = {"train": "calibration", "training": "calibration",
                  "valid": "validation", "validation": "validation", "test": "test",
                  "testing": "test"}
 _LAYOUT_HINT = "arrange it as FOLDER/<class name>/<image> (torchvision ImageFolder layout)"
-
-
-class DataSpecError(InputError):
-    """Data that cannot be used: missing, empty, unreadable, unlabelled where labels are
-    needed, overlapping splits, or inputs the model cannot take."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ an ``nn.Module`` or a callable     used as is / called with the keyword argument
 =================================  =============================================================
 
 Keyword arguments come from a mapping, a YAML/JSON file, inline YAML or ``k=v`` pairs
-(:func:`bitsmith.userspec.load_mapping`). A checkpoint (:mod:`bitsmith.models.checkpoint`)
+(:func:`bitsmith.inputs.specs.load_mapping`). A checkpoint (:mod:`bitsmith.models.checkpoint`)
 is loaded strictly. The model comes back in eval mode.
 """
 
@@ -24,22 +24,18 @@ from typing import Any
 
 from torch import nn
 
-from bitsmith.errors import InputError
-from bitsmith.models.checkpoint import load_checkpoint
-from bitsmith.models.registry import TV_PREFIX, available_models, build_model
-from bitsmith.userspec import (
+from bitsmith.inputs.errors import ModelSpecError
+from bitsmith.inputs.specs import (
     call_user,
     describe_exception,
     load_callable,
     load_mapping,
     split_callable_spec,
 )
+from bitsmith.models.checkpoint import load_checkpoint
+from bitsmith.models.registry import TV_PREFIX, available_models, build_model
 
 ModelSpec = str | nn.Module | Callable[..., nn.Module]
-
-
-class ModelSpecError(InputError):
-    """A model spec that cannot be resolved: unknown name, missing or failing factory."""
 
 
 def describe_model(spec: ModelSpec, checkpoint: str | Path | None = None) -> str:

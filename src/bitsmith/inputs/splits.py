@@ -29,7 +29,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from bitsmith.data.datasets import ArrayImageDataset, InputDataset
-from bitsmith.data.folder import DataSpecError, ImageFileDataset
+from bitsmith.inputs.errors import DataSpecError
+from bitsmith.inputs.folder import ImageFileDataset
 
 DEFAULT_FRACTIONS = {"calibration": 0.2, "validation": 0.4, "test": 0.4}
 MAX_CHECKED = 5000

@@ -4,8 +4,9 @@
   module name, with its folder on ``sys.path`` while it runs, so sibling imports work) or
   ``package.module:name`` (imported normally).
 * :func:`load_mapping`: keyword arguments from a mapping, a ``.yaml`` / ``.yml`` / ``.json``
-  file, inline YAML (``"{num_classes: 10}"``) or ``key=value`` pairs (``"num_classes=10,
-  width=8"``; values parsed as YAML scalars). YAML is always read with ``safe_load``.
+  file (read by :func:`bitsmith.config.read_structured_file`), inline YAML
+  (``"{num_classes: 10}"``) or ``key=value`` pairs (``"num_classes=10, width=8"``; values
+  parsed as YAML scalars). YAML is always read with ``safe_load``.
 * :func:`call_user`: call a user function and turn any exception into the caller's
   :class:`~bitsmith.errors.InputError` subclass, one line, with the file and line it came from.
 
@@ -19,7 +20,6 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
-import json
 import re
 import sys
 import traceback
@@ -30,19 +30,13 @@ from typing import Any
 
 import yaml
 
-from bitsmith.errors import InputError
+from bitsmith.config import ConfigError, read_structured_file
+from bitsmith.errors import InputError, one_line
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _MODULE_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*$")
 _ATTR_RE = re.compile(rf"^{_IDENT}(\.{_IDENT})*$")
 MAPPING_SUFFIXES = (".yaml", ".yml", ".json")
-MAX_MESSAGE = 300
-
-
-def one_line(text: object, limit: int = MAX_MESSAGE) -> str:
-    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def split_callable_spec(spec: str) -> tuple[str, str] | None:
@@ -223,11 +217,9 @@ def load_mapping(value: str | Path | Mapping[str, Any] | None, *, what: str,
             if not path.is_file():
                 raise error(f"{what}: file {text!r} not found; check the path")
             try:
-                raw = path.read_text(encoding="utf-8")
-                data = json.loads(raw) if path.suffix.lower() == ".json" else yaml.safe_load(raw)
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
-                raise error(f"{what}: cannot read {text!r}: {one_line(err)}; "
-                            "fix the YAML/JSON syntax") from err
+                data = read_structured_file(path, what="keyword-arguments file")
+            except ConfigError as err:
+                raise error(f"{what}: {err}") from err
         elif "=" in text and ":" not in text:
             data = _parse_pairs(text, what=what, error=error)
         else:

@@ -1,9 +1,9 @@
 """One workload registry: a model, its data splits and its metric, from user specs.
 
-:func:`load_workload` resolves a model spec (:func:`bitsmith.models.resolve.resolve_model`),
-data specs (:func:`bitsmith.data.resolve.resolve_data`) and a metric
-(:func:`bitsmith.evaluation.resolve_metric`), checks that the model takes the data
-(:func:`bitsmith.data.resolve.check_model_input`) and returns a :class:`Workload`.
+:func:`load_workload` resolves a model spec (:func:`bitsmith.inputs.model.resolve_model`),
+data specs (:func:`bitsmith.inputs.data.resolve_data`) and a metric
+(:func:`bitsmith.inputs.metric.resolve_metric`), checks that the model takes the data
+(:func:`bitsmith.inputs.data.check_model_input`) and returns a :class:`Workload`.
 
 The built-in names are shortcuts through the same resolvers:
 
@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from bitsmith.data.folder import DataSpecError
-from bitsmith.data.resolve import DataSplits, check_model_input, resolve_data
-from bitsmith.evaluation import Evaluate, Metric, resolve_metric
+from bitsmith.inputs.data import DataSplits, check_model_input, resolve_data
+from bitsmith.inputs.errors import DataSpecError
+from bitsmith.inputs.metric import Evaluate, Metric, resolve_metric
+from bitsmith.inputs.model import ModelSpec, describe_model, resolve_model
 from bitsmith.models.cifar_resnet import DEPTHS
-from bitsmith.models.resolve import ModelSpec, describe_model, resolve_model
 
 WORKLOADS = ("resnet20", "resnet32", "digits")
 CIFAR_MODELS = tuple(f"resnet{d}" for d in DEPTHS)
@@ -66,7 +66,7 @@ class Workload:
     Attributes:
         name: the workload name (built-in) or the model spec.
         model: the float model, eval mode.
-        data: the splits (:class:`~bitsmith.data.resolve.DataSplits`).
+        data: the splits (:class:`~bitsmith.inputs.data.DataSplits`).
         evaluate: ``evaluate(model) -> float`` on the validation split, higher is better.
         model_description: how the model was given (spec + checkpoint file).
         batch_size: batch size of the loaders below.
@@ -145,8 +145,8 @@ def load_workload(model: ModelSpec, data: Any = None, *, checkpoint: str | Path 
 
     Args:
         model: a built-in workload name (see the module docstring) or any model spec of
-            :func:`~bitsmith.models.resolve.resolve_model`.
-        data: any data spec of :func:`~bitsmith.data.resolve.resolve_data`; default for
+            :func:`~bitsmith.inputs.model.resolve_model`.
+        data: any data spec of :func:`~bitsmith.inputs.data.resolve_data`; default for
             the built-ins and CIFAR ResNets: their own data.
         checkpoint, model_kwargs, sha256: see :func:`resolve_model`.
         pretrained: load shipped weights; default ``True`` for ``resnet20`` / ``resnet32``

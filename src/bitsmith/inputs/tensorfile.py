@@ -20,9 +20,10 @@ import torch
 from torch import Tensor
 
 from bitsmith.data.datasets import ArrayImageDataset, InputDataset
-from bitsmith.data.folder import DataSpecError, ImageTransform
-from bitsmith.safetensors_io import read_safetensors
-from bitsmith.userspec import one_line
+from bitsmith.errors import one_line
+from bitsmith.inputs.errors import DataSpecError
+from bitsmith.inputs.folder import ImageTransform
+from bitsmith.safeload import read_safetensors
 
 TENSOR_SUFFIXES = (".npz", ".safetensors")
 KEY_PAIRS = (("x", "y"), ("images", "labels"))

@@ -11,9 +11,9 @@ Data specs (``docs/inputs.md``):
                           validation = test images 0..4999, test = test images 5000..9999,
                           train = the 60,000 training images
 ``digits``                scikit-learn's digits: train (calibration, train) / val / test
-``path/to/folder``        an image folder (:mod:`bitsmith.data.folder`); with ``train/``,
+``path/to/folder``        an image folder (:mod:`bitsmith.inputs.folder`); with ``train/``,
                           ``val/``, ``test/`` sub-folders, those are the splits
-``file.npz``,             a tensors file (:mod:`bitsmith.data.tensorfile`)
+``file.npz``,             a tensors file (:mod:`bitsmith.inputs.tensorfile`)
 ``file.safetensors``
 ``file.py:make_data``     a factory (``package.module:make_data`` too), called with the data
                           keyword arguments; returns a dataset (split by the rule), a mapping
@@ -25,12 +25,12 @@ a Dataset, tensor,        Python API: used as they are (a single set is split by
 
 Roles come from one ``data`` source and/or explicit ``calibration=`` / ``validation=`` /
 ``test=`` / ``train=`` specs (explicit ones win). A single set is cut by the split rule
-(:mod:`bitsmith.data.splits`) into the roles still missing. Split folders without ``val/``
+(:mod:`bitsmith.inputs.splits`) into the roles still missing. Split folders without ``val/``
 take validation from half of ``test/`` (training images are memorised and hide drops).
 ``train`` (fine-tuning data) defaults to the calibration data.
 
 Then: labels are required on validation and test when ``require_labels`` (top-1), and
-splits that share items are refused (:func:`bitsmith.data.splits.check_disjoint`).
+splits that share items are refused (:func:`bitsmith.inputs.splits.check_disjoint`).
 """
 
 from __future__ import annotations
@@ -46,28 +46,28 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from bitsmith.data.datasets import ArrayImageDataset, InputDataset, make_loader
-from bitsmith.data.folder import (
-    DataSpecError,
+from bitsmith.inputs.errors import DataSpecError
+from bitsmith.inputs.folder import (
     ImageFileDataset,
     ImageTransform,
     image_folder_dataset,
     image_transform,
     split_folders,
 )
-from bitsmith.data.splits import (
-    DEFAULT_FRACTIONS,
-    as_long_labels,
-    check_disjoint,
-    split_indices,
-)
-from bitsmith.data.tensorfile import TENSOR_SUFFIXES, tensor_file_dataset
-from bitsmith.userspec import (
+from bitsmith.inputs.specs import (
     call_user,
     describe_exception,
     load_callable,
     load_mapping,
     split_callable_spec,
 )
+from bitsmith.inputs.splits import (
+    DEFAULT_FRACTIONS,
+    as_long_labels,
+    check_disjoint,
+    split_indices,
+)
+from bitsmith.inputs.tensorfile import TENSOR_SUFFIXES, tensor_file_dataset
 
 ROLES = ("calibration", "validation", "test", "train")
 RULE_ROLES = ("calibration", "validation", "test")
@@ -528,7 +528,7 @@ def resolve_data(data: Any = None, *, calibration: Any = None, validation: Any =
         preset: image preset ``cifar10`` / ``imagenet`` / ``mnist`` (size, channels,
             mean/std) for folders and uint8 tensors files.
         image_size, resize, channels, mean, std: override the preset (see
-            :class:`bitsmith.data.folder.ImageTransform`).
+            :class:`bitsmith.inputs.folder.ImageTransform`).
         split: fractions (calibration, validation, test) of the split rule, as a sequence,
             ``"0.2,0.4,0.4"`` or a mapping; default 0.2 / 0.4 / 0.4.
         seed: seed of the split rule, of the seeded orders and of the built-ins' draws.
@@ -544,7 +544,7 @@ def resolve_data(data: Any = None, *, calibration: Any = None, validation: Any =
         :class:`DataSplits`.
 
     Raises:
-        DataSpecError: see :mod:`bitsmith.data.folder`, :mod:`bitsmith.data.tensorfile`;
+        DataSpecError: see :mod:`bitsmith.inputs.folder`, :mod:`bitsmith.inputs.tensorfile`;
             no calibration data; unlabelled validation/test with ``require_labels``;
             overlapping splits; a set too small to split.
     """

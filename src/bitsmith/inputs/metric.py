@@ -33,15 +33,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from bitsmith.engine import EvalResult, UnlabelledDataError
 from bitsmith.engine import evaluate as classification_scores
-from bitsmith.errors import InputError
-from bitsmith.userspec import call_user, describe_exception, load_callable
+from bitsmith.inputs.errors import MetricError
+from bitsmith.inputs.specs import call_user, describe_exception, load_callable
 
 BUILTIN_METRICS = ("top1", "top5", "neg_loss")
 EVAL_BATCH = 256
-
-
-class MetricError(InputError):
-    """A metric that cannot be loaded, raises, or returns something other than a number."""
 
 
 def _builtin_score(name: str, result: EvalResult) -> float:
@@ -56,9 +52,9 @@ def _builtin_score(name: str, result: EvalResult) -> float:
 
 def as_batches(data: Any, batch_size: int = EVAL_BATCH) -> Any:
     """Batches of ``data``: a loader / iterable as it is; a dataset, a validation split of
-    :class:`~bitsmith.data.resolve.DataSplits`, a tensor or an ``(x, y)`` pair in a loader."""
+    :class:`~bitsmith.inputs.data.DataSplits`, a tensor or an ``(x, y)`` pair in a loader."""
     from bitsmith.data.datasets import InputDataset, make_loader
-    from bitsmith.data.resolve import DataSplits
+    from bitsmith.inputs.data import DataSplits
 
     if isinstance(data, DataSplits):
         return data.loader("validation", batch_size)
@@ -205,7 +201,7 @@ def evaluate(model: nn.Module, data: Any, metric: str | Callable[..., Any] | Met
         model: any ``nn.Module`` (eval mode and ``torch.no_grad`` for the pass, then
             restored).
         data: a ``DataLoader`` / iterable of ``(inputs, labels)`` batches, a dataset, a
-            :class:`~bitsmith.data.resolve.DataSplits` (its validation split), or an
+            :class:`~bitsmith.inputs.data.DataSplits` (its validation split), or an
             ``(x, y)`` tensor pair.
         metric: ``"top1"``, ``"top5"``, ``"neg_loss"``, ``"file.py:function"`` or a callable
             ``f(model)`` / ``f(model, data)``.
