@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -126,6 +127,7 @@ def test_user_workload(user_setup) -> None:
     assert work.dataset == str(folder) and "split rule" in work.eval_set
     summary = work.describe()
     assert json.loads(json.dumps(summary))["model"] == f"{net}:build + checkpoint ck.pt"
+    assert summary["checkpoint"]["sha256"] == hashlib.sha256(ck.read_bytes()).hexdigest()
     with pytest.raises(DataSpecError, match="expects 3 channels and gets 1"):
         load_workload(f"{net}:build", str(folder), checkpoint=ck, model_kwargs="num_classes=3",
                       channels=1)

@@ -21,6 +21,7 @@ defaults to ``cifar10`` data too; every other model needs ``data``.
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ class Workload:
         evaluate: ``evaluate(model) -> float`` on the validation split, higher is better.
         model_description: how the model was given (spec + checkpoint file).
         batch_size: batch size of the loaders below.
+        checkpoint: ``{"path", "sha256"}`` of the weights file, for provenance (or ``None``).
     """
 
     name: str
@@ -78,6 +80,7 @@ class Workload:
     evaluate: Evaluate
     model_description: str
     batch_size: int = 128
+    checkpoint: dict[str, str] | None = None
     _loaders: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def loader(self, role: str, batch_size: int | None = None, **kw: Any) -> Any:
@@ -124,7 +127,8 @@ class Workload:
     def describe(self) -> dict[str, Any]:
         """Model, metric and data splits as a JSON-serialisable dict (for run summaries)."""
         return {"workload": self.name, "model": self.model_description,
-                "metric": self.metric.name, "data": self.data.describe()}
+                "checkpoint": self.checkpoint, "metric": self.metric.name,
+                "data": self.data.describe()}
 
 
 def _default_data(name: str) -> str:
@@ -191,4 +195,9 @@ def load_workload(model: ModelSpec, data: Any = None, *, checkpoint: str | Path 
         raise DataSpecError("no validation data: give a data source to split (--data) or "
                             "validation data (--validation-data)")
     evaluate = resolved_metric.evaluator(splits.loader("validation", batch_size))
-    return Workload(name, net, splits, evaluate, description, batch_size)
+    provenance = None
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        provenance = {"path": str(path),
+                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return Workload(name, net, splits, evaluate, description, batch_size, provenance)
