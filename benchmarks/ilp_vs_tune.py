@@ -38,7 +38,7 @@ from bitsmith.cost import Budget
 from bitsmith.data import cifar10_protocol, make_loader
 from bitsmith.engine import evaluate
 from bitsmith.models import load_pretrained_cifar_resnet
-from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
+from bitsmith.tune import Objective, TorchEvaluator, TuneSpace, tune
 
 try:
     from benchmarks.common import RESULTS, quiet_tuning, write_result
@@ -73,7 +73,7 @@ def main() -> None:
     model = load_pretrained_cifar_resnet(20)
     fp32_test = evaluate(model, test_loader).accuracy
 
-    space = SearchSpace.from_dict({"preset": "mixed", "weight_bits": list(BITS),
+    space = TuneSpace.from_dict({"preset": "mixed", "weight_bits": list(BITS),
                                    "calib_size": [N_CALIB], "bias_correction": [False, True]})
     held_out = (calib[N_CALIB:], cy[N_CALIB:])
     ev = TorchEvaluator(model, calib[:N_CALIB], held_out, space, stages=(0.25, 1.0))

@@ -75,8 +75,8 @@ def compress_command(
     loop), reports accuracy on the 1,000 lossless test images and the honest compression
     ratio (surviving-weight codes + bitmask or relative index + scales + biases).
     """
-    from bitsmith.compress.bits import InfeasibleCompressionBudget
     from bitsmith.compress.pruning import CompressError
+    from bitsmith.cost.budget import InfeasibleBudgetError
 
     try:
         cfg = _config(sparsity, ratio, budget_kib, bits, act_bits, scope, structured,
@@ -92,7 +92,7 @@ def compress_command(
     try:
         summary = _run(model, cfg, steps, epochs, batch_size, lr, distill, threads, out,
                        resume, seed)
-    except InfeasibleCompressionBudget as err:
+    except InfeasibleBudgetError as err:
         err_console.print(f"[red]infeasible:[/red] {err}")
         raise typer.Exit(EXIT_INFEASIBLE) from None
     except CompressError as err:

@@ -168,7 +168,7 @@ def compress_model(model: nn.Module, calib_data: Any, train_loader: Any,
         val_loader: validation batches evaluated by the loop after each epoch.
 
     Raises:
-        CompressError: bad settings; ``InfeasibleCompressionBudget`` when the budget cannot
+        CompressError: bad settings; ``InfeasibleBudgetError`` when the budget cannot
             be met at this sparsity even at the lowest bits (raised before any training).
     """
     config.check()
@@ -195,7 +195,7 @@ def compress_model(model: nn.Module, calib_data: Any, train_loader: Any,
         bit_layers=list(quantized_layers(qmodel)), realloc_every=config.realloc_every,
         rpc=RPCSchedule(config.rpc_start, config.rpc_full_at) if config.rpc else None,
         two_level=config.two_level, pseudo=config.pseudo_mean)
-    # raise InfeasibleCompressionBudget before any training
+    # raise InfeasibleBudgetError before any training
     if budget is not None and schedule is not None:
         cb.stage_budget()
     elif budget is not None:

@@ -28,24 +28,30 @@ LatencyFn = Callable[[str, LayerSpec], float]
 
 
 class InfeasibleBudgetError(InfeasibleError, ValueError):
-    """No choice of candidates meets a budget.
+    """No choice of the candidates meets a budget: the one "infeasible" error of every
+    producer (the ILP allocator, the search, the tuner, DPQ); exit code 3.
 
     Attributes:
-        kind: which budget (``"size_bytes"``, ``"bitops"``, ``"avg_weight_bits"``, ``"latency"``).
+        kind: which budget (``"size_bytes"``, ``"bitops"``, ``"avg_weight_bits"``,
+            ``"latency"``, ``"act_bytes"``).
         budget: the requested limit.
         minimum: the smallest value of ``kind`` reachable with these candidates (under
             the other budgets, when only their combination is infeasible).
+        closest: the producer's closest choice (e.g. the tuner's cheapest configuration),
+            or ``None``; ``measurement``: its measured cost, or ``None``.
     """
 
-    def __init__(self, kind: str, budget: float, minimum: float, detail: str = "") -> None:
+    def __init__(self, kind: str, budget: float, minimum: float, detail: str = "", *,
+                 hint: str = "raise the budget or add cheaper candidates",
+                 closest: Any = None, measurement: Any = None) -> None:
         self.kind, self.budget, self.minimum = kind, float(budget), float(minimum)
-        unit = {"size_bytes": " bytes", "bitops": " BitOPs", "avg_weight_bits": " bits"}.get(
-            kind, "")
+        self.closest, self.measurement = closest, measurement
+        unit = {"size_bytes": " bytes", "bitops": " BitOPs", "avg_weight_bits": " bits",
+                "act_bytes": " bytes", "latency": " (table unit)"}.get(kind, "")
         extra = f" ({minimum / 1024:.1f} KiB)" if kind == "size_bytes" else ""
         super().__init__(
             f"infeasible {kind} budget {budget:,.6g}{unit}: the minimum reachable {kind} with "
-            f"these candidates{detail} is {minimum:,.6g}{unit}{extra}; raise the budget or "
-            "add cheaper candidates")
+            f"these candidates{detail} is {minimum:,.6g}{unit}{extra}; {hint}")
 
 
 @dataclass(frozen=True)
