@@ -169,7 +169,7 @@ def test_wrong_hash_checkpoint(tmp_path, capsys, data_dir) -> None:
     payload = _state_bytes()
     (data_dir / "resnet20-00000000.th").write_bytes(payload)
     _one_line_exit_2([*PRETRAINED, "--out", str(tmp_path / "o")], capsys, "SHA-256",
-                     "modified")
+                     "corrupt", "copy it again")
 
 
 class _Payload:
@@ -181,8 +181,8 @@ def test_pickle_checkpoint(tmp_path, capsys, data_dir) -> None:
     buf = io.BytesIO()
     torch.save({"state_dict": _Payload()}, buf)
     _named(data_dir, buf.getvalue())
-    _one_line_exit_2([*PRETRAINED, "--out", str(tmp_path / "o")], capsys, "refused",
-                     "never unpickles")
+    _one_line_exit_2([*PRETRAINED, "--out", str(tmp_path / "o")], capsys,
+                     "weights_only=True", "refuses to run")
 
 
 # ---------------------------------------------------------------- data, run dirs, disk

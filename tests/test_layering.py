@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("policy, models", {"policy", "models"}),
     ("conversion", {"graph"}),
     ("cost, quantize", {"cost", "quantize"}),
-    ("shared primitives", {"allocation", "training"}),
+    ("shared primitives", {"allocation", "training", "inputs"}),
     ("run directory, estimators", {"rundir", "sensitivity"}),
     ("consumers", {"export", "report"}),
     ("cli support", {"cli_support", "cli_config"}),

@@ -273,7 +273,7 @@ def test_cli_analyze_digits_end_to_end(tmp_path, cli):
 def test_cli_analyze_bad_input(tmp_path, cli):
     runner = CliRunner()
     unknown = runner.invoke(cli, ["analyze", "nope", "--out", str(tmp_path / "x")])
-    assert unknown.exit_code == 2 and "unknown workload" in flat(unknown.output)
+    assert unknown.exit_code == 2 and "unknown model 'nope'" in flat(unknown.output)
     tight = runner.invoke(cli, ["analyze", "digits", "--out", str(tmp_path / "y"), "--epochs",
                                 "1", "--bits", "4,8", "--methods", "measured",
                                 "--avg-bits", "2"])

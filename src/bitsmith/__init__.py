@@ -2,6 +2,7 @@
 
 from bitsmith._version import __version__
 from bitsmith.graph import LayerTable
+from bitsmith.inputs.metric import evaluate
 from bitsmith.policy import LayerSpec, Policy, PolicyError, QSpec
 from bitsmith.quantize import (
     CalibrationError,
@@ -28,6 +29,6 @@ def load(path: str, model: object = None, *, key: bytes | str | None = None):  #
 
 __all__ = [
     "CalibrationError", "CalibrationStats", "LayerSpec", "LayerTable", "Policy", "PolicyError",
-    "QSpec", "__version__", "apply_stats", "calibrate", "collect_stats", "load", "prepare",
-    "quantize",
+    "QSpec", "__version__", "apply_stats", "calibrate", "collect_stats", "evaluate", "load",
+    "prepare", "quantize",
 ]
