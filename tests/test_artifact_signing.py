@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import typer
 from conftest import TinyNet
 from safetensors import safe_open
 from safetensors.numpy import save_file
+from test_export_cli import _app
 from typer.testing import CliRunner
 
 import bitsmith
 from bitsmith import Policy, QSpec
 from bitsmith.export import ArtifactError, load_packed, read_packed, save_packed
-from bitsmith.export.cli import EXIT_BAD_INPUT, register
+from bitsmith.export.cli import EXIT_BAD_INPUT
 from bitsmith.export.metadata import digest, signature
 
 KEY = b"0123456789abcdef-secret"
@@ -91,17 +91,6 @@ def test_damage_is_still_caught_by_the_checksum(artifact, tmp_path) -> None:
     for key in (None, KEY):
         with pytest.raises(ArtifactError, match="checksum mismatch"):
             read_packed(bad, key=key)
-
-
-def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def root() -> None:
-        """test root"""
-
-    register(app)
-    return app
 
 
 def test_cli_signs_with_key_file_and_verify_refuses_a_tampered_copy(tmp_path) -> None:

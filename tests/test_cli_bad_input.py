@@ -46,16 +46,11 @@ def _policy_file(tmp_path: Path, field: str) -> Path:
 
 
 # ------------------------------------------------------------------------ policies
-def test_string_sparsity(tmp_path, capsys) -> None:
-    bad = _policy_file(tmp_path, "sparsity: '0.5'")
+@pytest.mark.parametrize("value", ["'0.5'", "[0.5]"])
+def test_string_or_list_sparsity(tmp_path, capsys, value) -> None:
+    bad = _policy_file(tmp_path, f"sparsity: {value}")
     _one_line_exit_2([*EXPORT, "--policy", str(bad), "--out", str(tmp_path / "o")], capsys,
                      str(bad), "sparsity", "number")
-
-
-def test_list_sparsity(tmp_path, capsys) -> None:
-    bad = _policy_file(tmp_path, "sparsity: [0.5]")
-    _one_line_exit_2([*EXPORT, "--policy", str(bad), "--out", str(tmp_path / "o")], capsys,
-                     "sparsity")
 
 
 @pytest.mark.parametrize("value", ["'99.9'", "[1]"])

@@ -16,14 +16,14 @@ import pytest
 import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
-from test_tune_workers import WAIT, WORKER, Lines, _check_budget, _spawn
+from test_tune_workers import WAIT, WORKER, Lines, _check_budget, _spawn, _two_workers
 
 from bitsmith import prepare
 from bitsmith.cost import estimate
 from bitsmith.models import cifar_resnet
 from bitsmith.policy import Policy, QSpec
 from bitsmith.tune import Objective, TuneSpace, tune
-from bitsmith.tune.distinct import DistinctSampler, is_duplicate
+from bitsmith.tune.distinct import DistinctSampler
 from bitsmith.tune.evaluator import Measurement
 from bitsmith.tune.feasible import BudgetRepair
 from bitsmith.tune.space import config_key
@@ -189,17 +189,11 @@ def test_resumed_seeded_study_does_not_replay_its_suggestions(tmp_path: Path) ->
 
 # ------------------------------------------------------------- several processes
 def _same_seed_workers(tmp_path: Path, url: str, study: str) -> None:
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    procs = [_spawn(script, url, study, 12, 0.2, seed=0) for _ in range(2)]
-    outs = [p.communicate(timeout=WAIT)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(outs)
-    trials = _check_budget(url, study, 12)
+    trials, outs = _two_workers(tmp_path, url, study, n=12, delay=0.2, seed=0)
     keys = _finished_configs(trials)
     assert len(set(keys)) == len(keys) == 12          # the full budget, all distinct
     evaluations = _evaluations(outs)
     assert max(evaluations.values()) == 1 and sum(evaluations.values()) == 12
-    assert not [t for t in trials if t.state == TrialState.FAIL and not is_duplicate(t)]
 
 
 def test_two_workers_with_one_seed_sqlite_evaluate_distinct_configs(tmp_path: Path) -> None:

@@ -123,19 +123,23 @@ def _check_run_dir(out: Path, trials: list[optuna.trial.FrozenTrial]) -> None:
         run.chosen["name"].split()[-1])
 
 
-def _two_workers(tmp_path: Path, url: str, study: str, out: Path | None = None) -> None:
+def _two_workers(tmp_path: Path, url: str, study: str, out: Path | None = None, n: int = 10,
+                 delay: float = 0.3, seed: int | None = None
+                 ) -> tuple[list[optuna.trial.FrozenTrial], list[str]]:
+    """Two worker processes on one study; checks the budget; returns the trials and outputs."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    procs = [_spawn(script, url, study, 10, 0.3, out) for _ in range(2)]
+    procs = [_spawn(script, url, study, n, delay, out, seed=seed) for _ in range(2)]
     outs = [p.communicate(timeout=WAIT)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(outs)
-    trials = _check_budget(url, study, 10)
+    trials = _check_budget(url, study, n)
     # no trial was lost or run twice: every ticket finished exactly once, none failed
     # (a ticket handed back as a duplicate configuration evaluated nothing)
     assert not [t for t in trials if t.state == TrialState.FAIL and not is_duplicate(t)]
     assert all("DONE" in o for o in outs)
     if out is not None:
         _check_run_dir(out, trials)
+    return trials, outs
 
 
 def test_two_workers_share_budget_sqlite(tmp_path: Path) -> None:
