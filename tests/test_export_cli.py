@@ -7,7 +7,7 @@ import json
 import typer
 from typer.testing import CliRunner
 
-from bitsmith.export.cli import EXIT_BAD_INPUT, register
+from bitsmith.export.cli import EXIT_BAD_INPUT
 
 runner = CliRunner()
 
@@ -18,20 +18,15 @@ def _text(result) -> str:
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
+    from bitsmith.cli import app
 
-    @app.callback()
-    def root() -> None:
-        """test root"""
-
-    register(app)
     return app
 
 
 def test_export_then_bench(tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(_app(), [
-        "export", "small_cnn", "--data", "random", "--size", "16", "--channels", "1",
+        "export", "--model", "small_cnn", "--data", "random", "--size", "16", "--channels", "1",
         "--calib", "64", "--out", str(out), "--batch", "1", "--batch", "4", "--runs", "5",
         "--runs-large", "3"])
     assert result.exit_code == 0, result.output
@@ -54,17 +49,18 @@ def test_export_then_bench(tmp_path):
 
 def test_bad_input_exit_code_2(tmp_path):
     app = _app()
-    result = runner.invoke(app, ["export", "no_such_model", "--data", "random"])
+    result = runner.invoke(app, ["export", "--model", "no_such_model", "--data", "random"])
     assert result.exit_code == EXIT_BAD_INPUT and "unknown model" in _text(result)
-    result = runner.invoke(app, ["export", "small_cnn", "--data", "random", "--channels", "1",
-                                 "--size", "8", "--policy", str(tmp_path / "missing.yaml")])
+    result = runner.invoke(app, ["export", "--model", "small_cnn", "--data", "random",
+                                 "--channels", "1", "--size", "8",
+                                 "--policy", str(tmp_path / "missing.yaml")])
     assert result.exit_code == EXIT_BAD_INPUT and "neither a preset" in _text(result)
     bad_policy = tmp_path / "bad.yaml"
     bad_policy.write_text("format: bitsmith.policy/1\nlayers:\n  conv1:\n    weight:\n"
                           "      scheme: uniform_symmetric\n      bits: 8\n    act:\n"
                           "      scheme: binary\n      bits: 1\n")
-    result = runner.invoke(app, ["export", "small_cnn", "--data", "random", "--channels", "1",
-                                 "--size", "8", "--policy", str(bad_policy)])
+    result = runner.invoke(app, ["export", "--model", "small_cnn", "--data", "random",
+                                 "--channels", "1", "--size", "8", "--policy", str(bad_policy)])
     assert result.exit_code == EXIT_BAD_INPUT and "not an integer grid" in _text(result)
     result = runner.invoke(app, ["bench", str(tmp_path / "none.onnx")])
     assert result.exit_code == EXIT_BAD_INPUT and "does not exist" in _text(result)

@@ -21,15 +21,16 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "bitsmith"
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"_version", "errors", "atomic", "progress", "pareto"}),
     ("plain data", {"config", "schemes", "calibrate", "data", "engine"}),
-    ("policy, models", {"policy", "models"}),
-    ("conversion", {"graph"}),
+    ("policy, models, scoring", {"policy", "models", "scoring"}),
+    ("conversion, result", {"graph", "result"}),
     ("cost, quantize", {"cost", "quantize"}),
     ("shared primitives", {"allocation", "training"}),
     ("run directory, estimators", {"rundir", "sensitivity"}),
-    ("consumers", {"export", "report"}),
     ("cli support", {"cli_support"}),
+    ("consumers", {"export", "report"}),
     ("producers", {"tune", "analyze", "search", "compress"}),
-    ("entry points", {"autoquantize", "demo"}),
+    ("one call", {"auto"}),
+    ("demo", {"demo"}),
     ("app", {"__init__", "cli", "__main__"}),
 ]
 

@@ -1,6 +1,8 @@
 """bitsmith: automatic mixed-precision quantization for PyTorch models."""
 
 from bitsmith._version import __version__
+from bitsmith.auto import autoquantize
+from bitsmith.cost import Budget
 from bitsmith.graph import LayerTable
 from bitsmith.policy import LayerSpec, Policy, PolicyError, QSpec
 from bitsmith.quantize import (
@@ -12,6 +14,7 @@ from bitsmith.quantize import (
     prepare,
     quantize,
 )
+from bitsmith.result import QuantizationResult
 
 
 def load(path: str, model: object = None):  # noqa: ANN201 - returns torch.nn.Module
@@ -25,7 +28,7 @@ def load(path: str, model: object = None):  # noqa: ANN201 - returns torch.nn.Mo
 
 
 __all__ = [
-    "CalibrationError", "CalibrationStats", "LayerSpec", "LayerTable", "Policy", "PolicyError",
-    "QSpec", "__version__", "apply_stats", "calibrate", "collect_stats", "load", "prepare",
-    "quantize",
+    "Budget", "CalibrationError", "CalibrationStats", "LayerSpec", "LayerTable", "Policy",
+    "PolicyError", "QSpec", "QuantizationResult", "__version__", "apply_stats",
+    "autoquantize", "calibrate", "collect_stats", "load", "prepare", "quantize",
 ]

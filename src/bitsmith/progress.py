@@ -149,36 +149,76 @@ class ProgressBar:
             say(self.status() + (" (stopped)" if exc_type is not None else " (done)"))
 
 
+class Stages:
+    """A sequence of named, uncounted steps (context manager); calling it starts the next.
+
+    On a terminal: a spinner with the current step and the elapsed time. Off it: one line
+    per step (``label: step ...``), the previous step's duration when the next starts, a
+    heartbeat line every ``every`` seconds, and ``label: done in m:ss`` at the end::
+
+        with Stages("export") as step:
+            step("calibrating")
+            ...
+            step("exporting ONNX")
+    """
+
+    def __init__(self, label: str, enabled: bool = True, every: float = HEARTBEAT_S) -> None:
+        self.label, self.every = label, every
+        self.mode = mode() if enabled else "off"
+        self.current = ""
+        self._t0 = self._ts = time.monotonic()
+        self._rich: Progress | None = None
+        self._task = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Stages:
+        self._t0 = self._ts = time.monotonic()
+        if self.mode == "rich":
+            self._rich = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                  TimeElapsedColumn(), console=Console(stderr=True),
+                                  transient=True)
+            self._rich.start()
+            self._task = self._rich.add_task(self.label, total=None)
+        elif self.mode == "plain":
+            self._thread = threading.Thread(target=self._heartbeat, daemon=True)
+            self._thread.start()
+        return self
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.every):
+            now = time.monotonic()
+            say(f"{self.label}: still {self.current or 'running'}, "
+                f"{elapsed(now - self._ts)} in this step, {elapsed(now - self._t0)} elapsed")
+
+    def __call__(self, name: str) -> None:
+        """Start step ``name`` (ends the previous one)."""
+        now = time.monotonic()
+        if self.mode == "plain":
+            took = f" ({self.current} took {elapsed(now - self._ts)})" if self.current else ""
+            say(f"{self.label}: {name} ...{took}")
+        elif self._rich is not None and self._task is not None:
+            self._rich.update(self._task, description=f"{self.label}: {name}")
+        self.current, self._ts = name, now
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._rich is not None:
+            self._rich.stop()
+        elif self.mode == "plain":
+            end = "stopped" if exc_type is not None else "done"
+            say(f"{self.label}: {end} in {elapsed(time.monotonic() - self._t0)}")
+
+
 @contextlib.contextmanager
 def stage(label: str, enabled: bool = True, every: float = HEARTBEAT_S) -> Iterator[None]:
-    """One uncounted step: a spinner on a terminal; off it a start line, a heartbeat line
-    every ``every`` seconds and ``label: done in m:ss``."""
-    current = mode() if enabled else "off"
-    t0 = time.monotonic()
-    if current == "off":
+    """One uncounted step (see :class:`Stages`)."""
+    with Stages(label, enabled, every) as step:
+        step("running")
         yield
-        return
-    if current == "rich":
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=Console(stderr=True), transient=True) as bar:
-            bar.add_task(label, total=None)
-            yield
-        return
-    say(f"{label} ...")
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(every):
-            say(f"{label}: still running, {elapsed(time.monotonic() - t0)} elapsed")
-
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-    say(f"{label}: done in {elapsed(time.monotonic() - t0)}")
 
 
 def track(items: Iterable[T], description: str, total: int | None = None,

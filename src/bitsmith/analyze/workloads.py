@@ -13,6 +13,8 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Subset
 
+from bitsmith.errors import InputError
+
 WORKLOADS = ("resnet20", "resnet32", "digits")
 
 
@@ -41,7 +43,7 @@ def load_workload(name: str, *, val_images: int = 1000, epochs: int = 30, seed: 
             of it, 360 test images).
 
     Raises:
-        KeyError: unknown name (lists the known ones).
+        InputError: unknown name (lists the known ones).
         FileNotFoundError: the CIFAR-10 data or checkpoint is not in the data folder.
     """
     from bitsmith.data import make_loader
@@ -73,4 +75,4 @@ def load_workload(name: str, *, val_images: int = 1000, epochs: int = 30, seed: 
                           batch_size=128)
         return Workload(name, model, calib, val, make_loader(splits.test, batch_size=256),
                         "sklearn digits", f"{len(splits.test)} digits test images")
-    raise KeyError(f"unknown workload {name!r}; use one of {WORKLOADS}")
+    raise InputError(f"unknown workload {name!r}; use one of {WORKLOADS}")

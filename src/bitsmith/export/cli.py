@@ -1,7 +1,7 @@
 """``bitsmith export`` and ``bitsmith bench``; :func:`register` adds them to the main app.
 
-Exit codes follow ``bitsmith.cli``: 0 success, 2 bad input (unknown model, bad policy,
-a model or policy the formats cannot hold, unreadable ONNX file).
+Exit codes (the error boundary of :mod:`bitsmith.cli`): 0 success, 2 bad input (unknown
+model, bad policy, a model or policy the formats cannot hold, unreadable ONNX file).
 """
 
 from __future__ import annotations
@@ -10,30 +10,22 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from bitsmith.atomic import atomic_write_text
+from bitsmith.cli_support import (
+    ModelOption,
+    OptionError,
+    ProgressOption,
+    build_named_model,
+    console,
+    done,
+)
+from bitsmith.export.errors import ExportError
+from bitsmith.progress import Stages, stage
 
 EXIT_BAD_INPUT = 2
 PRESETS = ("w8a8", "w8a8-reduced")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _bad_input() -> tuple[type[BaseException], ...]:
-    from bitsmith.export.errors import ArtifactError, ExportError
-    from bitsmith.graph import ConversionError
-    from bitsmith.policy import PolicyError
-    from bitsmith.quantize import CalibrationError
-
-    return (ExportError, ArtifactError, PolicyError, CalibrationError, ConversionError,
-            KeyError, FileNotFoundError)
-
-
-def _fail(err: BaseException) -> typer.Exit:
-    msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-    err_console.print(f"[red]error:[/red] {msg}")
-    return typer.Exit(EXIT_BAD_INPUT)
 
 
 def _policy(spec: str, names: list[str]):
@@ -44,7 +36,7 @@ def _policy(spec: str, names: list[str]):
         return Policy.uniform(names, weight, QSpec("uniform_asymmetric", 8))
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"policy {spec!r} is neither a preset {PRESETS} nor a file")
+        raise OptionError(f"--policy {spec!r} is neither a preset {PRESETS} nor a file")
     return Policy.load(path)
 
 
@@ -64,11 +56,11 @@ def _data(kind: str, n_calib: int, size: int, channels: int):
                  for _ in range(max(1, n_calib // 64))]
         evaluation = [torch.randn(64, channels, size, size, generator=gen) for _ in range(2)]
         return calib, evaluation
-    raise typer.BadParameter(f"unknown data {kind!r}; use cifar10 or random", param_hint="--data")
+    raise OptionError(f"--data {kind!r} is unknown; use cifar10 or random")
 
 
 def export_command(
-    model: str = typer.Argument(..., help="Model name, e.g. resnet20."),
+    model: ModelOption = "resnet20",
     policy: str = typer.Option("w8a8", help=f"Policy file (.yaml/.json) or preset {PRESETS}."),
     out: Path = typer.Option(Path("runs/export"), help="Output folder."),
     pretrained: bool = typer.Option(False, help="Load pretrained weights (resnet20/32)."),
@@ -82,40 +74,33 @@ def export_command(
     runs_large: int = typer.Option(30, min=3, help="Timed rounds at batches above 8."),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime intra-op threads."),
     integer_residuals: bool = typer.Option(True, help="Run residual adds / pooling in int8."),
+    progress: ProgressOption = True,
 ) -> None:
     """Quantize MODEL with POLICY, export ONNX (QDQ) + packed artifact, check and time them.
 
+    POLICY is a preset or a policy file (e.g. a run directory's policy.yaml).
     Writes fp32.onnx, quantized.onnx, model.safetensors, summary.json and summary.md.
-    Example: bitsmith export resnet20 --pretrained --policy w8a8 --out runs/r20
+    Example: bitsmith export --model resnet20 --pretrained --policy w8a8 --out runs/r20
     """
     from bitsmith.export.pipeline import deploy
-    from bitsmith.models import build_model
     from bitsmith.quantize import collect_stats, prepare, quantize
 
-    try:
-        kwargs = {"pretrained": True} if pretrained else {}
-        net = build_model(model, **kwargs).eval()
+    with Stages("export", progress) as step:
+        step(f"loading {model}")
+        net = build_named_model(model, **({"pretrained": True} if pretrained else {})).eval()
         calib_data, eval_data = _data(data, calib, size, channels)
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=err_console, transient=True) as progress:
-            task = progress.add_task("calibrating", total=None)
-
-            def log(msg: str) -> None:
-                progress.update(task, description=msg)
-
-            stats = collect_stats(net, calib_data)
-            _, table, _ = prepare(net, stats.example_inputs)
-            pol = _policy(policy, table.names)
-            log("quantizing")
-            qmodel = quantize(net, pol, calibration=stats)
-            summary = deploy(net, qmodel, out, example_inputs=stats.example_inputs,
-                             calibration=calib_data, evaluation=eval_data, model_name=model,
-                             model_kwargs={}, batches=batch, runs=runs, runs_large=runs_large,
-                             threads=threads, integer_residuals=integer_residuals, log=log)
-    except _bad_input() as err:
-        raise _fail(err) from None
+        step("calibrating")
+        stats = collect_stats(net, calib_data)
+        _, table, _ = prepare(net, stats.example_inputs)
+        pol = _policy(policy, table.names)
+        step("quantizing")
+        qmodel = quantize(net, pol, calibration=stats)
+        summary = deploy(net, qmodel, out, example_inputs=stats.example_inputs,
+                         calibration=calib_data, evaluation=eval_data, model_name=model,
+                         model_kwargs={}, batches=batch, runs=runs, runs_large=runs_large,
+                         threads=threads, integer_residuals=integer_residuals, log=step)
     console.print(summary.to_markdown())
-    console.print(f"written to {out}/ (summary.json, summary.md)")
+    done(f"written to {out}/ (summary.json, summary.md)")
 
 
 def bench_command(
@@ -125,6 +110,7 @@ def bench_command(
     runs_large: int = typer.Option(30, min=3, help="Timed rounds at batches above 8."),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime intra-op threads."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON."),
+    progress: ProgressOption = True,
 ) -> None:
     """Latency and throughput of ONNX models, interleaved medians at fixed threads.
 
@@ -137,20 +123,18 @@ def bench_command(
     shapes = []
     for path in models:
         if not path.is_file():
-            raise _fail(FileNotFoundError(f"{path} does not exist"))
+            raise OptionError(f"{path} does not exist; give ONNX files")
         try:
             graph = onnx.load(str(path), load_external_data=False).graph
         except Exception as err:  # noqa: BLE001 - protobuf decode errors vary
-            raise _fail(ValueError(f"{path} is not a readable ONNX model: {err}")) from None
+            raise ExportError(f"{path} is not a readable ONNX model: {err}") from None
         dims = graph.input[0].type.tensor_type.shape.dim[1:]
         if any(not d.dim_value for d in dims):
-            raise _fail(ValueError(f"{path}: only the batch dimension may be symbolic"))
+            raise ExportError(f"{path}: only the batch dimension may be symbolic")
         shapes.append(tuple(d.dim_value for d in dims))
     if len(set(shapes)) != 1:
-        raise _fail(ValueError(f"the models take different input shapes: {shapes}"))
-    with Progress(SpinnerColumn(), TextColumn("timing {task.description}"), TimeElapsedColumn(),
-                  console=err_console, transient=True) as progress:
-        progress.add_task(", ".join(p.name for p in models), total=None)
+        raise ExportError(f"the models take different input shapes: {shapes}")
+    with stage(f"timing {', '.join(p.name for p in models)}", progress):
         results = time_models(models, shapes[0], batch, runs, threads, runs_large)
     table = Table(title=f"ONNX Runtime CPU, {threads} threads, interleaved medians")
     for col in ("model", "batch", "median ms", "p10-p90 ms", "items/s", "speedup"):
@@ -164,8 +148,7 @@ def bench_command(
     if json_out is not None:
         payload = {"threads": threads, "models": [str(p) for p in models],
                    "results": {str(b): rows for b, rows in results.items()}}
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(payload, indent=2))
+        atomic_write_text(json_out, json.dumps(payload, indent=2))
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,13 @@ def render_markdown(summary: dict[str, Any], figure_files: Mapping[str, str]) ->
            f"Evaluated on {run.get('eval_set', '')}; producer {run.get('producer', '')}; "
            f"{run.get('created', '')}.", ""]
     if summary["chosen"] is not None:
-        out += [f"Chosen policy: **{summary['chosen']['name']}**", ""]
+        rule = summary.get("rule")
+        out += [f"Chosen policy: **{summary['chosen']['name']}**"
+                + (f" - rule: {rule}" if rule else ""), ""]
+    out += [summary.get("data_note", ""), ""]
+    guard = summary.get("guard") or {}
+    if guard.get("fired"):
+        out += [f"> **Validation guard:** {guard.get('message', '')}", ""]
     out += [f"- {k}: **{v}**" for k, v in key_numbers(summary)]
     out += ["", "## Layers of the chosen policy", "", _md_table(layer_table(summary)), "",
             f"![bits per layer]({figure_files['bits']})", ""]
