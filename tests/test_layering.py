@@ -20,12 +20,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "bitsmith"
 # Bottom to top. "__init__" is the package root (bitsmith/__init__.py), the public API.
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"_version", "errors", "atomic", "progress", "pareto"}),
-    ("plain data", {"config", "schemes", "calibrate", "data", "engine"}),
-    ("policy, models, scoring", {"policy", "models", "scoring"}),
+    ("plain data", {"config", "schemes", "calibrate", "data", "engine", "safeload"}),
+    ("policy, models", {"policy", "models"}),
     ("conversion, result", {"graph", "result"}),
     ("cost, quantize", {"cost", "quantize"}),
-    ("shared primitives", {"allocation", "training"}),
-    ("run directory, estimators", {"rundir", "sensitivity"}),
+    ("shared primitives", {"allocation", "training", "inputs"}),
+    ("run directory, estimators, scoring", {"rundir", "sensitivity", "scoring"}),
     ("cli support", {"cli_support"}),
     ("consumers", {"export", "report"}),
     ("producers", {"tune", "analyze", "search", "compress"}),

@@ -256,7 +256,7 @@ def test_cli_analyze_digits_end_to_end(tmp_path, cli):
     out = tmp_path / "a"
     res = CliRunner().invoke(cli, ["analyze", "--model", "digits", "--out", str(out),
                                    "--epochs", "1", "--bits", "2,8", "--methods", "measured",
-                                   "--avg-bits", "5", "--val-images", "100"])
+                                   "--avg-bits", "5", "--validation-size", "100"])
     assert res.exit_code == 0, res.output
     data = load_run(out)
     names = [t["name"] for t in data.trials]
@@ -270,7 +270,7 @@ def test_cli_analyze_digits_end_to_end(tmp_path, cli):
 def test_cli_analyze_bad_input(tmp_path, cli):
     runner = CliRunner()
     unknown = runner.invoke(cli, ["analyze", "--model", "nope", "--out", str(tmp_path / "x")])
-    assert unknown.exit_code == 2 and "unknown workload" in flat(unknown.output)
+    assert unknown.exit_code == 2 and "unknown model 'nope'" in flat(unknown.output)
     tight = runner.invoke(cli, ["analyze", "--model", "digits", "--out", str(tmp_path / "y"),
                                 "--epochs", "1", "--bits", "4,8", "--methods", "measured",
                                 "--avg-bits", "2"])

@@ -268,7 +268,7 @@ def cli() -> typer.Typer:
 @pytest.mark.parametrize("args", [["--tolerance", "-1"], ["--storage", "nosuchdb://x"],
                                   ["--objective", "fastest"], ["--strategy", "anneal"],
                                   ["--space", "missing.yaml"], ["--model", "vgg"],
-                                  ["--model", "resnet20", "--val-split", "jpg"],
+                                  ["--metric", "nosuch"],
                                   ["--backend", "tensorrt"]])
 def test_cli_bad_input_exits_2(cli: typer.Typer, args: list[str], tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["tune", "--model", "digits", "--out", str(tmp_path),

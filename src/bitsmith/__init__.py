@@ -4,6 +4,7 @@ from bitsmith._version import __version__
 from bitsmith.auto import autoquantize
 from bitsmith.cost import Budget
 from bitsmith.graph import LayerTable
+from bitsmith.inputs.metric import evaluate
 from bitsmith.policy import LayerSpec, Policy, PolicyError, QSpec
 from bitsmith.quantize import (
     CalibrationError,
@@ -30,5 +31,5 @@ def load(path: str, model: object = None):  # noqa: ANN201 - returns torch.nn.Mo
 __all__ = [
     "Budget", "CalibrationError", "CalibrationStats", "LayerSpec", "LayerTable", "Policy",
     "PolicyError", "QSpec", "QuantizationResult", "__version__", "apply_stats",
-    "autoquantize", "calibrate", "collect_stats", "load", "prepare", "quantize",
+    "autoquantize", "calibrate", "collect_stats", "evaluate", "load", "prepare", "quantize",
 ]

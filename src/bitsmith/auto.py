@@ -34,7 +34,7 @@ from torch import nn
 from bitsmith.cost import Budget
 from bitsmith.errors import InputError
 from bitsmith.result import QuantizationResult
-from bitsmith.scoring import Evaluate
+from bitsmith.scoring import EvaluateFn
 
 METHODS = ("auto", "tune", "ilp", "search", "compress")
 AUTO_BITS = (2, 3, 4, 5, 6, 8)
@@ -42,7 +42,7 @@ AUTO_BITS = (2, 3, 4, 5, 6, 8)
 
 def autoquantize(model: nn.Module, calibration: Any, validation: Any = None, *,
                  budget: Budget | None = None, tolerance: float = 1.0, method: str = "auto",
-                 evaluate: Evaluate | None = None, out_dir: str | Path | None = None,
+                 evaluate: EvaluateFn | None = None, out_dir: str | Path | None = None,
                  trials: int = 24, train_data: Any = None, progress: bool = False
                  ) -> QuantizationResult:
     """Quantize ``model`` with mixed precision: the policy, the quantized model, the numbers.
@@ -86,7 +86,7 @@ def autoquantize(model: nn.Module, calibration: Any, validation: Any = None, *,
 
 
 def _tune(model: nn.Module, calibration: Any, validation: Any, budget: Budget | None,
-          tolerance: float, method: str, evaluate: Evaluate | None,
+          tolerance: float, method: str, evaluate: EvaluateFn | None,
           out_dir: str | Path | None, trials: int, progress: bool) -> QuantizationResult:
     from bitsmith.tune import TuneConfig, TuneSpace, tune
 
@@ -176,7 +176,7 @@ def _warm_starts(model: nn.Module, calibration: Any, validation: Any,
 
 
 def _training(model: nn.Module, calibration: Any, validation: Any, budget: Budget | None,
-              method: str, evaluate: Evaluate | None, out_dir: str | Path | None,
+              method: str, evaluate: EvaluateFn | None, out_dir: str | Path | None,
               train_data: Any, progress: bool) -> QuantizationResult:
     if train_data is None:
         raise InputError(f"method {method!r} trains: give train_data (labelled batches)")

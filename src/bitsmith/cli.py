@@ -27,7 +27,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from bitsmith.cli_support import ModelOption, console, done
+from bitsmith.cli_support import Inputs, console, done, with_model
 from bitsmith.config import ConfigError, read_structured_file
 from bitsmith.errors import EXIT_ERROR, EXIT_OK, BitsmithError, InfeasibleError
 
@@ -137,21 +137,21 @@ def schemes() -> None:
 
 
 @app.command()
+@with_model
 def layers(
-    model: ModelOption = "resnet20",
+    inputs: Inputs,
     size: int = typer.Option(32, help="Input height/width of the example input."),
     channels: int = typer.Option(3, help="Input channels."),
 ) -> None:
     """Print the LayerTable (quantizable layers, shapes, params, MACs) of a model.
 
-    Example: bitsmith layers --model resnet20
+    Example: bitsmith layers --model resnet20; bitsmith layers --model net.py:build
     """
     import torch
 
-    from bitsmith.cli_support import build_named_model
     from bitsmith.quantize import prepare
 
-    net = build_named_model(model)
+    net = inputs.resolve_model()
     _, table, report = prepare(net, torch.randn(1, channels, size, size))
     console.print(report.summary())
     console.print(table.format())

@@ -14,8 +14,11 @@ The model / data / metric options (``--model``, ``--checkpoint``, ``--model-kwar
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -68,7 +71,8 @@ def choice(value: str, option: str, choices: tuple[str, ...] | list[str]) -> str
 
 # ------------------------------------------------------------------- shared options
 ModelOption = Annotated[str, typer.Option(
-    "--model", help="The model: a built-in name (resnet20, resnet32, digits, ...).")]
+    "--model", help="The model: a built-in name (resnet20, resnet32, digits, ...), "
+    "torchvision:NAME, path/to/file.py:build or package.module:build (docs/inputs.md).")]
 OutOption = Annotated[Path, typer.Option("--out", help="Run directory to write.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed.")]
 ProgressOption = Annotated[bool, typer.Option(
@@ -141,12 +145,148 @@ def add_test_numbers(result: Any, model: Any, test: Any, label: str) -> None:
         record_test(result.run_dir, label, fp32, chosen)
 
 
-def build_named_model(name: str, **kwargs: Any) -> Any:
-    """``bitsmith.models.build_model(name)`` with an unknown name as an :class:`OptionError`
-    naming ``--model`` (KeyError / ImportError from the registry otherwise)."""
-    from bitsmith.models import build_model
+# ------------------------------------------------------------- model / data / metric
+def _opt(tp: Any, *names: str, help: str) -> Any:  # noqa: A002 - typer's keyword
+    return Annotated[tp, typer.Option(*names, help=help)]
 
-    try:
-        return build_model(name, **kwargs)
-    except (KeyError, ImportError) as err:
-        raise OptionError(f"--model: {err.args[0] if err.args else err}") from None
+
+MODEL_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "model": (ModelOption, "resnet20"),
+    "checkpoint": (_opt(Path | None, "--checkpoint", help="Weights of the model: .safetensors "
+                        "or a torch file (read with weights_only=True)."), None),
+    "model_kwargs": (_opt(str | None, "--model-kwargs", help="Keyword arguments of the model "
+                          "factory: a YAML/JSON file, inline YAML or key=value,..."), None),
+}
+DATA_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "data": (_opt(str | None, "--data", help="Data: cifar10, mnist, digits, an ImageFolder, "
+                  "a .npz/.safetensors tensors file or file.py:make_data (default: the "
+                  "built-in model's own data)."), None),
+    "calibration_data": (_opt(str | None, "--calibration-data",
+                              help="Calibration data (overrides --data's split)."), None),
+    "validation_data": (_opt(str | None, "--validation-data",
+                             help="Validation data: every choice is made on it."), None),
+    "test_data": (_opt(str | None, "--test-data", help="Test data (reported only)."), None),
+    "train_data": (_opt(str | None, "--train-data",
+                        help="Training data (search, compress fine-tuning)."), None),
+    "data_kwargs": (_opt(str | None, "--data-kwargs",
+                         help="Keyword arguments of a data factory."), None),
+    "preset": (_opt(str | None, "--preset", help="Image preset: cifar10, imagenet, mnist "
+                    "(size, channels, mean/std)."), None),
+    "image_size": (_opt(int | None, "--image-size", help="Input height/width."), None),
+    "resize": (_opt(int | None, "--resize", help="Resize the shorter side, then center-crop."),
+               None),
+    "channels": (_opt(int | None, "--channels", help="Input channels (1 or 3)."), None),
+    "mean": (_opt(str | None, "--mean", help="Per-channel mean, e.g. 0.49,0.48,0.45."), None),
+    "std": (_opt(str | None, "--std", help="Per-channel std."), None),
+    "split": (_opt(str | None, "--split", help="Split fractions calibration,validation,test "
+                   "of one data source (default 0.2,0.4,0.4)."), None),
+    "calibration_size": (_opt(int | None, "--calibration-size",
+                              help="Cap the calibration split (stratified, seeded)."), None),
+    "validation_size": (_opt(int | None, "--validation-size",
+                             help="Cap the validation split."), None),
+    "seed": (SeedOption, 0),
+    "metric": (_opt(str, "--metric", help="top1, top5, neg_loss or file.py:function "
+                    "(f(model) or f(model, data) -> float, higher is better)."), "top1"),
+}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The model / data / metric options of a command, resolved by :mod:`bitsmith.inputs`."""
+
+    model: str = "resnet20"
+    checkpoint: Path | None = None
+    model_kwargs: str | None = None
+    data: str | None = None
+    calibration_data: str | None = None
+    validation_data: str | None = None
+    test_data: str | None = None
+    train_data: str | None = None
+    data_kwargs: str | None = None
+    preset: str | None = None
+    image_size: int | None = None
+    resize: int | None = None
+    channels: int | None = None
+    mean: str | None = None
+    std: str | None = None
+    split: str | None = None
+    calibration_size: int | None = None
+    validation_size: int | None = None
+    seed: int = 0
+    metric: str = "top1"
+
+    def resolve_model(self, **kw: Any) -> Any:
+        """Only the model (``--model``, ``--checkpoint``, ``--model-kwargs``)."""
+        from bitsmith.inputs import resolve_model
+
+        pretrained = self.model in ("resnet20", "resnet32") and self.checkpoint is None
+        return resolve_model(self.model, checkpoint=self.checkpoint,
+                             model_kwargs=self.model_kwargs, pretrained=pretrained, **kw)
+
+    def load(self, **defaults: Any) -> Any:
+        """The :class:`bitsmith.inputs.Workload`; ``defaults`` fill options left unset
+        (e.g. ``validation_size=2000``, ``epochs=30``, ``batch_size=128``)."""
+        from bitsmith.inputs import load_workload
+
+        floats = {k: parse_list(v, f"--{k}", float, "numbers")
+                  for k, v in (("mean", self.mean), ("std", self.std)) if v is not None}
+        options = {"calibration": self.calibration_data, "validation": self.validation_data,
+                   "test": self.test_data, "train": self.train_data,
+                   "data_kwargs": self.data_kwargs, "preset": self.preset,
+                   "image_size": self.image_size, "resize": self.resize,
+                   "channels": self.channels, "split": self.split,
+                   "calibration_size": self.calibration_size,
+                   "validation_size": self.validation_size, **floats}
+        for key, value in defaults.items():
+            if options.get(key) is None:
+                options[key] = value
+        work_kw = {k: options.pop(k) for k in ("epochs", "batch_size") if k in options}
+        return load_workload(self.model, self.data, checkpoint=self.checkpoint,
+                             model_kwargs=self.model_kwargs, metric=self.metric,
+                             seed=self.seed, **work_kw,
+                             **{k: v for k, v in options.items() if v is not None})
+
+    def evaluate(self, work: Any) -> Any:
+        """The workload's metric for a producer's ``evaluate=`` (``None`` for top-1)."""
+        return None if self.metric == "top1" else work.evaluate
+
+
+def _with_options(options: dict[str, tuple[Any, Any]]) -> Callable[[Callable], Callable]:
+    """Decorator: add ``options`` to a command's signature and pass them as one
+    :class:`Inputs` keyword argument ``inputs`` (the command declares ``inputs: Inputs``)."""
+
+    def decorate(fn: Callable) -> Callable:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "inputs"]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                   annotation=tp) for name, (tp, default) in options.items()]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            given = {name: kwargs.pop(name) for name in options}
+            return fn(inputs=Inputs(**given), **kwargs)
+
+        del command.__wrapped__  # typer must read the signature below, not fn's
+        params = own + added
+        command.__signature__ = sig.replace(parameters=[  # type: ignore[attr-defined]
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params])
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
+with_model = _with_options(MODEL_OPTIONS)
+with_inputs = _with_options({**MODEL_OPTIONS, **DATA_OPTIONS})
+
+
+def packed_model_args(inputs: Inputs) -> dict[str, Any]:
+    """``save_packed``'s architecture record: the registry name of a built-in model (so
+    ``bitsmith.load`` can rebuild it alone); a user's model file is not recorded (load
+    the artifact with the model: ``bitsmith.load(path, model)``)."""
+    from bitsmith.models import available_models
+
+    name = "small_cnn" if inputs.model == "digits" else inputs.model
+    if name in available_models(include_torchvision=False) and inputs.model_kwargs is None:
+        return {"model_name": name}
+    return {}

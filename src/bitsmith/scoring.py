@@ -1,10 +1,10 @@
 """How every producer scores a model on validation data, and the validation guard.
 
-A :class:`Scorer` is the producers' one evaluation protocol: the user's
-``evaluate(model) -> float`` (higher is better: top-1, mAP, negative loss, ...) when given,
-else top-1 accuracy in percent on the labelled ``validation`` data
-(:func:`bitsmith.engine.evaluate`). A score that is not a finite number raises
-:class:`MetricError` (an :class:`~bitsmith.errors.InputError`) naming the metric.
+A :class:`Scorer` is the producers' one evaluation protocol, built on the metric resolver
+(:mod:`bitsmith.inputs.metric`): the user's ``evaluate(model) -> float`` (higher is better:
+top-1, mAP, negative loss, ...) when given, else top-1 accuracy in percent on the labelled
+``validation`` data. A metric that raises or returns a non-number raises
+:class:`~bitsmith.inputs.MetricError` (an :class:`~bitsmith.errors.InputError`) naming it.
 
 The validation guard (:func:`check_validation`) runs before any search, on the float
 model's score. Its rule:
@@ -24,41 +24,28 @@ in the run summary (``summary["guard"]``) and the run directory (``run.json`` no
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader
 
-from bitsmith.engine import evaluate as top1
 from bitsmith.errors import InputError
+from bitsmith.inputs.metric import Evaluate, as_batches, resolve_metric
 
-Evaluate = Callable[[nn.Module], float]
+EvaluateFn = Callable[[nn.Module], float]
 SATURATED_TOP1 = 99.5
 MIN_EXAMPLES = 5
-BATCH = 256
 
-
-class MetricError(InputError):
-    """A metric that raises or returns something other than a finite number."""
+__all__ = ["MIN_EXAMPLES", "SATURATED_TOP1", "EvaluateFn", "Guard", "Scorer", "ValidationWarning",
+           "as_batches", "check_validation", "count_examples"]
 
 
 class ValidationWarning(UserWarning):
     """The validation data cannot show the tolerance (see :func:`check_validation`)."""
-
-
-def as_batches(data: Any, batch_size: int = BATCH) -> Iterable:
-    """``(inputs, labels)`` batches of ``data``: a loader or iterable of batches as it is;
-    a dataset or an ``(inputs, labels)`` tensor pair in a ``DataLoader``."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
-        data = TensorDataset(data[0], data[1])
-    if isinstance(data, Dataset) and not isinstance(data, DataLoader):
-        return DataLoader(data, batch_size=batch_size, shuffle=False)
-    return data
 
 
 def count_examples(data: Any) -> int | None:
@@ -80,35 +67,18 @@ def count_examples(data: Any) -> int | None:
         return None
 
 
-def as_score(value: Any, name: str) -> float:
-    """``value`` as a finite float (Python / numpy number or one-element tensor).
-
-    Raises:
-        MetricError: anything else, naming the metric.
-    """
-    if isinstance(value, Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise MetricError(f"metric {name!r} returned {type(value).__name__}, not a number; "
-                          "return one float (higher is better)")
-    score = float(value)
-    if not math.isfinite(score):
-        raise MetricError(f"metric {name!r} returned {score}; return a finite number")
-    return score
-
-
 class Scorer:
     """The producers' evaluation protocol (see the module docstring).
 
     Args:
         validation: labelled validation data (loader, dataset, ``(inputs, labels)``);
-            needed without ``evaluate``; with it, only counted (for the guard).
-        evaluate: ``evaluate(model) -> float``, higher is better.
-        device: where top-1 runs.
+            needed without ``evaluate``; with it, passed to a metric ``f(model, data)`` and
+            counted (for the guard).
+        evaluate: ``evaluate(model) -> float`` (or ``f(model, data)``), higher is better; a
+            :class:`bitsmith.inputs.Evaluate` (a resolved ``--metric``) works too.
     """
 
-    def __init__(self, validation: Any = None, evaluate: Evaluate | None = None,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(self, validation: Any = None, evaluate: Any = None) -> None:
         if evaluate is None and validation is None:
             raise InputError("no validation data and no evaluate function: give labelled "
                              "validation data (top-1 is measured on it) or evaluate=f, "
@@ -116,36 +86,31 @@ class Scorer:
         if evaluate is not None and not callable(evaluate):
             raise InputError(f"evaluate must be a function f(model) -> float, got "
                              f"{type(evaluate).__name__}")
-        self.validation, self.evaluate, self.device = validation, evaluate, device
-        self.is_top1 = evaluate is None
-        self.name = "top-1 %" if evaluate is None else getattr(evaluate, "__name__", "evaluate")
+        self.validation = validation
+        data = None if validation is None else as_batches(validation)
+        if isinstance(evaluate, Evaluate):
+            self._fn = evaluate
+        else:
+            self._fn = Evaluate(resolve_metric(evaluate or "top1"), data)
+        self.name = self._fn.name
+        self.is_top1 = self.name == "top1"
         self.examples = count_examples(validation)
 
     def __call__(self, model: nn.Module) -> float:
-        """The score of ``model`` (eval mode during the call; its mode is restored)."""
-        if self.evaluate is None:
-            return top1(model, as_batches(self.validation), device=self.device).accuracy
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                value = self.evaluate(model)
-        except MetricError:
-            raise
-        except Exception as err:  # noqa: BLE001 - a user function: name it, keep one line
-            raise MetricError(f"metric {self.name!r} raised {type(err).__name__}: {err}; fix "
-                              "the metric function (it gets the model, returns a float)"
-                              ) from err
-        finally:
-            model.train(was_training)
-        return as_score(value, self.name)
+        """The score of ``model`` (eval mode, no grad; its mode is restored).
+
+        Raises:
+            MetricError: the metric raised or returned something other than a number.
+        """
+        with torch.no_grad():
+            return self._fn(model)
 
     def describe(self) -> str:
         """``"top-1 % on 2,000 validation examples"`` or ``"metric f (higher is better)"``."""
+        n = f" on {self.examples:,} validation examples" if self.examples is not None else ""
         if self.is_top1:
-            n = f"{self.examples:,} " if self.examples is not None else ""
-            return f"top-1 % on {n}validation examples"
-        return f"metric {self.name!r} (higher is better)"
+            return f"top-1 %{n}"
+        return f"metric {self.name!r} (higher is better){n}"
 
 
 @dataclass(frozen=True)
@@ -169,7 +134,7 @@ class Guard:
 
 
 def check_validation(fp32: float, examples: int | None, tolerance: float | None,
-                     is_top1: bool = True, metric: str = "top-1 %") -> Guard:
+                     is_top1: bool = True, metric: str = "top1") -> Guard:
     """Apply the rule of the module docstring; warn (:class:`ValidationWarning`) if it fires.
 
     Args:

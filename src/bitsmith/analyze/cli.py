@@ -12,20 +12,21 @@ import typer
 
 from bitsmith.cli_support import (
     FirstLastOption,
-    ModelOption,
+    Inputs,
     ProgressOption,
-    SeedOption,
     add_test_numbers,
     done,
     parse_ints,
     parse_names,
     print_result,
+    with_inputs,
 )
 from bitsmith.progress import stage
 
 
+@with_inputs
 def analyze_command(
-    model: ModelOption = "resnet20",
+    inputs: Inputs,
     out: Path = typer.Option(Path("runs/analyze"), help="Run directory to write."),
     bits: str = typer.Option("2,3,4,5,6,8", help="Candidate weight bit widths."),
     methods: str = typer.Option("measured,hessian,fisher",
@@ -33,12 +34,11 @@ def analyze_command(
     avg_bits: list[float] = typer.Option([4.0, 3.0], "--avg-bits",
                                          help="Average weight-bit budgets (repeatable); the "
                                          "chosen policy is the most accurate within the first."),
-    metric: str = typer.Option("", help="Score the allocation minimises (default measured_kl)."),
+    score: str = typer.Option("", help="Sensitivity score the allocation minimises (default "
+                                       "measured_kl)."),
     first_last: FirstLastOption = "same",
-    val_images: int = typer.Option(1000, min=1, help="Validation images for sensitivity."),
     hessian_iters: int = typer.Option(32, min=1, help="Hutchinson iterations."),
     epochs: int = typer.Option(30, min=1, help="Training epochs (digits only)."),
-    seed: SeedOption = 0,
     progress: ProgressOption = True,
 ) -> None:
     """Per-layer sensitivity and ILP bit allocation at average-bit budgets, with its report.
@@ -50,18 +50,19 @@ def analyze_command(
     Example: bitsmith analyze --model resnet20 --out runs/r20 --avg-bits 4 --avg-bits 3
     """
     from bitsmith.analyze.pipeline import AnalyzeConfig, analyze
-    from bitsmith.analyze.workloads import load_workload
 
     cfg = AnalyzeConfig(bits=parse_ints(bits, "--bits"), methods=parse_names(methods, "--methods"),
-                        avg_bits=tuple(avg_bits), score=metric or None, first_last=first_last,
-                        hessian_iters=hessian_iters, sensitivity_examples=val_images,
-                        progress=progress, labels={"model": model})
-    with stage(f"loading {model}", progress):
-        work = load_workload(model, val_images=val_images, epochs=epochs, seed=seed)
-    cfg = cfg.replace(labels={"model": work.name, "dataset": work.dataset})
-    result = analyze(work.model, work.calibration, work.val, config=cfg, out_dir=out, log=done)
-    with stage("scoring the chosen policy on the test set", progress):
-        add_test_numbers(result, work.model, work.test, work.eval_set)
+                        avg_bits=tuple(avg_bits), score=score or None, first_last=first_last,
+                        hessian_iters=hessian_iters, progress=progress)
+    with stage(f"loading {inputs.model}", progress):
+        work = inputs.load(calibration_size=512, validation_size=1000, epochs=epochs)
+    cfg = cfg.replace(labels={"model": work.name, "dataset": work.dataset},
+                      sensitivity_examples=work.data.info["validation"].size or 1000)
+    result = analyze(work.model, work.calibration, work.validation,
+                     evaluate=inputs.evaluate(work), config=cfg, out_dir=out, log=done)
+    if work.test is not None:
+        with stage("scoring the chosen policy on the test set", progress):
+            add_test_numbers(result, work.model, work.test, work.eval_set)
     print_result(result)
     from bitsmith.report import write_report
 

@@ -31,7 +31,7 @@ from bitsmith.pareto import best_within
 from bitsmith.policy import FIRST_LAST_CHOICES, FLOAT, INT8, Policy, QSpec
 from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quantize
 from bitsmith.result import QuantizationResult, cost_summary, plain, validation_summary
-from bitsmith.scoring import Evaluate, Scorer, as_batches, check_validation
+from bitsmith.scoring import EvaluateFn, Scorer, as_batches, check_validation
 from bitsmith.sensitivity import estimate_fisher, estimate_hessian, measure_sensitivity
 
 METHODS = ("measured", "hessian", "fisher")
@@ -148,7 +148,7 @@ def _budgets(space: CandidateSpace, cfg: AnalyzeConfig, base: Policy
 
 
 def analyze(model: nn.Module, calibration: Any, validation: Any = None, *,
-            evaluate: Evaluate | None = None, config: AnalyzeConfig | None = None,
+            evaluate: EvaluateFn | None = None, config: AnalyzeConfig | None = None,
             out_dir: str | Path | None = None,
             log: Callable[[str], None] = lambda _: None) -> QuantizationResult:
     """Per-layer sensitivity and budgeted bit allocation, scored and chosen on validation.

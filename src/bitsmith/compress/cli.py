@@ -10,18 +10,20 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from bitsmith.cli_support import (
-    ModelOption,
+    Inputs,
     ProgressOption,
-    SeedOption,
     add_test_numbers,
     done,
+    packed_model_args,
     parse_ints,
     print_result,
     set_threads,
+    with_inputs,
 )
 from bitsmith.compress.pruning import CompressError
 from bitsmith.progress import stage
@@ -38,8 +40,9 @@ EPILOG = (
     "directory (OUT).")
 
 
+@with_inputs
 def compress_command(
-    model: ModelOption = "resnet20",
+    inputs: Inputs,
     sparsity: float = typer.Option(0.75, help="Final fraction of pruned weights in [0, 1)."),
     ratio: float = typer.Option(15.0, help="Target compression FP32 bytes / compressed bytes "
                                 "(>= 1); sets the size budget."),
@@ -65,14 +68,13 @@ def compress_command(
     threads: int = typer.Option(1, min=1, help="torch CPU threads."),
     out: Path = typer.Option(Path("runs/compress"), help="Run directory."),
     resume: bool = typer.Option(True, help="Resume from OUT/checkpoints/last.pt if present."),
-    seed: SeedOption = 0,
     progress: ProgressOption = True,
 ) -> None:
-    """Prune and DPQ-quantize a pretrained CIFAR-10 model under a size budget.
+    """Prune and DPQ-quantize a model under a size budget.
 
-    Fine-tunes on the CIFAR-10 JPEG training set with distillation (the shared training
-    loop), scores the result on the JPEG validation split, reports accuracy on the 1,000
-    lossless test images and the honest compression ratio (surviving-weight codes +
+    Fine-tunes on the training data with distillation (the shared training loop; for the
+    built-in CIFAR-10 models the JPEG training set), scores the result on the validation
+    data, reports test accuracy and the honest compression ratio (surviving-weight codes +
     bitmask or relative index + scales + biases).
     """
     from bitsmith.compress.pipeline import CompressConfig, compress
@@ -82,6 +84,7 @@ def compress_command(
         raise CompressError(f"--budget-kib must be a positive size in KiB, got {budget_kib}")
     if not (lr > 0 and math.isfinite(lr)) or not 0 <= distill <= 1:
         raise CompressError("--lr must be > 0 and --distill in [0, 1]")
+    seed = inputs.seed
     train_cfg = None
     if steps is not None or epochs > 0:
         train_cfg = TrainConfig(
@@ -93,47 +96,35 @@ def compress_command(
         sparsity=sparsity, ratio=ratio,
         budget_bytes=None if budget_kib is None else budget_kib * 1024,
         bits=parse_ints(bits, "--bits"), act_bits=act_bits, scope=scope, structured=structured,
-        two_level=two_level, pseudo_mean=pseudo_mean, rpc=rpc, train=train_cfg,
-        labels={"model": model, "dataset": "CIFAR-10"})
-    if model not in ("resnet20", "resnet32"):
-        raise CompressError(f"--model {model!r}: only the pretrained CIFAR-10 resnet20 "
-                            "and resnet32 are available")
+        two_level=two_level, pseudo_mean=pseudo_mean, rpc=rpc, train=train_cfg)
     set_threads(threads)
-    with stage(f"loading {model}", progress):
-        net, calib, val, test, train_loader = _data(model, batch_size, seed)
-    result = compress(net, calib, val, config=cfg, out_dir=out,
-                      train_data=train_loader if train_cfg is not None else None)
+    with stage(f"loading {inputs.model}", progress):
+        work = inputs.load(calibration_size=512, validation_size=1000)
+    cfg = cfg.replace(labels={"model": work.name, "dataset": work.dataset})
+    train_loader = None if train_cfg is None else work.loader(
+        "train", batch_size, shuffle=True, seed=seed, drop_last=True)
+    result = compress(work.model, work.loader("calibration", 64), work.validation,
+                      evaluate=inputs.evaluate(work), config=cfg, out_dir=out,
+                      train_data=train_loader)
     with stage("scoring on the test set, writing the packed artifact", progress):
-        add_test_numbers(result, net, test, "test images 0..999 (lossless)")
-        _export(result, model, out)
+        if work.test is not None:
+            add_test_numbers(result, work.model, work.test, work.eval_set)
+        _export(result, inputs, work, out)
     print_result(result)
     done(f"wrote {out}/result.json, {out}/compressed.safetensors, {out}/policy.yaml")
 
 
-def _data(model_name: str, batch_size: int, seed: int) -> tuple:
-    """(model, calibration, validation, test, fine-tuning loader) of the CIFAR-10 protocol."""
-    from bitsmith.data import cifar10_protocol, make_loader
-    from bitsmith.models import build_model
-
-    proto = cifar10_protocol(n_calib=512, n_val=1000, seed=seed)
-    return (build_model(model_name, pretrained=True).eval(),
-            make_loader(proto.calibration, batch_size=64), make_loader(proto.val, batch_size=250),
-            make_loader(proto.test, batch_size=250),
-            make_loader(proto.finetune, batch_size=batch_size, shuffle=True, drop_last=True,
-                        seed=seed))
-
-
-def _export(result, model_name: str, out: Path) -> None:
+def _export(result: Any, inputs: Inputs, work: Any, out: Path) -> None:
     """The packed artifact (its payload equals the reported size) and ``result.json``."""
-    import torch
-
     from bitsmith.atomic import atomic_write_text
     from bitsmith.export import save_packed
+    from bitsmith.quantize import iter_batches
     from bitsmith.rundir import write_export
 
     qmodel = result.model
-    packed = save_packed(qmodel, out / "compressed.safetensors", model_name=model_name,
-                         example_inputs=torch.zeros(1, 3, 32, 32))
+    example = next(iter_batches(work.calibration, 1))[0][:1]
+    packed = save_packed(qmodel, out / "compressed.safetensors", example_inputs=example,
+                         **packed_model_args(inputs))
     cost = result.summary["cost"]
     result.summary.update(
         file_bytes=packed.file_bytes, file_compression=cost["fp32_bytes"] / packed.file_bytes,

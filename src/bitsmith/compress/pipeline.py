@@ -34,10 +34,11 @@ from bitsmith.config import Config
 from bitsmith.cost import CostReport
 from bitsmith.errors import InputError
 from bitsmith.graph import quantized_layers
+from bitsmith.inputs import MetricError
 from bitsmith.policy import LayerSpec, Policy, QSpec
 from bitsmith.quantize import iter_batches, prepare, quantize
 from bitsmith.result import QuantizationResult, cost_summary, plain, validation_summary
-from bitsmith.scoring import Evaluate, MetricError, Scorer, check_validation
+from bitsmith.scoring import EvaluateFn, Scorer, check_validation
 from bitsmith.training import TrainConfig, TrainResult, train
 
 
@@ -236,7 +237,7 @@ def compress_model(model: nn.Module, calib_data: Any, train_loader: Any,
 
 
 def compress(model: nn.Module, calibration: Any, validation: Any = None, *,
-             evaluate: Evaluate | None = None, config: CompressConfig | None = None,
+             evaluate: EvaluateFn | None = None, config: CompressConfig | None = None,
              out_dir: str | Path | None = None, train_data: Any = None) -> QuantizationResult:
     """DPQ: prune and quantize ``model`` under a size budget, fine-tune, score on validation.
 

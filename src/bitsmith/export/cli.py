@@ -14,12 +14,13 @@ from rich.table import Table
 
 from bitsmith.atomic import atomic_write_text
 from bitsmith.cli_support import (
-    ModelOption,
+    Inputs,
     OptionError,
     ProgressOption,
-    build_named_model,
     console,
     done,
+    packed_model_args,
+    with_inputs,
 )
 from bitsmith.export.errors import ExportError
 from bitsmith.progress import Stages, stage
@@ -40,35 +41,12 @@ def _policy(spec: str, names: list[str]):
     return Policy.load(path)
 
 
-def _data(kind: str, n_calib: int, size: int, channels: int):
-    """(calibration loader, evaluation loader)."""
-    import torch
-
-    from bitsmith.data import cifar10_protocol, make_loader
-
-    if kind == "cifar10":
-        proto = cifar10_protocol(n_calib=n_calib)
-        return (make_loader(proto.calibration, batch_size=64),
-                make_loader(proto.test, batch_size=250))
-    if kind == "random":
-        gen = torch.Generator().manual_seed(0)
-        calib = [torch.randn(min(64, n_calib), channels, size, size, generator=gen)
-                 for _ in range(max(1, n_calib // 64))]
-        evaluation = [torch.randn(64, channels, size, size, generator=gen) for _ in range(2)]
-        return calib, evaluation
-    raise OptionError(f"--data {kind!r} is unknown; use cifar10 or random")
-
-
+@with_inputs
 def export_command(
-    model: ModelOption = "resnet20",
-    policy: str = typer.Option("w8a8", help=f"Policy file (.yaml/.json) or preset {PRESETS}."),
+    inputs: Inputs,
+    policy: str = typer.Option("w8a8", help=f"Policy file (.yaml/.json, e.g. a run "
+                               f"directory's policy.yaml) or preset {PRESETS}."),
     out: Path = typer.Option(Path("runs/export"), help="Output folder."),
-    pretrained: bool = typer.Option(False, help="Load pretrained weights (resnet20/32)."),
-    data: str = typer.Option("cifar10", help="cifar10 (calibration + 1,000 test images) or "
-                                              "random."),
-    calib: int = typer.Option(512, min=1, help="Calibration images."),
-    size: int = typer.Option(32, min=8, help="Input height/width (random data)."),
-    channels: int = typer.Option(3, min=1, help="Input channels (random data)."),
     batch: list[int] = typer.Option([1, 64], help="Batch sizes to time (repeatable)."),
     runs: int = typer.Option(200, min=3, help="Timed rounds at small batches."),
     runs_large: int = typer.Option(30, min=3, help="Timed rounds at batches above 8."),
@@ -76,29 +54,32 @@ def export_command(
     integer_residuals: bool = typer.Option(True, help="Run residual adds / pooling in int8."),
     progress: ProgressOption = True,
 ) -> None:
-    """Quantize MODEL with POLICY, export ONNX (QDQ) + packed artifact, check and time them.
+    """Quantize the model with POLICY, export ONNX (QDQ) + packed artifact, check, time.
 
-    POLICY is a preset or a policy file (e.g. a run directory's policy.yaml).
+    Calibrates on the calibration data (512 images unless --calibration-size), checks ONNX
+    Runtime against the PyTorch simulation on the test data (else the validation data).
     Writes fp32.onnx, quantized.onnx, model.safetensors, summary.json and summary.md.
-    Example: bitsmith export --model resnet20 --pretrained --policy w8a8 --out runs/r20
+    Example: bitsmith export --model resnet20 --policy runs/tune/policy.yaml --out runs/r20
     """
     from bitsmith.export.pipeline import deploy
     from bitsmith.quantize import collect_stats, prepare, quantize
 
     with Stages("export", progress) as step:
-        step(f"loading {model}")
-        net = build_named_model(model, **({"pretrained": True} if pretrained else {})).eval()
-        calib_data, eval_data = _data(data, calib, size, channels)
+        step(f"loading {inputs.model}")
+        work = inputs.load(calibration_size=512)
+        net = work.model
+        evaluation = work.test if work.test is not None else work.validation
         step("calibrating")
-        stats = collect_stats(net, calib_data)
+        stats = collect_stats(net, work.calibration)
         _, table, _ = prepare(net, stats.example_inputs)
         pol = _policy(policy, table.names)
         step("quantizing")
         qmodel = quantize(net, pol, calibration=stats)
         summary = deploy(net, qmodel, out, example_inputs=stats.example_inputs,
-                         calibration=calib_data, evaluation=eval_data, model_name=model,
-                         model_kwargs={}, batches=batch, runs=runs, runs_large=runs_large,
-                         threads=threads, integer_residuals=integer_residuals, log=step)
+                         calibration=work.calibration, evaluation=evaluation,
+                         batches=batch, runs=runs, runs_large=runs_large, threads=threads,
+                         integer_residuals=integer_residuals, log=step,
+                         **packed_model_args(inputs))
     console.print(summary.to_markdown())
     done(f"written to {out}/ (summary.json, summary.md)")
 

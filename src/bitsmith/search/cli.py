@@ -14,10 +14,9 @@ from rich.table import Table
 
 from bitsmith.cli_support import (
     FirstLastOption,
-    ModelOption,
+    Inputs,
     OptionError,
     ProgressOption,
-    SeedOption,
     ThreadsOption,
     add_test_numbers,
     choice,
@@ -27,10 +26,10 @@ from bitsmith.cli_support import (
     parse_names,
     print_result,
     set_threads,
+    with_inputs,
 )
 from bitsmith.progress import stage
 
-MODELS = ("resnet20", "resnet32", "digits")
 METHODS = ("qss", "qpl", "ssps")
 
 EPILOG = """Examples:
@@ -55,49 +54,9 @@ over). Options can also come from the --config YAML of the bitsmith command
 """
 
 
-def load_data(model: str, batch_size: int, seed: int) -> dict[str, Any]:
-    """Model and data of a built-in problem (CIFAR-10 protocol for the ResNets).
-
-    ``resnet20``/``resnet32``: pretrained; weights trained on the fine-tuning split,
-    architecture on the JPEG validation split, calibration on the lossless training images,
-    evaluation on the 1,000 lossless test images. ``digits``: a SmallCNN trained here on
-    the sklearn digits train split; architecture on the val split, evaluation on test.
-    """
-    from bitsmith.data import make_loader
-
-    if model in ("resnet20", "resnet32"):
-        from bitsmith.data import cifar10_protocol
-        from bitsmith.models import build_model
-
-        proto = cifar10_protocol(n_val=2000, seed=seed)
-        return {"model": build_model(model, pretrained=True).eval(),
-                "train": make_loader(proto.finetune, batch_size, shuffle=True, seed=seed,
-                                     drop_last=True),
-                "arch": proto.val, "calib": make_loader(proto.calibration, 128),
-                "eval": make_loader(proto.test, 250), "dataset": "CIFAR-10",
-                "eval_set": "test images 0..999 (lossless)"}
-    if model == "digits":
-        import torch
-
-        from bitsmith.data import digits_splits
-        from bitsmith.engine import fit
-        from bitsmith.models import SmallCNN
-
-        torch.manual_seed(seed)
-        sp = digits_splits(seed=seed)
-        net = SmallCNN()
-        fit(net, make_loader(sp.train, 64, shuffle=True, seed=seed), epochs=20, lr=3e-3,
-            weight_decay=1e-4)
-        return {"model": net.eval(), "train": make_loader(sp.train, batch_size, shuffle=True,
-                                                          seed=seed),
-                "arch": sp.val, "calib": make_loader(sp.train, 128),
-                "eval": make_loader(sp.test, 256), "dataset": "sklearn digits",
-                "eval_set": "test split"}
-    raise OptionError(f"--model {model!r} is unknown; use one of {', '.join(MODELS)}")
-
-
+@with_inputs
 def search_command(
-    model: ModelOption = "resnet20",
+    inputs: Inputs,
     method: str = typer.Option("qss", help="qss (scheme search), qpl (learnable bits), "
                                            "ssps (single path, sequential)."),
     avg_bits: float = typer.Option(None, help="Budget: mean weight bits (all layers)."),
@@ -130,7 +89,6 @@ def search_command(
     uniform_baseline: bool = typer.Option(
         False, help="Also fine-tune the dearest uniform policy within the budget with the "
                     "same recipe and report both (doubles the QAT time)."),
-    seed: SeedOption = 0,
     out: Path = typer.Option(Path("runs/search"), help="Run directory."),
     resume: bool = typer.Option(True, help="Resume from OUT/ckpt if present."),
     progress: ProgressOption = True,
@@ -162,6 +120,7 @@ def search_command(
                           act_bits=parse_ints(act_bits, "--act-bits"), first_last=first_last)
     space.weight_specs()
     space.act_specs()
+    seed = inputs.seed
     common = dict(lr=lr, weight_decay=0.0, grad_clip=10.0, seed=seed, progress=progress,
                   resume=resume, checkpoint_every=50)
     cfg = SearchConfig(
@@ -173,17 +132,18 @@ def search_command(
         method_kw={"arch_lr": arch_lr, "penalty": penalty,
                    **({"threshold": threshold} if method == "ssps" else {})},
         warm_start=_warm_start(warm_start), warm_start_strength=warm_strength,
-        uniform_baseline=uniform_baseline, latency_table=latency_table,
-        labels={"model": model})
-    with stage(f"loading {model}", progress):
-        data = load_data(model, batch_size, seed)
-    cfg = cfg.replace(labels={"model": model, "dataset": data["dataset"]})
-    result = search(data["model"], data["calib"], data["arch"], config=cfg, out_dir=out,
-                    train_data=data["train"])
+        uniform_baseline=uniform_baseline, latency_table=latency_table)
+    with stage(f"loading {inputs.model}", progress):
+        work = inputs.load(validation_size=2000, epochs=20)
+    cfg = cfg.replace(labels={"model": work.name, "dataset": work.dataset})
+    train = work.loader("train", batch_size, shuffle=True, seed=seed, drop_last=True)
+    result = search(work.model, work.calibration, work.data.validation,
+                    evaluate=inputs.evaluate(work), config=cfg, out_dir=out, train_data=train)
     if dist_info()[0] != 0:  # under torchrun only rank 0 scores the test set and prints
         return
-    with stage("scoring on the test set", progress):
-        add_test_numbers(result, data["model"], data["eval"], data["eval_set"])
+    if work.test is not None:
+        with stage("scoring on the test set", progress):
+            add_test_numbers(result, work.model, work.test, work.eval_set)
     _print(result, cfg)
 
 
@@ -246,4 +206,4 @@ def _print(result: Any, cfg: Any) -> None:
     print_result(result)
 
 
-__all__ = ["load_data", "register"]
+__all__ = ["register"]

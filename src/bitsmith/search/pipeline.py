@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from bitsmith.config import Config, ConfigError
 from bitsmith.cost import Budget, estimate
 from bitsmith.errors import InputError
+from bitsmith.inputs import MetricError
 from bitsmith.policy import Policy
 from bitsmith.result import QuantizationResult, cost_summary, plain, validation_summary
-from bitsmith.scoring import Evaluate, MetricError, Scorer, check_validation
+from bitsmith.scoring import EvaluateFn, Scorer, check_validation
 from bitsmith.search.baseline import uniform_within_budget
 from bitsmith.search.derive import Derivation, derive_policy
 from bitsmith.search.methods import SearchMethod, make_method
@@ -179,7 +180,7 @@ def _first_inputs(data: Iterable) -> torch.Tensor:
 
 
 def search(model: nn.Module, calibration: Any, validation: Any = None, *,
-           evaluate: Evaluate | None = None, config: SearchConfig | None = None,
+           evaluate: EvaluateFn | None = None, config: SearchConfig | None = None,
            out_dir: str | Path | None = None, train_data: Iterable | None = None
            ) -> QuantizationResult:
     """Search a mixed-precision Policy by training (AutoQNN QSS/QPL, SSPS) under

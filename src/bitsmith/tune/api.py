@@ -12,7 +12,7 @@ from torch import nn
 from bitsmith.cost import estimate
 from bitsmith.errors import BitsmithError
 from bitsmith.result import QuantizationResult, cost_summary, validation_summary
-from bitsmith.scoring import Evaluate, check_validation
+from bitsmith.scoring import EvaluateFn, check_validation
 from bitsmith.tune.config import TuneConfig
 from bitsmith.tune.evaluator import TorchEvaluator
 from bitsmith.tune.results import TuneResult
@@ -20,7 +20,7 @@ from bitsmith.tune.runner import run_study
 
 
 def tune(model: nn.Module, calibration: Any, validation: Any = None, *,
-         evaluate: Evaluate | None = None, config: TuneConfig | None = None,
+         evaluate: EvaluateFn | None = None, config: TuneConfig | None = None,
          out_dir: str | Path | None = None) -> QuantizationResult:
     """Post-training auto-tuning (Quantune and beyond): the best configuration of
     ``config.space`` for ``config``'s objective, measured on the validation data.

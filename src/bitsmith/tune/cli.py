@@ -13,77 +13,32 @@ from typing import Any
 import typer
 
 from bitsmith.cli_support import (
-    ModelOption,
+    Inputs,
     ProgressOption,
-    SeedOption,
+    add_test_numbers,
     choice,
     print_result,
+    with_inputs,
 )
 from bitsmith.progress import stage
 from bitsmith.tune.errors import TuneError
 
 EXIT_BAD_INPUT = 2
 EXIT_INFEASIBLE = 3
-MODELS = ("resnet20", "resnet32", "digits")
-VAL_SPLITS = ("jpeg", "lossless")
 OBJECTIVES = {"min-cost": "min_cost", "max-accuracy": "max_accuracy", "pareto": "pareto"}
-LOSSLESS_CALIB = 1000
+VALIDATION_SIZE = 2000  # of the CIFAR-10 JPEG validation split, unless --validation-size
 
 
-def load_problem(model: str, val_size: int, seed: int, epochs: int = 30,
-                 val_split: str = "jpeg") -> tuple[Any, Any, Any]:
-    """``(float model, calibration inputs, validation data)`` of a built-in problem.
-
-    ``resnet20`` / ``resnet32``: the pretrained CIFAR-10 ResNets. ``val_split="jpeg"``:
-    calibration on the 4,000 lossless training images, validation on the first
-    ``val_size`` JPEG validation images; ``"lossless"``: calibration on the first 1,000
-    lossless training images, validation on (up to ``val_size`` of) the other 3,000 —
-    a better proxy of the damage on the lossless test images (docs/tune.md, "Which
-    validation set"). Never the test images. ``digits``: a SmallCNN trained
-    here for ``epochs`` epochs on the sklearn digits (calibration = train split,
-    validation = val split).
-    """
-    if model in ("resnet20", "resnet32"):
-        from bitsmith.data import cifar10_protocol
-        from bitsmith.models import load_pretrained_cifar_resnet
-
-        choice(val_split, "--val-split", VAL_SPLITS)
-        proto = cifar10_protocol()
-        net = load_pretrained_cifar_resnet(int(model[6:]))
-        if val_split == "lossless":
-            cal = proto.calibration
-            n = min(val_size, len(cal) - LOSSLESS_CALIB)
-            return (net, cal.subset(list(range(LOSSLESS_CALIB)), name="cifar10-calib-1000"),
-                    cal.subset(list(range(LOSSLESS_CALIB, LOSSLESS_CALIB + n)),
-                               name="cifar10-lossless-heldout"))
-        val = proto.val
-        n = min(val_size, len(val))
-        return (net, proto.calibration, val.subset(list(range(n)), name="cifar10-val-subset"))
-    if model == "digits":
-        import torch
-
-        from bitsmith.data import digits_splits, make_loader
-        from bitsmith.engine import fit
-        from bitsmith.models import SmallCNN
-
-        torch.manual_seed(seed)
-        splits = digits_splits(seed=seed)
-        net = SmallCNN()
-        fit(net, make_loader(splits.train, batch_size=64, shuffle=True, seed=seed), epochs=epochs,
-            lr=3e-3, weight_decay=1e-4)
-        return net, splits.train, splits.val
-    raise TuneError(f"--model {model!r} is unknown; use one of {', '.join(MODELS)}")
-
-
+@with_inputs
 def tune_command(
-    model: ModelOption = "resnet20",
+    inputs: Inputs,
     space: Path = typer.Option(None, help="Search-space YAML/JSON (see docs/tune.md)."),
-    preset: str = typer.Option("mixed", help="Space preset when no --space: mixed, "
-                                             "quantune."),
+    space_preset: str = typer.Option("mixed", help="Space preset when no --space: mixed, "
+                                                   "quantune."),
     strategy: str = typer.Option("xgboost", help="random, grid, genetic, tpe, xgboost."),
     objective: str = typer.Option("min-cost", help="min-cost, max-accuracy, pareto."),
-    metric: str = typer.Option("size", help="Cost metric: size, bitops, latency "
-                                            "(latency needs --backend onnxruntime)."),
+    cost: str = typer.Option("size", help="The cost to minimise or bound: size, bitops, "
+                                          "latency (latency needs --backend onnxruntime)."),
     backend: str = typer.Option("torch", help="Where configurations run: torch (fake "
                                               "quantization) or onnxruntime (exported, "
                                               "integer kernels; measures latency)."),
@@ -94,11 +49,6 @@ def tune_command(
     storage: str = typer.Option(None, help="SQLAlchemy URL; default sqlite in --out."),
     study: str = typer.Option("bitsmith-tune", help="Study name shared by workers."),
     out: Path = typer.Option(Path("runs/tune"), help="Run directory."),
-    seed: SeedOption = 0,
-    val_size: int = typer.Option(2000, help="Validation images (CIFAR models)."),
-    val_split: str = typer.Option("jpeg", help="CIFAR validation: jpeg (protocol val "
-                                               "split) or lossless (held-out lossless "
-                                               "training images; calibration on 1,000)."),
     transfer: list[Path] = typer.Option(None, help="transfer.json of earlier studies."),
     init_policy: list[Path] = typer.Option(None, help="Warm-start policy files."),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Early stopping of "
@@ -108,7 +58,11 @@ def tune_command(
 ) -> None:
     """Auto-tune post-training quantization (Quantune and beyond); resumable, multi-worker.
 
+    Chooses on the validation data by the objective's rule (printed and in the report);
+    test accuracy is reported, never chosen on.
+
     Example: bitsmith tune --model resnet20 --tolerance 1 --n-trials 100 --out runs/r20
+    Your model: bitsmith tune --model net.py:build --checkpoint ck.pt --data images/
     Several workers: run the same command with --storage URL --study NAME N times.
     """
 
@@ -124,17 +78,22 @@ def tune_command(
     choice(backend, "--backend", ("torch", "onnxruntime"))
     cfg = TuneConfig(
         space=TuneSpace.load(space) if space is not None else TuneSpace.from_dict(
-            {"preset": preset}),
-        objective=kind, metric=metric, tolerance=tolerance, budget=budget, strategy=strategy,
-        n_trials=n_trials, timeout=timeout, storage=storage, study_name=study, seed=seed,
+            {"preset": space_preset}),
+        objective=kind, metric=cost, tolerance=tolerance, budget=budget, strategy=strategy,
+        n_trials=n_trials, timeout=timeout, storage=storage, study_name=study, seed=inputs.seed,
         prune=prune, backend=backend, init_policies=tuple(init_policy or ()),
-        transfer=tuple(transfer or ()), progress=progress,
-        labels={"model": model, "dataset": model if model == "digits" else "CIFAR-10"})
+        transfer=tuple(transfer or ()), progress=progress)
     if storage is not None:
         open_storage(storage)           # fail fast, before loading the model
-    with stage(f"loading {model}", progress):
-        net, calib, val = load_problem(model, val_size, seed, epochs, val_split)
-    result = tune(net, calib, val, config=cfg, out_dir=out)
+    with stage(f"loading {inputs.model}", progress):
+        work = inputs.load(validation_size=VALIDATION_SIZE, epochs=epochs)
+    cfg = cfg.replace(labels={"model": work.name, "dataset": work.dataset},
+                      space=clamp_calibration(cfg.make_space(), work.data.calibration))
+    result = tune(work.model, work.data.calibration, work.data.validation,
+                  evaluate=inputs.evaluate(work), config=cfg, out_dir=out)
+    if work.test is not None:
+        with stage("scoring on the test set", progress):
+            add_test_numbers(result, work.model, work.test, work.eval_set)
     print_result(result)
     if not result.summary["feasible"]:
         typer.echo(f"infeasible: no configuration met the constraint; the closest is saved "
@@ -145,3 +104,17 @@ def tune_command(
 def register(app: typer.Typer) -> None:
     """Add the ``tune`` command to ``app``."""
     app.command("tune")(tune_command)
+
+
+def clamp_calibration(space: Any, calibration: Any) -> Any:
+    """The space with its ``calib_size`` choices capped at the calibration set's size (a
+    user's folder may hold fewer images than a preset's 1,000)."""
+    import dataclasses
+
+    from bitsmith.scoring import count_examples
+
+    n = count_examples(calibration)
+    if n is None or max(space.calib_size) <= n:
+        return space
+    sizes = tuple(sorted({min(c, n) for c in space.calib_size}))
+    return dataclasses.replace(space, calib_size=sizes)

@@ -46,7 +46,7 @@ from bitsmith.engine import evaluate as engine_evaluate
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import Policy
 from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quantize
-from bitsmith.scoring import Evaluate, Scorer
+from bitsmith.scoring import EvaluateFn, Scorer
 from bitsmith.tune.correction import correct_bias, input_means, output_shift
 from bitsmith.tune.errors import TuneError
 from bitsmith.tune.features import descriptors_of
@@ -237,7 +237,7 @@ class TorchEvaluator:
 
     def __init__(self, model: nn.Module, calibration: Any, validation: Any, space: TuneSpace,
                  *, stages: Sequence[float | int] = (0.25, 1.0), batch_size: int = 500,
-                 backend: Backend | None = None, evaluate: Evaluate | None = None) -> None:
+                 backend: Backend | None = None, evaluate: EvaluateFn | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TuneError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model.eval()
