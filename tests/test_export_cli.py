@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import typer
+from conftest import random_tensors_file
 from typer.testing import CliRunner
 
 from bitsmith.export.cli import EXIT_BAD_INPUT
@@ -23,21 +24,10 @@ def _app() -> typer.Typer:
     return app
 
 
-def _random_data(tmp_path, n: int = 320):
-    """A tensors file of random 1x16x16 inputs and 10-class labels (split by the rule)."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    path = tmp_path / "random.npz"
-    np.savez(path, x=rng.standard_normal((n, 1, 16, 16)).astype(np.float32),
-             y=rng.integers(0, 10, n).astype(np.int64))
-    return str(path)
-
-
 def test_export_then_bench(tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(_app(), [
-        "export", "--model", "small_cnn", "--data", _random_data(tmp_path),
+        "export", "--model", "small_cnn", "--data", random_tensors_file(tmp_path),
         "--calibration-size", "64", "--out", str(out), "--batch", "1", "--batch", "4",
         "--runs", "5", "--runs-large", "3"])
     assert result.exit_code == 0, result.output
@@ -60,7 +50,7 @@ def test_export_then_bench(tmp_path):
 
 def test_bad_input_exit_code_2(tmp_path):
     app = _app()
-    data = _random_data(tmp_path)
+    data = random_tensors_file(tmp_path)
     result = runner.invoke(app, ["export", "--model", "no_such_model", "--data", data])
     assert result.exit_code == EXIT_BAD_INPUT and "unknown model" in _text(result)
     result = runner.invoke(app, ["export", "--model", "small_cnn", "--data", data,

@@ -19,14 +19,15 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "bitsmith"
 
 # Bottom to top. "__init__" is the package root (bitsmith/__init__.py), the public API.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"_version", "errors", "atomic", "progress", "pareto"}),
-    ("plain data", {"config", "schemes", "calibrate", "data", "engine", "safeload"}),
+    ("foundation", {"_version", "errors", "progress", "pareto"}),
+    ("files", {"atomic", "safeload"}),
+    ("plain data", {"config", "schemes", "calibrate", "data", "engine"}),
     ("policy, models", {"policy", "models"}),
     ("conversion, result", {"graph", "result"}),
     ("cost, quantize", {"cost", "quantize"}),
     ("shared primitives", {"allocation", "training", "inputs"}),
     ("run directory, estimators, scoring", {"rundir", "sensitivity", "scoring"}),
-    ("cli support", {"cli_support"}),
+    ("cli support", {"cli_support", "cli_config"}),
     ("consumers", {"export", "report"}),
     ("producers", {"tune", "analyze", "search", "compress"}),
     ("one call", {"auto"}),

@@ -18,14 +18,16 @@ from bitsmith.quantize import (
 from bitsmith.result import QuantizationResult
 
 
-def load(path: str, model: object = None):  # noqa: ANN201 - returns torch.nn.Module
+def load(path: str, model: object = None, *, key: bytes | str | None = None):  # noqa: ANN201
     """Rebuild a quantized model from a packed artifact (see :func:`bitsmith.export.load_packed`).
 
-    Imported lazily so that ``import bitsmith`` does not pull in ONNX.
+    ``key``: the secret the artifact was signed with; the file's HMAC-SHA256 signature must
+    then match. Without a key only the SHA-256 checksum is verified, which detects damage,
+    not tampering. Imported lazily so that ``import bitsmith`` does not pull in ONNX.
     """
     from bitsmith.export.packed import load_packed
 
-    return load_packed(path, model)  # type: ignore[arg-type]
+    return load_packed(path, model, key=key)  # type: ignore[arg-type]
 
 
 __all__ = [

@@ -28,7 +28,6 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from bitsmith.cli_support import Inputs, console, done, with_model
-from bitsmith.config import ConfigError, read_structured_file
 from bitsmith.errors import EXIT_ERROR, EXIT_OK, BitsmithError, InfeasibleError
 
 EXIT_BAD_INPUT, EXIT_INFEASIBLE, EXIT_INTERRUPTED = 2, 3, 130
@@ -77,13 +76,12 @@ app = typer.Typer(help="bitsmith: automatic mixed-precision quantization for PyT
                   pretty_exceptions_enable=False)
 
 
-def load_cli_config(path: Path) -> dict[str, Any]:
-    """Read a ``{command: {option: value}}`` YAML file (safe loader) for click's default_map."""
-    data = read_structured_file(path, "--config file") or {}
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ConfigError(f"--config file {path} must map command names to option mappings, "
-                          "e.g. 'demo: {epochs: 5}'")
-    return {cmd: {k.replace("-", "_"): v for k, v in opts.items()} for cmd, opts in data.items()}
+def load_cli_config(path: Path, ctx: typer.Context) -> dict[str, Any]:
+    """Read a ``{command: {option: value}}`` file for click's default_map, strictly
+    (:mod:`bitsmith.cli_config`: unknown commands/options and mistyped values are errors)."""
+    from bitsmith.cli_config import load_cli_config as load
+
+    return load(path, ctx.command, ctx)
 
 
 @app.callback()
@@ -95,7 +93,7 @@ def root(
 ) -> None:
     """bitsmith: automatic mixed-precision quantization for PyTorch."""
     if config is not None:
-        ctx.default_map = load_cli_config(config)
+        ctx.default_map = load_cli_config(config, ctx)
 
 
 @app.command()

@@ -21,6 +21,7 @@ import torch
 from rich.table import Table
 from torch.utils.data import Subset
 
+from bitsmith.atomic import atomic_write_text
 from bitsmith.cost import estimate
 from bitsmith.data import digits_splits, make_loader
 from bitsmith.engine import evaluate, fit
@@ -147,7 +148,6 @@ def print_demo(run: DemoRun, console: Any) -> None:
 def _write_run(out: Path, table: Any, policies: dict[str, Policy], run: DemoRun,
                n_val: int, n_test: int) -> None:
     """``results.json``, ``policy_<slug>.yaml`` and the run directory of the report."""
-    from bitsmith.atomic import atomic_write_text
     from bitsmith.rundir import RunWriter
 
     writer = RunWriter(out, model="SmallCNN", dataset="sklearn digits",

@@ -58,6 +58,11 @@ def iter_batches(data: Any, num_batches: int | None = None, multi_input: bool = 
             raise CalibrationError(
                 f"cannot read a batch of type {type(batch).__name__}; yield tensors or "
                 "(inputs, labels) tuples")
+        empty = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor) and a.numel() == 0]
+        if empty:
+            raise CalibrationError(
+                f"calibration batch {count} is empty (shape {empty[0]}); give at least one "
+                "input per batch (a few hundred representative inputs are enough)")
         count += 1
         yield args
     if count == 0:

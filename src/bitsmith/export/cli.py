@@ -29,16 +29,52 @@ EXIT_BAD_INPUT = 2
 PRESETS = ("w8a8", "w8a8-reduced")
 
 
-def _policy(spec: str, names: list[str]):
-    from bitsmith.policy import Policy, QSpec
+def read_key_file(path: Path | None) -> bytes | None:
+    """The signing key held by ``path`` (its bytes, exactly); ``None`` without a path.
+
+    Raises:
+        ArtifactError: the file is missing, unreadable or empty.
+    """
+    from bitsmith.export.errors import ArtifactError
+
+    if path is None:
+        return None
+    try:
+        key = Path(path).read_bytes()
+    except OSError as err:
+        raise ArtifactError(f"--key-file {path}: cannot be read ({err.strerror or err}); give "
+                            "a file holding the secret key") from None
+    if not key:
+        raise ArtifactError(f"--key-file {path} is empty; put at least 16 random bytes in it "
+                            "(e.g. head -c 32 /dev/urandom > KEY)")
+    return key
+
+
+KEY_FILE_HELP = ("Secret key file: sign the packed artifact with HMAC-SHA256 (without it "
+                 "the checksum detects damage, not tampering).")
+
+
+def _policy_file(spec: str):
+    """The Policy of a ``--policy`` file (checked before any model is loaded), or ``None``
+    for a preset."""
+    from bitsmith.policy import Policy
 
     if spec in PRESETS:
-        weight = QSpec("uniform_symmetric", 8, "channel", reduced_range=spec.endswith("reduced"))
-        return Policy.uniform(names, weight, QSpec("uniform_asymmetric", 8))
+        return None
     path = Path(spec)
     if not path.is_file():
         raise OptionError(f"--policy {spec!r} is neither a preset {PRESETS} nor a file")
     return Policy.load(path)
+
+
+def _policy(spec: str, loaded, names: list[str]):
+    """``loaded`` (a file's Policy), or the preset ``spec`` over ``names``."""
+    from bitsmith.policy import Policy, QSpec
+
+    if loaded is not None:
+        return loaded
+    weight = QSpec("uniform_symmetric", 8, "channel", reduced_range=spec.endswith("reduced"))
+    return Policy.uniform(names, weight, QSpec("uniform_asymmetric", 8))
 
 
 @with_inputs
@@ -52,6 +88,7 @@ def export_command(
     runs_large: int = typer.Option(30, min=3, help="Timed rounds at batches above 8."),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime intra-op threads."),
     integer_residuals: bool = typer.Option(True, help="Run residual adds / pooling in int8."),
+    key_file: Path | None = typer.Option(None, help=KEY_FILE_HELP),
     progress: ProgressOption = True,
 ) -> None:
     """Quantize the model with POLICY, export ONNX (QDQ) + packed artifact, check, time.
@@ -64,6 +101,8 @@ def export_command(
     from bitsmith.export.pipeline import deploy
     from bitsmith.quantize import collect_stats, prepare, quantize
 
+    key = read_key_file(key_file)
+    loaded = _policy_file(policy)
     with Stages("export", progress) as step:
         step(f"loading {inputs.model}")
         work = inputs.load(calibration_size=512)
@@ -72,13 +111,13 @@ def export_command(
         step("calibrating")
         stats = collect_stats(net, work.calibration)
         _, table, _ = prepare(net, stats.example_inputs)
-        pol = _policy(policy, table.names)
+        pol = _policy(policy, loaded, table.names)
         step("quantizing")
         qmodel = quantize(net, pol, calibration=stats)
         summary = deploy(net, qmodel, out, example_inputs=stats.example_inputs,
                          calibration=work.calibration, evaluation=evaluation,
                          batches=batch, runs=runs, runs_large=runs_large, threads=threads,
-                         integer_residuals=integer_residuals, log=step,
+                         integer_residuals=integer_residuals, log=step, key=key,
                          **packed_model_args(inputs))
     console.print(summary.to_markdown())
     done(f"written to {out}/ (summary.json, summary.md)")
@@ -132,7 +171,35 @@ def bench_command(
         atomic_write_text(json_out, json.dumps(payload, indent=2))
 
 
+def verify_command(
+    artifact: Path = typer.Argument(..., help="Packed artifact (.safetensors)."),
+    key_file: Path | None = typer.Option(None, help="Secret key file the artifact was "
+                                                    "signed with; then the signature must "
+                                                    "match."),
+) -> None:
+    """Check a packed artifact: readable, checksum intact and, with --key-file, signed.
+
+    Without --key-file only damage is detected (the checksum is stored in the file itself).
+    Example: bitsmith verify runs/r20/model.safetensors --key-file secret.key
+    """
+    from bitsmith.export.errors import ArtifactError
+    from bitsmith.export.metadata import policy_from
+    from bitsmith.export.packed import SIGNATURE_KEY, read_header, read_packed
+
+    _, meta = read_packed(artifact, read_key_file(key_file))
+    header = read_header(artifact)
+    try:
+        layers = len(policy_from(meta["policy"]))
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        raise ArtifactError(f"{artifact}: malformed metadata ({err})") from None
+    signed = "signed" if SIGNATURE_KEY in header else "not signed"
+    how = "checksum intact, signature verified" if key_file is not None else (
+        f"checksum intact ({signed}; without --key-file tampering is not detected)")
+    done(f"{artifact}: {meta['format']}, {layers} quantized layer(s); {how}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``export`` and ``bench`` commands to ``app``."""
+    """Add the ``export``, ``bench`` and ``verify`` commands to ``app``."""
     app.command("export")(export_command)
     app.command("bench")(bench_command)
+    app.command("verify")(verify_command)

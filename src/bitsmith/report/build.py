@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bitsmith.atomic import atomic_write_bytes, atomic_write_text
 from bitsmith.report import figures as figs
 from bitsmith.report.html import render_html
 from bitsmith.report.markdown import render_markdown
@@ -76,10 +77,10 @@ def write_report(run_dir: str | Path) -> Path:
     fig_dir.mkdir(exist_ok=True)
     files = {}
     for name, png in pngs.items():
-        (fig_dir / f"{name}.png").write_bytes(png)
+        atomic_write_bytes(fig_dir / f"{name}.png", png)
         files[name] = f"{FIGURE_DIR}/{name}.png"
-    (data.dir / REPORT_MD).write_text(render_markdown(summary, files))
-    (data.dir / REPORT_JSON).write_text(json.dumps(_clean(summary), indent=1))
+    atomic_write_text(data.dir / REPORT_MD, render_markdown(summary, files))
+    atomic_write_text(data.dir / REPORT_JSON, json.dumps(_clean(summary), indent=1))
     path = data.dir / REPORT_HTML
-    path.write_text(render_html(summary, pngs))
+    atomic_write_text(path, render_html(summary, pngs))
     return path

@@ -38,7 +38,7 @@ def _table(tab: Table, chosen_col: int | None = None) -> str:
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"]
     for row in rows:
         cls = ' class="chosen"' if chosen_col is not None and row[chosen_col] else ""
-        cells = "".join(f"<td>{html.escape(c.replace('**', ''))}</td>" for c in row)
+        cells = "".join(f"<td>{html.escape(c)}</td>" for c in row)
         out.append(f"<tr{cls}>{cells}</tr>")
     return "\n".join(out) + "</table>"
 

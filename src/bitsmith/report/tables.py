@@ -1,4 +1,8 @@
-"""Table rows shared by the HTML and Markdown renderers: (headers, rows of strings)."""
+"""Table rows shared by the HTML and Markdown renderers: (headers, rows of strings).
+
+Cells are plain text (names straight from the model, the policy and the run directory);
+each renderer escapes them for its format and adds its own emphasis.
+"""
 
 from __future__ import annotations
 
@@ -87,7 +91,7 @@ def trials_table(summary: dict[str, Any]) -> Table:
         row += [f"{t['size_bytes'] / 1024:,.1f}", _num(t.get("compression"), "{:.2f}x"),
                 _num(None if t.get("bitops") is None else t["bitops"] / 1e9, "{:.3f}"),
                 _num(t.get("avg_weight_bits")), "yes" if t["pareto"] else "",
-                "**yes**" if t["name"] == chosen else ""]
+                "yes" if t["name"] == chosen else ""]
         rows.append(row)
     return heads, rows
 

@@ -70,6 +70,7 @@ def tune_command(
     from bitsmith.tune.config import TuneConfig
     from bitsmith.tune.space import TuneSpace
     from bitsmith.tune.study import open_storage
+    from bitsmith.tune.transfer import load_transfer
 
     kind = OBJECTIVES.get(objective)
     if kind is None:
@@ -85,6 +86,9 @@ def tune_command(
         transfer=tuple(transfer or ()), progress=progress)
     if storage is not None:
         open_storage(storage)           # fail fast, before loading the model
+    for path in cfg.transfer:
+        load_transfer(path)
+    cfg.warm_starts()
     with stage(f"loading {inputs.model}", progress):
         work = inputs.load(validation_size=VALIDATION_SIZE, epochs=epochs)
     cfg = cfg.replace(labels={"model": work.name, "dataset": work.dataset},

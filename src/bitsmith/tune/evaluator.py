@@ -158,12 +158,17 @@ class _Runner(nn.Module):
 def _stack(data: Any, what: str) -> tuple[Tensor, Tensor | None]:
     """``(inputs, labels or None)`` tensors from a tensor, an ``(x, y)`` pair, a dataset or a
     ``DataLoader`` (its batches concatenated)."""
-    if isinstance(data, Tensor):
-        return data, None
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
-        return data[0], data[1]
     if isinstance(data, DataLoader):
-        return _concat(data, what)
+        data = _concat(data, what)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
+        data, labels = data
+    else:
+        labels = None
+    if isinstance(data, Tensor):
+        if data.dim() == 0 or data.shape[0] == 0:
+            raise TuneError(f"{what}: the tensor is empty (shape {tuple(data.shape)}); give "
+                            "at least one input")
+        return data, labels
     try:
         n = len(data)
     except TypeError:

@@ -31,7 +31,7 @@ file                       content
 =========================  ===============================================================
 
 Several workers may share one folder: each appends its finished trials to
-``trials.jsonl`` / ``search.jsonl`` (one ``write`` per line, ``O_APPEND``), and
+``trials.jsonl`` / ``search.jsonl`` (one locked ``write`` per line), and
 when a worker ends it rewrites the run files from the study (the source of truth)
 into a private folder and moves them into place with ``os.replace``: a reader never
 sees a half-written file, and the last worker to finish leaves the complete run.
@@ -263,7 +263,8 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
 

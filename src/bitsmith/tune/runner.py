@@ -23,8 +23,16 @@ from optuna.trial import Trial, TrialState
 
 from bitsmith.cost.budget import InfeasibleBudgetError
 from bitsmith.tune.config import TuneConfig
+from bitsmith.tune.distinct import (
+    DistinctSampler,
+    DuplicateConfig,
+    exhausted,
+    find_twin,
+    release_duplicate,
+)
 from bitsmith.tune.errors import TuneError
 from bitsmith.tune.evaluator import Evaluator, Measurement, as_mapping
+from bitsmith.tune.feasible import BudgetRepair
 from bitsmith.tune.features import ConfigEncoder
 from bitsmith.tune.objectives import Objective, cost_value, fp32_cost
 from bitsmith.tune.progress import TuneProgress
@@ -41,6 +49,7 @@ from bitsmith.tune.study import (
     reclaim_stale,
 )
 from bitsmith.tune.transfer import load_transfer
+from bitsmith.tune.workers import register_worker, worker_seed
 
 DEFAULT_STUDY = "bitsmith-tune"
 BUDGET_KIND = {"size": "size_bytes", "bitops": "bitops", "latency": "latency"}
@@ -117,6 +126,9 @@ class _TrialRunner:
 
     def __call__(self, trial: Trial) -> float | tuple[float, float]:
         config = {n: trial.suggest_categorical(n, list(c)) for n, c in self.dims.items()}
+        twin = find_twin(self.study, trial.number, config)
+        if twin is not None and not exhausted(self.study, self.dims):
+            raise DuplicateConfig(twin)          # handed back: re-drawn, not counted
         prev = self._previous(config, trial.number)
         if prev is not None:
             m = Measurement(**{k: (math.nan if v is None else v) for k, v in prev.items()})
@@ -194,17 +206,21 @@ def run_study(evaluator: Evaluator, config: TuneConfig, *, out_dir: str | Path |
         raise TuneError("metric 'latency' needs an evaluator that measures latency on a runtime")
     _check_feasible(evaluator, objective)
     fp32_acc = float(getattr(evaluator, "fp32_accuracy", 100.0))
-    sampler = _sampler(evaluator, objective, config, fp32_acc)
     initial = [dict(c) for c in initial_configs]
     initial += [space.config_from_policy(p, names) for p in config.warm_starts()]
     spec = {"space": space.fingerprint(), "objective": objective.to_dict(), "layers": names}
     study, budget = create_or_load(store, config.study_name or DEFAULT_STUDY,
-                                   objective.directions, sampler,
+                                   objective.directions, None,
                                    _pruner(objective, config.prune_margin, config.prune), spec,
                                    config.n_trials, [c for c in initial if c])
+    worker_id = register_worker(study, store)          # seeds differ per worker (workers.py)
+    study.sampler = DistinctSampler(
+        _sampler(evaluator, objective, config, fp32_acc, worker_seed(config.seed, worker_id)),
+        space.dimensions(names), seed=config.seed, worker=worker_id,
+        repair=BudgetRepair.for_study(evaluator, objective))
     say(f"study {study.study_name!r} on {url or 'memory'}: {objective.describe()}, "
         f"budget {budget} trials, strategy {config.strategy}, space of "
-        f"{space.size(names):.3g} configs")
+        f"{space.size(names):.3g} configs, worker {worker_id}")
     run_log = None
     if out is not None:
         from bitsmith.tune.outputs import RunLog
@@ -237,7 +253,7 @@ def _check_feasible(evaluator: Evaluator, objective: Objective) -> None:
 
 
 def _sampler(evaluator: Evaluator, objective: Objective, config: TuneConfig,
-             fp32_acc: float) -> optuna.samplers.BaseSampler:
+             fp32_acc: float, seed: int | None) -> optuna.samplers.BaseSampler:
     space, names = evaluator.space, evaluator.layer_names
     encoder = ConfigEncoder(space, names, getattr(evaluator, "weight_params", {}),
                             getattr(evaluator, "descriptors", {}))
@@ -247,7 +263,7 @@ def _sampler(evaluator: Evaluator, objective: Objective, config: TuneConfig,
         return cost_value(m, objective.metric), fp32_cost(m, objective.metric)
 
     transfer = [r for path in config.transfer for r in load_transfer(path)]
-    return make_sampler(config.strategy, space, encoder, objective, seed=config.seed,
+    return make_sampler(config.strategy, space, encoder, objective, seed=seed,
                         cost_fn=None if objective.metric == "latency" else cost_fn,
                         accuracy_ref=fp32_acc, transfer=transfer, n_trials=config.n_trials)
 
@@ -313,6 +329,10 @@ def _run_one(study: optuna.Study, store: Any, trial_id: int, run: _TrialRunner,
     beat = Heartbeat(store, trial_id, heartbeat_interval)
     try:
         values = run(trial)
+    except DuplicateConfig as dup:
+        beat.stop()
+        release_duplicate(study, trial, dup.twin)
+        return trial.number
     except optuna.TrialPruned:
         beat.stop()
         study.tell(trial, state=TrialState.PRUNED)
