@@ -29,7 +29,7 @@ from bitsmith.cost import estimate
 from bitsmith.data import cifar10_protocol
 from bitsmith.models import load_pretrained_cifar_resnet
 from bitsmith.policy import Policy, QSpec
-from bitsmith.tune import Objective, TorchEvaluator, TuneSpace, tune
+from bitsmith.tune import TorchEvaluator, TuneConfig, TuneSpace, run_study
 from bitsmith.tune import runner as tune_runner
 from bitsmith.tune.space import config_key
 
@@ -60,8 +60,9 @@ def run(ev: Counting, budget: int, repair: bool) -> dict[str, Any]:
         tune_runner.BudgetRepair.for_study = classmethod(lambda cls, e, o: None)
     try:
         t0 = time.perf_counter()
-        result = tune(evaluator=ev, objective=Objective("max_accuracy", "size", budget=budget),
-                      strategy="xgboost", n_trials=N_TRIALS, seed=SEED, progress=False)
+        result = run_study(ev, TuneConfig(objective="max_accuracy", budget=budget,
+                                          strategy="xgboost", n_trials=N_TRIALS, seed=SEED,
+                                          progress=False))
         seconds = time.perf_counter() - t0
     finally:
         tune_runner.BudgetRepair.for_study = original

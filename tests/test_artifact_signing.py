@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TinyNet
+from conftest import TinyNet, random_tensors_file
 from safetensors import safe_open
 from safetensors.numpy import save_file
 from test_export_cli import _app
@@ -99,9 +99,9 @@ def test_cli_signs_with_key_file_and_verify_refuses_a_tampered_copy(tmp_path) ->
     out = tmp_path / "run"
     runner = CliRunner()
     result = runner.invoke(_app(), [
-        "export", "small_cnn", "--data", "random", "--size", "16", "--channels", "1",
-        "--calib", "32", "--out", str(out), "--batch", "1", "--runs", "3", "--runs-large", "3",
-        "--key-file", str(key_file)])
+        "export", "--model", "small_cnn", "--data", random_tensors_file(tmp_path),
+        "--calibration-size", "32", "--out", str(out), "--batch", "1", "--runs", "3",
+        "--runs-large", "3", "--key-file", str(key_file)])
     assert result.exit_code == 0, result.output
     packed = out / "model.safetensors"
     header = json.loads(packed.read_bytes()[8:8 + struct.unpack("<Q", packed.read_bytes()[:8])[0]])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_tensors_file
 
 import bitsmith
 from bitsmith.cli import main
@@ -21,8 +22,16 @@ from bitsmith.quantize import CalibrationError
 from bitsmith.rundir import RunWriter
 
 GARBAGE = bytes(range(256)) * 4 + b"\x00\xff\xfe"
-EXPORT = ["export", "small_cnn", "--data", "random", "--size", "8", "--channels", "1",
-          "--calib", "8", "--runs", "3", "--runs-large", "3"]
+EXPORT = ["export", "--model", "small_cnn", "--calibration-size", "8", "--runs", "3",
+          "--runs-large", "3"]
+
+
+@pytest.fixture(autouse=True)
+def _export_data(tmp_path):
+    """``EXPORT`` + ``--data`` of random 1x8x8 inputs in ``tmp_path``."""
+    EXPORT[3:3] = ["--data", random_tensors_file(tmp_path, size=8)]
+    yield
+    del EXPORT[3:5]
 
 
 def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture, *expected: str) -> str:
@@ -103,8 +112,8 @@ def test_unknown_key_in_config(tmp_path, capsys) -> None:
 
 def test_quoted_boolean_in_config(tmp_path, capsys) -> None:
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("tune:\n  no_prune: 'no'\n")
-    _one_line_exit_2(["--config", str(cfg), "tune"], capsys, "no_prune", "true or false")
+    cfg.write_text("tune:\n  prune: 'no'\n")
+    _one_line_exit_2(["--config", str(cfg), "tune"], capsys, "prune", "true or false")
 
 
 def test_binary_garbage_space(tmp_path, capsys) -> None:
@@ -151,7 +160,7 @@ def _state_bytes() -> bytes:
     return buf.getvalue()
 
 
-PRETRAINED = ["export", "resnet20", "--pretrained", "--data", "random"]
+PRETRAINED = ["export", "--model", "resnet20"]  # the shipped weights, read first
 
 
 def test_truncated_checkpoint(tmp_path, capsys, data_dir) -> None:

@@ -43,7 +43,7 @@ def test_markup_in_names_is_escaped_in_markdown_and_html(tmp_path, tiny_net, ima
     assert "\\| pipe \\* star \\_under\\_" in md                    # table cells intact
     assert html.escape(IMG) in page and html.escape(SCRIPT) in page
     lines = [line for line in md.splitlines() if line.startswith("| ") and "pipe" in line]
-    assert len(lines) == 1 and lines[0].count(" | ") == 8          # still nine columns
+    assert len(lines) == 1 and lines[0].count(" | ") == 9          # still ten columns
 
 
 def test_md_text_folds_newlines_and_escapes_markdown() -> None:

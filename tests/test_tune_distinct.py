@@ -22,7 +22,7 @@ from bitsmith import prepare
 from bitsmith.cost import estimate
 from bitsmith.models import cifar_resnet
 from bitsmith.policy import Policy, QSpec
-from bitsmith.tune import Objective, TuneSpace, tune
+from bitsmith.tune import Objective, TuneConfig, TuneSpace, run_study
 from bitsmith.tune.distinct import DistinctSampler
 from bitsmith.tune.evaluator import Measurement
 from bitsmith.tune.feasible import BudgetRepair
@@ -164,8 +164,8 @@ def test_budgeted_study_on_resnet20_evaluates_feasible_configurations() -> None:
     space = TuneSpace.mixed_precision()
     ev = TableEvaluator(space)
     budget = _size_at(ev, 3)
-    result = tune(evaluator=ev, objective=Objective("max_accuracy", "size", budget=budget),
-                  strategy="random", n_trials=30, seed=0, progress=False)
+    result = run_study(ev, TuneConfig(objective="max_accuracy", budget=budget,
+                                      strategy="random", n_trials=30, seed=0, progress=False))
     feasible = [c for c in ev.evaluated if ev.cost(c).size_bytes <= budget]
     assert len(ev.evaluated) == 30 and len(feasible) >= 25
     assert len({config_key(c) for c in ev.evaluated}) == len(ev.evaluated)
@@ -181,10 +181,10 @@ def test_resumed_seeded_study_does_not_replay_its_suggestions(tmp_path: Path) ->
                                    "weight_clip": ["minmax"]})
     ev = TableEvaluator(space)
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    kwargs = dict(evaluator=ev, objective=Objective("min_cost", tolerance=1.0),
-                  strategy="random", storage=url, study_name="s", seed=0, progress=False)
-    tune(n_trials=8, **kwargs)
-    tune(n_trials=16, **kwargs)        # the same seed again, the budget topped up
+    kwargs = dict(tolerance=1.0, strategy="random", storage=url, study_name="s", seed=0,
+                  progress=False)
+    run_study(ev, TuneConfig(n_trials=8, **kwargs))
+    run_study(ev, TuneConfig(n_trials=16, **kwargs))  # the same seed again, budget topped up
     trials = optuna.load_study(study_name="s", storage=url).get_trials()
     keys = _finished_configs(trials)
     assert len(keys) == 16 and len(set(keys)) == 16

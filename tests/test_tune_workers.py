@@ -22,7 +22,7 @@ from bitsmith.tune.distinct import is_duplicate
 WORKER = r'''
 import json, sys, time, torch
 from torch import nn
-from bitsmith.tune import Objective, TuneSpace, TorchEvaluator, tune
+from bitsmith.tune import TorchEvaluator, TuneConfig, TuneSpace, run_study
 
 url, study, n_trials, delay = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 out = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] != "-" else None
@@ -53,9 +53,9 @@ space = TuneSpace.from_dict({"preset": "mixed", "calib_size": [32],
                                "weight_bits": [2, 3, 4, 8], "act_clip": ["minmax"],
                                "weight_clip": ["minmax"]})
 ev = Slow(model, x[:32], (x, y), space, stages=(1.0,))
-res = tune(evaluator=ev, objective=Objective("min_cost", tolerance=5.0), strategy=strategy,
-           n_trials=n_trials, storage=url, study_name=study, seed=seed, progress=False,
-           heartbeat_interval=heartbeat, out_dir=out, save_model=False)
+res = run_study(ev, TuneConfig(tolerance=5.0, strategy=strategy, n_trials=n_trials,
+                               storage=url, study_name=study, seed=seed, progress=False,
+                               heartbeat_interval=heartbeat, save_model=False), out_dir=out)
 print("DONE", res.counts(), flush=True)
 '''
 

@@ -1,6 +1,8 @@
 """bitsmith: automatic mixed-precision quantization for PyTorch models."""
 
 from bitsmith._version import __version__
+from bitsmith.auto import autoquantize
+from bitsmith.cost import Budget
 from bitsmith.graph import LayerTable
 from bitsmith.inputs.metric import evaluate
 from bitsmith.policy import LayerSpec, Policy, PolicyError, QSpec
@@ -13,6 +15,7 @@ from bitsmith.quantize import (
     prepare,
     quantize,
 )
+from bitsmith.result import QuantizationResult
 
 
 def load(path: str, model: object = None, *, key: bytes | str | None = None):  # noqa: ANN201
@@ -28,7 +31,7 @@ def load(path: str, model: object = None, *, key: bytes | str | None = None):  #
 
 
 __all__ = [
-    "CalibrationError", "CalibrationStats", "LayerSpec", "LayerTable", "Policy", "PolicyError",
-    "QSpec", "__version__", "apply_stats", "calibrate", "collect_stats", "evaluate", "load",
-    "prepare", "quantize",
+    "Budget", "CalibrationError", "CalibrationStats", "LayerSpec", "LayerTable", "Policy",
+    "PolicyError", "QSpec", "QuantizationResult", "__version__", "apply_stats",
+    "autoquantize", "calibrate", "collect_stats", "evaluate", "load", "prepare", "quantize",
 ]

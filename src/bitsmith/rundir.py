@@ -4,8 +4,14 @@ Format ``bitsmith.run/1`` (documented in docs/analyze_and_report.md)::
 
     RUN_DIR/
       run.json          required  {"format": "bitsmith.run/1", "model", "dataset", "eval_set",
-                                   "metric": "accuracy", "fp32": {"accuracy", ...} | null,
-                                   "chosen": <trial name> | null, "producer", "created", "notes"}
+                                   "eval_role": "validation" | "test" (what "accuracy" of
+                                   fp32 and of every trial was measured on; default
+                                   validation), "metric": "accuracy",
+                                   "fp32": {"accuracy", ...} | null,
+                                   "chosen": <trial name> | null, "rule": <how the chosen
+                                   trial was chosen> | null, "guard": <validation guard> |
+                                   null, "test_set": <label> | null (trials may then carry
+                                   "test_accuracy"), "producer", "created", "notes"}
       layers.json       required  {"format": "bitsmith.layers/1", "total_params": int,
                                    "layers": [LayerInfo.to_dict(), ...]}
       trials.jsonl      required  one evaluated policy per line, >= 1 line:
@@ -117,7 +123,8 @@ class RunWriter:
 
     def __init__(self, run_dir: str | Path, *, model: str, dataset: str, eval_set: str = "",
                  metric: str = "accuracy", producer: str = "", fresh: bool = True,
-                 notes: Mapping[str, Any] | None = None) -> None:
+                 notes: Mapping[str, Any] | None = None, eval_role: str = "validation",
+                 guard: Mapping[str, Any] | None = None) -> None:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._policies: dict[str, Policy] = {}
@@ -128,9 +135,11 @@ class RunWriter:
             raise RunDirError(f"{path}: expected a JSON object; delete it or start afresh")
         self.run: dict[str, Any] = {
             "format": RUN_FORMAT, "model": model, "dataset": dataset, "eval_set": eval_set,
-            "metric": metric, "fp32": old.get("fp32"), "chosen": old.get("chosen"),
-            "producer": producer, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "notes": dict(notes or {})}
+            "eval_role": eval_role, "metric": metric, "fp32": old.get("fp32"),
+            "chosen": old.get("chosen"), "rule": old.get("rule"),
+            "guard": dict(guard) if guard is not None else old.get("guard"),
+            "test_set": old.get("test_set"), "producer": producer,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "notes": dict(notes or {})}
         if fresh:
             for name in (TRIALS_JSONL, SEARCH_JSONL):
                 (self.dir / name).unlink(missing_ok=True)
@@ -153,7 +162,7 @@ class RunWriter:
 
     def set_fp32(self, accuracy: float, **extra: Any) -> None:
         """The float model's numbers (e.g. ``accuracy=91.5, size_bytes=...``)."""
-        self.run["fp32"] = {"accuracy": float(accuracy), **extra}
+        self.run["fp32"] = {**(self.run["fp32"] or {}), "accuracy": float(accuracy), **extra}
         self._save_run()
 
     def add_trial(self, name: str, *, accuracy: float, policy: Policy | None = None,
@@ -195,12 +204,23 @@ class RunWriter:
         self._append(TRIALS_JSONL, record)
         return record
 
-    def choose(self, name: str, policy: Policy | None = None) -> Path:
-        """Mark trial ``name`` as the chosen one and write its policy to ``policy.yaml``."""
+    def set_test_set(self, label: str, fp32_accuracy: float | None = None) -> None:
+        """Name the test set whose numbers trials carry as ``test_accuracy`` (and the float
+        model's score on it)."""
+        self.run["test_set"] = label
+        if fp32_accuracy is not None:
+            self.run["fp32"] = {**(self.run["fp32"] or {}), "test_accuracy": float(fp32_accuracy)}
+        self._save_run()
+
+    def choose(self, name: str, policy: Policy | None = None, rule: str | None = None) -> Path:
+        """Mark trial ``name`` as the chosen one (chosen by ``rule``, one sentence) and write
+        its policy to ``policy.yaml``."""
         policy = policy or self._policies.get(name)
         if policy is None:
             raise ValueError(f"no policy known for trial {name!r}; pass policy=")
         self.run["chosen"] = name
+        if rule is not None:
+            self.run["rule"] = rule
         self._save_run()
         return policy.save(self.dir / POLICY_YAML)
 
@@ -218,11 +238,7 @@ class RunWriter:
 
     def write_export(self, artifacts: Sequence[Mapping[str, Any]]) -> Path:
         """``export.json``: one entry per exported artifact (size, latency, agreement, ...)."""
-        path = self.dir / EXPORT_JSON
-        atomic_write_text(path, json.dumps({"format": EXPORT_FORMAT,
-                                            "artifacts": [dict(a) for a in artifacts]},
-                                           indent=2))
-        return path
+        return write_export(self.dir, artifacts)
 
     def write_masks(self, layouts: Mapping[str, MaskLayout]) -> Path:
         """``masks.json``: the stored-mask layout of each sparse layer of the chosen policy
@@ -241,6 +257,26 @@ class RunWriter:
         atomic_write_text(path, json.dumps({"format": SEARCH_LAYERS_FORMAT, "method": method,
                                         "layers": [dict(r) for r in rows]}, indent=1))
         return path
+
+
+def write_export(run_dir: str | Path, artifacts: Sequence[Mapping[str, Any]]) -> Path:
+    """``export.json`` of a written run: one entry per exported artifact (size, latency,
+    agreement, ...)."""
+    path = Path(run_dir) / EXPORT_JSON
+    atomic_write_text(path, json.dumps({"format": EXPORT_FORMAT,
+                                        "artifacts": [dict(a) for a in artifacts]}, indent=2))
+    return path
+
+
+def record_test(run_dir: str | Path, label: str, fp32: float | None, chosen: float) -> None:
+    """Add test-set numbers to a written run: ``run.json`` ``"test_set"`` (the label),
+    ``"test": {"fp32", "chosen"}`` (the chosen trial's and the float model's score on it).
+    The trials' ``accuracy`` stays the validation score the choice was made on."""
+    path = Path(run_dir) / RUN_JSON
+    run = _read_json(path)
+    run["test_set"] = label
+    run["test"] = {"fp32": fp32, "chosen": chosen}
+    atomic_write_text(path, json.dumps(run, indent=2))
 
 
 @dataclass

@@ -30,7 +30,8 @@ def make_figures(data: RunData, summary: dict[str, Any]) -> dict[str, bytes]:
     idx = None if chosen is None else next(
         (i for i, t in enumerate(trials) if t["name"] == chosen["name"]), None)
     out["pareto"] = figs.pareto_figure(trials, summary["pareto"], idx,
-                                       (summary["run"].get("fp32") or {}).get("accuracy"))
+                                       (summary["run"].get("fp32") or {}).get("accuracy"),
+                                       summary.get("eval_role", "validation"))
     sens = data.sensitivity
     if sens is not None:
         primary = summary["sensitivity"]["primary"]

@@ -48,7 +48,13 @@ def render_markdown(summary: dict[str, Any], figure_files: Mapping[str, str]) ->
            f"Evaluated on {md_text(run.get('eval_set', ''))}; producer "
            f"{md_text(run.get('producer', ''))}; {md_text(run.get('created', ''))}.", ""]
     if summary["chosen"] is not None:
-        out += [f"Chosen policy: **{md_text(summary['chosen']['name'])}**", ""]
+        rule = summary.get("rule")
+        out += [f"Chosen policy: **{md_text(summary['chosen']['name'])}**"
+                + (f" - rule: {md_text(rule)}" if rule else ""), ""]
+    out += [md_text(summary.get("data_note", "")), ""]
+    guard = summary.get("guard") or {}
+    if guard.get("fired"):
+        out += [f"> **Validation guard:** {md_text(guard.get('message', ''))}", ""]
     out += [f"- {md_text(k)}: **{md_text(v)}**" for k, v in key_numbers(summary)]
     out += ["", "## Layers of the chosen policy", "", _md_table(layer_table(summary)), "",
             f"![bits per layer]({figure_files['bits']})", ""]
@@ -58,7 +64,7 @@ def render_markdown(summary: dict[str, Any], figure_files: Mapping[str, str]) ->
                 _md_table(sensitivity_cost_table(summary)), ""]
     out += ["## Accuracy vs size of every policy tried", "",
             f"![Pareto front]({figure_files['pareto']})", "",
-            _md_table(trials_table(summary), chosen_col=8), ""]
+            _md_table(trials_table(summary), chosen_col=-1), ""]
     if "search" in figure_files:
         out += ["## Search curves", "", f"![search curves]({figure_files['search']})", ""]
     if summary["export"] is not None:

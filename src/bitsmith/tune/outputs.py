@@ -136,10 +136,10 @@ class RunLog:
             "dataset": str(meta.get("dataset", "")),
             "eval_set": str(meta.get("eval_set", f"validation ({images} images)" if images
                                      else "validation")),
-            "producer": "bitsmith tune",
+            "producer": "bitsmith tune", "guard": meta.get("guard"),
             "notes": {"objective": objective.describe(), "strategy": strategy,
                       **{k: v for k, v in meta.items()
-                         if k not in ("model", "dataset", "eval_set")}}}
+                         if k not in ("model", "dataset", "eval_set", "guard")}}}
         self.writer = self._open(out_dir, fresh)
 
     @staticmethod
@@ -217,7 +217,7 @@ class RunLog:
                 if self.improves(t, best):
                     best = t
                 self._add(writer, t, best)
-            writer.choose(_trial_name(pick.number))
+            writer.choose(_trial_name(pick.number), rule=self.objective.rule())
             (out_dir / "policies").mkdir(exist_ok=True)
             for f in (tmp / "policies").iterdir():
                 os.replace(f, out_dir / "policies" / f.name)

@@ -145,8 +145,10 @@ def summarize(study: optuna.Study, objective: Objective, budget: int, stopped: s
 def _best_single(records: Sequence[TrialRecord], objective: Objective) -> TrialRecord:
     def key(r: TrialRecord) -> tuple[float, float]:
         v = r.values[0]
-        # ties (equal cost) broken by accuracy
-        return (v if objective.kind == "min_cost" else -v, -r.measurement["accuracy"])
+        if objective.kind == "min_cost":  # ties (equal cost) broken by accuracy
+            return (v, -r.measurement["accuracy"])
+        # ties (equal accuracy) broken by cost: the pick stays on the Pareto front
+        return (-v, cost_value(_measurement(r.measurement), objective.metric))
     return min(records, key=key)
 
 
