@@ -241,3 +241,11 @@ def test_disk_full(tmp_path, capsys, monkeypatch, tiny_net, images) -> None:
 
     monkeypatch.setattr(os, "fsync", full)
     _one_line_exit_2(["report", str(run)], capsys, "no space left", str(run))
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path, capsys) -> None:
+    bad = tmp_path / "cfg.yaml"
+    bad.write_bytes(GARBAGE)
+    assert main(["--debug", "--config", str(bad), "schemes"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error:")
