@@ -13,7 +13,7 @@ from conftest import tune_problem
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from bitsmith import Policy, quantize
+from bitsmith import LayerSpec, Policy, QSpec, quantize
 from bitsmith.cost import InfeasibleBudgetError
 from bitsmith.pareto import pareto_front
 from bitsmith.report import write_report
@@ -80,6 +80,26 @@ def test_scheme_mapping_symmetric_uint8_and_pow2() -> None:
     assert p2["a"].weight.pow2_scale and p2["b"].act.pow2_scale
     edge = sp.to_policy({**base, "scheme": "asymmetric", "float_layers": "first_last"}, names)
     assert edge["a"].is_float and edge["b"].is_float
+
+
+def test_warm_start_policy_keeps_its_clipping_and_granularity() -> None:
+    """``--init-policy``: the warm-start trial measures the given policy, not the given bit
+    widths under clipping the sampler drew (MSE weight clipping costs ResNet-32 5 points)."""
+    sp = TuneSpace.mixed_precision()
+    names = ["a", "b", "c"]
+    w4, a8 = QSpec("uniform_symmetric", 4, "channel"), QSpec("uniform_asymmetric", 8)
+    policy = Policy({"a": LayerSpec(w4, a8), "b": LayerSpec(w4.replace(bits=3), a8),
+                     "c": LayerSpec(w4, a8.replace(observer="mse"))})
+    config = sp.config_from_policy(policy, names)
+    assert config == {"weight_clip": "minmax", "granularity": "channel", "w:a": 4, "w:b": 3,
+                      "w:c": 4}                  # the layers disagree on act_clip: left open
+    assert sp.to_policy({**{k: v[0] for k, v in sp.dimensions(names).items()}, **config},
+                        names)["b"].weight == w4.replace(bits=3)
+    odd = Policy({n: LayerSpec(w4.replace(observer="percentile", percentile=99.0), a8)
+                  for n in names})               # a percentile the space does not offer
+    assert "weight_clip" not in sp.config_from_policy(odd, names)
+    assert TuneSpace().config_from_policy(policy, names) == {
+        "weight_clip": "minmax", "granularity": "channel"}   # global bits: none per layer
 
 
 @pytest.mark.parametrize("bad", [
@@ -239,6 +259,30 @@ def test_zero_tolerance_unmet_reports_closest(evaluator: TorchEvaluator) -> None
                                    progress=False))
     assert not res.feasible and res.closest is not None
     assert res.closest.measurement["drop"] > 0 and "INFEASIBLE" in res.summary()
+
+
+def test_guard_takes_a_zero_tolerance() -> None:
+    """``--tolerance 0`` ("no drop") once divided by zero in the guard's size rule."""
+    from bitsmith.scoring import check_validation
+
+    guard = check_validation(87.0, 200, 0.0)
+    assert not guard.too_small and not guard.fired
+    assert check_validation(87.0, 200, 1.0).too_small     # 2 examples: the rule still fires
+
+
+def test_every_trial_pruned_is_infeasible_with_the_fix() -> None:
+    """All trials stopped after the first stage: exit 3 and what to change, not exit 1 and
+    'see trials.csv for their errors' (there are none)."""
+    from bitsmith.errors import EXIT_INFEASIBLE, exit_code_of
+    from bitsmith.tune.api import _result
+    from bitsmith.tune.results import TrialRecord, TuneResult
+
+    pruned = [TrialRecord(n, "PRUNED", {}, {"drop": 18.0}, None, None, 1.0) for n in range(3)]
+    study = TuneResult("s", None, Objective("min_cost", "size", tolerance=1.0), 90.0, pruned,
+                       best=None, closest=None, front=[], budget=3, stopped="budget")
+    with pytest.raises(Exception, match="--no-prune") as info:
+        _result(None, study, TuneConfig(), {}, None, 1.0)  # type: ignore[arg-type]
+    assert exit_code_of(info.value) == EXIT_INFEASIBLE and "3 finished" in str(info.value)
 
 
 @pytest.mark.parametrize("url", ["not a url", "nosuchdb://x/y",

@@ -15,7 +15,8 @@ model's score. Its rule:
   score 100 % here.
 * **too small**: the tolerance is worth fewer than :data:`MIN_EXAMPLES` (5) validation
   examples, ``examples * tolerance / 100 < 5`` (top-1 in points). One or two flipped
-  examples would then decide whether a policy is "within tolerance".
+  examples would then decide whether a policy is "within tolerance". (A zero tolerance,
+  "no drop at all", is the user's explicit choice; the rule does not apply to it.)
 
 Either finding is a warning (the run goes on), names what to use instead, and is recorded
 in the run summary (``summary["guard"]``) and the run directory (``run.json`` notes).
@@ -145,7 +146,7 @@ def check_validation(fp32: float, examples: int | None, tolerance: float | None,
     """
     saturated = is_top1 and fp32 >= SATURATED_TOP1
     too_small = (is_top1 and examples is not None and tolerance is not None
-                 and examples * tolerance / 100.0 < MIN_EXAMPLES)
+                 and tolerance > 0 and examples * tolerance / 100.0 < MIN_EXAMPLES)
     problems = []
     if saturated:
         problems.append(

@@ -10,7 +10,7 @@ import optuna
 from torch import nn
 
 from bitsmith.cost import estimate
-from bitsmith.errors import BitsmithError
+from bitsmith.errors import BitsmithError, InfeasibleError
 from bitsmith.result import QuantizationResult, cost_summary, validation_summary
 from bitsmith.scoring import EvaluateFn, check_validation
 from bitsmith.tune.config import TuneConfig
@@ -72,6 +72,13 @@ def _result(evaluator: TorchEvaluator, study: TuneResult, cfg: TuneConfig,
             guard: dict[str, Any], out_dir: str | Path | None, seconds: float
             ) -> QuantizationResult:
     pick = study.best or study.closest
+    pruned = [t for t in study.trials if t.state == "PRUNED"]
+    if pick is None and pruned:
+        raise InfeasibleError(
+            f"all {len(pruned)} finished trials of study {study.study_name!r} were stopped "
+            "after the first validation stage, their drop far above the tolerance; none met "
+            "it: allow a larger --tolerance, more --n-trials, or --no-prune to measure them "
+            "in full")
     if pick is None:
         failed = [t for t in study.trials if t.state == "FAIL"]
         raise BitsmithError(f"no trial of study {study.study_name!r} finished "

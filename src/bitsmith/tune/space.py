@@ -283,13 +283,17 @@ class TuneSpace:
         return Policy(layers)
 
     def config_from_policy(self, policy: Policy, layer_names: Sequence[str]) -> Choices:
-        """The per-layer bit widths of ``policy`` as a (partial) configuration of this space.
+        """``policy`` as a (partial) configuration of this space: its per-layer bit widths,
+        and the weight / activation clipping and weight granularity that all its quantized
+        layers share.
 
         The warm-start hook for external allocators (e.g. a sensitivity-based integer
-        program): only bit widths that are choices of the space are kept; other knobs
-        are left for the sampler. Returns ``{}`` when nothing maps.
+        program, ``bitsmith tune --init-policy``): only values that are choices of the space
+        are kept, so the warm-start trial measures the given policy as far as the space can
+        express it; other knobs (scheme, calibration size, bias correction) are left for
+        the sampler. Returns ``{}`` when nothing maps.
         """
-        out: Choices = {}
+        out: Choices = self._shared_knobs(policy, layer_names)
         for name in layer_names:
             spec = policy.get(name)
             w = FLOAT_CHOICE if spec is None or spec.weight is None else spec.weight.bits
@@ -299,6 +303,27 @@ class TuneSpace:
             if self.per_layer_act_bits and a in self.act_bits:
                 out[A_PREFIX + name] = a
         return out
+
+    def _shared_knobs(self, policy: Policy, layer_names: Sequence[str]) -> Choices:
+        """``weight_clip``, ``act_clip``, ``granularity`` of ``policy`` where every quantized
+        layer agrees on them and the space offers that value (a percentile observer only
+        with the space's percentile)."""
+        specs = [policy.get(n) for n in layer_names]
+        weights = [s.weight for s in specs if s is not None and s.weight is not None]
+        acts = [s.act for s in specs if s is not None and s.act is not None]
+        candidates = (
+            ("weight_clip", {_clip_of(q, self.percentile) for q in weights}, self.weight_clip),
+            ("act_clip", {_clip_of(q, self.percentile) for q in acts}, self.act_clip),
+            ("granularity", {q.granularity for q in weights}, self.granularity))
+        return {knob: next(iter(values)) for knob, values, choices in candidates
+                if len(values) == 1 and next(iter(values)) in choices}
+
+
+def _clip_of(spec: QSpec, percentile: float) -> str | None:
+    """The clipping knob value of ``spec`` (``None`` for a percentile other than the space's)."""
+    if spec.observer == "percentile" and float(spec.percentile) != float(percentile):
+        return None
+    return spec.observer
 
 
 @functools.lru_cache(maxsize=4096)
