@@ -1,0 +1,272 @@
+"""A user's own model through the command line (issue 14 acceptance).
+
+The shipped CIFAR-10 ResNet-32 checkpoint is given as a *user* checkpoint file to a model
+file bitsmith does not know (``benchmarks/user_model/resnet_cifar.py``, written as a user
+would: plain PyTorch, nothing from bitsmith's registry), and the real ``bitsmith`` command
+is run in subprocesses, exactly as a user types it:
+
+1. ``bitsmith export --policy w8a8``: FP32 and int8 (per-channel int8 weights, 8-bit
+   activations) ONNX models, checked against the PyTorch simulation;
+2. ``bitsmith analyze --avg-bits 4``: sensitivities and a ~4-bit policy (uniform W4A8 or an
+   integer-program allocation with the same size, whichever is more accurate on validation);
+3. ``bitsmith export --policy <analyze>/policy.yaml``: that policy deployed;
+4. ``bitsmith tune`` (mixed-precision space, smallest size within 1 point on validation,
+   warm-started from the analyze policy) and ``bitsmith export`` of its policy;
+5. ``bitsmith report`` of the analyze and tune runs.
+
+Every exported ONNX model (``fp32.onnx``, ``quantized.onnx``) is then run in ONNX Runtime on
+the 1,000 lossless test images and on the 5,000 JPEG validation images (the honest
+validation split: the float model has not memorised these JPEG copies; the first 1,000 /
+2,000 of them are what analyze / tune chose on). Wall time of every command is recorded.
+
+Acceptance: int8 within 0.3 points of FP32 and ~4-bit within 1 point, on the test images.
+
+Run (timed, on a shared machine): ``flock /tmp/bitsmith-bench.lock .venv/bin/python -m
+benchmarks.own_model``; ``--quick`` runs tiny settings to check the plumbing (not recorded).
+Writes results/own_model.json and results/own_model.md; the run folders go to
+runs/own_model/ (recreated each time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+try:
+    from benchmarks.common import write_result
+except ImportError:  # run as a script from benchmarks/
+    from common import write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_FILE = "benchmarks/user_model/resnet_cifar.py:build"
+CHECKPOINT = "../shared/data/models/akamaster_resnet_cifar10/resnet32-d509ac18.th"
+OUT = Path("runs/own_model")
+ORT_THREADS = 2
+INT8_TOLERANCE, W4_TOLERANCE = 0.3, 1.0
+
+
+def bitsmith_command() -> str:
+    """The ``bitsmith`` console script of this interpreter's environment (as on PATH)."""
+    beside = Path(sys.executable).parent / "bitsmith"
+    return str(beside) if beside.is_file() else (shutil.which("bitsmith") or "bitsmith")
+
+
+def user_args() -> list[str]:
+    return ["--model", MODEL_FILE, "--checkpoint", CHECKPOINT, "--data", "cifar10"]
+
+
+def run_step(name: str, args: list[str], logs: Path, ok: tuple[int, ...] = (0,)
+             ) -> dict[str, Any]:
+    """Run ``bitsmith ARGS`` from the repository root; its output goes to ``logs/NAME.log``.
+
+    Returns the step record: command line, exit code, wall seconds, load averages. An exit
+    code outside ``ok`` ends the benchmark (tune may exit 3: nothing met the tolerance, the
+    closest policy is still written).
+    """
+    argv = [bitsmith_command(), *args]
+    shown = "bitsmith " + shlex.join(args)
+    print(f"[{time.strftime('%H:%M:%S')}] {shown}", flush=True)
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with open(logs / f"{name}.log", "w") as log:
+        proc = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, check=False)
+    wall = time.perf_counter() - t0
+    tail = (logs / f"{name}.log").read_text().splitlines()[-8:]
+    print(f"    exit {proc.returncode} in {wall:.1f} s", flush=True)
+    if proc.returncode not in ok:
+        raise SystemExit(f"step {name} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    return {"step": name, "command": shown, "exit_code": proc.returncode,
+            "wall_seconds": wall, "load_before": load_before,
+            "load_after": os.getloadavg()[0], "output_tail": tail}
+
+
+def onnx_accuracy(path: Path, splits, role: str) -> float:
+    """Top-1 % of the ONNX model ``path`` in ONNX Runtime on the labelled split ``role``."""
+    from bitsmith.export.ort import make_session, run
+
+    session = make_session(path, ORT_THREADS)
+    correct = total = 0
+    for x, y in splits.loader(role, batch_size=250):
+        logits = run(session, [x.numpy()])[0]
+        correct += int((np.argmax(logits, 1) == y.numpy()).sum())
+        total += len(y)
+    return 100.0 * correct / total
+
+
+def exported_row(label: str, folder: Path, splits, policy_from: str) -> dict[str, Any]:
+    """Accuracy of an export folder's quantized ONNX model on test and JPEG validation,
+    next to what ``bitsmith export`` itself reported."""
+    summary = json.loads((folder / "summary.json").read_text())
+    t0 = time.perf_counter()
+    test = onnx_accuracy(folder / "quantized.onnx", splits, "test")
+    val = onnx_accuracy(folder / "quantized.onnx", splits, "validation")
+    sizes = summary["sizes"]
+    return {"config": label, "policy": policy_from, "export_dir": str(folder),
+            "avg_weight_bits": summary["avg_weight_bits"],
+            "packed_bytes": sizes["packed"], "quantized_onnx_bytes": sizes["quantized_onnx"],
+            "compression_vs_fp32_state_dict": sizes["fp32_state_dict"] / sizes["packed"],
+            "test_accuracy_onnx": test, "val_jpeg_accuracy_onnx": val,
+            "export_reported": summary["accuracy"],
+            "top1_agreement_onnx_vs_simulation": summary["agreement"]["top1_agreement"],
+            "latency_ms": {b: {"fp32": t["fp32"]["median_ms"],
+                               "quantized": t["quantized"]["median_ms"],
+                               "speedup": t["speedup"]}
+                           for b, t in summary["latency"].items()},
+            "eval_seconds": time.perf_counter() - t0}
+
+
+def run_summary(folder: Path) -> dict[str, Any]:
+    """The chosen policy's numbers as the producer recorded them in its run directory."""
+    run = json.loads((folder / "run.json").read_text())
+    trials = [json.loads(line) for line in (folder / "trials.jsonl").read_text().splitlines()
+              if line.strip()]
+    chosen = next((t for t in trials if t.get("name") == run.get("chosen")), {})
+    summary = folder / "summary.json"
+    feasible = json.loads(summary.read_text()).get("feasible") if summary.is_file() else None
+    return {"feasible": feasible,"chosen": run.get("chosen"), "rule": run.get("rule"),
+            "eval_set": run.get("eval_set"), "test_set": run.get("test_set"),
+            "fp32_validation": (run.get("fp32") or {}).get("accuracy"),
+            "chosen_validation": chosen.get("accuracy"),
+            "chosen_avg_weight_bits": chosen.get("avg_weight_bits"),
+            "chosen_compression": chosen.get("compression"),
+            "test": run.get("test"), "guard_fired": (run.get("guard") or {}).get("fired"),
+            "trials": len(trials)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny settings to check the plumbing; nothing is recorded")
+    parser.add_argument("--tune-trials", type=int, default=24)
+    parser.add_argument("--methods", default="fisher",
+                        help="analyze --methods (the default 'measured,hessian,fisher' "
+                             "costs ~15 s per (layer, bits) pair here: 192 pairs)")
+    opts = parser.parse_args()
+    out = ROOT / OUT
+    shutil.rmtree(out, ignore_errors=True)
+    logs = out / "logs"
+    logs.mkdir(parents=True)
+    timing = ["--runs", "5", "--runs-large", "3"] if opts.quick else ["--runs", "100",
+                                                                        "--runs-large", "20"]
+    quick_data = ["--validation-size", "200"] if opts.quick else []
+    trials = 3 if opts.quick else opts.tune_trials
+    load_start = os.getloadavg()[0]
+    t_start = time.perf_counter()
+    steps = [
+        run_step("export_int8", ["export", *user_args(), "--policy", "w8a8",
+                                 "--out", str(OUT / "int8"), *timing], logs),
+        run_step("analyze", ["analyze", *user_args(), *quick_data, "--avg-bits", "4",
+                             "--methods", opts.methods, "--out", str(OUT / "analyze")], logs),
+        run_step("export_w4", ["export", *user_args(), "--policy",
+                               str(OUT / "analyze" / "policy.yaml"), "--out", str(OUT / "w4"),
+                               *timing], logs),
+        run_step("tune", ["tune", *user_args(), *quick_data, "--tolerance", "1",
+                          "--n-trials", str(trials), "--init-policy",
+                          str(OUT / "analyze" / "policy.yaml"), "--out", str(OUT / "tune")],
+                 logs, ok=(0, 3)),
+        run_step("export_tuned", ["export", *user_args(), "--policy",
+                                  str(OUT / "tune" / "policy.yaml"),
+                                  "--out", str(OUT / "tuned"), *timing], logs),
+        run_step("report_analyze", ["report", str(OUT / "analyze")], logs),
+        run_step("report_tune", ["report", str(OUT / "tune")], logs),
+    ]
+    total = time.perf_counter() - t_start
+    load_end = os.getloadavg()[0]
+
+    from bitsmith.inputs import resolve_data
+
+    splits = resolve_data("cifar10")
+    fp32_test = onnx_accuracy(out / "int8" / "fp32.onnx", splits, "test")
+    fp32_val = onnx_accuracy(out / "int8" / "fp32.onnx", splits, "validation")
+    rows = [
+        {"config": "FP32", "policy": "-", "test_accuracy_onnx": fp32_test,
+         "val_jpeg_accuracy_onnx": fp32_val,
+         "export_reported": {"fp32": json.loads(
+             (out / "int8" / "summary.json").read_text())["accuracy"]["fp32"]}},
+        exported_row("int8 (export --policy w8a8)", out / "int8", splits, "preset w8a8"),
+        exported_row("~4-bit (analyze --avg-bits 4, chosen)", out / "w4", splits,
+                     str(OUT / "analyze" / "policy.yaml")),
+        exported_row("tuned mixed (tune --tolerance 1, chosen)", out / "tuned", splits,
+                     str(OUT / "tune" / "policy.yaml")),
+    ]
+    for r in rows:
+        r["test_drop"] = fp32_test - r["test_accuracy_onnx"]
+        r["val_jpeg_drop"] = fp32_val - r["val_jpeg_accuracy_onnx"]
+    int8_ok = rows[1]["test_drop"] <= INT8_TOLERANCE
+    w4_ok = rows[2]["test_drop"] <= W4_TOLERANCE
+    producers = {"analyze": run_summary(out / "analyze"), "tune": run_summary(out / "tune")}
+    if opts.quick:
+        print(json.dumps({"rows": rows, "producers": producers}, indent=2, default=str))
+        return
+    n_val = splits.info["validation"].size
+    lines = [
+        f"The shipped ResNet-32 checkpoint (`{CHECKPOINT}`) given as a user's checkpoint to "
+        f"a user's model file (`{MODEL_FILE}`, plain PyTorch, not bitsmith's registry), "
+        "through the `bitsmith` command in subprocesses, `--data cifar10`. Accuracies: the "
+        "exported ONNX models run in ONNX Runtime on the 1,000 lossless test images (test) "
+        f"and on the {n_val:,} JPEG validation images (the honest validation split; analyze "
+        "chose on the first 1,000 of them, tune on the first 2,000).",
+        f"Machine: 2 shared cores; 1-min load average {load_start:.1f} at the start, "
+        f"{load_end:.1f} at the end; each command ran with torch's default "
+        f"{torch.get_num_threads()} threads; ONNX Runtime evaluation {ORT_THREADS} threads. "
+        f"All commands together: {total:.0f} s wall.",
+        "",
+        f"Acceptance (test images): int8 within {INT8_TOLERANCE} points of FP32: "
+        f"{'MET' if int8_ok else 'NOT MET'} ({rows[1]['test_drop']:+.2f}); ~4-bit within "
+        f"{W4_TOLERANCE:g} point: {'MET' if w4_ok else 'NOT MET'} ({rows[2]['test_drop']:+.2f}).",
+        "",
+        "| configuration | avg w bits | packed KiB | vs FP32 | test % | test drop | "
+        "JPEG val % | JPEG val drop |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {r['config']} | " + (
+            f"{r['avg_weight_bits']:.2f} | {r['packed_bytes'] / 1024:.1f} | "
+            f"{r['compression_vs_fp32_state_dict']:.2f}x | " if "packed_bytes" in r
+            else "32 | - | 1.00x | ")
+          + f"{r['test_accuracy_onnx']:.2f} | {r['test_drop']:+.2f} | "
+            f"{r['val_jpeg_accuracy_onnx']:.2f} | {r['val_jpeg_drop']:+.2f} |" for r in rows],
+        "",
+        "What the producers chose (their own records; validation = the JPEG prefix they "
+        "were given):",
+        "",
+        *[f"- `{name}`: chosen {p['chosen']!r} by the rule \"{p['rule']}\"; validation "
+          f"FP32 {p['fp32_validation']:.2f}% vs chosen {p['chosen_validation']:.2f}%; "
+          f"test {p['test']}; guard fired: {p['guard_fired']}; {p['trials']} "
+          f"{'trials' if name == 'tune' else 'policies'} scored."
+          for name, p in producers.items()],
+        "",
+        "| step | command | wall s | load before -> after |",
+        "|---|---|---:|---|",
+        *[f"| {s['step']} | `{s['command']}` | {s['wall_seconds']:.1f} | "
+          f"{s['load_before']:.1f} -> {s['load_after']:.1f} |" for s in steps],
+        "",
+        "Latency from each export (ONNX Runtime, 2 threads, interleaved medians; the machine "
+        "was shared, so ratios only): " + "; ".join(
+            f"{r['config']}: " + ", ".join(f"batch {b} {v['speedup']:.2f}x"
+                                           for b, v in r["latency_ms"].items())
+            for r in rows if "latency_ms" in r) + ".",
+    ]
+    write_result("own_model", {
+        "model_file": MODEL_FILE, "checkpoint": CHECKPOINT, "data": "cifar10",
+        "val_jpeg_images": n_val, "test_images": splits.info["test"].size,
+        "rows": rows, "steps": steps, "producers": producers,
+        "acceptance": {"int8_within_0.3": int8_ok, "w4_within_1": w4_ok},
+        "total_wall_seconds": total, "load_average": [load_start, load_end],
+        "torch_threads": torch.get_num_threads(), "ort_threads": ORT_THREADS,
+        "tune_trials": trials, "analyze_methods": opts.methods,
+    }, lines)
+
+
+if __name__ == "__main__":
+    main()
