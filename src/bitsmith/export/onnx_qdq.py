@@ -61,11 +61,20 @@ class LayerPlan:
     weight: WeightQParams | None
     act: ActQParams | None
     node: str = ""
+    node_op: str = ""
     kernel: str = ""
 
     @property
     def integer(self) -> bool:
         return self.weight is not None and self.act is not None
+
+    @property
+    def op(self) -> str:
+        """The ONNX Runtime kernel the export intends (the optimised graph decides)."""
+        if not self.integer:
+            return self.node_op
+        return {"Conv": "QLinearConv", "Gemm": "QGemm", "MatMul": "MatMulIntegerToFloat",
+                "ConvTranspose": "ConvTranspose"}.get(self.node_op, self.node_op)
 
 
 @dataclass
@@ -154,14 +163,19 @@ def plan_points(g: _Graph, plans: dict[str, LayerPlan], nodes: dict[str, onnx.No
     edges: dict[tuple[str, int], ActQParams] = {}
     points: dict[str, ActQParams] = {}
     int_layers: set[str] = set()
+    readers: set[str] = set()
     for name, plan in plans.items():
         node = nodes[name]
         if plan.act is not None:
             edges[(node.name, 0)] = plan.act
             points.setdefault(node.input[0], plan.act)
         if plan.integer:
-            int_layers.add(node.name)
-    readers: set[str] = set(int_layers)
+            readers.add(node.name)
+            # MatMul layers keep a float output (MatMulIntegerToFloat, bias added in float:
+            # exactly the simulation); Conv/Gemm need a quantized output to fuse.
+            if node.op_type != "MatMul":
+                int_layers.add(node.name)
+    readers |= int_layers
     wanted: set[str] = set()
     own: set[str] = set()
     if not integer_outputs:
@@ -206,7 +220,7 @@ def plan_points(g: _Graph, plans: dict[str, LayerPlan], nodes: dict[str, onnx.No
             followed_by_act = i < len(ops) and ops[i].op_type in ACT_OPS
             if tensor not in points and not followed_by_act:
                 points[tensor] = grid
-                if i == 0 and node.name in int_layers:
+                if node.name in int_layers:  # read dequantized by whatever consumes it
                     own.add(tensor)
         for op_node in ops:
             if op_node.op_type in MOVE_OPS:
@@ -271,11 +285,14 @@ def _rewrite_layer(b: _Builder, g: _Graph, node: onnx.NodeProto, plan: LayerPlan
     w = plan.weight
     if w is None:
         return dropped
-    axis = w.axis
+    axis, q = w.axis, w.q
     if node.op_type == "Gemm" and axis is not None:
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         axis = 0 if trans_b else 1
-    node.input[1] = b.dequantize_init(f"{plan.name}.weight", w.q, w.scale, w.zero_point, axis)
+    if node.op_type == "MatMul":  # MatMulLinear: the initializer is W^T, (in, out)
+        q = np.ascontiguousarray(q.T)
+        axis = None if axis is None else 1
+    node.input[1] = b.dequantize_init(f"{plan.name}.weight", q, w.scale, w.zero_point, axis)
     dropped.add(f"{plan.name}.weight")
     if plan.act is not None and len(node.input) > 2 and node.input[2] in g.inits:
         bias_name = node.input[2]
@@ -369,6 +386,7 @@ def _apply(model: onnx.ModelProto, plans: dict[str, LayerPlan], integer_outputs:
     dropped: set[str] = set()
     for name, plan in plans.items():
         plan.node = nodes[name].name
+        plan.node_op = nodes[name].op_type
         dropped |= _rewrite_layer(b, g, nodes[name], plan)
         plan.kernel = _kernel(plan)
     for node in list(model.graph.node):
