@@ -253,7 +253,8 @@ def _count_kernels(report: OnnxExportReport, names: list[str], plans: dict[str, 
     report.integer_layers = classes.count("integer")
     report.weight_only_layers = classes.count("weight_only")
     report.float_layers = len(classes) - report.integer_layers - report.weight_only_layers
-    lost = [n for n, p in plans.items() if p.integer and kernel_class(report.layers[n]) != "integer"]
+    lost = [n for n, p in plans.items()
+            if p.integer and kernel_class(report.layers[n]) != "integer"]
     if lost:
         report.notes.append(f"{len(lost)} layers exported for integer kernels run as float in "
                             f"ONNX Runtime's optimised graph: {lost}")
