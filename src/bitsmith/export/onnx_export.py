@@ -99,21 +99,23 @@ def matmul_layers(qmodel: nn.Module) -> list[str]:
 
 
 def _control_flow_note(qmodel: nn.Module, tracer_notes: list[str]) -> str | None:
+    """The warning for a model torch.fx could not trace (its ONNX graph is one traced run).
+
+    A traced model's graph has no data-dependent Python control flow (fx refuses it); the
+    exporter's own notes there come from shape checks inside leaf modules and are ignored.
+    """
     report = qmodel.bitsmith.report
-    if report.traced and not tracer_notes:
+    if report.traced:
         return None
-    if not report.traced:
-        failure = report.trace_failure
-        where = (f" ({failure.location}: `{failure.code}`)"
-                 if failure is not None and failure.location else "")
-        why = f"torch.fx could not trace {report.model}{where}, so the export traced one run"
-    else:
-        why = f"the exporter turned tensors into Python values ({tracer_notes[0]})"
-    return (f"the ONNX graph is specialised to the control flow of example_inputs: {why}; "
-            "inputs that would take another branch compute that branch's result in ONNX "
-            "Runtime only if it is the one recorded. Check agreement with compare_onnx on "
-            "representative data, or make forward() free of data-dependent Python control "
-            "flow.")
+    failure = report.trace_failure
+    where = (f" at {failure.location}: `{failure.code}`"
+             if failure is not None and failure.location else "")
+    seen = f" (the exporter also noted: {tracer_notes[0]})" if tracer_notes else ""
+    return (f"the ONNX graph is specialised to the control flow example_inputs took: torch.fx "
+            f"could not trace {report.model}{where}, so the export recorded one run{seen}. "
+            "Inputs that would take another branch still compute the recorded branch in ONNX "
+            "Runtime. Make forward() free of data-dependent Python control flow, or check "
+            "agreement with compare_onnx on representative data.")
 
 
 def _cpu_has_vnni() -> bool:
@@ -274,8 +276,9 @@ def export_fp32_onnx(model: nn.Module, path: str | Path, example_inputs: Any,
 class Agreement:
     """ONNX Runtime vs the PyTorch simulation on the same inputs.
 
-    ``top1_agreement`` in percent of examples whose argmax matches; logit errors are
-    absolute; accuracies (percent) when labels were given.
+    ``count`` argmax decisions (one per example, or per token for ``(batch, seq, vocab)``
+    logits); ``top1_agreement`` in percent of them that match; logit errors are absolute;
+    accuracies (percent) when labels were given.
     """
 
     count: int
@@ -310,7 +313,7 @@ def compare_onnx(qmodel: nn.Module, onnx_path: str | Path, data: Any, threads: i
             sum_err += float(err.sum())
             n_logits += err.numel()
             agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
-            count += x.shape[0]
+            count += ref.argmax(-1).numel()
             if y is not None:
                 correct_o += int((out.argmax(-1) == y).sum())
                 correct_t += int((ref.argmax(-1) == y).sum())

@@ -66,6 +66,7 @@ from bitsmith.graph import (
     quantized_layers,
 )
 from bitsmith.graph.fold import fold_batchnorm
+from bitsmith.graph.rewrite import rewrite_modules
 from bitsmith.graph.trace import try_trace
 from bitsmith.policy import Policy, PolicyError, QSpec
 from bitsmith.schemes.base import Params, Scheme, get_scheme
@@ -210,8 +211,9 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, example_inputs: Any = No
     Args:
         qmodel: a quantized model; every range-based activation quantizer must be calibrated.
         path: output file (``.safetensors`` by convention).
-        example_inputs: an example batch (tensor or tuple); only its shapes are stored, so
-            that the loader rebuilds the LayerTable by running the model once on zeros.
+        example_inputs: an example batch (tensor or tuple); only its shapes and dtypes are
+            stored, so that the loader rebuilds the LayerTable by running the model once on
+            zeros of those dtypes (int64 zeros for token ids).
             Without it the LayerTable itself goes into the metadata (a few KB more).
         model_name: the ``bitsmith.models.build_model`` name of the architecture (with
             ``model_kwargs``), so that :func:`load_packed` can rebuild it without a model;
@@ -296,7 +298,9 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, example_inputs: Any = No
         "state": state_signature(qmodel),
     }
     if example_inputs is not None:
-        meta["inputs"] = [list(t.shape) for t in _example_tuple(example_inputs)]
+        examples = _example_tuple(example_inputs)
+        meta["inputs"] = [list(t.shape) for t in examples]
+        meta["input_dtypes"] = [str(t.dtype).removeprefix("torch.") for t in examples]
     else:
         meta["layer_table"] = compact_table(table)
     meta_json = json.dumps(meta, separators=(",", ":"))
@@ -351,7 +355,11 @@ def _rebuild(model: nn.Module, meta: dict[str, Any]
     """The converted float model (traced, BN folded as recorded), its LayerTable and report."""
     conv = meta["conversion"]
     if "inputs" in meta:
-        zeros = tuple(torch.zeros(shape) for shape in meta["inputs"])
+        dtypes = meta.get("input_dtypes") or ["float32"] * len(meta["inputs"])
+        if any(not isinstance(getattr(torch, d, None), torch.dtype) for d in dtypes):
+            raise ArtifactError(f"unknown input dtype in the artifact: {dtypes}")
+        zeros = tuple(torch.zeros(shape, dtype=getattr(torch, d))
+                      for shape, d in zip(meta["inputs"], dtypes))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConversionWarning)
             try:
@@ -364,7 +372,8 @@ def _rebuild(model: nn.Module, meta: dict[str, Any]
                                 "(tracing / BatchNorm folding): is it the same architecture?")
         return work, table, report
     work = copy.deepcopy(model).eval()
-    report = ConversionReport(model=meta["model"]["class"], traced=conv["traced"])
+    report = ConversionReport(model=meta["model"]["class"], traced=conv["traced"],
+                              rewritten=rewrite_modules(work))
     if conv["traced"]:
         traced = try_trace(work)
         if not isinstance(traced, fx.GraphModule):
@@ -461,7 +470,10 @@ def _restore_layer(name: str, layer: nn.Module, tensors: dict[str, np.ndarray],
         else:
             flat = unpack_bits(tensors[f"{name}.weight.codes"], spec.bits, count)
         codes = torch.from_numpy(flat).reshape(layer.weight.shape)
-        layer.weight.copy_(_decode_weight(scheme, codes, keep, params, spec.bits))
+        # a new parameter: a weight tied to another module (a language-model head tied to
+        # the embedding) keeps its float values there, as in the simulation
+        layer.weight = nn.Parameter(_decode_weight(scheme, codes, keep, params, spec.bits),
+                                    requires_grad=layer.weight.requires_grad)
         wq._shape_hint = shape
         if scheme.range_based:
             wq._store(params)
