@@ -56,8 +56,8 @@ def dequantized_copy(qmodel: nn.Module, matmul_layers: Iterable[str] = ()
 
     Each quantized layer gets its own parameter (a weight tied to another module, e.g. a
     language-model head tied to the embedding, is untied: the embedding keeps the float
-    values the simulation uses). Linear layers named in ``matmul_layers`` become
-    :class:`MatMulLinear`.
+    values the simulation uses). Linear layers named in ``matmul_layers`` (quantized or not)
+    become :class:`MatMulLinear`.
 
     Returns ``(float_model, layers)`` where ``layers`` maps each quantized layer name to the
     quantized module of ``qmodel`` (for its quantizers).
@@ -75,7 +75,9 @@ def dequantized_copy(qmodel: nn.Module, matmul_layers: Iterable[str] = ()
                 if attr in module._modules:
                     del module._modules[attr]
             module.__class__ = base
-            if name in matmul and isinstance(module, nn.Linear):
+        for name in matmul:  # quantized or kept float by the Policy
+            module = work.get_submodule(name)
+            if isinstance(module, nn.Linear):
                 _set_submodule(work, name, MatMulLinear(module))
     if hasattr(work, "bitsmith"):
         del work.bitsmith

@@ -92,10 +92,12 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def matmul_layers(qmodel: nn.Module) -> list[str]:
-    """Quantized Linear layers whose input is not 2-D (exported as MatMul, see float_graph)."""
+    """Linear layers that torch exports as ``MatMul`` with a renamed, transposed weight: those
+    on inputs that are not 2-D, and those without bias (``Gemm`` needs one); exported as
+    :class:`~bitsmith.export.float_graph.MatMulLinear`."""
     table = qmodel.bitsmith.layer_table
-    return [info.name for info in table
-            if info.type == "Linear" and len(info.input_shape) != 2]
+    return [info.name for info in table if info.type == "Linear" and (
+        len(info.input_shape) != 2 or qmodel.get_submodule(info.name).bias is None)]
 
 
 def _control_flow_note(qmodel: nn.Module, tracer_notes: list[str]) -> str | None:
