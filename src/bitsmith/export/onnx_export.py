@@ -29,7 +29,7 @@ from bitsmith.export.kernels import runtime_kernels
 from bitsmith.export.onnx_qdq import INT_OPS, LayerPlan, add_outputs, insert_qdq
 from bitsmith.export.ort import make_session, run, tensor_ranges
 from bitsmith.export.packed import _quant_info
-from bitsmith.export.qparams import act_qparams, weight_qparams
+from bitsmith.export.qparams import act_qparams, nbits_weight, weight_qparams
 
 
 @dataclass
@@ -93,11 +93,18 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 def matmul_layers(qmodel: nn.Module) -> list[str]:
     """Linear layers that torch exports as ``MatMul`` with a renamed, transposed weight: those
-    on inputs that are not 2-D, and those without bias (``Gemm`` needs one); exported as
+    on inputs that are not 2-D, those without bias (``Gemm`` needs one) and block-wise ones
+    (``MatMulNBits`` replaces a ``MatMul``); exported as
     :class:`~bitsmith.export.float_graph.MatMulLinear`."""
     table = qmodel.bitsmith.layer_table
+
+    def block_wise(name: str) -> bool:
+        wq = getattr(qmodel.get_submodule(name), "weight_quantizer", None)
+        return wq is not None and wq.block_size is not None
+
     return [info.name for info in table if info.type == "Linear" and (
-        len(info.input_shape) != 2 or qmodel.get_submodule(info.name).bias is None)]
+        len(info.input_shape) != 2 or qmodel.get_submodule(info.name).bias is None
+        or block_wise(info.name))]
 
 
 def _control_flow_note(qmodel: nn.Module, tracer_notes: list[str]) -> str | None:
@@ -140,15 +147,15 @@ def layer_plans(qmodel: nn.Module) -> dict[str, LayerPlan]:
             wq = layer.weight_quantizer
             if wq is not None and wq.spec.bits > 8:
                 raise ExportError(f"{name}.weight: {wq.spec.bits}-bit weights do not fit int8")
-            plans[name] = LayerPlan(name, weight_qparams(layer), act)
+            plans[name] = LayerPlan(name, weight_qparams(layer), act, nbits_weight(layer))
     return plans
 
 
 def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
                 calibration: Any = None, integer_outputs: bool = True,
                 integer_residuals: bool = True, observer: str = "mse", opset: int = 17,
-                calibration_batches: int | None = 8, check_kernels: bool = True
-                ) -> OnnxExportReport:
+                calibration_batches: int | None = 8, check_kernels: bool = True,
+                nbits_accuracy_level: int = 0) -> OnnxExportReport:
     """Export a quantized model as ONNX with QuantizeLinear/DequantizeLinear for ONNX Runtime.
 
     Args:
@@ -171,6 +178,10 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
             ``minmax`` (ONNX Runtime's own default), ``percentile`` or ``entropy``.
         opset: ONNX opset (>= 13 for per-channel DequantizeLinear).
         calibration_batches: at most this many calibration batches are used.
+        nbits_accuracy_level: ``accuracy_level`` of ``MatMulNBits`` (block-wise weights of
+            2, 4 or 8 bits on Linear layers): 0 multiplies in float32 (the simulation's
+            arithmetic), 4 lets ONNX Runtime quantize the layer input to int8 per block
+            (faster on VNNI CPUs, a further small deviation); see ``docs/export.md``.
         check_kernels: let ONNX Runtime optimise the written model and report the kernel
             each layer really runs (a second graph optimisation; seconds on large models).
 
@@ -209,7 +220,8 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
                              observer=observer)
 
     result = insert_qdq(base, plans, integer_outputs=integer_outputs, range_fn=ranges,
-                        int_ops=INT_OPS if integer_residuals else frozenset())
+                        int_ops=INT_OPS if integer_residuals else frozenset(),
+                        accuracy_level=nbits_accuracy_level)
     model = result.model
     model.producer_name = "bitsmith"
     onnx.checker.check_model(model)

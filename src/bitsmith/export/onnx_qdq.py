@@ -41,7 +41,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bitsmith.export.errors import ExportError
-from bitsmith.export.qparams import ActQParams, WeightQParams, calibrated_qparams
+from bitsmith.export.qparams import ActQParams, NBitsWeight, WeightQParams, calibrated_qparams
 
 #: Nodes ONNX Runtime runs on int8 tensors when all their inputs and the output are QDQ'd.
 INT_OPS = frozenset({"Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool"})
@@ -60,6 +60,7 @@ class LayerPlan:
     name: str
     weight: WeightQParams | None
     act: ActQParams | None
+    nbits: NBitsWeight | None = None  # block-wise weight for MatMulNBits (weight is None)
     node: str = ""
     node_op: str = ""
     kernel: str = ""
@@ -71,6 +72,8 @@ class LayerPlan:
     @property
     def op(self) -> str:
         """The ONNX Runtime kernel the export intends (the optimised graph decides)."""
+        if self.nbits is not None:
+            return "MatMulNBits"
         if not self.integer:
             return self.node_op
         return {"Conv": "QLinearConv", "Gemm": "QGemm", "MatMul": "MatMulIntegerToFloat",
@@ -279,8 +282,26 @@ class _Builder:
         return f"{stem}.dq"
 
 
-def _rewrite_layer(b: _Builder, g: _Graph, node: onnx.NodeProto, plan: LayerPlan) -> set[str]:
+def _rewrite_nbits(b: _Builder, node: onnx.NodeProto, plan: LayerPlan,
+                   accuracy_level: int) -> set[str]:
+    """``MatMul(x, W^T)`` -> ``MatMulNBits(x, packed W, scales[, zero points])``."""
+    nb = plan.nbits
+    stem = f"{plan.name}.weight"
+    inputs = [node.input[0], b.init(f"{stem}.q", nb.packed), b.init(f"{stem}.scale", nb.scales)]
+    if nb.zero_points is not None:
+        inputs.append(b.init(f"{stem}.zero_point", nb.zero_points))
+    replacement = helper.make_node(
+        "MatMulNBits", inputs, list(node.output), name=node.name, domain="com.microsoft",
+        K=nb.k, N=nb.n, bits=nb.bits, block_size=nb.block, accuracy_level=accuracy_level)
+    node.CopyFrom(replacement)
+    return {stem}
+
+
+def _rewrite_layer(b: _Builder, g: _Graph, node: onnx.NodeProto, plan: LayerPlan,
+                   accuracy_level: int = 0) -> set[str]:
     """Replace the weight (and bias) initializer of an integer layer; returns dropped inits."""
+    if plan.nbits is not None:
+        return _rewrite_nbits(b, node, plan, accuracy_level)
     dropped: set[str] = set()
     w = plan.weight
     if w is None:
@@ -326,14 +347,18 @@ def _toposort(nodes: list[onnx.NodeProto], available: Iterable[str]) -> list[onn
 
 def insert_qdq(model: onnx.ModelProto, plans: dict[str, LayerPlan], *, integer_outputs: bool,
                range_fn: Callable[[onnx.ModelProto, list[str]], dict[str, tuple[float, float]]]
-               | None = None, int_ops: frozenset[str] = INT_OPS) -> QdqResult:
+               | None = None, int_ops: frozenset[str] = INT_OPS,
+               accuracy_level: int = 0) -> QdqResult:
     """Rewrite ``model`` (a copy) with Q/DQ as described in the module docstring.
 
     ``range_fn(sim_model, tensor_names) -> {name: (min, max)}`` calibrates the extra points;
     it gets the graph with only the simulation points. Required when ``integer_outputs``.
+    ``accuracy_level``: of the ``MatMulNBits`` nodes (block-wise weights; 0 computes in
+    float, 4 lets ONNX Runtime quantize their input to int8 per block).
     """
     if integer_outputs:
-        sim = insert_qdq(model, plans, integer_outputs=False, int_ops=int_ops).model
+        sim = insert_qdq(model, plans, integer_outputs=False, int_ops=int_ops,
+                         accuracy_level=accuracy_level).model
         g = _Graph(_copy_named(model).graph)
         nodes = _layer_nodes(g, plans)
         wanted = plan_points(g, plans, nodes, True, None, int_ops).wanted
@@ -343,8 +368,8 @@ def insert_qdq(model: onnx.ModelProto, plans: dict[str, LayerPlan], *, integer_o
                 raise ExportError("integer_outputs=True needs calibration data for the extra "
                                   "quantization points")
             ranges = range_fn(sim, sorted(wanted))
-        return _apply(model, plans, True, ranges, int_ops)
-    return _apply(model, plans, False, None, int_ops)
+        return _apply(model, plans, True, ranges, int_ops, accuracy_level)
+    return _apply(model, plans, False, None, int_ops, accuracy_level)
 
 
 def _copy_named(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -373,8 +398,8 @@ def _materialize_identities(graph: onnx.GraphProto) -> None:
 
 
 def _apply(model: onnx.ModelProto, plans: dict[str, LayerPlan], integer_outputs: bool,
-           ranges: dict[str, tuple[float, float]] | None, int_ops: frozenset[str]
-           ) -> QdqResult:
+           ranges: dict[str, tuple[float, float]] | None, int_ops: frozenset[str],
+           accuracy_level: int = 0) -> QdqResult:
     model = _copy_named(model)
     g = _Graph(model.graph)
     nodes = _layer_nodes(g, plans)
@@ -387,7 +412,7 @@ def _apply(model: onnx.ModelProto, plans: dict[str, LayerPlan], integer_outputs:
     for name, plan in plans.items():
         plan.node = nodes[name].name
         plan.node_op = nodes[name].op_type
-        dropped |= _rewrite_layer(b, g, nodes[name], plan)
+        dropped |= _rewrite_layer(b, g, nodes[name], plan, accuracy_level)
         plan.kernel = _kernel(plan)
     for node in list(model.graph.node):
         for idx, tensor in enumerate(node.input):
@@ -412,6 +437,9 @@ def _apply(model: onnx.ModelProto, plans: dict[str, LayerPlan], integer_outputs:
     del model.graph.node[:]
     model.graph.node.extend(ordered)
     _pads_in_integer_domain(model.graph)
+    if any(p.nbits is not None for p in plans.values()) and not any(
+            o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     calibrated = {t: p for t, p in points.items() if p.source == "calibrated"}
     return QdqResult(model, plans, calibrated)
 
@@ -459,6 +487,10 @@ def _pads_in_integer_domain(graph: onnx.GraphProto) -> None:
 
 
 def _kernel(plan: LayerPlan) -> str:
+    if plan.nbits is not None:
+        nb = plan.nbits
+        return (f"MatMulNBits ({nb.bits}-bit weights, blocks of {nb.block}, float "
+                "activations)")
     if plan.integer:
         w = plan.weight
         return f"int8 (weights {w.bits}-bit grid in {w.q.dtype}, activations uint8)"

@@ -70,6 +70,7 @@ from bitsmith.graph.rewrite import rewrite_modules
 from bitsmith.graph.trace import try_trace
 from bitsmith.policy import Policy, PolicyError, QSpec
 from bitsmith.schemes.base import Params, Scheme, get_scheme
+from bitsmith.schemes.blocks import block_count, from_blocks, to_blocks
 
 FORMAT = "bitsmith.packed/1"
 
@@ -123,7 +124,10 @@ def _flat_param(value: torch.Tensor) -> np.ndarray:
     return value.detach().to(torch.float32).reshape(-1).cpu().numpy()
 
 
-def _param_shape(weight_shape: tuple[int, ...], axis: int | None) -> tuple[int, ...]:
+def _param_shape(weight_shape: tuple[int, ...], axis: int | None,
+                 block: int | None = None) -> tuple[int, ...]:
+    if block is not None:  # one row per (output channel, block): see schemes.blocks
+        return (block_count(weight_shape, block), 1)
     shape = [1] * len(weight_shape)
     if axis is not None:
         shape[axis % len(shape)] = weight_shape[axis]
@@ -173,7 +177,9 @@ def _pack_weight(name: str, layer: nn.Module, tensors: dict[str, np.ndarray]) ->
     w_hat = layer.quantized_weight().detach()  # also fits range-based parameters
     params = (quantizer.params() if scheme.range_based
               else scheme.params_from_data(w, bits, quantizer.axis))
-    codes = scheme.encode(w, params, bits)
+    block = quantizer.block_size
+    codes = (scheme.encode(w, params, bits) if block is None
+             else from_blocks(scheme.encode(to_blocks(w, block), params, bits), tuple(w.shape)))
     entry: dict[str, Any] = {"count": w.numel()}
     keep = None
     if layer.layer_spec.sparsity > 0:
@@ -181,7 +187,7 @@ def _pack_weight(name: str, layer: nn.Module, tensors: dict[str, np.ndarray]) ->
         kind, k, mask = encode_mask(keep)
         tensors[f"{name}.weight.mask"] = mask
         entry.update(mask=kind, index_bits=k, survivors=int(keep.sum()))
-    decoded = _decode_weight(scheme, codes, keep, params, bits)
+    decoded = _decode_weight(scheme, codes, keep, params, bits, block)
     if not torch.equal(decoded, w_hat.to(torch.float32)):
         raise ExportError(
             f"{name}: {spec.scheme} codes do not reproduce the simulated weight exactly"
@@ -194,8 +200,9 @@ def _pack_weight(name: str, layer: nn.Module, tensors: dict[str, np.ndarray]) ->
 
 
 def _decode_weight(scheme: Scheme, codes: torch.Tensor, keep: np.ndarray | None,
-                   params: Params, bits: int) -> torch.Tensor:
-    values = scheme.decode(codes, params, bits)
+                   params: Params, bits: int, block: int | None = None) -> torch.Tensor:
+    values = (scheme.decode(codes, params, bits) if block is None else from_blocks(
+        scheme.decode(to_blocks(codes, block), params, bits), tuple(codes.shape)))
     if keep is not None:
         values = values.reshape(-1).clone()
         values[torch.from_numpy(~keep)] = 0.0
@@ -458,7 +465,7 @@ def _restore_layer(name: str, layer: nn.Module, tensors: dict[str, np.ndarray],
     if wq is not None:
         spec = wq.spec
         scheme = get_scheme(spec.scheme)
-        shape = _param_shape(tuple(layer.weight.shape), wq.axis)
+        shape = _param_shape(tuple(layer.weight.shape), wq.axis, wq.block_size)
         params = _restore_params(tensors, f"{name}.weight", scheme, spec, shape)
         count = layer.weight.numel()
         keep = None
@@ -472,7 +479,8 @@ def _restore_layer(name: str, layer: nn.Module, tensors: dict[str, np.ndarray],
         codes = torch.from_numpy(flat).reshape(layer.weight.shape)
         # a new parameter: a weight tied to another module (a language-model head tied to
         # the embedding) keeps its float values there, as in the simulation
-        layer.weight = nn.Parameter(_decode_weight(scheme, codes, keep, params, spec.bits),
+        layer.weight = nn.Parameter(_decode_weight(scheme, codes, keep, params, spec.bits,
+                                                   wq.block_size),
                                     requires_grad=layer.weight.requires_grad)
         wq._shape_hint = shape
         if scheme.range_based:
