@@ -153,6 +153,7 @@ class _Points:
     readers: set[str]
     wanted: set[str]
     own: set[str]
+    int_layers: set[str] = field(default_factory=set)
 
 
 def plan_points(g: _Graph, plans: dict[str, LayerPlan], nodes: dict[str, onnx.NodeProto],
@@ -182,7 +183,7 @@ def plan_points(g: _Graph, plans: dict[str, LayerPlan], nodes: dict[str, onnx.No
     wanted: set[str] = set()
     own: set[str] = set()
     if not integer_outputs:
-        return _Points(edges, points, readers, wanted, own)
+        return _Points(edges, points, readers, wanted, own, int_layers)
 
     def sole_consumer(t: str) -> onnx.NodeProto | None:
         users = g.consumers.get(t, [])
@@ -228,7 +229,7 @@ def plan_points(g: _Graph, plans: dict[str, LayerPlan], nodes: dict[str, onnx.No
         for op_node in ops:
             if op_node.op_type in MOVE_OPS:
                 readers.add(op_node.name)
-    return _Points(edges, points, readers, wanted, own)
+    return _Points(edges, points, readers, wanted, own, int_layers)
 
 
 class _Builder:
@@ -248,9 +249,17 @@ class _Builder:
         self._count += 1
         return f"{stem}__{self._count}"
 
-    def qdq(self, tensor: str, grid: ActQParams) -> str:
+    def qdq(self, tensor: str, grid: ActQParams, fusable: bool = False) -> str:
+        """``tensor`` through Q/DQ on ``grid`` (a ``Clip`` first if the grid is narrower than
+        uint8). ``fusable``: the producer is an integer layer, which ONNX Runtime fuses only
+        with a ``Q`` right after it; a narrower grid then gets ``Q(full uint8) → DQ → Clip →
+        Q → DQ`` (same values: the clip acts on values already on the grid)."""
         key = (tensor, grid.key())
         if key in self._qdq:
+            return self._qdq[key]
+        if fusable and grid.needs_clip:
+            full = ActQParams(grid.scale, grid.zero_point, 0, 255, grid.source)
+            self._qdq[key] = self.qdq(self.qdq(tensor, full), grid)
             return self._qdq[key]
         stem = self.uid(f"{tensor}_q")
         scale = self.init(f"{stem}.scale", np.array(grid.scale, dtype=np.float32))
@@ -426,7 +435,9 @@ def _apply(model: onnx.ModelProto, plans: dict[str, LayerPlan], integer_outputs:
                 elif tensor in pts.own and node.op_type not in LAYER_OPS:
                     grid = points[tensor]
             if grid is not None:
-                node.input[idx] = b.qdq(tensor, grid)
+                producer = g.producer.get(tensor)
+                node.input[idx] = b.qdq(tensor, grid, fusable=producer is not None
+                                        and producer.name in pts.int_layers)
     used = {i for n in list(model.graph.node) + b.nodes for i in n.input}
     kept = [t for t in model.graph.initializer if t.name not in dropped or t.name in used]
     kept = [t for t in kept if t.name in used]
