@@ -71,14 +71,9 @@ def _uniform_w3_costs(model, example, scheme: str = "uniform_symmetric"):
 
 
 def run_part(part: str, args) -> dict:
-    from bitsmith.analyze.allocate import Budget
-    from bitsmith.search import (
-        SearchSettings,
-        SearchSpace,
-        TrainConfig,
-        run_search,
-        within_budget,
-    )
+    from bitsmith.cost import Budget, within_budget
+    from bitsmith.search import SearchSettings, SupernetSpace, run_search
+    from bitsmith.training import TrainConfig
 
     proto, train_loader, calib, test, model = _setup(args.batch, args.seed)
     example = next(iter(calib))[0][:8]
@@ -95,18 +90,18 @@ def run_part(part: str, args) -> dict:
                   dataset="CIFAR-10", eval_set="test images 0..999 (lossless)")
     if part == "a":
         budget = Budget(avg_weight_bits=4.0)
-        st = SearchSettings("qpl", budget, SearchSpace.uniform_bits(bits + (8,), (4,)),
+        st = SearchSettings("qpl", budget, SupernetSpace.uniform_bits(bits + (8,), (4,)),
                             search_cfg, qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
                                                             "init_bits": 4.0})
     elif part == "b":
         budget = Budget(size_bytes=u3.size_bytes)
-        st = SearchSettings("qss", budget, SearchSpace.uniform_bits(bits, (4,)), search_cfg,
+        st = SearchSettings("qss", budget, SupernetSpace.uniform_bits(bits, (4,)), search_cfg,
                             qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
                                                 "tau0": 5.0, "tau_min": 0.5})
     elif part == "c":
         budget = Budget(bitops=u3.bitops)
         st = SearchSettings("ssps", budget,
-                            SearchSpace.uniform_bits(bits, args.act_bits,
+                            SupernetSpace.uniform_bits(bits, args.act_bits,
                                                      scheme=args.weight_scheme),
                             search_cfg, qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
                                                 "threshold": args.ssps_threshold,
@@ -117,7 +112,7 @@ def run_part(part: str, args) -> dict:
     elif part == "u3":
         budget = Budget(size_bytes=u3.size_bytes, bitops=u3.bitops)
         st = SearchSettings("qpl", budget,
-                            SearchSpace.uniform_bits((3,), (4,), scheme=args.weight_scheme),
+                            SupernetSpace.uniform_bits((3,), (4,), scheme=args.weight_scheme),
                             search_cfg, qat_cfg)
     else:
         raise ValueError(part)
@@ -182,9 +177,10 @@ def mem_child(path: str, steps: int, batch: int) -> dict:
     """One fresh process: build the supernet, train ``steps`` steps, report RSS and time."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from bitsmith.analyze.allocate import Budget
+    from bitsmith.cost.budget import Budget
     from bitsmith.models import build_model
-    from bitsmith.search import SearchSpace, TrainConfig, build_supernet, make_method, train
+    from bitsmith.search import SupernetSpace, build_supernet, make_method
+    from bitsmith.training import TrainConfig, train
 
     # Synthetic CIFAR-shaped data: the training memory does not depend on the pixels, and
     # skipping the JPEG decode keeps the process's earlier peak RSS below the training one.
@@ -194,7 +190,7 @@ def mem_child(path: str, steps: int, batch: int) -> dict:
     train_loader = DataLoader(data, batch_size=batch, shuffle=True)
     model = build_model("resnet20", pretrained=True).eval()
     example = data.tensors[0][:8]
-    space = SearchSpace.uniform_bits((2, 3, 4, 5, 6), (4, 8))
+    space = SupernetSpace.uniform_bits((2, 3, 4, 5, 6), (4, 8))
     net = build_supernet(model, example, space, [(data.tensors[0][:128], None)])
     method = make_method("ssps", net, Budget(avg_weight_bits=4.0), path=path, threshold=1.0)
     rss0 = _proc_kib("VmRSS") * 1024

@@ -25,7 +25,7 @@ from bitsmith.data import cifar10_protocol
 from bitsmith.export import export_fp32_onnx
 from bitsmith.export.ort import interleaved_latency, make_session
 from bitsmith.models import load_pretrained_cifar_resnet
-from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
+from bitsmith.tune import Objective, TorchEvaluator, TuneSpace, tune
 from bitsmith.tune.runtime import OnnxRuntimeBackend
 
 try:
@@ -45,7 +45,7 @@ def main() -> None:
     vx, vy = proto.val.tensors(range(N_VAL))
     calib, _ = proto.calibration.tensors(range(1000))
     model = load_pretrained_cifar_resnet(20)
-    space = SearchSpace.from_dict({
+    space = TuneSpace.from_dict({
         "scheme": ["asymmetric", "symmetric_uint8", "symmetric"], "act_clip": ["minmax"],
         "weight_clip": ["minmax"], "granularity": ["tensor", "channel"],
         "calib_size": [1000], "float_layers": ["none"], "reduced_range": [False, True]})

@@ -24,7 +24,7 @@ import optuna
 
 from bitsmith.data import cifar10_protocol
 from bitsmith.models import load_pretrained_cifar_resnet
-from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
+from bitsmith.tune import Objective, TorchEvaluator, TuneSpace, tune
 
 try:
     from benchmarks.common import quiet_tuning, write_result
@@ -43,7 +43,7 @@ def worker(rank: int, url: str, seed: int, results: mp.Queue) -> None:
     proto = cifar10_protocol()
     calib, cy = proto.calibration.tensors()
     model = load_pretrained_cifar_resnet(20)
-    space = SearchSpace.from_dict({"preset": "mixed", "weight_bits": list(BITS),
+    space = TuneSpace.from_dict({"preset": "mixed", "weight_bits": list(BITS),
                                    "calib_size": [N_CALIB], "bias_correction": [True]})
     ev = TorchEvaluator(model, calib[:N_CALIB], (calib[N_CALIB:], cy[N_CALIB:]), space,
                         stages=(0.25, 1.0))

@@ -36,4 +36,4 @@ def test_infeasible_budget_exits_3_before_training(capsys, tmp_path):
                  "--out", str(tmp_path)])
     assert code == 3
     err = " ".join(capsys.readouterr().err.split())
-    assert "infeasible budget" in err and "bytes" in err
+    assert "infeasible size_bytes budget" in err and "bytes" in err

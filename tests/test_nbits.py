@@ -11,7 +11,8 @@ from torch import nn
 
 import bitsmith
 from bitsmith import LayerSpec, Policy, QSpec
-from bitsmith.analyze import Budget, CandidateSpace, allocate
+from bitsmith.allocation import CandidateSpace, allocate
+from bitsmith.cost import Budget
 from bitsmith.export import (
     compare_onnx,
     export_onnx,
@@ -21,8 +22,8 @@ from bitsmith.export import (
     save_packed,
 )
 from bitsmith.export.kernels import kernel_class
+from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import PolicyError
-from bitsmith.schemes.quantizer import Quantizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 A8 = QSpec("uniform_asymmetric", 8)

@@ -14,10 +14,13 @@ from typer.testing import CliRunner
 
 import bitsmith
 from bitsmith import Policy, QSpec
-from bitsmith.analyze import Sensitivity, bit_candidates
+from bitsmith.allocation import Sensitivity, bit_candidates
+from bitsmith.analyze.cli import register as register_analyze
 from bitsmith.cost import estimate
-from bitsmith.report import RunDirError, RunWriter, load_run, pareto_front, write_report
+from bitsmith.pareto import pareto_front
+from bitsmith.report import write_report
 from bitsmith.report.cli import register
+from bitsmith.rundir import RunDirError, RunWriter, load_run
 
 W = QSpec("uniform_symmetric", 4, "channel")
 
@@ -233,6 +236,7 @@ def test_report_renders_in_headless_chromium(tmp_path, table):
 def cli() -> typer.Typer:
     app = typer.Typer()
     register(app)
+    register_analyze(app)
     return app
 
 
@@ -269,7 +273,7 @@ def test_cli_analyze_digits_end_to_end(tmp_path, cli):
 def test_cli_analyze_bad_input(tmp_path, cli):
     runner = CliRunner()
     unknown = runner.invoke(cli, ["analyze", "nope", "--out", str(tmp_path / "x")])
-    assert unknown.exit_code == 2 and "unknown workload" in flat(unknown.output)
+    assert unknown.exit_code == 2 and "unknown model 'nope'" in flat(unknown.output)
     tight = runner.invoke(cli, ["analyze", "digits", "--out", str(tmp_path / "y"), "--epochs",
                                 "1", "--bits", "4,8", "--methods", "measured",
                                 "--avg-bits", "2"])

@@ -12,31 +12,25 @@ from conftest import TinyNet, randomize_bn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bitsmith.analyze.allocate import Budget, InfeasibleBudgetError
-from bitsmith.cost import estimate
+from bitsmith.cost import Budget, InfeasibleBudgetError, estimate, within_budget
 from bitsmith.graph.convert import ConversionError
 from bitsmith.policy import Policy
 from bitsmith.search import (
-    Callback,
-    NonFiniteLossError,
     SearchSettings,
-    SearchSpace,
-    SearchSpaceError,
-    TrainConfig,
+    SupernetSpace,
+    SupernetSpaceError,
     build_supernet,
     derive_policy,
     load_result,
     make_method,
     run_search,
-    train,
-    within_budget,
 )
 from bitsmith.search.methods import two_hot
-from bitsmith.search.train import load_checkpoint
+from bitsmith.training import Callback, NonFiniteLossError, TrainConfig, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SPACE = SearchSpace.uniform_bits((2, 3, 4, 8), (4, 8), observer="minmax", first_last="search")
+SPACE = SupernetSpace.uniform_bits((2, 3, 4, 8), (4, 8), observer="minmax", first_last="search")
 
 
 def _data(n: int = 64, size: int = 16) -> TensorDataset:
@@ -82,7 +76,7 @@ def test_torchvision_resnet18_budget():
     tvm = pytest.importorskip("torchvision.models")
     model = tvm.resnet18(weights=None, num_classes=10).eval()
     ds = _data(8, 32)
-    space = SearchSpace.uniform_bits((2, 4, 8), (8,), observer="minmax")
+    space = SupernetSpace.uniform_bits((2, 4, 8), (8,), observer="minmax")
     net = build_supernet(model, ds.tensors[0][:2], space, [(ds.tensors[0][:4], None)])
     assert len(net.names) == len(net.table) - 2  # first/last fixed at W8A8
     for bits in (3.0, 5.0):
@@ -264,23 +258,23 @@ def test_infeasible_budget_names_the_minimum():
 
 
 @pytest.mark.parametrize("space,match", [
-    (SearchSpace(weight=()), "empty"),
-    (SearchSpace(act_bits=()), "empty"),
-    (SearchSpace(weight=(("nosuch", 4),)), "unknown scheme"),
-    (SearchSpace(weight=(("binary", 4),)), "binary"),
-    (SearchSpace(weight=(("uniform_symmetric", 4), ("uniform_symmetric", 4))), "duplicates"),
-    (SearchSpace(weight=(("uniform_symmetric",),)), "pair"),
+    (SupernetSpace(weight=()), "empty"),
+    (SupernetSpace(act_bits=()), "empty"),
+    (SupernetSpace(weight=(("nosuch", 4),)), "unknown scheme"),
+    (SupernetSpace(weight=(("binary", 4),)), "binary"),
+    (SupernetSpace(weight=(("uniform_symmetric", 4), ("uniform_symmetric", 4))), "duplicates"),
+    (SupernetSpace(weight=(("uniform_symmetric",),)), "pair"),
 ])
 def test_invalid_candidate_sets(space, match):
-    with pytest.raises(SearchSpaceError, match=match):
+    with pytest.raises(SupernetSpaceError, match=match):
         build_supernet(TinyNet().eval(), torch.randn(2, 3, 8, 8), space)
 
 
 def test_qpl_rejects_several_schemes():
-    space = SearchSpace(weight=(("uniform_symmetric", 4), ("pot", 4)), observer="minmax",
+    space = SupernetSpace(weight=(("uniform_symmetric", 4), ("pot", 4)), observer="minmax",
                         first_last="search")
     net = build_supernet(TinyNet().eval(), torch.randn(2, 3, 8, 8), space)
-    with pytest.raises(SearchSpaceError, match="one scheme"):
+    with pytest.raises(SupernetSpaceError, match="one scheme"):
         make_method("qpl", net, Budget(avg_weight_bits=4))
 
 
@@ -319,7 +313,7 @@ def test_train_config_rejects_bad_values():
 
 # ---------------------------------------------------------------------- pipeline
 def test_run_search_writes_run_dir_and_reloads(tmp_path):
-    from bitsmith.report.rundir import load_run
+    from bitsmith.rundir import load_run
 
     ds = _data()
     model = randomize_bn(TinyNet())
@@ -359,7 +353,7 @@ def net_fixed_names(o) -> list[str]:
 
 
 def test_report_rejects_search_layers_of_unknown_layers(tmp_path):
-    from bitsmith.report.rundir import SEARCH_LAYERS_JSON, RunDirError, load_run
+    from bitsmith.rundir import SEARCH_LAYERS_JSON, RunDirError, load_run
 
     ds = _data()
     st = SearchSettings("qpl", Budget(avg_weight_bits=4.0), SPACE, _cfg(max_steps=1))
@@ -397,7 +391,7 @@ AUTOQNN_SCHEMES = (("binary", 1), ("ternary", 2), ("resq", 2), ("fixed_point", 4
 
 def test_qss_over_the_autoqnn_schemes():
     ds = _data()
-    space = SearchSpace(weight=AUTOQNN_SCHEMES, act_bits=(4,), observer="minmax",
+    space = SupernetSpace(weight=AUTOQNN_SCHEMES, act_bits=(4,), observer="minmax",
                         first_last="search")
     net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
     budget = Budget(avg_weight_bits=2.5)
@@ -482,21 +476,21 @@ def test_warm_start_bad_policies_are_clear_errors():
     from bitsmith.policy import LayerSpec, Policy, QSpec
 
     ds = _data(16)
-    space = SearchSpace.uniform_bits((2, 3, 4), (4,), observer="minmax")  # first/last int8
+    space = SupernetSpace.uniform_bits((2, 3, 4), (4,), observer="minmax")  # first/last int8
     net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
     good = net.spec_of(0, 0)
-    with pytest.raises(SearchSpaceError, match="does not have.*nope"):
+    with pytest.raises(SupernetSpaceError, match="does not have.*nope"):
         make_method("ssps", net, Budget(avg_weight_bits=8.0),
                     init_policy=Policy({"nope": good}))
     off = LayerSpec(QSpec("uniform_symmetric", 5, "channel"), net.act_specs[0])
-    with pytest.raises(SearchSpaceError, match="not a candidate"):
+    with pytest.raises(SupernetSpaceError, match="not a candidate"):
         make_method("qss", net, Budget(avg_weight_bits=8.0),
                     init_policy=Policy({net.names[0]: off}))
     first = net.table.names[0]  # fixed at W8A8 by first_last="int8"
-    with pytest.raises(SearchSpaceError, match="fixed"):
+    with pytest.raises(SupernetSpaceError, match="fixed"):
         make_method("ssps", net, Budget(avg_weight_bits=8.0),
                     init_policy=Policy({first: good}))
-    with pytest.raises(SearchSpaceError, match="share='layer'"):
+    with pytest.raises(SupernetSpaceError, match="share='layer'"):
         make_method("qss", net, Budget(avg_weight_bits=8.0), share="model",
                     init_policy=Policy({net.names[0]: good}))
     with pytest.raises(ValueError, match="init_strength"):
@@ -562,7 +556,7 @@ def test_uniform_within_budget_takes_the_dearest_feasible_uniform_pair():
     from bitsmith.search.supernet import layer_spec_table
 
     ds = _data()
-    space = SearchSpace.uniform_bits((2, 3, 4, 8), (4, 8), observer="minmax")  # first/last W8A8
+    space = SupernetSpace.uniform_bits((2, 3, 4, 8), (4, 8), observer="minmax")  # first/last W8A8
     net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
     k3, j4 = [s.bits for s in net.weight_specs].index(3), [s.bits for s in net.act_specs].index(4)
     w3a4 = Policy(layer_spec_table(net, {n: (k3, j4) for n in net.names}))
@@ -590,11 +584,11 @@ def test_uniform_within_budget_takes_the_dearest_feasible_uniform_pair():
 def test_run_search_uniform_baseline_is_trained_and_reported(tmp_path):
     import warnings
 
-    from bitsmith.report.rundir import load_run
+    from bitsmith.rundir import load_run
 
     ds = _data()
     model = randomize_bn(TinyNet())
-    space = SearchSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="search")
+    space = SupernetSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="search")
     st = SearchSettings("ssps", Budget(avg_weight_bits=3.0), space, _cfg(max_steps=3),
                         _cfg(max_steps=2), method_kw={"threshold": 0.3},
                         uniform_baseline=True)
@@ -619,7 +613,7 @@ def test_uniform_baseline_warns_when_it_beats_the_searched_policy(tmp_path, monk
     import bitsmith.search.pipeline as pipeline
 
     ds = _data()
-    space = SearchSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="search")
+    space = SupernetSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="search")
     st = SearchSettings("ssps", Budget(avg_weight_bits=3.0), space, _cfg(max_steps=2),
                         _cfg(max_steps=1), method_kw={"threshold": 0.3}, uniform_baseline=True)
     calls = iter([10.0, 50.0, 90.0])  # searched, FP32, baseline
@@ -633,7 +627,7 @@ def test_uniform_baseline_warns_when_it_beats_the_searched_policy(tmp_path, monk
 
 def test_uniform_baseline_none_when_no_uniform_pair_fits():
     ds = _data()
-    space = SearchSpace.uniform_bits((2, 4), (4,), observer="minmax", first_last="search")
+    space = SupernetSpace.uniform_bits((2, 4), (4,), observer="minmax", first_last="search")
     net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
     from bitsmith.search import uniform_within_budget
 
@@ -648,7 +642,7 @@ def test_cli_uniform_baseline_prints_both_and_records_the_trial(tmp_path):
     from typer.testing import CliRunner
 
     from bitsmith.cli import app
-    from bitsmith.report.rundir import load_run
+    from bitsmith.rundir import load_run
 
     res = CliRunner().invoke(app, ["search", "--model", "digits", "--avg-bits", "4",
                                    "--search-steps", "2", "--qat-steps", "2",

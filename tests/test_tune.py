@@ -14,23 +14,24 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from bitsmith import Policy, quantize
-from bitsmith.report import load_run, write_report
+from bitsmith.cost import InfeasibleBudgetError
+from bitsmith.pareto import pareto_front
+from bitsmith.report import write_report
+from bitsmith.rundir import load_run
 from bitsmith.tune import (
-    InfeasibleError,
     Objective,
-    SearchSpace,
     SpaceError,
     StorageError,
     TorchEvaluator,
     TuneError,
+    TuneSpace,
     tune,
 )
 from bitsmith.tune.cli import EXIT_BAD_INPUT, EXIT_INFEASIBLE, register
-from bitsmith.tune.objectives import pareto_front
 from bitsmith.tune.space import FLOAT_CHOICE
 from bitsmith.tune.study import open_storage
 
-SMALL = SearchSpace.from_dict({"preset": "mixed", "calib_size": [16, 48],
+SMALL = TuneSpace.from_dict({"preset": "mixed", "calib_size": [16, 48],
                                "weight_bits": [2, 4, 8], "act_clip": ["minmax", "percentile"],
                                "weight_clip": ["minmax"]})
 
@@ -43,11 +44,11 @@ def evaluator() -> TorchEvaluator:
 
 # ------------------------------------------------------------------ space
 def test_quantune_space_contains_papers_knobs() -> None:
-    q = SearchSpace.quantune()
+    q = TuneSpace.quantune()
     assert set(q.scheme) == {"asymmetric", "symmetric", "symmetric_uint8", "symmetric_pow2"}
     assert set(q.act_clip) == {"minmax", "entropy"}
     assert q.size(["a", "b"]) == 4 * 2 * 2 * 3 * 2
-    full = SearchSpace()                  # Quantune + percentile/MSE + first-layer-only float
+    full = TuneSpace()                  # Quantune + percentile/MSE + first-layer-only float
     assert {"percentile", "mse"} <= set(full.act_clip) and full.size(["a"]) == 288
 
 
@@ -57,7 +58,7 @@ def test_mixed_space_is_per_layer_and_yaml_roundtrip(tmp_path: Path) -> None:
     assert [f"w:{n}" for n in names] == [k for k in dims if k.startswith("w:")]
     path = tmp_path / "space.yaml"
     path.write_text("preset: mixed\nweight_bits: [3, 4, float]\ncalib_size: [8]\n")
-    sp = SearchSpace.load(path)
+    sp = TuneSpace.load(path)
     assert sp.weight_bits == (3, 4, FLOAT_CHOICE) and sp.per_layer_weight_bits
     config = {**{k: v[0] for k, v in sp.dimensions(names).items()}, "w:fc": FLOAT_CHOICE}
     policy = sp.to_policy(config, names)
@@ -66,7 +67,7 @@ def test_mixed_space_is_per_layer_and_yaml_roundtrip(tmp_path: Path) -> None:
 
 
 def test_scheme_mapping_symmetric_uint8_and_pow2() -> None:
-    sp = SearchSpace()
+    sp = TuneSpace()
     base = {"act_clip": "minmax", "weight_clip": "minmax", "granularity": "tensor",
             "calib_size": 1, "float_layers": "none", "weight_bits": 8, "act_bits": 8}
     names = ["a", "b"]
@@ -86,12 +87,12 @@ def test_scheme_mapping_symmetric_uint8_and_pow2() -> None:
     {"preset": "huge"}, {"bias_correction": ["yes"]}, {"reduced_range": [1]}])
 def test_bad_or_empty_space_is_a_clear_error(bad: dict) -> None:
     with pytest.raises(SpaceError):
-        SearchSpace.from_dict(bad)
+        TuneSpace.from_dict(bad)
 
 
 def test_boolean_knobs_map_to_policy_and_keep_presets() -> None:
-    assert SearchSpace.quantune().size(["a", "b"]) == 96        # off by default everywhere
-    sp = SearchSpace.from_dict({"preset": "mixed", "reduced_range": [False, True],
+    assert TuneSpace.quantune().size(["a", "b"]) == 96        # off by default everywhere
+    sp = TuneSpace.from_dict({"preset": "mixed", "reduced_range": [False, True],
                                 "bias_correction": [True, False]})
     names = ["a", "b"]
     base = {k: v[0] for k, v in sp.dimensions(names).items()}
@@ -105,7 +106,7 @@ def test_boolean_knobs_map_to_policy_and_keep_presets() -> None:
 
 def test_grid_refuses_huge_space() -> None:
     with pytest.raises(SpaceError, match="too many"):
-        next(SearchSpace.mixed_precision().grid([f"l{i}" for i in range(20)]))
+        next(TuneSpace.mixed_precision().grid([f"l{i}" for i in range(20)]))
 
 
 # --------------------------------------------------------------- evaluator
@@ -158,7 +159,7 @@ def test_objective_values_and_bad_tolerance() -> None:
     assert o.score(88.0, 2.5, 10.0, 400.0) == pytest.approx(2.5)       # infeasible: > 1
     b = Objective("max_accuracy", budget=100.0)
     assert b.score(90.0, 0.5, 100.0, 400.0) == 90.0 and b.score(95.0, 0, 150.0, 400.0) < 0
-    assert pareto_front([(90, 10), (91, 20), (89, 30), (92, 5)]) == [3]
+    assert pareto_front([10, 20, 30, 5], [90, 91, 89, 92]) == [3]
 
 
 # ------------------------------------------------------------------- tune
@@ -201,7 +202,7 @@ def test_tune_min_size_writes_outputs(tmp_path: Path, evaluator: TorchEvaluator)
 @pytest.mark.parametrize("strategy", ["random", "grid", "genetic", "tpe"])
 def test_every_strategy_runs_on_a_study(strategy: str) -> None:
     model, calib, val = tune_problem()
-    space = SearchSpace.from_dict({"calib_size": [16], "float_layers": ["none"],
+    space = TuneSpace.from_dict({"calib_size": [16], "float_layers": ["none"],
                                    "act_clip": ["minmax"], "scheme": ["symmetric", "asymmetric"],
                                    "weight_bits": [4], "act_bits": [8]})
     ev = TorchEvaluator(model, calib, val, space, stages=(1.0,))
@@ -221,14 +222,14 @@ def test_pareto_objective_reports_front(evaluator: TorchEvaluator) -> None:
 
 
 def test_unreachable_budget_is_infeasible_with_closest(evaluator: TorchEvaluator) -> None:
-    with pytest.raises(InfeasibleError, match="infeasible") as info:
+    with pytest.raises(InfeasibleBudgetError, match="infeasible") as info:
         tune(evaluator=evaluator, objective=Objective("max_accuracy", budget=10.0),
              n_trials=3, progress=False)
     assert info.value.measurement.size_bytes > 10 and info.value.closest
 
 
 def test_zero_tolerance_unmet_reports_closest(evaluator: TorchEvaluator) -> None:
-    space = SearchSpace.from_dict({"preset": "mixed", "calib_size": [16], "weight_bits": [2],
+    space = TuneSpace.from_dict({"preset": "mixed", "calib_size": [16], "weight_bits": [2],
                                    "act_bits": [2], "act_clip": ["minmax"],
                                    "weight_clip": ["minmax"]})
     model, calib, val = tune_problem()

@@ -10,13 +10,13 @@ import torch
 from conftest import tune_problem
 
 from bitsmith.graph import quantized_layers
-from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
+from bitsmith.tune import Objective, TorchEvaluator, TuneSpace, tune
 from bitsmith.tune.correction import input_means, output_shift
 
 pytest.importorskip("onnxruntime")
 
 
-SPACE = SearchSpace.from_dict({"scheme": ["symmetric_uint8"], "act_clip": ["minmax"],
+SPACE = TuneSpace.from_dict({"scheme": ["symmetric_uint8"], "act_clip": ["minmax"],
                                "granularity": ["tensor", "channel"], "calib_size": [48],
                                "float_layers": ["none", "first"],
                                "reduced_range": [False, True]})
@@ -67,7 +67,7 @@ def test_torch_evaluator_refuses_latency_metric() -> None:
 
 def test_bias_correction_removes_mean_output_shift() -> None:
     model, calib, val = tune_problem()
-    space = SearchSpace.from_dict({"preset": "mixed", "calib_size": [48], "weight_bits": [2],
+    space = TuneSpace.from_dict({"preset": "mixed", "calib_size": [48], "weight_bits": [2],
                                    "act_clip": ["minmax"], "weight_clip": ["minmax"],
                                    "bias_correction": [False, True]})
     ev = TorchEvaluator(model, calib, val, space, stages=(1.0,), batch_size=48)

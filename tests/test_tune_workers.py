@@ -16,12 +16,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bitsmith.report import load_run
+from bitsmith.rundir import load_run
 
 WORKER = r'''
 import sys, time, torch
 from torch import nn
-from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
+from bitsmith.tune import Objective, TuneSpace, TorchEvaluator, tune
 
 url, study, n_trials, delay = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 out = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] != "-" else None
@@ -45,7 +45,7 @@ class Slow(TorchEvaluator):
         time.sleep(delay)
         return super().evaluate(config, on_stage)
 
-space = SearchSpace.from_dict({"preset": "mixed", "calib_size": [32],
+space = TuneSpace.from_dict({"preset": "mixed", "calib_size": [32],
                                "weight_bits": [2, 3, 4, 8], "act_clip": ["minmax"],
                                "weight_clip": ["minmax"]})
 ev = Slow(model, x[:32], (x, y), space, stages=(1.0,))

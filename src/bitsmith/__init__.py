@@ -1,6 +1,8 @@
 """bitsmith: automatic mixed-precision quantization for PyTorch models."""
 
+from bitsmith._version import __version__
 from bitsmith.graph import LayerTable
+from bitsmith.inputs.metric import evaluate
 from bitsmith.policy import LayerSpec, Policy, PolicyError, QSpec
 from bitsmith.quantize import (
     CalibrationError,
@@ -11,8 +13,6 @@ from bitsmith.quantize import (
     prepare,
     quantize,
 )
-
-__version__ = "0.1.0"
 
 
 def load(path: str, model: object = None):  # noqa: ANN201 - returns torch.nn.Module
@@ -27,5 +27,6 @@ def load(path: str, model: object = None):  # noqa: ANN201 - returns torch.nn.Mo
 
 __all__ = [
     "CalibrationError", "CalibrationStats", "LayerSpec", "LayerTable", "Policy", "PolicyError",
-    "QSpec", "apply_stats", "calibrate", "collect_stats", "load", "prepare", "quantize",
+    "QSpec", "__version__", "apply_stats", "calibrate", "collect_stats", "evaluate", "load",
+    "prepare", "quantize",
 ]

@@ -131,14 +131,15 @@ def layers(
 
 def _register_subcommands() -> None:
     """Add the sub-commands that live next to their method (tune, export, bench, analyze, ...)."""
+    from bitsmith.analyze.cli import register as register_analyze
     from bitsmith.compress.cli import register as register_compress
     from bitsmith.export.cli import register as register_export
     from bitsmith.report.cli import register as register_report
     from bitsmith.search.cli import register as register_search
     from bitsmith.tune.cli import register as register_tune
 
-    for register in (register_tune, register_export, register_report, register_compress,
-                     register_search):
+    for register in (register_tune, register_analyze, register_export, register_report,
+                     register_compress, register_search):
         register(app)
 
 
@@ -150,7 +151,7 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from bitsmith.graph import ConversionError
     from bitsmith.policy import PolicyError
     from bitsmith.quantize import CalibrationError
-    from bitsmith.report.rundir import RunDirError
+    from bitsmith.rundir import RunDirError
     from bitsmith.tune.errors import TuneError
 
     return (PolicyError, CalibrationError, ConversionError, ExportError, ArtifactError,

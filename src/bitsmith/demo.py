@@ -104,7 +104,7 @@ def run_demo(out_dir: str | Path | None = None, epochs: int = 30, seed: int = 0,
 def _write_run(out: Path, table, policies: dict[str, Policy], rows: list[DemoRow],
                n_test: int, seconds: float) -> None:
     """``results.json``, ``policy_<slug>.yaml`` and the run directory of the report."""
-    from bitsmith.report.rundir import RunWriter
+    from bitsmith.rundir import RunWriter
 
     run = RunWriter(out, model="SmallCNN", dataset="sklearn digits",
                     eval_set=f"test split ({n_test} images)", producer="bitsmith demo")

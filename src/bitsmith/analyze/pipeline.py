@@ -7,16 +7,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitsmith.analyze.allocate import Allocation, Budget, allocate, size_budget
-from bitsmith.analyze.candidates import DEFAULT_BITS, bit_candidates
-from bitsmith.analyze.fisher import estimate_fisher
-from bitsmith.analyze.hessian import estimate_hessian
-from bitsmith.analyze.measured import measure_sensitivity
-from bitsmith.analyze.sensitivity import Sensitivity
+from bitsmith.allocation.candidates import DEFAULT_BITS, bit_candidates
+from bitsmith.allocation.ilp import Allocation, allocate, size_budget
+from bitsmith.allocation.scores import Sensitivity
 from bitsmith.analyze.workloads import Workload
+from bitsmith.cost.budget import Budget
 from bitsmith.engine import evaluate
 from bitsmith.policy import Policy, QSpec
 from bitsmith.quantize import collect_stats, prepare, quantize
+from bitsmith.sensitivity.fisher import estimate_fisher
+from bitsmith.sensitivity.hessian import estimate_hessian
+from bitsmith.sensitivity.measured import measure_sensitivity
 
 METHODS = ("measured", "hessian", "fisher")
 
@@ -54,7 +55,8 @@ def run_analysis(work: Workload, out_dir: str | Path, *, bits: Sequence[int] = D
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown method(s) {unknown}; use some of {METHODS}")
-    from bitsmith.report import RunWriter, write_report
+    from bitsmith.report import write_report
+    from bitsmith.rundir import RunWriter
 
     stats = collect_stats(work.model, work.calibration)
     _, table, _ = prepare(work.model, stats.example_inputs)

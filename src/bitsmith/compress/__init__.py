@@ -9,7 +9,7 @@ quantization), :mod:`~bitsmith.compress.accounting` (size = packed artifact payl
 """
 
 from bitsmith.compress.accounting import compression_report, mask_layouts, sync_sparsity
-from bitsmith.compress.bits import BitChoice, InfeasibleCompressionBudget, allocate_bits
+from bitsmith.compress.bits import BitChoice, allocate_bits
 from bitsmith.compress.dpq import DPQWeightQuantizer, dpq_scale, install_dpq, set_layer_spec
 from bitsmith.compress.pruning import (
     CompressError,
@@ -23,7 +23,7 @@ from bitsmith.compress.rpc import RPC, RPCSchedule
 
 __all__ = [
     "RPC", "BitChoice", "CompressError", "CubicSchedule", "DPQWeightQuantizer",
-    "InfeasibleCompressionBudget", "RPCSchedule", "allocate_bits", "apply_masks",
+    "RPCSchedule", "allocate_bits", "apply_masks",
     "check_sparsity", "compression_report", "dpq_scale", "install_dpq", "magnitude_masks",
     "mask_gradients", "mask_layouts", "set_layer_spec", "sync_sparsity",
 ]

@@ -75,8 +75,8 @@ def compress_command(
     loop), reports accuracy on the 1,000 lossless test images and the honest compression
     ratio (surviving-weight codes + bitmask or relative index + scales + biases).
     """
-    from bitsmith.compress.bits import InfeasibleCompressionBudget
     from bitsmith.compress.pruning import CompressError
+    from bitsmith.cost.budget import InfeasibleBudgetError
 
     try:
         cfg = _config(sparsity, ratio, budget_kib, bits, act_bits, scope, structured,
@@ -92,7 +92,7 @@ def compress_command(
     try:
         summary = _run(model, cfg, steps, epochs, batch_size, lr, distill, threads, out,
                        resume, seed)
-    except InfeasibleCompressionBudget as err:
+    except InfeasibleBudgetError as err:
         err_console.print(f"[red]infeasible:[/red] {err}")
         raise typer.Exit(EXIT_INFEASIBLE) from None
     except CompressError as err:
@@ -131,8 +131,8 @@ def _run(model_name: str, cfg, steps: int | None, epochs: int, batch_size: int, 
     from bitsmith.engine import evaluate
     from bitsmith.export import save_packed
     from bitsmith.models import build_model
-    from bitsmith.report.rundir import RunWriter
-    from bitsmith.search.train import TrainConfig
+    from bitsmith.rundir import RunWriter
+    from bitsmith.training import TrainConfig
 
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
 
 1. ``bitsmith.quantize`` the FP32 model (BN folded) with DPQ weight quantizers (8 bits to
    start) and calibrated ``uniform_asymmetric`` activations;
-2. fine-tune with the shared loop :func:`bitsmith.search.train.train`, distilling from the
+2. fine-tune with the shared loop :func:`bitsmith.training.train`, distilling from the
    FP32 model, while :class:`~bitsmith.compress.callbacks.DPQCallback` prunes along the cubic
    schedule (target sparsity at ``prune_end`` of the steps), keeps pruned weights at zero,
    re-chooses the bits under the size budget, and applies RPC to the activations;
@@ -30,7 +30,7 @@ from bitsmith.cost import CostReport
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import LayerSpec, Policy, QSpec
 from bitsmith.quantize import iter_batches, prepare, quantize
-from bitsmith.search.train import TrainConfig, TrainResult, train
+from bitsmith.training import TrainConfig, TrainResult, train
 
 
 @dataclass
@@ -168,7 +168,7 @@ def compress_model(model: nn.Module, calib_data: Any, train_loader: Any,
         val_loader: validation batches evaluated by the loop after each epoch.
 
     Raises:
-        CompressError: bad settings; ``InfeasibleCompressionBudget`` when the budget cannot
+        CompressError: bad settings; ``InfeasibleBudgetError`` when the budget cannot
             be met at this sparsity even at the lowest bits (raised before any training).
     """
     config.check()
@@ -195,7 +195,7 @@ def compress_model(model: nn.Module, calib_data: Any, train_loader: Any,
         bit_layers=list(quantized_layers(qmodel)), realloc_every=config.realloc_every,
         rpc=RPCSchedule(config.rpc_start, config.rpc_full_at) if config.rpc else None,
         two_level=config.two_level, pseudo=config.pseudo_mean)
-    # raise InfeasibleCompressionBudget before any training
+    # raise InfeasibleBudgetError before any training
     if budget is not None and schedule is not None:
         cb.stage_budget()
     elif budget is not None:

@@ -88,9 +88,9 @@ def export_command(
     Writes fp32.onnx, quantized.onnx, model.safetensors, summary.json and summary.md.
     Example: bitsmith export resnet20 --pretrained --policy w8a8 --out runs/r20
     """
-    import bitsmith
     from bitsmith.export.pipeline import deploy
     from bitsmith.models import build_model
+    from bitsmith.quantize import collect_stats, prepare, quantize
 
     try:
         kwargs = {"pretrained": True} if pretrained else {}
@@ -103,11 +103,11 @@ def export_command(
             def log(msg: str) -> None:
                 progress.update(task, description=msg)
 
-            stats = bitsmith.collect_stats(net, calib_data)
-            _, table, _ = bitsmith.prepare(net, stats.example_inputs)
+            stats = collect_stats(net, calib_data)
+            _, table, _ = prepare(net, stats.example_inputs)
             pol = _policy(policy, table.names)
             log("quantizing")
-            qmodel = bitsmith.quantize(net, pol, calibration=stats)
+            qmodel = quantize(net, pol, calibration=stats)
             summary = deploy(net, qmodel, out, example_inputs=stats.example_inputs,
                              calibration=calib_data, evaluation=eval_data, model_name=model,
                              model_kwargs={}, batches=batch, runs=runs, runs_large=runs_large,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from bitsmith.graph import quantized_layers
-from bitsmith.schemes.quantizer import Quantizer
+from bitsmith.graph.quantizer import Quantizer
 
 
 class FrozenWeightQuantizer(Quantizer):

@@ -36,9 +36,9 @@ def versions() -> dict[str, str]:
     """Versions of bitsmith, torch and safetensors that wrote the artifact."""
     import safetensors
 
-    import bitsmith
+    from bitsmith._version import __version__
 
-    return {"bitsmith": bitsmith.__version__, "torch": torch.__version__,
+    return {"bitsmith": __version__, "torch": torch.__version__,
             "safetensors": safetensors.__version__}
 
 

@@ -10,8 +10,8 @@ from typing import Any
 from bitsmith.report import figures as figs
 from bitsmith.report.html import render_html
 from bitsmith.report.markdown import render_markdown
-from bitsmith.report.rundir import RunData, load_run
 from bitsmith.report.summary import build_summary
+from bitsmith.rundir import RunData, load_run
 
 REPORT_HTML, REPORT_MD, REPORT_JSON, FIGURE_DIR = (
     "report.html", "report.md", "report.json", "report_files")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from bitsmith.cost import estimate, layer_cost
-from bitsmith.report.pareto import pareto_front
-from bitsmith.report.rundir import RunData
+from bitsmith.pareto import pareto_front
+from bitsmith.rundir import RunData
 
 MEASURED_FIRST = ("measured_kl", "measured_loss", "measured_accuracy", "hessian", "fisher",
                   "fisher_diag")

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from bitsmith.analyze.allocate import Budget
 from bitsmith.cost import estimate
+from bitsmith.cost.budget import (
+    Budget,
+    budget_values,
+    latency_function,
+    latency_total,
+    within_budget,
+)
 from bitsmith.policy import Policy
-from bitsmith.search.derive import budget_values, latency_total, within_budget
-from bitsmith.search.supernet import Supernet, latency_function, layer_spec_table
+from bitsmith.search.supernet import Supernet, layer_spec_table
 
 
 def uniform_within_budget(net: Supernet, budget: Budget, latency: Any = None,

@@ -152,13 +152,13 @@ def register(app: typer.Typer) -> None:
         """
         import torch
 
-        from bitsmith.analyze.allocate import Budget, InfeasibleBudgetError
+        from bitsmith.cost.budget import Budget, InfeasibleBudgetError
         from bitsmith.graph.convert import ConversionError
         from bitsmith.policy import PolicyError
         from bitsmith.search.methods import METHODS
         from bitsmith.search.pipeline import SearchSettings, run_search
-        from bitsmith.search.supernet import SearchSpace, SearchSpaceError
-        from bitsmith.search.train import NonFiniteLossError, TrainConfig
+        from bitsmith.search.supernet import SupernetSpace, SupernetSpaceError
+        from bitsmith.training import NonFiniteLossError, TrainConfig
 
         try:
             if threads > 0:
@@ -178,7 +178,7 @@ def register(app: typer.Typer) -> None:
                 raise SearchInputError("give a budget: --avg-bits, --size-kib, --bitops, "
                                        "--latency-ms or --act-kib")
             wb = _ints(w_bits, "--w-bits")
-            space = SearchSpace(weight=tuple((s, b) for s in _names(schemes) for b in wb
+            space = SupernetSpace(weight=tuple((s, b) for s in _names(schemes) for b in wb
                                              if _supports(s, b)),
                                 act_bits=_ints(act_bits, "--act-bits"), first_last=first_last)
             space.weight_specs()
@@ -204,14 +204,14 @@ def register(app: typer.Typer) -> None:
         except InfeasibleBudgetError as err:
             console.print(f"[red]infeasible:[/red] {err}")
             raise typer.Exit(EXIT_INFEASIBLE) from None
-        except (SearchInputError, SearchSpaceError, PolicyError, ConversionError,
+        except (SearchInputError, SupernetSpaceError, PolicyError, ConversionError,
                 FileNotFoundError, ValueError) as err:
             console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except NonFiniteLossError as err:
             console.print(f"[red]stopped:[/red] {err}")
             raise typer.Exit(EXIT_ERROR) from None
-        from bitsmith.search.train import dist_info
+        from bitsmith.training import dist_info
 
         if dist_info()[0] == 0:  # under torchrun only rank 0 prints
             _print(outcome, settings, out)

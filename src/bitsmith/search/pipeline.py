@@ -25,15 +25,15 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from bitsmith.analyze.allocate import Budget
+from bitsmith.cost.budget import Budget
 from bitsmith.engine import evaluate
 from bitsmith.policy import Policy
 from bitsmith.search.baseline import uniform_within_budget
 from bitsmith.search.derive import Derivation, derive_policy
 from bitsmith.search.methods import SearchMethod, make_method
 from bitsmith.search.qat import build_qat_model, save_result
-from bitsmith.search.supernet import SearchSpace, Supernet, build_supernet, spec_label
-from bitsmith.search.train import (
+from bitsmith.search.supernet import Supernet, SupernetSpace, build_supernet, spec_label
+from bitsmith.training import (
     TrainConfig,
     TrainResult,
     dist_info,
@@ -79,7 +79,7 @@ class SearchSettings:
 
     method: str = "qss"
     budget: Budget = field(default_factory=lambda: Budget(avg_weight_bits=4.0))
-    space: SearchSpace = field(default_factory=SearchSpace)
+    space: SupernetSpace = field(default_factory=SupernetSpace)
     search: TrainConfig = field(default_factory=lambda: TrainConfig(
         epochs=1, lr=2e-4, weight_decay=0.0, grad_clip=10.0))
     qat: TrainConfig = field(default_factory=lambda: TrainConfig(
@@ -162,7 +162,7 @@ def run_search(model: nn.Module, train_loader: Iterable, settings: SearchSetting
 
     Raises:
         InfeasibleBudgetError: the budget is below the smallest representable model.
-        SearchSpaceError: empty or invalid candidates.
+        SupernetSpaceError: empty or invalid candidates.
         ConversionError: the model has no quantizable layer.
         NonFiniteLossError: NaN/inf loss (the last good checkpoint is kept).
     """
@@ -302,7 +302,7 @@ def resolve_warm_start(settings: SearchSettings, model: nn.Module, net: Supernet
 
 def _write_run(o: SearchOutcome, out: Path, settings: SearchSettings, model_name: str,
                dataset: str, eval_set: str) -> dict[str, str]:
-    from bitsmith.report.rundir import RunWriter
+    from bitsmith.rundir import RunWriter
 
     run = RunWriter(out, model=model_name or type(o.net.model).__name__, dataset=dataset,
                     eval_set=eval_set, producer=f"bitsmith search ({o.method.name})",

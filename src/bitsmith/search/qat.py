@@ -5,7 +5,7 @@ search) into a quantized model of the ``bitsmith.quantize`` kind (``model.bitsmi
 the Policy, LayerTable and conversion report, so ``bitsmith.export`` consumes it). Every
 uniform-family quantizer is made LSQ-learnable and starts from the step size the search
 learned for that candidate (activation quantizers without one are calibrated).
-:func:`finetune` trains it with :func:`bitsmith.search.train.train` (optional distillation
+:func:`finetune` trains it with :func:`bitsmith.training.train` (optional distillation
 from the FP32 model). :func:`save_result` writes ``policy.yaml`` and ``weights.safetensors``
 (float weights + quantizer parameters); :func:`load_result` rebuilds the quantized model.
 
@@ -28,12 +28,12 @@ from torch import Tensor, nn
 
 from bitsmith.graph.convert import ConversionReport, apply_policy, convert
 from bitsmith.graph.qmodules import quantized_layers
+from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import LayerSpec, Policy, QSpec
 from bitsmith.quantize import QuantInfo, calibrate
 from bitsmith.schemes import get_scheme
-from bitsmith.schemes.quantizer import Quantizer
 from bitsmith.search.supernet import SearchLayerMixin, Supernet
-from bitsmith.search.train import Callback, TrainConfig, TrainResult, train
+from bitsmith.training import Callback, TrainConfig, TrainResult, train
 
 
 def learnable(policy: Policy) -> Policy:

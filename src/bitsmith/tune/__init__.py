@@ -12,14 +12,14 @@ from bitsmith.tune.evaluator import (
 from bitsmith.tune.features import ConfigEncoder, model_descriptors
 from bitsmith.tune.objectives import Objective
 from bitsmith.tune.results import TrialRecord, TuneResult
-from bitsmith.tune.runner import InfeasibleError, tune
+from bitsmith.tune.runner import tune
 from bitsmith.tune.runtime import OnnxRuntimeBackend
 from bitsmith.tune.samplers import STRATEGIES, TransferRecord, XGBoostSampler, make_sampler
-from bitsmith.tune.space import SearchSpace
+from bitsmith.tune.space import TuneSpace
 
 __all__ = [
-    "STRATEGIES", "Backend", "ConfigEncoder", "Evaluator", "InfeasibleError", "Measurement",
-    "Objective", "OnnxRuntimeBackend", "SearchSpace", "SpaceError", "StorageError",
+    "STRATEGIES", "Backend", "ConfigEncoder", "Evaluator", "Measurement",
+    "Objective", "OnnxRuntimeBackend", "TuneSpace", "SpaceError", "StorageError",
     "TorchBackend", "TorchEvaluator", "TransferRecord", "TrialRecord", "TuneError",
     "TuneResult", "XGBoostSampler", "make_sampler", "model_descriptors", "tune",
 ]

@@ -113,10 +113,11 @@ def register(app: typer.Typer) -> None:
         """
         import optuna
 
+        from bitsmith.cost.budget import InfeasibleBudgetError
         from bitsmith.tune.objectives import Objective
-        from bitsmith.tune.runner import InfeasibleError, tune
+        from bitsmith.tune.runner import tune
         from bitsmith.tune.samplers import STRATEGIES
-        from bitsmith.tune.space import SearchSpace
+        from bitsmith.tune.space import TuneSpace
         from bitsmith.tune.study import open_storage
         from bitsmith.tune.transfer import load_transfer
 
@@ -132,8 +133,8 @@ def register(app: typer.Typer) -> None:
                 raise TuneError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
             if storage is not None:
                 open_storage(storage)           # fail fast, before loading the model
-            sp = SearchSpace.load(space) if space is not None else \
-                SearchSpace.from_dict({"preset": preset})
+            sp = TuneSpace.load(space) if space is not None else \
+                TuneSpace.from_dict({"preset": preset})
             records = [r for p in (transfer or []) for r in load_transfer(p)]
             policies = [Policy.load(p) for p in (init_policy or [])]
             if backend not in ("torch", "onnxruntime"):
@@ -152,7 +153,7 @@ def register(app: typer.Typer) -> None:
                           n_trials=n_trials, timeout=timeout, storage=storage, study_name=study,
                           out_dir=out, seed=seed, transfer=records, initial_policies=policies,
                           prune=not no_prune, progress=not no_progress, log=console.print)
-        except InfeasibleError as err:
+        except InfeasibleBudgetError as err:
             console.print(f"[red]{err}[/red]")
             raise typer.Exit(EXIT_INFEASIBLE) from None
         except (TuneError, PolicyError, FileNotFoundError) as err:

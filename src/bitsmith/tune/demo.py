@@ -12,7 +12,7 @@ from bitsmith.data import DigitsSplits
 from bitsmith.tune.objectives import Objective
 from bitsmith.tune.results import TuneResult
 from bitsmith.tune.runner import tune
-from bitsmith.tune.space import SearchSpace
+from bitsmith.tune.space import TuneSpace
 
 
 def run_demo_tune(model: nn.Module, splits: DigitsSplits, out_dir: str | Path,
@@ -26,7 +26,7 @@ def run_demo_tune(model: nn.Module, splits: DigitsSplits, out_dir: str | Path,
     outputs (best policy, safetensors model, trial log, Pareto plot) to ``out_dir``.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = SearchSpace.from_dict({"preset": "mixed", "calib_size": [256],
+    space = TuneSpace.from_dict({"preset": "mixed", "calib_size": [256],
                                    "weight_bits": [2, 3, 4, 5, 6, 8],
                                    "act_clip": ["minmax", "mse"]})
     result = tune(model, splits.train, splits.val, space=space,

@@ -48,7 +48,7 @@ from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quantize
 from bitsmith.tune.correction import correct_bias, input_means, output_shift
 from bitsmith.tune.errors import TuneError
 from bitsmith.tune.features import descriptors_of
-from bitsmith.tune.space import Config, SearchSpace
+from bitsmith.tune.space import Choices, TuneSpace
 
 # on_stage(stage index, images seen, accuracy % so far, FP32 accuracy % on the same images)
 # -> True to stop (prune) the configuration.
@@ -100,17 +100,17 @@ class Measurement:
 class Evaluator(Protocol):
     """What the tuner needs from an evaluator (implement it to plug in another runtime)."""
 
-    space: SearchSpace
+    space: TuneSpace
     layer_names: list[str]
     measures_latency: bool
 
-    def policy(self, config: Config) -> Policy:
+    def policy(self, config: Choices) -> Policy:
         """The Policy of a configuration."""
 
-    def cost(self, config: Config) -> CostReport:
+    def cost(self, config: Choices) -> CostReport:
         """Analytic cost of a configuration (no data needed)."""
 
-    def evaluate(self, config: Config, on_stage: StageCallback | None = None) -> Measurement:
+    def evaluate(self, config: Choices, on_stage: StageCallback | None = None) -> Measurement:
         """Quantize, calibrate and measure one configuration."""
 
 
@@ -216,7 +216,7 @@ class TorchEvaluator:
         backend: how the quantized model is run (default :class:`TorchBackend`).
     """
 
-    def __init__(self, model: nn.Module, calibration: Any, validation: Any, space: SearchSpace,
+    def __init__(self, model: nn.Module, calibration: Any, validation: Any, space: TuneSpace,
                  *, stages: Sequence[float | int] = (0.25, 1.0), batch_size: int = 500,
                  backend: Backend | None = None) -> None:
         if not isinstance(model, nn.Module):
@@ -274,19 +274,19 @@ class TorchEvaluator:
                                          _batches(self._calib[:n], None, self.batch_size))
         return self._means[n]
 
-    def policy(self, config: Config) -> Policy:
+    def policy(self, config: Choices) -> Policy:
         return self.space.to_policy(config, self.layer_names, self.signed_inputs)
 
-    def cost(self, config: Config) -> CostReport:
+    def cost(self, config: Choices) -> CostReport:
         return estimate(self.table, self.policy(config))
 
-    def _calib_size(self, config: Config) -> int:
+    def _calib_size(self, config: Choices) -> int:
         return int(config.get("calib_size", self.space.calib_size[0]))
 
-    def _bias_correction(self, config: Config) -> bool:
+    def _bias_correction(self, config: Choices) -> bool:
         return bool(config.get("bias_correction", self.space.bias_correction[0]))
 
-    def quantized_model(self, config: Config) -> nn.Module:
+    def quantized_model(self, config: Choices) -> nn.Module:
         """The quantized copy of the model for ``config`` (weight quantizers kept, not
         baked; biases corrected when the configuration asks for ``bias_correction``)."""
         n = self._calib_size(config)
@@ -294,7 +294,7 @@ class TorchEvaluator:
         self._prepare_layers(qmodel, n, self._bias_correction(config), bake=False)
         return qmodel
 
-    def state_dict(self, config: Config) -> dict[str, Tensor]:
+    def state_dict(self, config: Choices) -> dict[str, Tensor]:
         """The quantized model's state dict for ``config`` (weights and every quantizer's
         scales / zero points, fitted by one forward pass), contiguous copies."""
         n = self._calib_size(config)
@@ -342,7 +342,7 @@ class TorchEvaluator:
         return out
 
     # ------------------------------------------------------------- evaluate
-    def evaluate(self, config: Config, on_stage: StageCallback | None = None) -> Measurement:
+    def evaluate(self, config: Choices, on_stage: StageCallback | None = None) -> Measurement:
         """Quantize with ``config``, calibrate from the shared statistics, measure.
 
         ``on_stage`` is called after every stage but the last; returning True

@@ -19,7 +19,6 @@ Every trial also records the constraint violation (``<= 0`` is feasible) with
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bitsmith.tune.errors import TuneError
@@ -151,15 +150,3 @@ class Objective:
             return -math.inf
         value = self.score(accuracy_ref - pred_drop, pred_drop, cost, fp32)
         return -value if self.kind == "min_cost" else value
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the non-dominated ``(accuracy, cost)`` points (max accuracy, min cost),
-    sorted by cost."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][1], -points[i][0]))
-    front, best_acc = [], -math.inf
-    for i in order:
-        if points[i][0] > best_acc:
-            front.append(i)
-            best_acc = points[i][0]
-    return front

@@ -11,8 +11,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from bitsmith.pareto import pareto_front
 from bitsmith.tune.evaluator import Measurement
-from bitsmith.tune.objectives import Objective, cost_value, pareto_front
+from bitsmith.tune.objectives import Objective, cost_value
 
 MEASUREMENT_ATTR = "measurement"
 
@@ -148,6 +149,5 @@ def _best_single(records: Sequence[TrialRecord], objective: Objective) -> TrialR
 
 
 def _front(records: Sequence[TrialRecord], objective: Objective) -> list[TrialRecord]:
-    pts = [(r.measurement["accuracy"], cost_value(_measurement(r.measurement), objective.metric))
-           for r in records]
-    return [records[i] for i in pareto_front(pts)]
+    costs = [cost_value(_measurement(r.measurement), objective.metric) for r in records]
+    return [records[i] for i in pareto_front(costs, [r.measurement["accuracy"] for r in records])]

@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import Trial, TrialState
 
-from bitsmith.errors import InfeasibleError as BaseInfeasibleError
+from bitsmith.cost.budget import InfeasibleBudgetError
 from bitsmith.policy import Policy
 from bitsmith.tune.errors import TuneError
 from bitsmith.tune.evaluator import Evaluator, Measurement, TorchEvaluator, as_mapping
@@ -28,7 +28,7 @@ from bitsmith.tune.objectives import Objective, cost_value, fp32_cost
 from bitsmith.tune.progress import TuneProgress
 from bitsmith.tune.results import MEASUREMENT_ATTR, TuneResult, summarize
 from bitsmith.tune.samplers import DROP_ATTR, TransferRecord, make_sampler
-from bitsmith.tune.space import Config, SearchSpace, config_key
+from bitsmith.tune.space import Choices, TuneSpace, config_key
 from bitsmith.tune.study import (
     FINISHED,
     Heartbeat,
@@ -40,21 +40,7 @@ from bitsmith.tune.study import (
 )
 
 DEFAULT_STUDY = "bitsmith-tune"
-
-
-class InfeasibleError(BaseInfeasibleError, RuntimeError):
-    """No configuration of the space can meet the constraint (raised before searching when
-    that is certain, e.g. a size budget below the smallest configuration).
-
-    Attributes:
-        closest: the configuration closest to the constraint.
-        measurement: its cost (accuracy not measured).
-    """
-
-    def __init__(self, message: str, closest: Config, measurement: Measurement) -> None:
-        super().__init__(message)
-        self.closest = closest
-        self.measurement = measurement
+BUDGET_KIND = {"size": "size_bytes", "bitops": "bitops", "latency": "latency"}
 
 
 def _pruner(objective: Objective, margin: float, prune: bool) -> optuna.pruners.BasePruner:
@@ -73,12 +59,12 @@ def _pruner(objective: Objective, margin: float, prune: bool) -> optuna.pruners.
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
 
 
-def cheapest(evaluator: Evaluator, objective: Objective) -> tuple[Config, Measurement]:
+def cheapest(evaluator: Evaluator, objective: Objective) -> tuple[Choices, Measurement]:
     """The configuration of lowest cost in the space (exact; per-layer knobs at their
     cheapest choice, every combination of the global knobs tried)."""
     space, names = evaluator.space, evaluator.layer_names
     dims = space.dimensions(names)
-    best: tuple[float, Config, Measurement] | None = None
+    best: tuple[float, Choices, Measurement] | None = None
     per_layer = {n: c for n, c in dims.items() if ":" in n}
     global_space = {n: c for n, c in dims.items() if ":" not in n}
     probe = {n: c[0] for n, c in dims.items()}
@@ -98,7 +84,7 @@ def cheapest(evaluator: Evaluator, objective: Objective) -> tuple[Config, Measur
     return best[1], best[2]
 
 
-def evaluator_cost(evaluator: Evaluator, config: Config) -> Measurement:
+def evaluator_cost(evaluator: Evaluator, config: Choices) -> Measurement:
     """A cost-only measurement (accuracy NaN) of ``config``."""
     cost = evaluator.cost(config)
     return Measurement(accuracy=math.nan, fp32_accuracy=math.nan, drop=math.nan, images=0,
@@ -116,7 +102,7 @@ class _TrialRunner:
         self.objective = objective
         self.dims = evaluator.space.dimensions(evaluator.layer_names)
 
-    def _previous(self, config: Config, number: int) -> Mapping[str, Any] | None:
+    def _previous(self, config: Choices, number: int) -> Mapping[str, Any] | None:
         """Measurement of an identical configuration already completed in the study (any
         worker, any earlier run): the study itself is the cross-process result cache."""
         key = config_key(config)
@@ -166,7 +152,7 @@ def _save_best(result: TuneResult, evaluator: Evaluator, out_dir: Path | None) -
 
 
 def tune(model: Any = None, calibration: Any = None, validation: Any = None, *,
-         space: SearchSpace | None = None, objective: Objective | None = None,
+         space: TuneSpace | None = None, objective: Objective | None = None,
          strategy: str = "xgboost", n_trials: int = 100, timeout: float | None = None,
          storage: str | None = None, study_name: str | None = None,
          out_dir: str | Path | None = None, seed: int | None = 0,
@@ -184,7 +170,7 @@ def tune(model: Any = None, calibration: Any = None, validation: Any = None, *,
         calibration: unlabeled calibration inputs (tensor ``(N, ...)`` or dataset).
         validation: labeled validation data, ``(inputs, labels)`` or a dataset;
             never the test set.
-        space: the search space (default :meth:`SearchSpace.mixed_precision`).
+        space: the search space (default :meth:`TuneSpace.mixed_precision`).
         objective: default ``min_cost`` of size with a 1-point tolerance.
         strategy: ``random``, ``grid``, ``genetic``, ``tpe`` or ``xgboost``.
         n_trials: the *study's* trial budget (finished trials, all workers together).
@@ -211,7 +197,8 @@ def tune(model: Any = None, calibration: Any = None, validation: Any = None, *,
 
     Raises:
         TuneError: bad input (tolerance < 0, empty space, storage cannot be opened, ...).
-        InfeasibleError: a budget no configuration of the space can meet.
+        InfeasibleBudgetError: a budget no configuration of the space can meet (``.closest``
+            is the cheapest configuration, ``.measurement`` its cost).
     """
     say = log or (lambda s: None)
     objective = objective or Objective()
@@ -228,7 +215,7 @@ def tune(model: Any = None, calibration: Any = None, validation: Any = None, *,
         if model is None or calibration is None or validation is None:
             raise TuneError("tune() needs model, calibration and validation (or an evaluator)")
         evaluator = TorchEvaluator(model, calibration, validation,
-                                   space or SearchSpace.mixed_precision(), stages=stages)
+                                   space or TuneSpace.mixed_precision(), stages=stages)
     space = evaluator.space
     names = evaluator.layer_names
     if space.size(names) < 1:
@@ -238,16 +225,17 @@ def tune(model: Any = None, calibration: Any = None, validation: Any = None, *,
     if objective.kind == "max_accuracy" and objective.metric != "latency":
         cfg, m = cheapest(evaluator, objective)
         if cost_value(m, objective.metric) > float(objective.budget):
-            raise InfeasibleError(
-                f"infeasible: the smallest configuration of the space costs "
-                f"{cost_value(m, objective.metric):.6g} {objective.metric}, over the budget "
-                f"{objective.budget:.6g}; closest configuration: {cfg}", cfg, m)
+            raise InfeasibleBudgetError(
+                BUDGET_KIND[objective.metric], float(objective.budget),
+                cost_value(m, objective.metric), " of the search space",
+                hint=f"raise the budget or add cheaper choices; closest configuration: {cfg}",
+                closest=cfg, measurement=m)
 
     encoder = ConfigEncoder(space, names, getattr(evaluator, "weight_params", {}),
                             getattr(evaluator, "descriptors", {}))
     fp32_acc = float(getattr(evaluator, "fp32_accuracy", 100.0))
 
-    def cost_fn(config: Config) -> tuple[float, float]:
+    def cost_fn(config: Choices) -> tuple[float, float]:
         m = evaluator_cost(evaluator, config)
         return cost_value(m, objective.metric), fp32_cost(m, objective.metric)
 

@@ -1,7 +1,7 @@
-"""The post-training search space, declared in one place: :class:`SearchSpace`.
+"""The post-training search space, declared in one place: :class:`TuneSpace`.
 
 A *configuration* is a plain ``dict`` of parameter name -> choice (what an
-Optuna trial suggests); :meth:`SearchSpace.to_policy` turns it into a
+Optuna trial suggests); :meth:`TuneSpace.to_policy` turns it into a
 :class:`~bitsmith.policy.Policy` for a given model. The space contains
 Quantune's (Lee et al., FGCS 2022) and goes beyond it:
 
@@ -63,7 +63,7 @@ FLOAT_LAYER_SETS = {"none": (), "first": ("first",), "last": ("last",),
 GLOBAL_DIMS = ("scheme", "act_clip", "weight_clip", "granularity", "calib_size",
                "float_layers", "bias_correction", "reduced_range")
 W_PREFIX, A_PREFIX = "w:", "a:"
-Config = dict[str, Any]
+Choices = dict[str, Any]  # one configuration of the space: parameter name -> chosen value
 
 
 def _tuple(value: Any, name: str) -> tuple:
@@ -89,7 +89,7 @@ def _check_bits(choices: tuple, name: str) -> None:
 
 
 @dataclass(frozen=True)
-class SearchSpace:
+class TuneSpace:
     """Every knob of post-training quantization the tuner may turn (see the module docstring).
 
     Attributes are tuples of choices; a single choice fixes that knob.
@@ -150,7 +150,7 @@ class SearchSpace:
 
     # ----------------------------------------------------------- presets / IO
     @classmethod
-    def quantune(cls) -> SearchSpace:
+    def quantune(cls) -> TuneSpace:
         """Quantune's space: 4 schemes x {max, KL} x 2 granularities x 3 calibration sizes x
         {int8, int8 with first+last layers in float} (96 configurations, int8 only)."""
         return cls(act_clip=("minmax", "entropy"), float_layers=("none", "first_last"))
@@ -158,7 +158,7 @@ class SearchSpace:
     @classmethod
     def mixed_precision(cls, weight_bits: Sequence[int | str] = (2, 3, 4, 5, 6, 8, FLOAT_CHOICE),
                         act_bits: Sequence[int | str] = (8,), per_layer_act: bool = False
-                        ) -> SearchSpace:
+                        ) -> TuneSpace:
         """Per-layer weight bit widths (a mixed-precision policy) plus clipping and calibration.
 
         Defaults: symmetric per-channel weights with min/max or MSE clipping, activations
@@ -171,7 +171,7 @@ class SearchSpace:
                    per_layer_act_bits=per_layer_act)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
+    def from_dict(cls, data: Mapping[str, Any]) -> TuneSpace:
         """Build from a mapping (e.g. parsed YAML); ``preset: quantune|mixed`` starts from one."""
         if not isinstance(data, Mapping):
             raise SpaceError(f"a search space must be a mapping of knob -> choices, got {data!r}")
@@ -187,7 +187,7 @@ class SearchSpace:
         return dataclasses.replace(start, **kwargs, extra=unknown)
 
     @classmethod
-    def load(cls, path: str | Path) -> SearchSpace:
+    def load(cls, path: str | Path) -> TuneSpace:
         """Load from a YAML or JSON file."""
         path = Path(path)
         if not path.is_file():
@@ -224,7 +224,7 @@ class SearchSpace:
         """Number of distinct configurations."""
         return math.prod(len(c) for c in self.dimensions(layer_names).values())
 
-    def grid(self, layer_names: Sequence[str], limit: int = 100_000) -> Iterator[Config]:
+    def grid(self, layer_names: Sequence[str], limit: int = 100_000) -> Iterator[Choices]:
         """Every configuration (raises :class:`SpaceError` if there are more than ``limit``)."""
         dims = self.dimensions(layer_names)
         total = self.size(layer_names)
@@ -273,14 +273,14 @@ class SearchSpace:
                 raise SpaceError(f"{name}: configuration {dict(get)} is invalid: {err}") from None
         return Policy(layers)
 
-    def config_from_policy(self, policy: Policy, layer_names: Sequence[str]) -> Config:
+    def config_from_policy(self, policy: Policy, layer_names: Sequence[str]) -> Choices:
         """The per-layer bit widths of ``policy`` as a (partial) configuration of this space.
 
         The warm-start hook for external allocators (e.g. a sensitivity-based integer
         program): only bit widths that are choices of the space are kept; other knobs
         are left for the sampler. Returns ``{}`` when nothing maps.
         """
-        out: Config = {}
+        out: Choices = {}
         for name in layer_names:
             spec = policy.get(name)
             w = FLOAT_CHOICE if spec is None or spec.weight is None else spec.weight.bits

@@ -3,7 +3,7 @@
 One object can hold several scores (``"measured_kl"``, ``"hessian"``,
 ``"fisher"``, ...), each with the wall-clock seconds it took, so that the
 estimators can be compared (:func:`rank_correlation`) and any of them fed to
-the integer program (:func:`bitsmith.analyze.allocate`). Scores are "bigger is
+the integer program (:func:`bitsmith.allocation.ilp`). Scores are "bigger is
 worse": the expected damage of quantizing that one layer with that candidate.
 
 JSON form (``sensitivity.json`` of a run directory)::
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bitsmith.analyze.candidates import CandidateSpace
+from bitsmith.allocation.candidates import CandidateSpace
 from bitsmith.graph.layer_table import LayerTable
 from bitsmith.policy import LayerSpec
 

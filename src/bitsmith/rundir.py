@@ -13,7 +13,7 @@ Format ``bitsmith.run/1`` (documented in docs/analyze_and_report.md)::
                                    "avg_weight_bits"?, "compression"?, "source"?, "step"?,
                                    "policy_file"?, "fingerprint"?, ...}
       policy.yaml       required  the chosen Policy
-      sensitivity.json  optional  bitsmith.analyze.Sensitivity.save(...)
+      sensitivity.json  optional  bitsmith.allocation.Sensitivity.save(...)
       search.jsonl      optional  {"step": int, "label"?: str, <metric>: number, ...} per line
       export.json       optional  {"format": "bitsmith.export/1", "artifacts": [{"name", "format"?,
                                    "path"?, "size_bytes"?, "latency_ms"?, "agreement"? (%),
@@ -36,15 +36,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bitsmith.atomic import atomic_write_text
 from bitsmith.cost import estimate
 from bitsmith.cost.sparse import MaskLayout
 from bitsmith.errors import InputError
@@ -74,14 +73,6 @@ class RunDirError(InputError):
     def __init__(self, message: str, missing: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.missing = list(missing)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: a concurrent
-    reader (another worker of the same run) sees the old or the new file, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _slug(name: str) -> str:
@@ -141,7 +132,7 @@ class RunWriter:
         self._save_run()
 
     def _save_run(self) -> None:
-        _atomic_write(self.dir / RUN_JSON, json.dumps(self.run, indent=2))
+        atomic_write_text(self.dir / RUN_JSON, json.dumps(self.run, indent=2))
 
     def _append(self, name: str, record: Mapping[str, Any]) -> None:
         with open(self.dir / name, "a") as f:
@@ -151,8 +142,9 @@ class RunWriter:
         """``layers.json`` from the model's LayerTable (also used for trial costs)."""
         self._table = table
         path = self.dir / LAYERS_JSON
-        _atomic_write(path, json.dumps({"format": LAYERS_FORMAT, "total_params": table.total_params,
-                                    "layers": table.to_rows()}, indent=1))
+        atomic_write_text(path, json.dumps({"format": LAYERS_FORMAT,
+                                            "total_params": table.total_params,
+                                            "layers": table.to_rows()}, indent=1))
         return path
 
     def set_fp32(self, accuracy: float, **extra: Any) -> None:
@@ -209,7 +201,7 @@ class RunWriter:
         return policy.save(self.dir / POLICY_YAML)
 
     def write_sensitivity(self, sensitivity: Any) -> Path:
-        """``sensitivity.json`` from a :class:`bitsmith.analyze.Sensitivity`."""
+        """``sensitivity.json`` from a :class:`bitsmith.allocation.Sensitivity`."""
         return sensitivity.save(self.dir / SENSITIVITY_JSON)
 
     def log_search(self, step: int, label: str = "", **metrics: float) -> None:
@@ -223,7 +215,7 @@ class RunWriter:
     def write_export(self, artifacts: Sequence[Mapping[str, Any]]) -> Path:
         """``export.json``: one entry per exported artifact (size, latency, agreement, ...)."""
         path = self.dir / EXPORT_JSON
-        path.write_text(json.dumps({"format": EXPORT_FORMAT,
+        atomic_write_text(path, json.dumps({"format": EXPORT_FORMAT,
                                     "artifacts": [dict(a) for a in artifacts]}, indent=2))
         return path
 
@@ -232,7 +224,7 @@ class RunWriter:
         (from :func:`bitsmith.compress.accounting.mask_layouts`), so the report charges the
         actual mask bytes instead of the worst case for the policy's nominal sparsity."""
         path = self.dir / MASKS_JSON
-        _atomic_write(path, json.dumps({"format": MASKS_FORMAT, "layers": {
+        atomic_write_text(path, json.dumps({"format": MASKS_FORMAT, "layers": {
             name: dataclasses.asdict(layout) for name, layout in layouts.items()}}, indent=2))
         return path
 
@@ -241,7 +233,7 @@ class RunWriter:
         ``"w_prob"``, the probability of the chosen candidate, and ``"fixed_step"``, the
         step at which SSPS fixed the layer; ``None`` = decided at the end)."""
         path = self.dir / SEARCH_LAYERS_JSON
-        _atomic_write(path, json.dumps({"format": SEARCH_LAYERS_FORMAT, "method": method,
+        atomic_write_text(path, json.dumps({"format": SEARCH_LAYERS_FORMAT, "method": method,
                                         "layers": [dict(r) for r in rows]}, indent=1))
         return path
 
@@ -336,7 +328,7 @@ def load_run(run_dir: str | Path) -> RunData:
         raise RunDirError(f"{d / POLICY_YAML}: {err}") from None
     sens = None
     if (d / SENSITIVITY_JSON).is_file():
-        from bitsmith.analyze.sensitivity import Sensitivity
+        from bitsmith.allocation.scores import Sensitivity
 
         try:
             sens = Sensitivity.from_dict(_read_json(d / SENSITIVITY_JSON), table)

@@ -6,13 +6,16 @@ from collections.abc import Sequence
 
 
 def pareto_front(sizes: Sequence[float], accuracies: Sequence[float]) -> list[int]:
-    """Indices of the non-dominated points (smaller size and higher accuracy are better).
+    """Indices of the non-dominated points (smaller cost and higher accuracy are better).
+
+    The one Pareto front of bitsmith (the tuner's study, the report, the chosen policy).
 
     A point is dominated when another is no larger and no less accurate, and strictly
     better in one of the two. Exact duplicates keep the first. Returned in increasing size.
 
     Args:
-        sizes: e.g. bytes, shape ``(n,)``; accuracies: percent, shape ``(n,)``.
+        sizes: any cost (bytes, BitOPs, ms), shape ``(n,)``; accuracies: percent, shape
+            ``(n,)`` (or any higher-is-better metric).
     """
     if len(sizes) != len(accuracies):
         raise ValueError(f"{len(sizes)} sizes but {len(accuracies)} accuracies")
