@@ -14,9 +14,9 @@ classifier head is fitted on 256 others by ridge regression on their labels (a s
 ``--head pca`` sets it to the top-10 principal directions of its input features instead).
 Random features carry little class information, so the logits have small margins: any
 perturbation flips some argmaxes, which is why the table also shows the W8A8 simulation
-against FP32 and the export with the simulation's own Q/DQ points only, as yardsticks. Calibration: 64 other training images; evaluation: the first 200
-CIFAR-10 test images. BERT-base (sequence classification, 2 labels) and GPT-2 small (LM
-head, tied embedding) are built from their published configs, randomly initialised, and fed
+against FP32 and the export with the simulation's own Q/DQ points only, as yardsticks.
+Calibration: 64 other training images; evaluation: the first 200 CIFAR-10 test images.
+BERT-base (sequence classification, 2 labels) and GPT-2 small (LM head, tied embedding) are built from their published configs, randomly initialised, and fed
 Zipf-distributed token ids (the frequency profile of text), 128 tokens per sequence.
 
 Run: ``python -m benchmarks.architectures [--models a,b] [--eval 200]``; results are written
@@ -56,6 +56,7 @@ TORCHVISION = [
     ("regnet_y_400mf", 128),
 ]
 TRANSFORMERS = [("hf_bert", 128), ("hf_gpt2", 128)]
+RIDGE = 0.1  # ridge penalty, relative to the trace of the features' Gram matrix
 ATTENTION = (".q_proj", ".k_proj", ".v_proj", ".out_proj", ".qkv", ".proj", ".to_qkv",
              ".merge", ".query", ".key", ".value", ".attention.output.dense", ".c_attn",
              ".attn.c_proj")
@@ -132,14 +133,19 @@ def _fit_head(model: nn.Module, head: nn.Linear, images: torch.Tensor, labels: t
               ) -> None:
     """Ridge regression of ``head`` on its input features against one-hot labels."""
     x = _head_features(model, head, images)
-    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-    y = F.one_hot(labels, head.out_features).double() * 4.0 - 2.0
+    mean = x.mean(0)
+    x = x - mean
+    y = F.one_hot(labels, head.out_features).double()
+    y = y - y.mean(0)  # centred targets: no constant offset that would inflate the cosine
     gram = x.T @ x
-    ridge = 1e-2 * gram.diagonal().mean() * torch.eye(len(gram), dtype=x.dtype)
-    w = torch.linalg.solve(gram + ridge, x.T @ y)
-    head.weight.copy_(w[:-1].T.float())
+    # strong shrinkage: more feature dimensions than images, and a near-interpolating head
+    # would turn feature noise into large logit noise
+    ridge = RIDGE * gram.diagonal().sum() * torch.eye(len(gram), dtype=x.dtype)
+    w = torch.linalg.solve(gram + ridge, x.T @ y).T  # (classes, features)
+    w = w / w.norm(dim=1).mean()  # unit scale (any scale gives the same argmaxes)
+    head.weight.copy_(w.float())
     if head.bias is not None:
-        head.bias.copy_(w[-1].float())
+        head.bias.copy_((-(w @ mean)).float())
 
 
 def _zipf_tokens(n: int, seq: int, vocab: int, seed: int) -> torch.Tensor:
