@@ -16,8 +16,9 @@ Random features carry little class information, so the logits have small margins
 perturbation flips some argmaxes, which is why the table also shows the W8A8 simulation
 against FP32 and the export with the simulation's own Q/DQ points only, as yardsticks.
 Calibration: 64 other training images; evaluation: the first 200 CIFAR-10 test images.
-BERT-base (sequence classification, 2 labels) and GPT-2 small (LM head, tied embedding) are built from their published configs, randomly initialised, and fed
-Zipf-distributed token ids (the frequency profile of text), 128 tokens per sequence.
+BERT-base (sequence classification, 2 labels) and GPT-2 small (LM
+head, tied embedding) are built from their published configs, randomly initialised, and
+fed Zipf-distributed token ids (the frequency profile of text), 128 tokens per sequence.
 
 Run: ``python -m benchmarks.architectures [--models a,b] [--eval 200]``; results are written
 after every model (the run resumes: finished models are kept unless ``--redo``).
