@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from bitsmith.atomic import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -39,8 +41,8 @@ def write_result(name: str, payload: dict[str, Any], summary_lines: list[str]) -
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "environment": environment(), **payload}
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2))
+    atomic_write_text(path, json.dumps(payload, indent=2))
     text = "\n".join([f"# {name}", "", *summary_lines, ""])
-    (RESULTS / f"{name}.md").write_text(text)
+    atomic_write_text(RESULTS / f"{name}.md", text)
     print(text)
     return path

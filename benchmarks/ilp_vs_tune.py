@@ -38,7 +38,7 @@ from bitsmith.cost import Budget
 from bitsmith.data import cifar10_protocol, make_loader
 from bitsmith.engine import evaluate
 from bitsmith.models import load_pretrained_cifar_resnet
-from bitsmith.tune import Objective, TorchEvaluator, TuneSpace, tune
+from bitsmith.tune import TorchEvaluator, TuneConfig, TuneSpace, run_study
 
 try:
     from benchmarks.common import RESULTS, quiet_tuning, write_result
@@ -112,9 +112,9 @@ def main() -> None:
             warm.append({**cfg, "bias_correction": True})
         for mode, init in (("warm", warm), ("cold", [])):
             t0 = time.perf_counter()
-            res = tune(evaluator=ev, objective=Objective("max_accuracy", "size", budget=budget),
-                       strategy="xgboost", n_trials=N_TRIALS, out_dir=out / f"{group}-{mode}",
-                       initial_configs=init, progress=False, save_model=False)
+            cfg = TuneConfig(objective="max_accuracy", budget=budget, strategy="xgboost",
+                             n_trials=N_TRIALS, progress=False, save_model=False)
+            res = run_study(ev, cfg, out_dir=out / f"{group}-{mode}", initial_configs=init)
             wall = time.perf_counter() - t0
             best = res.best
             studies.append({"budget": group, "mode": mode, "wall_seconds": wall,

@@ -72,7 +72,8 @@ def _uniform_w3_costs(model, example, scheme: str = "uniform_symmetric"):
 
 def run_part(part: str, args) -> dict:
     from bitsmith.cost import Budget, within_budget
-    from bitsmith.search import SearchSettings, SupernetSpace, run_search
+    from bitsmith.engine import evaluate
+    from bitsmith.search import SearchConfig, SupernetSpace, search
     from bitsmith.training import TrainConfig
 
     proto, train_loader, calib, test, model = _setup(args.batch, args.seed)
@@ -85,42 +86,45 @@ def run_part(part: str, args) -> dict:
                           distill_weight=args.kd, distill_temperature=4.0, log_every=20,
                           checkpoint_every=100, progress=False, seed=args.seed)
     bits = (2, 3, 4, 5, 6)
-    common = dict(train_loader=train_loader, calibration=calib, eval_loader=test,
-                  example_inputs=example, model_name="ResNet-20 (pretrained)",
-                  dataset="CIFAR-10", eval_set="test images 0..999 (lossless)")
+    labels = {"model": "ResNet-20 (pretrained)", "dataset": "CIFAR-10"}
     if part == "a":
         budget = Budget(avg_weight_bits=4.0)
-        st = SearchSettings("qpl", budget, SupernetSpace.uniform_bits(bits + (8,), (4,)),
-                            search_cfg, qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
-                                                            "init_bits": 4.0})
+        st = SearchConfig(method="qpl", budget=budget,
+                          space=SupernetSpace.uniform_bits(bits + (8,), (4,)), search=search_cfg,
+                          qat=qat_cfg, labels=labels, arch_updates="joint",
+                          method_kw={"arch_lr": 0.05, "penalty": 2.0, "init_bits": 4.0})
     elif part == "b":
         budget = Budget(size_bytes=u3.size_bytes)
-        st = SearchSettings("qss", budget, SupernetSpace.uniform_bits(bits, (4,)), search_cfg,
-                            qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
-                                                "tau0": 5.0, "tau_min": 0.5})
+        st = SearchConfig(method="qss", budget=budget,
+                          space=SupernetSpace.uniform_bits(bits, (4,)), search=search_cfg,
+                          qat=qat_cfg, labels=labels, method_kw={
+                              "arch_lr": 0.05, "penalty": 2.0, "tau0": 5.0, "tau_min": 0.5})
     elif part == "c":
         budget = Budget(bitops=u3.bitops)
-        st = SearchSettings("ssps", budget,
-                            SupernetSpace.uniform_bits(bits, args.act_bits,
-                                                     scheme=args.weight_scheme),
-                            search_cfg, qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
-                                                "threshold": args.ssps_threshold,
-                                                "warmup_steps": args.ssps_warmup})
+        st = SearchConfig(method="ssps", budget=budget,
+                          space=SupernetSpace.uniform_bits(bits, args.act_bits,
+                                                           scheme=args.weight_scheme),
+                          search=search_cfg, qat=qat_cfg, labels=labels,
+                          method_kw={"arch_lr": 0.05, "penalty": 2.0,
+                                     "threshold": args.ssps_threshold,
+                                     "warmup_steps": args.ssps_warmup})
         if args.ssps_warm_start != "none":
-            st.warm_start = args.ssps_warm_start
-            st.warm_start_strength = args.ssps_warm_strength
+            st = st.replace(warm_start=args.ssps_warm_start,
+                            warm_start_strength=args.ssps_warm_strength)
     elif part == "u3":
         budget = Budget(size_bytes=u3.size_bytes, bitops=u3.bitops)
-        st = SearchSettings("qpl", budget,
-                            SupernetSpace.uniform_bits((3,), (4,), scheme=args.weight_scheme),
-                            search_cfg, qat_cfg)
+        st = SearchConfig(method="qpl", budget=budget, space=SupernetSpace.uniform_bits(
+            (3,), (4,), scheme=args.weight_scheme), search=search_cfg, qat=qat_cfg,
+            labels=labels, arch_updates="joint")
     else:
         raise ValueError(part)
-    arch = proto.val if st.method in ("qss", "ssps") else None
+    # QSS/SSPS update the architecture on the JPEG validation split (DNAS alternation); the
+    # searched policy is scored on it and, for the table, on the 1,000 lossless test images.
     t0 = time.perf_counter()
-    o = run_search(model, settings=st, arch_data=arch, teacher=model,
-                   out_dir=RUNS / f"{part}{args.run_tag}",
-                   **common)
+    o = search(model, calib, proto.val, config=st, out_dir=RUNS / f"{part}{args.run_tag}",
+               train_data=train_loader).details
+    o.accuracy = evaluate(o.qmodel, test).accuracy
+    o.fp32_accuracy = evaluate(model, test).accuracy
     res = o.summary()
     res.update(part=part, budget=dict(budget.items()), weight_scheme=args.weight_scheme,
                act_bit_candidates=list(st.space.act_bits),

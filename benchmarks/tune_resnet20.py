@@ -44,7 +44,7 @@ from bitsmith.data import cifar10_protocol, make_loader
 from bitsmith.engine import evaluate
 from bitsmith.models import load_pretrained_cifar_resnet
 from bitsmith.sensitivity import estimate_fisher
-from bitsmith.tune import Objective, TorchEvaluator, TuneSpace, tune
+from bitsmith.tune import TorchEvaluator, TuneConfig, TuneSpace, run_study
 
 try:
     from benchmarks.common import RESULTS, quiet_tuning, write_result
@@ -194,8 +194,9 @@ def main() -> None:
     # ---- 1. best 8-bit configuration ------------------------------------------------
     t0 = time.perf_counter()
     ev8 = TorchEvaluator(model, calib, (vx, vy), TuneSpace(), stages=(1.0,))
-    r8 = tune(evaluator=ev8, objective=Objective("max_accuracy", budget=float("inf")),
-              strategy="xgboost", n_trials=30, out_dir=out / "int8", progress=False)
+    r8 = run_study(ev8, TuneConfig(objective="max_accuracy", budget=float("inf"),
+                                   strategy="xgboost", n_trials=30, progress=False),
+                   out_dir=out / "int8")
     t8 = time.perf_counter() - t0
     best8 = r8.best
     row8 = test_row("best 8-bit (tuned)", ev8, best8.config, test_loader)
@@ -211,12 +212,12 @@ def main() -> None:
     setup = time.perf_counter() - t0
     init, warm = warm_starts(model, ev, space, proto)
     t0, c0 = time.perf_counter(), cpu_seconds()
-    res = tune(evaluator=ev, objective=Objective("min_cost", "size", tolerance=1.0),
-               strategy="xgboost", n_trials=N_TRIALS, out_dir=out / "mixed", progress=False,
-               initial_configs=init,
-               run_meta={"model": "ResNet-20 (pretrained)", "dataset": "CIFAR-10",
-                         "eval_set": f"validation: {len(held_out[0])} lossless held-out "
-                                     "calibration-split images"})
+    res = run_study(ev, TuneConfig(tolerance=1.0, strategy="xgboost", n_trials=N_TRIALS,
+                                   progress=False), out_dir=out / "mixed",
+                    initial_configs=init,
+                    run_meta={"model": "ResNet-20 (pretrained)", "dataset": "CIFAR-10",
+                              "eval_set": f"validation: {len(held_out[0])} lossless held-out "
+                                          "calibration-split images"})
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     # the study may have been resumed: the trials' own durations cover every run
     trial_seconds = sum(t.seconds or 0.0 for t in res.trials)

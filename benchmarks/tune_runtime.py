@@ -25,7 +25,7 @@ from bitsmith.data import cifar10_protocol
 from bitsmith.export import export_fp32_onnx
 from bitsmith.export.ort import interleaved_latency, make_session
 from bitsmith.models import load_pretrained_cifar_resnet
-from bitsmith.tune import Objective, TorchEvaluator, TuneSpace, tune
+from bitsmith.tune import TorchEvaluator, TuneConfig, TuneSpace, run_study
 from bitsmith.tune.runtime import OnnxRuntimeBackend
 
 try:
@@ -54,8 +54,9 @@ def main() -> None:
                         backend=backend)
     sim = TorchEvaluator(model, calib, (vx, vy), space, stages=(1.0,), batch_size=250)
     t0 = time.perf_counter()
-    res = tune(evaluator=ev, objective=Objective("pareto", "latency"), strategy="grid",
-               n_trials=space.size(ev.layer_names), progress=False, save_model=False)
+    res = run_study(ev, TuneConfig(objective="pareto", metric="latency", strategy="grid",
+                                   n_trials=space.size(ev.layer_names), progress=False,
+                                   save_model=False))
     seconds = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as d:
         path = export_fp32_onnx(model, Path(d) / "fp32.onnx", calib[:1])

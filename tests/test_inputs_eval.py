@@ -159,10 +159,8 @@ def test_workload_with_metric_on_unlabelled_data(user_setup, tmp_path: Path) -> 
         load_workload(f"{net}:build", str(flat), checkpoint=ck, model_kwargs="num_classes=3")
 
 
-def test_builtin_digits_workload_and_analyze_alias() -> None:
-    from bitsmith.analyze.workloads import load_workload as analyze_workload
-
-    work = analyze_workload("digits", val_images=100, epochs=1)
+def test_builtin_digits_workload() -> None:
+    work = load_workload("digits", validation_size=100, epochs=1)
     assert work.name == "digits" and work.data.info["validation"].size == 100
     assert work.dataset == "sklearn digits" and "test split" in work.eval_set
     again = load_workload("digits", epochs=1)

@@ -19,17 +19,19 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "bitsmith"
 
 # Bottom to top. "__init__" is the package root (bitsmith/__init__.py), the public API.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"_version", "errors", "atomic", "progress", "pareto"}),
-    ("plain data", {"config", "schemes", "calibrate", "data", "engine", "safeload"}),
+    ("foundation", {"_version", "errors", "progress", "pareto"}),
+    ("files", {"atomic", "safeload"}),
+    ("plain data", {"config", "schemes", "calibrate", "data", "engine"}),
     ("policy, models", {"policy", "models"}),
-    ("conversion", {"graph"}),
+    ("conversion, result", {"graph", "result"}),
     ("cost, quantize", {"cost", "quantize"}),
     ("shared primitives", {"allocation", "training", "inputs"}),
-    ("run directory, estimators", {"rundir", "sensitivity"}),
+    ("run directory, estimators, scoring", {"rundir", "sensitivity", "scoring"}),
+    ("cli support", {"cli_support", "cli_config"}),
     ("consumers", {"export", "report"}),
-    ("cli support", {"cli_support"}),
     ("producers", {"tune", "analyze", "search", "compress"}),
-    ("entry points", {"autoquantize", "demo"}),
+    ("one call", {"auto"}),
+    ("demo", {"demo"}),
     ("app", {"__init__", "cli", "__main__"}),
 ]
 

@@ -16,21 +16,21 @@ from bitsmith.cost import Budget, InfeasibleBudgetError, estimate, within_budget
 from bitsmith.graph.convert import ConversionError
 from bitsmith.policy import Policy
 from bitsmith.search import (
-    SearchSettings,
+    SearchConfig,
     SupernetSpace,
     SupernetSpaceError,
     build_supernet,
     derive_policy,
     load_result,
     make_method,
-    run_search,
+    search,
 )
 from bitsmith.search.methods import two_hot
 from bitsmith.training import Callback, NonFiniteLossError, TrainConfig, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SPACE = SupernetSpace.uniform_bits((2, 3, 4, 8), (4, 8), observer="minmax", first_last="search")
+SPACE = SupernetSpace.uniform_bits((2, 3, 4, 8), (4, 8), observer="minmax", first_last="same")
 
 
 def _data(n: int = 64, size: int = 16) -> TensorDataset:
@@ -272,7 +272,7 @@ def test_invalid_candidate_sets(space, match):
 
 def test_qpl_rejects_several_schemes():
     space = SupernetSpace(weight=(("uniform_symmetric", 4), ("pot", 4)), observer="minmax",
-                        first_last="search")
+                        first_last="same")
     net = build_supernet(TinyNet().eval(), torch.randn(2, 3, 8, 8), space)
     with pytest.raises(SupernetSpaceError, match="one scheme"):
         make_method("qpl", net, Budget(avg_weight_bits=4))
@@ -318,10 +318,12 @@ def test_run_search_writes_run_dir_and_reloads(tmp_path):
     ds = _data()
     model = randomize_bn(TinyNet())
     budget = Budget(avg_weight_bits=4.0)
-    st = SearchSettings("ssps", budget, SPACE, _cfg(max_steps=3),
-                        _cfg(max_steps=2, distill_weight=0.5), method_kw={"threshold": 0.3})
-    o = run_search(model, _loader(ds), st, arch_data=ds, eval_loader=DataLoader(ds, 32),
-                   out_dir=tmp_path, model_name="tiny", dataset="random")
+    st = SearchConfig(method="ssps", budget=budget, space=SPACE, search=_cfg(max_steps=3),
+                      qat=_cfg(max_steps=2, distill_weight=0.5), method_kw={"threshold": 0.3},
+                      labels={"model": "tiny", "dataset": "random"})
+    res = search(model, _loader(ds), ds, config=st, out_dir=tmp_path, train_data=_loader(ds))
+    o = res.details
+    assert res.policy == o.policy and res.model is o.qmodel and res.run_dir == tmp_path
     assert o.derivation.cost.avg_weight_bits <= 4.0 + 1e-9
     run = load_run(tmp_path)
     assert run.search and {p.get("label") for p in run.search} == {"search", "qat"}
@@ -344,7 +346,8 @@ def test_run_search_writes_run_dir_and_reloads(tmp_path):
     x = ds.tensors[0][:8]
     assert torch.allclose(o.qmodel(x), q2(x), atol=1e-6)
     # A rerun resumes: both phases are already complete, so nothing is retrained.
-    o2 = run_search(model, _loader(ds), st, arch_data=ds, out_dir=tmp_path)
+    o2 = search(model, _loader(ds), ds, config=st, out_dir=tmp_path,
+                train_data=_loader(ds)).details
     assert o2.search_result.resumed_from == 3 and o2.policy == o.policy
 
 
@@ -356,8 +359,10 @@ def test_report_rejects_search_layers_of_unknown_layers(tmp_path):
     from bitsmith.rundir import SEARCH_LAYERS_JSON, RunDirError, load_run
 
     ds = _data()
-    st = SearchSettings("qpl", Budget(avg_weight_bits=4.0), SPACE, _cfg(max_steps=1))
-    run_search(randomize_bn(TinyNet()), _loader(ds), st, out_dir=tmp_path, run_qat=False)
+    st = SearchConfig(method="qpl", budget=Budget(avg_weight_bits=4.0), space=SPACE,
+                      search=_cfg(max_steps=1), run_qat=False)
+    search(randomize_bn(TinyNet()), _loader(ds), ds, config=st, out_dir=tmp_path,
+           train_data=_loader(ds))
     assert load_run(tmp_path).search_layers
     (tmp_path / SEARCH_LAYERS_JSON).write_text('{"layers": [{"layer": "nope"}]}')
     with pytest.raises(RunDirError, match="nope"):
@@ -392,7 +397,7 @@ AUTOQNN_SCHEMES = (("binary", 1), ("ternary", 2), ("resq", 2), ("fixed_point", 4
 def test_qss_over_the_autoqnn_schemes():
     ds = _data()
     space = SupernetSpace(weight=AUTOQNN_SCHEMES, act_bits=(4,), observer="minmax",
-                        first_last="search")
+                        first_last="same")
     net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
     budget = Budget(avg_weight_bits=2.5)
     m = make_method("qss", net, budget, arch_data=ds, arch_batch_size=8, hard=True)
@@ -514,15 +519,16 @@ def test_ilp_warm_start_meets_budget_and_seeds_run_search(metric):
                            max_examples=32)  # the batches run_search uses for arch_data
     assert within_budget(estimate(net.table, alloc.policy), budget)
     assert set(alloc.policy) == set(net.table.names)
-    st = SearchSettings("ssps", budget, SPACE, _cfg(max_steps=2), _cfg(max_steps=1),
-                        warm_start=metric, warm_start_strength=3.0, warm_start_examples=32,
-                        method_kw={"threshold": 0.99})
-    o = run_search(model, _loader(ds), st, arch_data=ds, run_qat=False)
+    st = SearchConfig(method="ssps", budget=budget, space=SPACE, search=_cfg(max_steps=2),
+                      qat=_cfg(max_steps=1), warm_start=metric, warm_start_strength=3.0,
+                      warm_start_examples=32, method_kw={"threshold": 0.99}, run_qat=False)
+    o = search(model, _loader(ds), ds, config=st, train_data=_loader(ds)).details
     assert o.warm_start == alloc.policy
     assert o.method.init_choices and o.summary()["warm_start"]
-    with pytest.raises(ValueError, match="unknown warm start"):
-        run_search(model, _loader(ds), SearchSettings("ssps", budget, SPACE, _cfg(max_steps=1),
-                                                      warm_start="nope"), run_qat=False)
+    with pytest.raises(ValueError, match="warm_start 'nope'"):
+        search(model, _loader(ds), ds, train_data=_loader(ds), config=SearchConfig(
+            method="ssps", budget=budget, space=SPACE, search=_cfg(max_steps=1),
+            warm_start="nope", run_qat=False))
 
 
 def test_two_sided_derivation_fills_the_budget():
@@ -588,14 +594,14 @@ def test_run_search_uniform_baseline_is_trained_and_reported(tmp_path):
 
     ds = _data()
     model = randomize_bn(TinyNet())
-    space = SupernetSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="search")
-    st = SearchSettings("ssps", Budget(avg_weight_bits=3.0), space, _cfg(max_steps=3),
-                        _cfg(max_steps=2), method_kw={"threshold": 0.3},
-                        uniform_baseline=True)
+    space = SupernetSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="same")
+    st = SearchConfig(method="ssps", budget=Budget(avg_weight_bits=3.0), space=space,
+                      search=_cfg(max_steps=3), qat=_cfg(max_steps=2),
+                      method_kw={"threshold": 0.3}, uniform_baseline=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the baseline may win on noise
-        o = run_search(model, _loader(ds), st, arch_data=ds, eval_loader=DataLoader(ds, 32),
-                       out_dir=tmp_path)
+        o = search(model, _loader(ds), ds, config=st, out_dir=tmp_path,
+                   train_data=_loader(ds)).details
     b = o.baseline
     assert b["label"] == "uniform_symmetric:3/ch / a4"  # 3 bits is the dearest within 3.0 avg
     assert {b["policy"][n].weight.bits for n in o.net.names} == {3}
@@ -609,25 +615,26 @@ def test_run_search_uniform_baseline_is_trained_and_reported(tmp_path):
     assert (tmp_path / "ckpt" / f"qat-baseline-{b['policy'].fingerprint()[:12]}").is_dir()
 
 
-def test_uniform_baseline_warns_when_it_beats_the_searched_policy(tmp_path, monkeypatch):
-    import bitsmith.search.pipeline as pipeline
-
+def test_uniform_baseline_warns_when_it_beats_the_searched_policy(tmp_path):
     ds = _data()
-    space = SupernetSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="search")
-    st = SearchSettings("ssps", Budget(avg_weight_bits=3.0), space, _cfg(max_steps=2),
-                        _cfg(max_steps=1), method_kw={"threshold": 0.3}, uniform_baseline=True)
-    calls = iter([10.0, 50.0, 90.0])  # searched, FP32, baseline
-    monkeypatch.setattr(pipeline, "evaluate",
-                        lambda *a, **k: type("R", (), {"accuracy": next(calls)})())
+    space = SupernetSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="same")
+    st = SearchConfig(method="ssps", budget=Budget(avg_weight_bits=3.0), space=space,
+                      search=_cfg(max_steps=2), qat=_cfg(max_steps=1),
+                      method_kw={"threshold": 0.3}, uniform_baseline=True)
+    calls = iter([50.0, 10.0, 90.0])  # the user's metric scores FP32, searched, baseline
+
+    def metric(model):
+        return next(calls)
+
     with pytest.warns(RuntimeWarning, match=r"uniform policy .* scored 90.00 % vs 10.00 %"):
-        o = run_search(randomize_bn(TinyNet()), _loader(ds), st, arch_data=ds,
-                       eval_loader=DataLoader(ds, 32))
+        o = search(randomize_bn(TinyNet()), _loader(ds), ds, evaluate=metric, config=st,
+                   train_data=_loader(ds)).details
     assert o.baseline["accuracy"] == 90.0
 
 
 def test_uniform_baseline_none_when_no_uniform_pair_fits():
     ds = _data()
-    space = SupernetSpace.uniform_bits((2, 4), (4,), observer="minmax", first_last="search")
+    space = SupernetSpace.uniform_bits((2, 4), (4,), observer="minmax", first_last="same")
     net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
     from bitsmith.search import uniform_within_budget
 

@@ -23,11 +23,12 @@ from bitsmith.tune import (
     SpaceError,
     StorageError,
     TorchEvaluator,
+    TuneConfig,
     TuneError,
     TuneSpace,
-    tune,
+    run_study,
 )
-from bitsmith.tune.cli import EXIT_BAD_INPUT, EXIT_INFEASIBLE, register
+from bitsmith.tune.cli import EXIT_BAD_INPUT, EXIT_INFEASIBLE
 from bitsmith.tune.space import FLOAT_CHOICE
 from bitsmith.tune.study import open_storage
 
@@ -164,8 +165,8 @@ def test_objective_values_and_bad_tolerance() -> None:
 
 # ------------------------------------------------------------------- tune
 def test_tune_min_size_writes_outputs(tmp_path: Path, evaluator: TorchEvaluator) -> None:
-    res = tune(evaluator=evaluator, objective=Objective("min_cost", tolerance=3.0),
-               strategy="xgboost", n_trials=6, out_dir=tmp_path, progress=False)
+    res = run_study(evaluator, TuneConfig(tolerance=3.0, strategy="xgboost", n_trials=6,
+                                          progress=False), out_dir=tmp_path)
     assert sum(res.counts().values()) == 6 and res.feasible
     best = res.best.measurement
     assert best["drop"] <= 3.0
@@ -190,8 +191,8 @@ def test_tune_min_size_writes_outputs(tmp_path: Path, evaluator: TorchEvaluator)
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "summary.json").read_text())["trial"] == res.best.number
     # resume: the same call again finds the budget spent and runs nothing new
-    again = tune(evaluator=evaluator, objective=Objective("min_cost", tolerance=3.0),
-                 strategy="xgboost", n_trials=6, out_dir=tmp_path, progress=False)
+    again = run_study(evaluator, TuneConfig(tolerance=3.0, strategy="xgboost", n_trials=6,
+                                            progress=False), out_dir=tmp_path)
     assert [t.number for t in again.trials] == [t.number for t in res.trials]
     assert len((tmp_path / "trials.jsonl").read_text().splitlines()) == len(completed)
     # the report reads the tuner's run directory
@@ -206,16 +207,16 @@ def test_every_strategy_runs_on_a_study(strategy: str) -> None:
                                    "act_clip": ["minmax"], "scheme": ["symmetric", "asymmetric"],
                                    "weight_bits": [4], "act_bits": [8]})
     ev = TorchEvaluator(model, calib, val, space, stages=(1.0,))
-    res = tune(evaluator=ev, objective=Objective("max_accuracy", budget=1e9), strategy=strategy,
-               n_trials=4, progress=False)
+    res = run_study(ev, TuneConfig(objective="max_accuracy", budget=1e9, strategy=strategy,
+                                   n_trials=4, progress=False))
     assert res.counts().get("COMPLETE") == 4 and res.best is not None
     if strategy == "grid":                            # 2 schemes x 2 granularities, no repeat
         assert len({json.dumps(t.config, sort_keys=True) for t in res.trials}) == 4
 
 
 def test_pareto_objective_reports_front(evaluator: TorchEvaluator) -> None:
-    res = tune(evaluator=evaluator, objective=Objective("pareto"), strategy="random",
-               n_trials=6, progress=False)
+    res = run_study(evaluator, TuneConfig(objective="pareto", strategy="random", n_trials=6,
+                                          progress=False))
     accs = [t.measurement["accuracy"] for t in res.front]
     sizes = [t.measurement["size_bytes"] for t in res.front]
     assert sizes == sorted(sizes) and accs == sorted(accs) and res.best in res.front
@@ -223,8 +224,8 @@ def test_pareto_objective_reports_front(evaluator: TorchEvaluator) -> None:
 
 def test_unreachable_budget_is_infeasible_with_closest(evaluator: TorchEvaluator) -> None:
     with pytest.raises(InfeasibleBudgetError, match="infeasible") as info:
-        tune(evaluator=evaluator, objective=Objective("max_accuracy", budget=10.0),
-             n_trials=3, progress=False)
+        run_study(evaluator, TuneConfig(objective="max_accuracy", budget=10.0, n_trials=3,
+                                        progress=False))
     assert info.value.measurement.size_bytes > 10 and info.value.closest
 
 
@@ -234,8 +235,8 @@ def test_zero_tolerance_unmet_reports_closest(evaluator: TorchEvaluator) -> None
                                    "weight_clip": ["minmax"]})
     model, calib, val = tune_problem()
     ev = TorchEvaluator(model, calib, val, space, stages=(1.0,))
-    res = tune(evaluator=ev, objective=Objective("min_cost", tolerance=0.0), strategy="random",
-               n_trials=2, progress=False)
+    res = run_study(ev, TuneConfig(tolerance=0.0, strategy="random", n_trials=2,
+                                   progress=False))
     assert not res.feasible and res.closest is not None
     assert res.closest.measurement["drop"] > 0 and "INFEASIBLE" in res.summary()
 
@@ -249,29 +250,25 @@ def test_storage_that_cannot_be_opened(url: str) -> None:
 
 def test_study_with_other_problem_is_refused(tmp_path: Path, evaluator: TorchEvaluator) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    tune(evaluator=evaluator, objective=Objective("min_cost", tolerance=3.0), strategy="random",
-         n_trials=1, storage=url, progress=False)
+    run_study(evaluator, TuneConfig(tolerance=3.0, strategy="random", n_trials=1, storage=url,
+                                    progress=False))
     with pytest.raises(TuneError, match="different problem"):
-        tune(evaluator=evaluator, objective=Objective("min_cost", tolerance=1.0),
-             strategy="random", n_trials=1, storage=url, progress=False)
+        run_study(evaluator, TuneConfig(tolerance=1.0, strategy="random", n_trials=1,
+                                        storage=url, progress=False))
 
 
 # -------------------------------------------------------------------- CLI
 @pytest.fixture
 def cli() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
+    from bitsmith.cli import app
 
-    @app.command()
-    def other() -> None:  # a second command so that typer keeps sub-command names
-        pass
     return app
 
 
 @pytest.mark.parametrize("args", [["--tolerance", "-1"], ["--storage", "nosuchdb://x"],
                                   ["--objective", "fastest"], ["--strategy", "anneal"],
                                   ["--space", "missing.yaml"], ["--model", "vgg"],
-                                  ["--model", "resnet20", "--val-split", "jpg"],
+                                  ["--metric", "nosuch"],
                                   ["--backend", "tensorrt"]])
 def test_cli_bad_input_exits_2(cli: typer.Typer, args: list[str], tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["tune", "--model", "digits", "--out", str(tmp_path),
@@ -294,10 +291,10 @@ def test_cli_infeasible_budget_exits_3(cli: typer.Typer, tmp_path: Path) -> None
 def test_timeout_stops_gracefully_and_resume_finishes(tmp_path: Path,
                                                       evaluator: TorchEvaluator) -> None:
     url = f"sqlite:///{tmp_path / 't.db'}"
-    kw = {"evaluator": evaluator, "objective": Objective("min_cost", tolerance=3.0),
-          "strategy": "random", "n_trials": 4, "storage": url, "progress": False}
-    first = tune(timeout=1e-9, **kw)
+    kw = {"tolerance": 3.0, "strategy": "random", "n_trials": 4, "storage": url,
+          "progress": False}
+    first = run_study(evaluator, TuneConfig(timeout=1e-9, **kw))
     assert first.stopped == "timeout" and first.counts() == {"WAITING": 4}
-    second = tune(**kw)
+    second = run_study(evaluator, TuneConfig(**kw))
     assert second.stopped == "budget"
     assert sum(second.counts().get(s, 0) for s in ("COMPLETE", "PRUNED")) == 4

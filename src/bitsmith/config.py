@@ -57,8 +57,9 @@ def check_keys(data: Mapping[str, Any], valid: Iterable[str], where: str) -> Non
 def read_structured_file(path: str | Path, what: str = "config file") -> Any:
     """Parse a YAML or JSON file with the safe loader; any failure is a :class:`ConfigError`.
 
-    JSON is YAML's subset, so one safe YAML parse reads both. Binary garbage, undecodable
-    text, invalid syntax and Python-object tags are refused with one line naming ``path``.
+    ``.json`` files are parsed as JSON, others with the safe YAML loader. Binary garbage,
+    undecodable text, invalid syntax and Python-object tags are refused with one line naming
+    ``path``.
     """
     p = Path(path)
     if not p.is_file():
@@ -73,11 +74,47 @@ def read_structured_file(path: str | Path, what: str = "config file") -> Any:
     if "\x00" in text:
         raise ConfigError(f"{what} {p} contains NUL bytes (binary file?); give a YAML or "
                           "JSON file")
+    return parse_structured_text(text, f"{what} {p}", json_only=p.suffix.lower() == ".json")
+
+
+MAX_NODES = 1_000_000
+
+
+def parse_structured_text(text: str, where: str, json_only: bool = False) -> Any:
+    """Parse YAML (or JSON only) text safely; any failure is a :class:`ConfigError` naming
+    ``where``. Refuses documents nested too deeply, and YAML whose aliases expand to more
+    than :data:`MAX_NODES` values (an "alias bomb" that would hang a consumer walking it)."""
     try:
-        return yaml.safe_load(text)
+        if json_only:   # JSON parser for .json: PyYAML's YAML 1.1 reads JSON's 1e-05 as a str
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{where} is not valid JSON ({err}); fix the syntax") from None
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"{what} {p} is not valid YAML/JSON ({first}); fix the syntax") from None
+        raise ConfigError(f"{where} is not valid YAML/JSON ({first}); fix the syntax") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply to be a bitsmith file") from None
+    check_size(data, where)
+    return data
+
+
+def check_size(data: Any, where: str, limit: int = MAX_NODES) -> None:
+    """Raise :class:`ConfigError` if ``data``, with shared (aliased) parts counted every time
+    they are reached, has more than ``limit`` values (the walk stops at the limit)."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            raise ConfigError(f"{where} expands to more than {limit:,} values (YAML aliases?); "
+                              "write the file without anchors/aliases")
+        if isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 def _type_name(tp: Any) -> str:

@@ -26,3 +26,22 @@ def pareto_front(sizes: Sequence[float], accuracies: Sequence[float]) -> list[in
             front.append(i)
             best = accuracies[i]
     return front
+
+
+def best_within(costs: Sequence[float], scores: Sequence[float], limit: float) -> int | None:
+    """Index of the highest score among the points with ``cost <= limit`` (ties: the lower
+    cost, then the first); ``None`` when no point is within. Always a Pareto-front point."""
+    inside = [i for i in range(len(costs)) if costs[i] <= limit]
+    if not inside:
+        return None
+    return min(inside, key=lambda i: (-scores[i], costs[i], i))
+
+
+def cheapest_within(costs: Sequence[float], scores: Sequence[float], floor: float
+                    ) -> int | None:
+    """Index of the lowest cost among the points with ``score >= floor`` (ties: the higher
+    score, then the first); ``None`` when no point qualifies. Always a Pareto-front point."""
+    ok = [i for i in range(len(costs)) if scores[i] >= floor]
+    if not ok:
+        return None
+    return min(ok, key=lambda i: (costs[i], -scores[i], i))

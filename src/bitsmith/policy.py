@@ -9,6 +9,18 @@ Every producer (post-training tuner, differentiable search, DPQ, a user's file)
 writes a Policy; every consumer (conversion, cost model, export, report) reads
 one. Policies are immutable, hashable, round-trip through JSON and YAML and
 validate on construction, so that a bad field is reported with the layer name.
+
+File format ``bitsmith.policy/2`` (YAML or JSON)::
+
+    format: bitsmith.policy/2
+    layer_count: 20                 # number of entries under ``layers``
+    checksum: sha256:<64 hex>       # of the canonical JSON of ``layers`` (optional)
+    layers: {name: {weight: QSpec | null, act: QSpec | null, sparsity: float} | null}
+
+The header comes first, so a file cut short (a full disk, a copy interrupted) keeps it
+and is refused by the layer count or the checksum even when the YAML still parses. A
+hand-edited file must drop (or update) its ``checksum`` line. Files of format
+``bitsmith.policy/1`` (or without ``format``) still load, without these checks.
 """
 
 from __future__ import annotations
@@ -26,6 +38,9 @@ import yaml
 
 from bitsmith.errors import InputError
 
+FORMAT = "bitsmith.policy/2"
+LEGACY_FORMATS = ("bitsmith.policy/1",)
+FILE_KEYS = ("format", "layer_count", "checksum", "layers")
 GRANULARITIES = ("tensor", "channel", "block<N>")
 
 
@@ -44,11 +59,31 @@ def _valid_granularity(granularity: str) -> bool:
     if size is not None:
         return size >= 16 and size & (size - 1) == 0
     return granularity in ("tensor", "channel")
+
+
 OBSERVERS = ("minmax", "percentile", "entropy", "mse")
 
 
 class PolicyError(InputError):
     """A Policy, LayerSpec or QSpec is invalid; the message names the layer and field."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _unknown_fields(data: Mapping[str, Any], known: Iterable[str], where: str, what: str
+                    ) -> None:
+    """Raise :class:`PolicyError` for the first key of ``data`` not in ``known``."""
+    from bitsmith.config import closest_match
+
+    known = list(known)
+    for key in data:
+        if key not in known:
+            hint = closest_match(str(key), known)
+            did_you = f"did you mean {hint!r}? " if hint else ""
+            raise PolicyError(f"{where}: unknown {what} field {key!r}; {did_you}valid: "
+                              f"{', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -101,11 +136,18 @@ class QSpec:
             raise PolicyError(f"{prefix}bits must be an integer, got {self.bits!r}")
         if not 1 <= self.bits <= 16:
             raise PolicyError(f"{prefix}bits={self.bits} is out of range; use 1..16")
-        if not _valid_granularity(self.granularity):
+        for name in ("pow2_scale", "reduced_range", "learnable"):
+            if not isinstance(getattr(self, name), bool):
+                raise PolicyError(f"{prefix}{name} must be true or false (unquoted), got "
+                                  f"{getattr(self, name)!r}")
+        if not _is_number(self.percentile):
+            raise PolicyError(f"{prefix}percentile must be a number in (0, 100], got "
+                              f"{self.percentile!r}")
+        if not isinstance(self.granularity, str) or not _valid_granularity(self.granularity):
             raise PolicyError(
                 f"{prefix}granularity={self.granularity!r} is unknown; use 'tensor', 'channel' "
                 "or 'block<N>' (weights, N a power of two >= 16, e.g. 'block32')")
-        if self.observer not in OBSERVERS:
+        if not isinstance(self.observer, str) or self.observer not in OBSERVERS:
             raise PolicyError(
                 f"{prefix}observer={self.observer!r} is unknown; use one of {OBSERVERS}"
             )
@@ -134,10 +176,7 @@ class QSpec:
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> QSpec:
         if not isinstance(data, Mapping):
             raise PolicyError(f"{where}: expected a mapping of QSpec fields, got {data!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PolicyError(f"{where}: unknown QSpec field(s) {unknown}; known: {sorted(known)}")
+        _unknown_fields(data, [f.name for f in dataclasses.fields(cls)], where, "QSpec")
         try:
             return cls(**dict(data))
         except PolicyError as err:
@@ -170,8 +209,8 @@ class LayerSpec:
             value = getattr(self, name)
             if value is not None and not isinstance(value, QSpec):
                 raise PolicyError(f"{prefix}{name} must be a QSpec or None, got {value!r}")
-        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
-            raise PolicyError(f"{prefix}sparsity={self.sparsity!r} must be in [0, 1)")
+        if not _is_number(self.sparsity) or not 0.0 <= self.sparsity < 1.0:
+            raise PolicyError(f"{prefix}sparsity={self.sparsity!r} must be a number in [0, 1)")
 
     @property
     def is_float(self) -> bool:
@@ -188,16 +227,20 @@ class LayerSpec:
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> LayerSpec:
         if not isinstance(data, Mapping):
             raise PolicyError(f"{where}: expected a mapping with weight/act/sparsity, got {data!r}")
-        unknown = sorted(set(data) - {"weight", "act", "sparsity"})
-        if unknown:
-            raise PolicyError(f"{where}: unknown LayerSpec field(s) {unknown}")
+        _unknown_fields(data, ("weight", "act", "sparsity"), where, "LayerSpec")
         weight = data.get("weight")
         act = data.get("act")
-        return cls(
-            weight=None if weight is None else QSpec.from_dict(weight, f"{where}.weight"),
-            act=None if act is None else QSpec.from_dict(act, f"{where}.act"),
-            sparsity=float(data.get("sparsity", 0.0)),
-        )
+        sparsity = data.get("sparsity", 0.0)
+        try:
+            return cls(
+                weight=None if weight is None else QSpec.from_dict(weight, f"{where}.weight"),
+                act=None if act is None else QSpec.from_dict(act, f"{where}.act"),
+                sparsity=float(sparsity) if _is_number(sparsity) else sparsity,
+            )
+        except PolicyError as err:
+            if str(err).startswith(f"{where}"):
+                raise
+            raise PolicyError(f"{where}: {err}") from None
 
 
 FLOAT = LayerSpec(weight=None, act=None)
@@ -292,59 +335,88 @@ class Policy(Mapping[str, LayerSpec]):
 
     # Serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"format": "bitsmith.policy/1",
-                "layers": {n: s.to_dict() for n, s in self._layers.items()}}
+        """The ``bitsmith.policy/2`` file content (see the module docstring)."""
+        layers = {n: s.to_dict() for n, s in self._layers.items()}
+        return {"format": FORMAT, "layer_count": len(layers), "checksum": _checksum(layers),
+                "layers": layers}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
+    def from_dict(cls, data: Mapping[str, Any], source: str = "policy") -> Policy:
+        """Build from file content; ``source`` (e.g. the file name) prefixes every error.
+
+        A ``bitsmith.policy/2`` mapping must carry ``layer_count`` (and its ``checksum``,
+        when present, must match); ``bitsmith.policy/1`` and format-less mappings are read
+        without these checks.
+        """
         if not isinstance(data, Mapping) or "layers" not in data:
-            raise PolicyError("a policy file must be a mapping with a 'layers' key")
+            raise PolicyError(f"{source}: a policy must be a mapping with a 'layers' key "
+                              f"(got {type(data).__name__}); is this a bitsmith policy file?")
+        _unknown_fields(data, FILE_KEYS, source, "policy file")
         layers = data["layers"]
         if not isinstance(layers, Mapping):
-            raise PolicyError("'layers' must map layer names to layer specs")
-        return cls(
-            (name, FLOAT if spec is None else LayerSpec.from_dict(spec, name))
-            for name, spec in layers.items()
-        )
+            raise PolicyError(f"{source}: 'layers' must map layer names to layer specs")
+        _check_header(data, layers, source)
+        try:
+            policy = cls(
+                (name, FLOAT if spec is None else LayerSpec.from_dict(spec, str(name)))
+                for name, spec in layers.items()
+            )
+        except PolicyError as err:
+            raise PolicyError(f"{source}: {err}") from None
+        _check_checksum(data, layers, source)    # after parsing: the layers' shape is bounded
+        return policy
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     @classmethod
-    def from_json(cls, text: str) -> Policy:
+    def from_json(cls, text: str, source: str = "policy") -> Policy:
+        from bitsmith.config import ConfigError, parse_structured_text
+
         try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as err:
-            raise PolicyError(f"policy is not valid JSON: {err}") from None
+            data = parse_structured_text(text, source, json_only=True)
+        except ConfigError as err:
+            raise PolicyError(str(err)) from None
+        return cls.from_dict(data, source)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> Policy:
+    def from_yaml(cls, text: str, source: str = "policy") -> Policy:
+        from bitsmith.config import ConfigError, parse_structured_text
+
         try:
-            return cls.from_dict(yaml.safe_load(text))
-        except yaml.YAMLError as err:
-            raise PolicyError(f"policy is not valid YAML: {err}") from None
+            data = parse_structured_text(text, source)
+        except ConfigError as err:
+            raise PolicyError(str(err)) from None
+        return cls.from_dict(data, source)
 
     def save(self, path: str | Path) -> Path:
-        """Write as JSON (``.json``) or YAML (``.yaml``/``.yml``)."""
+        """Write as JSON (``.json``) or YAML (``.yaml``/``.yml``), atomically."""
+        from bitsmith.atomic import atomic_write_text
+
         path = Path(path)
-        text = self.to_json() if path.suffix == ".json" else self.to_yaml()
-        path.write_text(text)
+        atomic_write_text(path, self.to_json() if path.suffix == ".json" else self.to_yaml())
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
-        path = Path(path)
-        if not path.is_file():
-            raise PolicyError(f"policy file {path} does not exist")
-        text = path.read_text()
-        return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text)
+        """Read a policy file (YAML, or JSON for ``.json``); any problem is a PolicyError."""
+        from bitsmith.config import ConfigError, read_structured_file
+
+        try:
+            data = read_structured_file(path, "policy file")
+        except ConfigError as err:
+            raise PolicyError(str(err)) from None
+        return cls.from_dict(data, f"policy file {path}")
 
     def fingerprint(self) -> str:
-        """SHA-256 of the canonical JSON: equal policies have equal fingerprints."""
-        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the canonical JSON of the layers: equal policies have equal fingerprints
+        (the same value as format 1 computed, so stored fingerprints stay valid)."""
+        canon = json.dumps({"format": "bitsmith.policy/1",
+                            "layers": {n: s.to_dict() for n, s in self._layers.items()}},
+                           sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
     # Inspection -------------------------------------------------------------
@@ -369,6 +441,42 @@ class Policy(Mapping[str, LayerSpec]):
             ))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def _checksum(layers: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of the canonical JSON of a policy file's ``layers`` mapping."""
+    try:
+        canon = json.dumps(layers, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    except (TypeError, ValueError):
+        canon = repr(layers)   # not JSON data at all: cannot match any stored checksum
+    return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _check_header(data: Mapping[str, Any], layers: Mapping[str, Any], source: str) -> None:
+    """Refuse a ``bitsmith.policy/2`` file whose layers do not match its header."""
+    fmt = data.get("format")
+    if fmt is None or fmt in LEGACY_FORMATS:
+        return
+    if fmt != FORMAT:
+        raise PolicyError(f"{source}: unsupported format {fmt!r}; this bitsmith reads "
+                          f"{FORMAT} and {', '.join(LEGACY_FORMATS)}")
+    count = data.get("layer_count")
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise PolicyError(f"{source}: format {FORMAT} needs an integer 'layer_count', got "
+                          f"{count!r}; re-save the policy")
+    if count != len(layers):
+        raise PolicyError(f"{source}: has {len(layers)} layer(s) but its header says {count}: "
+                          "the file is truncated or damaged; write it again")
+
+
+def _check_checksum(data: Mapping[str, Any], layers: Mapping[str, Any], source: str) -> None:
+    """Refuse a ``bitsmith.policy/2`` file whose layers do not match its ``checksum``."""
+    if data.get("format") != FORMAT:
+        return
+    stored = data.get("checksum")
+    if stored is not None and stored != _checksum(layers):
+        raise PolicyError(f"{source}: the layers do not match the file's checksum (truncated "
+                          "or damaged; if you edited it by hand, delete the 'checksum' line)")
 
 
 def select_layers(

@@ -2,10 +2,12 @@
 
 On a terminal (stderr is a TTY) a :class:`ProgressBar` draws a rich bar with elapsed time
 and ETA. Off a terminal (nohup, CI, a job scheduler, ``2> log``) it prints one plain line
-``label: 120/1000 (12%), 0:31 elapsed, <info>`` when it starts, every ``every`` seconds
-(15 by default) from a heartbeat thread, and when it ends, so that no long command is
-silent for more than about 15 s. :func:`stage` does the same for one step without a count
-(calibrating, exporting, evaluating). Lines go to stderr: stdout keeps the results.
+``label: 120/1000 (12%), 0:31 elapsed, <info>`` every ``every`` seconds (15 by default)
+from a heartbeat thread and one when it is done, so that no long command is silent for
+more than about 15 s. :class:`Stages` / :func:`stage` do the same for steps without a count
+(loading, calibrating, exporting): one line per finished step with its duration. Nothing
+is printed for a step that fails: the error's one line says what happened. Lines go to
+stderr: stdout keeps the results.
 
 Library functions take ``progress: bool`` (the CLI passes ``True``); disabled, the loops
 run silently (tests, notebooks). ``BITSMITH_PROGRESS=plain`` forces plain lines and
@@ -114,7 +116,6 @@ class ProgressBar:
             self._task = self._rich.add_task(self.label, total=self.total,
                                              completed=self.completed, info="")
         elif self.mode == "plain":
-            say(self.status())
             self._thread = threading.Thread(target=self._heartbeat, daemon=True)
             self._thread.start()
         return self
@@ -145,40 +146,81 @@ class ProgressBar:
             self._thread.join()
         if self._rich is not None:
             self._rich.stop()
+        elif self.mode == "plain" and exc_type is None:
+            say(self.status() + " (done)")
+
+
+class Stages:
+    """A sequence of named, uncounted steps (context manager); calling it starts the next.
+
+    On a terminal: a spinner with the current step and the elapsed time. Off it: one line
+    per finished step with its duration, a heartbeat line every ``every`` seconds, and the
+    total at the end (nothing when a step fails: the error says it)::
+
+        with Stages("export") as step:
+            step("calibrating")
+            ...
+            step("exporting ONNX")
+    """
+
+    def __init__(self, label: str, enabled: bool = True, every: float = HEARTBEAT_S) -> None:
+        self.label, self.every = label, every
+        self.mode = mode() if enabled else "off"
+        self.current = ""
+        self._t0 = self._ts = time.monotonic()
+        self._rich: Progress | None = None
+        self._task = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Stages:
+        self._t0 = self._ts = time.monotonic()
+        if self.mode == "rich":
+            self._rich = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                  TimeElapsedColumn(), console=Console(stderr=True),
+                                  transient=True)
+            self._rich.start()
+            self._task = self._rich.add_task(self.label, total=None)
         elif self.mode == "plain":
-            say(self.status() + (" (stopped)" if exc_type is not None else " (done)"))
+            self._thread = threading.Thread(target=self._heartbeat, daemon=True)
+            self._thread.start()
+        return self
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.every):
+            now = time.monotonic()
+            say(f"{self.label}: still {self.current or 'running'}, "
+                f"{elapsed(now - self._ts)} in this step, {elapsed(now - self._t0)} elapsed")
+
+    def __call__(self, name: str) -> None:
+        """Start step ``name`` (ends the previous one: one line with its duration)."""
+        now = time.monotonic()
+        if self.mode == "plain" and self.current:
+            say(f"{self.label}: {self.current} done in {elapsed(now - self._ts)}")
+        elif self._rich is not None and self._task is not None:
+            self._rich.update(self._task, description=f"{self.label}: {name}")
+        self.current, self._ts = name, now
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._rich is not None:
+            self._rich.stop()
+        elif self.mode == "plain" and exc_type is None:
+            now = time.monotonic()
+            last = f"{self.current} done in {elapsed(now - self._ts)}; " if self.current else ""
+            say(f"{self.label}: {last}{'all ' if last else ''}done in "
+                f"{elapsed(now - self._t0)}")
 
 
 @contextlib.contextmanager
 def stage(label: str, enabled: bool = True, every: float = HEARTBEAT_S) -> Iterator[None]:
-    """One uncounted step: a spinner on a terminal; off it a start line, a heartbeat line
-    every ``every`` seconds and ``label: done in m:ss``."""
-    current = mode() if enabled else "off"
-    t0 = time.monotonic()
-    if current == "off":
+    """One uncounted step (see :class:`Stages`): off a terminal ``label: done in m:ss``."""
+    with Stages(label, enabled, every) as step:
+        step("")
         yield
-        return
-    if current == "rich":
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=Console(stderr=True), transient=True) as bar:
-            bar.add_task(label, total=None)
-            yield
-        return
-    say(f"{label} ...")
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(every):
-            say(f"{label}: still running, {elapsed(time.monotonic() - t0)} elapsed")
-
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-    say(f"{label}: done in {elapsed(time.monotonic() - t0)}")
 
 
 def track(items: Iterable[T], description: str, total: int | None = None,

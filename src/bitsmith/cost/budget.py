@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bitsmith.config import Config
 from bitsmith.cost.model import CostReport
 from bitsmith.errors import InfeasibleError
 from bitsmith.policy import LayerSpec, Policy
@@ -55,7 +56,7 @@ class InfeasibleBudgetError(InfeasibleError, ValueError):
 
 
 @dataclass(frozen=True)
-class Budget:
+class Budget(Config):
     """Upper limits; ``None`` = unconstrained. At least one must be set to constrain anything.
 
     Attributes:

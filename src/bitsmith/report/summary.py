@@ -32,6 +32,14 @@ def primary_metric(metrics: list[str]) -> str | None:
     return metrics[0] if metrics else None
 
 
+def _data_note(run: dict[str, Any], role: str) -> str:
+    """Which data every number was measured on (``accuracy`` = the run's eval set)."""
+    note = f"Accuracies marked {role} were measured on {run.get('eval_set') or role}"
+    if run.get("test_set"):
+        note += f"; those marked test on {run['test_set']} (reported, never chosen on)"
+    return note + "."
+
+
 def build_summary(data: RunData) -> dict[str, Any]:
     """Everything the report shows, JSON-serialisable.
 
@@ -70,10 +78,13 @@ def build_summary(data: RunData) -> dict[str, Any]:
     for i, t in enumerate(trials):
         t["pareto"] = i in front
     chosen = data.chosen
+    role = data.run.get("eval_role") or "validation"
     out: dict[str, Any] = {
         "run": data.run, "chosen": chosen, "cost": cost.to_dict() | {"layers": None},
         "layers": rows, "trials": trials, "pareto": front, "search": data.search,
-        "export": data.export, "sensitivity": None}
+        "export": data.export, "sensitivity": None, "rule": data.run.get("rule"),
+        "guard": data.run.get("guard"), "eval_role": role,
+        "data_note": _data_note(data.run, role)}
     if sens is not None:
         out["sensitivity"] = {"primary": metric, "metrics": sens.metrics,
                               "seconds": sens.seconds, "layers": sens.space.names,

@@ -4,7 +4,7 @@
 * :mod:`bitsmith.search.methods` - :class:`QSS`, :class:`QPL`, :class:`SSPS`.
 * :mod:`bitsmith.search.derive` - :func:`derive_policy` (budget met exactly, ILP repair).
 * :mod:`bitsmith.search.qat` - :func:`build_qat_model`, :func:`save_result`, :func:`load_result`.
-* :mod:`bitsmith.search.pipeline` - :func:`run_search` (everything, into a run directory).
+* :mod:`bitsmith.search.pipeline` - :func:`search` (the producer contract), :class:`SearchConfig`.
 * :mod:`bitsmith.search.warmstart` - :func:`ilp_warm_start` (sensitivity + ILP start policy).
 * :mod:`bitsmith.search.baseline` - :func:`uniform_within_budget` (the uniform policy to beat).
 
@@ -14,14 +14,14 @@ See ``docs/search.md``.
 from bitsmith.search.baseline import uniform_within_budget
 from bitsmith.search.derive import Derivation, derive_policy
 from bitsmith.search.methods import QPL, QSS, SSPS, SearchMethod, make_method
-from bitsmith.search.pipeline import SearchOutcome, SearchSettings, run_search
+from bitsmith.search.pipeline import SearchConfig, SearchOutcome, search
 from bitsmith.search.qat import build_qat_model, load_result, save_result
 from bitsmith.search.supernet import Supernet, SupernetSpace, SupernetSpaceError, build_supernet
 from bitsmith.search.warmstart import ilp_warm_start
 
 __all__ = [
-    "QPL", "QSS", "SSPS", "Derivation", "SearchMethod", "SearchOutcome", "SearchSettings",
+    "QPL", "QSS", "SSPS", "Derivation", "SearchMethod", "SearchConfig", "SearchOutcome",
     "SupernetSpace", "SupernetSpaceError", "Supernet", "build_qat_model", "build_supernet",
-    "derive_policy", "ilp_warm_start", "load_result", "make_method", "run_search",
-    "save_result", "uniform_within_budget",
+    "derive_policy", "ilp_warm_start", "load_result", "make_method", "save_result", "search",
+    "uniform_within_budget",
 ]

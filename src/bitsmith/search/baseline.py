@@ -7,7 +7,7 @@ the supernet's own candidates: every searched layer at the same (weight candidat
 activation candidate) pair, the fixed layers (first/last) as in the search. Among the pairs
 that meet every limit of the budget (and the activation-memory limit), it takes the one that
 uses the most of the budget (largest sum over the limits of cost / limit); ties go to more
-activation bits, then more weight bits. ``run_search(..., settings.uniform_baseline=True)``
+activation bits, then more weight bits. ``search(..., config=SearchConfig(uniform_baseline=True))``
 fine-tunes it with the same QAT recipe, from the same post-search weights, and reports both.
 """
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bitsmith.atomic import atomic_path, atomic_write_text
 from bitsmith.graph.convert import ConversionReport, apply_policy, convert
 from bitsmith.graph.qmodules import quantized_layers
 from bitsmith.graph.quantizer import Quantizer
@@ -162,11 +163,12 @@ def save_result(qmodel: nn.Module, out_dir: str | Path, extra: dict[str, Any] | 
     policy_path = info.policy.save(out / "policy.yaml")
     tensors = {k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()}
     weights = out / "weights.safetensors"
-    save_file(tensors, str(weights), metadata={"format": "bitsmith.search.weights/1"})
+    with atomic_path(weights) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "bitsmith.search.weights/1"})
     meta = out / "result.json"
-    meta.write_text(json.dumps({"format": "bitsmith.search.result/1",
-                                "policy_fingerprint": info.policy.fingerprint(),
-                                **(extra or {})}, indent=2))
+    atomic_write_text(meta, json.dumps({"format": "bitsmith.search.result/1",
+                                        "policy_fingerprint": info.policy.fingerprint(),
+                                        **(extra or {})}, indent=2))
     return {"policy": policy_path, "weights": weights, "meta": meta}
 
 

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from bitsmith.config import Config
 from bitsmith.cost import layer_cost
 from bitsmith.cost.budget import Budget, InfeasibleBudgetError, latency_function
 from bitsmith.errors import InputError
@@ -44,7 +45,7 @@ from bitsmith.graph.convert import ConversionError, convert
 from bitsmith.graph.layer_table import QUANTIZABLE_TYPES, LayerTable
 from bitsmith.graph.qmodules import layer_op, twin_class
 from bitsmith.graph.quantizer import Quantizer
-from bitsmith.policy import INT8, LayerSpec, PolicyError, QSpec
+from bitsmith.policy import FIRST_LAST_CHOICES, FLOAT, INT8, LayerSpec, PolicyError, QSpec
 from bitsmith.schemes import available, get_scheme
 
 COST_KINDS = ("size_bytes", "bitops", "avg_weight_bits", "latency")
@@ -56,7 +57,7 @@ class SupernetSpaceError(InputError):
 
 
 @dataclass(frozen=True)
-class SupernetSpace:
+class SupernetSpace(Config):
     """Candidates of every searched layer.
 
     Attributes:
@@ -67,8 +68,9 @@ class SupernetSpace:
         weight_granularity: ``"channel"`` or ``"tensor"`` (schemes without a per-channel
             form fall back to ``"tensor"``).
         observer: calibration observer of the initial ranges (``"mse"``, ``"minmax"``...).
-        first_last: ``"int8"`` keeps the first and last quantizable layer at W8A8 (fixed,
-            counted in every budget), ``"search"`` searches them too.
+        first_last: the one first/last vocabulary of bitsmith (:data:`FIRST_LAST_CHOICES`):
+            ``"int8"`` keeps the first and last quantizable layer at W8A8 and ``"float"`` in
+            float32 (fixed, counted in every budget), ``"same"`` searches them like the rest.
     """
 
     weight: tuple[tuple[str, int], ...] = (("uniform_symmetric", 2), ("uniform_symmetric", 3),
@@ -289,13 +291,15 @@ def build_supernet(model: nn.Module, example_inputs: Tensor, space: SupernetSpac
         ConversionError: the model has no quantizable layer (or none left to search).
     """
     wspecs, aspecs = space.weight_specs(), space.act_specs()
-    if space.first_last not in ("int8", "search"):
-        raise SupernetSpaceError(f"first_last={space.first_last!r}; use 'int8' or 'search'")
+    if space.first_last not in FIRST_LAST_CHOICES:
+        raise SupernetSpaceError(f"first_last={space.first_last!r} is unknown; use one of "
+                                 f"{', '.join(FIRST_LAST_CHOICES)}")
     work, table, _ = convert(model, example_inputs, fold_bn=fold_bn)
     names = table.names
     fixed: dict[str, LayerSpec] = {}
-    if space.first_last == "int8" and len(names) > 2:
-        fixed = {names[0]: INT8, names[-1]: INT8}
+    if space.first_last != "same" and len(names) > 2:
+        edge = INT8 if space.first_last == "int8" else FLOAT
+        fixed = {names[0]: edge, names[-1]: edge}
     searched = [n for n in names if n not in fixed]
     if not searched:
         raise ConversionError(f"{type(model).__name__}: no layer left to search "

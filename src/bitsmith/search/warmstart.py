@@ -10,7 +10,7 @@ and ``"measured_kl"`` (each candidate quantized alone, KL divergence of the outp
 *weight* perturbation only (with several activation candidates the program takes the
 cheapest activation bits that fit); the measured score quantizes the candidate's weights and
 activations, needs calibration batches and costs one evaluation per candidate. The returned
-Policy is what ``SearchSettings(warm_start=...)`` / the method's ``init_policy`` start the
+Policy is what ``SearchConfig(warm_start=...)`` / the method's ``init_policy`` start the
 architecture parameters at.
 """
 

@@ -18,6 +18,7 @@ import torch
 
 from bitsmith.atomic import atomic_path
 from bitsmith.errors import InputError
+from bitsmith.safeload import CheckpointError, load_weights
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "bitsmith.train/1"
@@ -58,15 +59,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Read a checkpoint written by :func:`bitsmith.training.train` (``weights_only=True``).
 
     Raises:
-        InputError: the file does not exist or is not a bitsmith training checkpoint.
+        InputError: the file does not exist.
+        CheckpointError: the file is truncated, holds more than weights, or is not a bitsmith
+            training checkpoint (through :func:`bitsmith.safeload.load_weights`).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
-    data = torch.load(path, map_location=map_location, weights_only=True)
+    data = load_weights(path, "training checkpoint", map_location)
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path} is not a bitsmith training checkpoint (format "
-                         f"{CHECKPOINT_FORMAT!r}); delete it or point checkpoint_dir elsewhere")
+        raise CheckpointError(f"{path} is not a bitsmith training checkpoint (format "
+                              f"{CHECKPOINT_FORMAT!r}); delete it or point checkpoint_dir "
+                              "elsewhere")
     return data
 
 

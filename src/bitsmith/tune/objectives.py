@@ -96,6 +96,19 @@ class Objective:
             return f"maximise accuracy s.t. {self.metric} <= {self.budget:g} {unit}"
         return f"Pareto front of accuracy vs {self.metric}"
 
+    def rule(self) -> str:
+        """How the run's chosen configuration is picked (one sentence; it is always a point
+        of the measured Pareto front of the validation scores)."""
+        if self.kind == "min_cost":
+            return (f"smallest {self.metric} among the trials within {self.tolerance:g} points "
+                    "of FP32 on the validation data (ties: the more accurate); it is the "
+                    "cheapest point of the validation Pareto front that meets the tolerance")
+        if self.kind == "max_accuracy":
+            return (f"most accurate on the validation data among the trials with {self.metric} "
+                    f"<= {self.budget:g} (ties: the cheaper); a point of the validation "
+                    "Pareto front")
+        return "most accurate point of the validation Pareto front of accuracy vs " + self.metric
+
     def to_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "metric": self.metric, "tolerance": self.tolerance,
                 "budget": self.budget}

@@ -31,7 +31,7 @@ file                       content
 =========================  ===============================================================
 
 Several workers may share one folder: each appends its finished trials to
-``trials.jsonl`` / ``search.jsonl`` (one ``write`` per line, ``O_APPEND``), and
+``trials.jsonl`` / ``search.jsonl`` (one locked ``write`` per line), and
 when a worker ends it rewrites the run files from the study (the source of truth)
 into a private folder and moves them into place with ``os.replace``: a reader never
 sees a half-written file, and the last worker to finish leaves the complete run.
@@ -136,10 +136,10 @@ class RunLog:
             "dataset": str(meta.get("dataset", "")),
             "eval_set": str(meta.get("eval_set", f"validation ({images} images)" if images
                                      else "validation")),
-            "producer": "bitsmith tune",
+            "producer": "bitsmith tune", "guard": meta.get("guard"),
             "notes": {"objective": objective.describe(), "strategy": strategy,
                       **{k: v for k, v in meta.items()
-                         if k not in ("model", "dataset", "eval_set")}}}
+                         if k not in ("model", "dataset", "eval_set", "guard")}}}
         self.writer = self._open(out_dir, fresh)
 
     @staticmethod
@@ -217,7 +217,7 @@ class RunLog:
                 if self.improves(t, best):
                     best = t
                 self._add(writer, t, best)
-            writer.choose(_trial_name(pick.number))
+            writer.choose(_trial_name(pick.number), rule=self.objective.rule())
             (out_dir / "policies").mkdir(exist_ok=True)
             for f in (tmp / "policies").iterdir():
                 os.replace(f, out_dir / "policies" / f.name)
@@ -263,7 +263,8 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
 

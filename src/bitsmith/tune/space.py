@@ -51,10 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bitsmith.config import ConfigError, read_structured_file
 from bitsmith.policy import FLOAT, OBSERVERS, LayerSpec, Policy, PolicyError, QSpec
-from bitsmith.tune.errors import SpaceError
+from bitsmith.tune.errors import SpaceError, check_keys
 
 FLOAT_CHOICE = "float"
 SCHEMES = ("asymmetric", "symmetric", "symmetric_uint8", "symmetric_pow2")
@@ -137,11 +136,17 @@ class TuneSpace:
         for n in self.calib_size:
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise SpaceError(f"calib_size: {n!r} is not a positive number of images")
-        bad = [f for f in self.float_layers if f not in FLOAT_LAYER_SETS]
+        bad = [f for f in self.float_layers if not isinstance(f, str) or f not in FLOAT_LAYER_SETS]
         if bad:
             raise SpaceError(f"float_layers: unknown choice(s) {bad}; use {list(FLOAT_LAYER_SETS)}")
         _check_bits(self.weight_bits, "weight_bits")
         _check_bits(self.act_bits, "act_bits")
+        for name in ("per_layer_weight_bits", "per_layer_act_bits"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpaceError(f"{name} must be true or false (unquoted), got "
+                                 f"{getattr(self, name)!r}")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)):
+            raise SpaceError(f"percentile must be a number in (0, 100], got {self.percentile!r}")
         if not 0.0 < float(self.percentile) <= 100.0:
             raise SpaceError(f"percentile={self.percentile} must be in (0, 100]")
         if self.extra:
@@ -171,32 +176,36 @@ class TuneSpace:
                    per_layer_act_bits=per_layer_act)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TuneSpace:
-        """Build from a mapping (e.g. parsed YAML); ``preset: quantune|mixed`` starts from one."""
+    def from_dict(cls, data: Mapping[str, Any], where: str = "search space") -> TuneSpace:
+        """Build from a mapping (e.g. parsed YAML); ``preset: quantune|mixed`` starts from one.
+
+        Unknown keys are an error naming the closest valid key; booleans must be booleans
+        and numbers numbers (see :meth:`__post_init__`).
+        """
         if not isinstance(data, Mapping):
-            raise SpaceError(f"a search space must be a mapping of knob -> choices, got {data!r}")
-        data = dict(data)
+            raise SpaceError(f"{where}: a search space must be a mapping of knob -> choices, "
+                             f"got {type(data).__name__}")
+        data = {str(k).replace("-", "_"): v for k, v in data.items()}
         preset = data.pop("preset", None)
-        base = {"quantune": cls.quantune, "mixed": cls.mixed_precision, None: cls}.get(preset)
-        if base is None:
-            raise SpaceError(f"unknown preset {preset!r}; use 'quantune' or 'mixed'")
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        unknown = {k: v for k, v in data.items() if k not in known}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        start = base()
-        return dataclasses.replace(start, **kwargs, extra=unknown)
+        presets = {"quantune": cls.quantune, "mixed": cls.mixed_precision}
+        if preset is not None and (not isinstance(preset, str) or preset not in presets):
+            raise SpaceError(f"{where}: unknown preset {preset!r}; use 'quantune' or 'mixed'")
+        known = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+        check_keys(data, [*known, "preset"], where, SpaceError)
+        start = presets[preset]() if preset is not None else cls()
+        try:
+            return dataclasses.replace(start, **data)
+        except SpaceError as err:
+            raise SpaceError(f"{where}: {err}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> TuneSpace:
-        """Load from a YAML or JSON file."""
-        path = Path(path)
-        if not path.is_file():
-            raise SpaceError(f"search-space file {path} does not exist")
+        """Load from a YAML or JSON file (safe loader; unreadable files are a SpaceError)."""
         try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise SpaceError(f"{path}: not valid YAML/JSON: {err}") from None
-        return cls.from_dict(data or {})
+            data = read_structured_file(path, "search-space file")
+        except ConfigError as err:
+            raise SpaceError(str(err)) from None
+        return cls.from_dict(data or {}, f"search-space file {path}")
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
