@@ -21,7 +21,8 @@ head, tied embedding) are built from their published configs, randomly initialis
 fed Zipf-distributed token ids (the frequency profile of text), 128 tokens per sequence.
 
 Run: ``python -m benchmarks.architectures [--models a,b] [--eval 200]``; results are written
-after every model (the run resumes: finished models are kept unless ``--redo``).
+after every model (the run resumes: finished models are kept unless ``--redo``; runs with
+different ``--models`` can share the result file).
 """
 
 from __future__ import annotations
@@ -300,6 +301,9 @@ def main() -> None:
         done[name] = row
         print(json.dumps({k: row[k] for k in ("cosine_mean", "ort_vs_sim", "ort_layers",
                                               "seconds")}), flush=True)
+        if path.is_file():  # rows another run (other --models) wrote meanwhile
+            for r in json.loads(path.read_text()).get("models", []):
+                done.setdefault(r["model"], r)
         order = [n for n, _ in TORCHVISION + TRANSFORMERS if n in done]
         rows = [done[n] for n in order]
         payload = {"benchmark": NAME, "environment": {**environment(),
