@@ -291,7 +291,7 @@ def main() -> None:
     done = {}
     if path.is_file() and not args.redo:
         done = {r["model"]: r for r in json.loads(path.read_text()).get("models", [])}
-    workdir = RESULTS / ".architectures-tmp"
+    workdir = RESULTS / ".architectures-tmp"  # ignored by git; files removed after each model
     workdir.mkdir(parents=True, exist_ok=True)
     for name, size in todo:
         if name in done:
