@@ -17,6 +17,7 @@ from bitsmith import Policy, QSpec
 from bitsmith.allocation import Sensitivity, bit_candidates
 from bitsmith.cost import estimate
 from bitsmith.pareto import pareto_front
+from bitsmith.policy import INT8
 from bitsmith.report import write_report
 from bitsmith.rundir import RunDirError, RunWriter, load_run
 
@@ -261,8 +262,10 @@ def test_cli_analyze_digits_end_to_end(tmp_path, cli):
     data = load_run(out)
     names = [t["name"] for t in data.trials]
     assert names[0] == "FP32" and data.chosen["name"].startswith("ILP 5-bit")
-    assert data.chosen["size_bytes"] <= estimate(
-        data.table, Policy.uniform(data.table.names, W.replace(bits=5), A8)).size_bytes
+    first, *middle, last = data.table.names       # default --first-last int8: fixed W8A8,
+    assert data.policy[first] == data.policy[last] == INT8     # counted in the budget
+    assert data.chosen["size_bytes"] <= estimate(data.table, Policy(
+        {first: INT8, last: INT8, **Policy.uniform(middle, W.replace(bits=5), A8)})).size_bytes
     assert "measured_kl" in data.sensitivity.metrics
     assert (out / "report.html").is_file()
 

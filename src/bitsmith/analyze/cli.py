@@ -36,7 +36,7 @@ def analyze_command(
                                          "chosen policy is the most accurate within the first."),
     score: str = typer.Option("", help="Sensitivity score the allocation minimises (default "
                                        "measured_kl)."),
-    first_last: FirstLastOption = "same",
+    first_last: FirstLastOption = "int8",
     hessian_iters: int = typer.Option(32, min=1, help="Hutchinson iterations."),
     epochs: int = typer.Option(30, min=1, help="Training epochs (digits only)."),
     progress: ProgressOption = True,

@@ -51,7 +51,10 @@ class AnalyzeConfig(Config):
             measured, else the first estimate).
         weight_scheme, granularity: the weight quantizer of every candidate.
         act_bits: input-activation bits of every candidate (0 = float).
-        first_last: ``same`` (decided like the rest), ``int8`` or ``float`` (kept fixed).
+        first_last: ``int8`` (default: the first and last quantizable layer fixed at W8A8,
+            as in ``search``; they hold few weights and cost the most accuracy at low bits,
+            and the budgets count them at 8 bits), ``float`` (kept in float) or ``same``
+            (decided like the rest).
         hessian_iters, hessian_examples: Hutchinson iterations and examples.
         sensitivity_examples: validation examples the estimators use.
         progress: show progress.
@@ -67,7 +70,7 @@ class AnalyzeConfig(Config):
     weight_scheme: str = "uniform_symmetric"
     granularity: Literal["tensor", "channel"] = "channel"
     act_bits: int = 8
-    first_last: Literal["same", "int8", "float"] = "same"
+    first_last: Literal["same", "int8", "float"] = "int8"
     hessian_iters: int = 32
     hessian_examples: int = 256
     sensitivity_examples: int = 1000
