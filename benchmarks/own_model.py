@@ -8,11 +8,14 @@ is run in subprocesses, exactly as a user types it:
 1. ``bitsmith export --policy w8a8``: FP32 and int8 (per-channel int8 weights, 8-bit
    activations) ONNX models, checked against the PyTorch simulation;
 2. ``bitsmith analyze --avg-bits 4``: sensitivities and a ~4-bit policy (uniform W4A8 or an
-   integer-program allocation with the same size, whichever is more accurate on validation);
+   integer-program allocation with the same size, whichever is more accurate on validation;
+   the first and last layer fixed at W8A8, analyze's default ``--first-last int8``);
 3. ``bitsmith export --policy <analyze>/policy.yaml``: that policy deployed;
-4. ``bitsmith tune`` (mixed-precision space, smallest size within 1 point on validation,
+4. for comparison, ``bitsmith export`` of a hand-written uniform W4A8 policy over *every*
+   layer (what ``--first-last same``, analyze's previous default, chose);
+5. ``bitsmith tune`` (mixed-precision space, smallest size within 1 point on validation,
    warm-started from the analyze policy) and ``bitsmith export`` of its policy;
-5. ``bitsmith report`` of the analyze and tune runs.
+6. ``bitsmith report`` of the analyze and tune runs.
 
 Every exported ONNX model (``fp32.onnx``, ``quantized.onnx``) is then run in ONNX Runtime on
 the 1,000 lossless test images and on the 5,000 JPEG validation images (the honest
@@ -43,6 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bitsmith.atomic import atomic_write_text
+
 try:
     from benchmarks.common import write_result
 except ImportError:  # run as a script from benchmarks/
@@ -54,6 +59,7 @@ CHECKPOINT = "../shared/data/models/akamaster_resnet_cifar10/resnet32-d509ac18.t
 OUT = Path("runs/own_model")
 ORT_THREADS = 2
 INT8_TOLERANCE, W4_TOLERANCE = 0.3, 1.0
+UNSEEN_FROM = 2000   # analyze chooses on JPEG validation images 0..999, tune on 0..1,999
 
 
 def bitsmith_command() -> str:
@@ -92,17 +98,24 @@ def run_step(name: str, args: list[str], logs: Path, ok: tuple[int, ...] = (0,)
             "load_after": os.getloadavg()[0], "output_tail": tail}
 
 
-def onnx_accuracy(path: Path, splits, role: str) -> float:
-    """Top-1 % of the ONNX model ``path`` in ONNX Runtime on the labelled split ``role``."""
+def onnx_correct(path: Path, splits, role: str) -> np.ndarray:
+    """Per-example top-1 hits (bool, split order) of the ONNX model ``path`` in ONNX Runtime
+    on the labelled split ``role``."""
     from bitsmith.export.ort import make_session, run
 
     session = make_session(path, ORT_THREADS)
-    correct = total = 0
-    for x, y in splits.loader(role, batch_size=250):
-        logits = run(session, [x.numpy()])[0]
-        correct += int((np.argmax(logits, 1) == y.numpy()).sum())
-        total += len(y)
-    return 100.0 * correct / total
+    hits = [np.argmax(run(session, [x.numpy()])[0], 1) == y.numpy()
+            for x, y in splits.loader(role, batch_size=250)]
+    return np.concatenate(hits)
+
+
+def accuracies(path: Path, splits) -> dict[str, float]:
+    """Top-1 % on the test images, on the JPEG validation images, and on the part of those
+    that no producer chose on (``UNSEEN_FROM`` onwards)."""
+    test = onnx_correct(path, splits, "test")
+    val = onnx_correct(path, splits, "validation")
+    return {"test_accuracy_onnx": 100.0 * test.mean(), "val_jpeg_accuracy_onnx":
+            100.0 * val.mean(), "val_jpeg_unseen_accuracy_onnx": 100.0 * val[UNSEEN_FROM:].mean()}
 
 
 def exported_row(label: str, folder: Path, splits, policy_from: str) -> dict[str, Any]:
@@ -110,14 +123,13 @@ def exported_row(label: str, folder: Path, splits, policy_from: str) -> dict[str
     next to what ``bitsmith export`` itself reported."""
     summary = json.loads((folder / "summary.json").read_text())
     t0 = time.perf_counter()
-    test = onnx_accuracy(folder / "quantized.onnx", splits, "test")
-    val = onnx_accuracy(folder / "quantized.onnx", splits, "validation")
+    scores = accuracies(folder / "quantized.onnx", splits)
     sizes = summary["sizes"]
     return {"config": label, "policy": policy_from, "export_dir": str(folder),
             "avg_weight_bits": summary["avg_weight_bits"],
             "packed_bytes": sizes["packed"], "quantized_onnx_bytes": sizes["quantized_onnx"],
             "compression_vs_fp32_state_dict": sizes["fp32_state_dict"] / sizes["packed"],
-            "test_accuracy_onnx": test, "val_jpeg_accuracy_onnx": val,
+            **scores,
             "export_reported": summary["accuracy"],
             "top1_agreement_onnx_vs_simulation": summary["agreement"]["top1_agreement"],
             "latency_ms": {b: {"fp32": t["fp32"]["median_ms"],
@@ -145,71 +157,121 @@ def run_summary(folder: Path) -> dict[str, Any]:
             "trials": len(trials)}
 
 
+def every_layer_w4(analyze_policy: Path, path: Path) -> Path:
+    """Write, to ``path``, uniform W4A8 (per-channel symmetric min/max weights, asymmetric
+    8-bit activations) over every layer named in ``analyze_policy``: analyze's uniform
+    candidate with the first and last layer at 4 bits too."""
+    from bitsmith import Policy, QSpec
+
+    names = list(Policy.load(ROOT / analyze_policy))
+    Policy.uniform(names, QSpec("uniform_symmetric", 4, "channel"),
+                   QSpec("uniform_asymmetric", 8)).save(ROOT / path)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings to check the plumbing; nothing is recorded")
-    parser.add_argument("--tune-trials", type=int, default=24)
+    parser.add_argument("--tune-trials", type=int, default=0,
+                        help="also run `bitsmith tune` with this many trials, warm-started "
+                             "from the analyze policy, and export its choice (0: skip; "
+                             "each trial costs ~30 s here)")
     parser.add_argument("--methods", default="fisher",
                         help="analyze --methods (the default 'measured,hessian,fisher' "
                              "costs ~15 s per (layer, bits) pair here: 192 pairs)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="do not run the commands again: score the run folders of the "
+                             "last run (runs/own_model/steps.json) and write the results")
     opts = parser.parse_args()
     out = ROOT / OUT
+    if opts.rescore:
+        record = json.loads((out / "steps.json").read_text())
+    else:
+        record = run_commands(out, opts.quick, 3 if opts.quick else opts.tune_trials,
+                              opts.methods)
+    score(out, record, opts.quick)
+
+
+def run_commands(out: Path, quick: bool, trials: int, methods: str) -> dict[str, Any]:
+    """Run every ``bitsmith`` command (fresh run folders under ``out``); returns the steps,
+    total wall time and load averages (also written to ``out/steps.json``)."""
     shutil.rmtree(out, ignore_errors=True)
     logs = out / "logs"
     logs.mkdir(parents=True)
-    timing = ["--runs", "5", "--runs-large", "3"] if opts.quick else ["--runs", "100",
-                                                                        "--runs-large", "20"]
-    quick_data = ["--validation-size", "200"] if opts.quick else []
-    trials = 3 if opts.quick else opts.tune_trials
+    few = ["--runs", "5", "--runs-large", "3"]
+    timing = few if quick else ["--runs", "100", "--runs-large", "20"]
+    short_timing = few if quick else ["--runs", "30", "--runs-large", "5"]
+    quick_data = ["--validation-size", "200"] if quick else []
     load_start = os.getloadavg()[0]
     t_start = time.perf_counter()
     steps = [
         run_step("export_int8", ["export", *user_args(), "--policy", "w8a8",
                                  "--out", str(OUT / "int8"), *timing], logs),
         run_step("analyze", ["analyze", *user_args(), *quick_data, "--avg-bits", "4",
-                             "--methods", opts.methods, "--out", str(OUT / "analyze")], logs),
+                             "--methods", methods, "--out", str(OUT / "analyze")], logs),
         run_step("export_w4", ["export", *user_args(), "--policy",
                                str(OUT / "analyze" / "policy.yaml"), "--out", str(OUT / "w4"),
                                *timing], logs),
-        run_step("tune", ["tune", *user_args(), *quick_data, "--tolerance", "1",
-                          "--n-trials", str(trials), "--init-policy",
-                          str(OUT / "analyze" / "policy.yaml"), "--out", str(OUT / "tune")],
-                 logs, ok=(0, 3)),
-        run_step("export_tuned", ["export", *user_args(), "--policy",
-                                  str(OUT / "tune" / "policy.yaml"),
-                                  "--out", str(OUT / "tuned"), *timing], logs),
+        run_step("export_w4_all", ["export", *user_args(), "--policy",
+                                   str(every_layer_w4(OUT / "analyze" / "policy.yaml",
+                                                      OUT / "w4_all_layers.yaml")),
+                                   "--out", str(OUT / "w4_all"), *short_timing], logs),
         run_step("report_analyze", ["report", str(OUT / "analyze")], logs),
-        run_step("report_tune", ["report", str(OUT / "tune")], logs),
     ]
-    total = time.perf_counter() - t_start
-    load_end = os.getloadavg()[0]
+    if trials:
+        steps += [
+            run_step("tune", ["tune", *user_args(), *quick_data, "--tolerance", "1",
+                              "--n-trials", str(trials), "--init-policy",
+                              str(OUT / "analyze" / "policy.yaml"), "--out", str(OUT / "tune")],
+                     logs, ok=(0, 3)),
+            run_step("export_tuned", ["export", *user_args(), "--policy",
+                                      str(OUT / "tune" / "policy.yaml"),
+                                      "--out", str(OUT / "tuned"), *timing], logs),
+            run_step("report_tune", ["report", str(OUT / "tune")], logs),
+        ]
+    record = {"steps": steps, "total_wall_seconds": time.perf_counter() - t_start,
+              "load_average": [load_start, os.getloadavg()[0]], "tune_trials": trials,
+              "analyze_methods": methods, "torch_threads": torch.get_num_threads()}
+    atomic_write_text(out / "steps.json", json.dumps(record, indent=2))
+    return record
 
+
+def score(out: Path, record: dict[str, Any], quick: bool) -> None:
+    """Score the exported models of the run in ``out``; write the results (print them
+    when ``quick``)."""
     from bitsmith.inputs import resolve_data
 
+    steps, trials, total = record["steps"], record["tune_trials"], record["total_wall_seconds"]
+    load_start, load_end = record["load_average"]
+
     splits = resolve_data("cifar10")
-    fp32_test = onnx_accuracy(out / "int8" / "fp32.onnx", splits, "test")
-    fp32_val = onnx_accuracy(out / "int8" / "fp32.onnx", splits, "validation")
+    fp32 = accuracies(out / "int8" / "fp32.onnx", splits)
     rows = [
-        {"config": "FP32", "policy": "-", "test_accuracy_onnx": fp32_test,
-         "val_jpeg_accuracy_onnx": fp32_val,
+        {"config": "FP32", "policy": "-", **fp32,
          "export_reported": {"fp32": json.loads(
              (out / "int8" / "summary.json").read_text())["accuracy"]["fp32"]}},
         exported_row("int8 (export --policy w8a8)", out / "int8", splits, "preset w8a8"),
         exported_row("~4-bit (analyze --avg-bits 4, chosen)", out / "w4", splits,
                      str(OUT / "analyze" / "policy.yaml")),
-        exported_row("tuned mixed (tune --tolerance 1, chosen)", out / "tuned", splits,
-                     str(OUT / "tune" / "policy.yaml")),
+        exported_row("uniform W4A8 incl. first/last (--first-last same, for comparison)",
+                     out / "w4_all", splits, str(OUT / "w4_all_layers.yaml")),
     ]
+    if trials:
+        rows.append(exported_row("tuned mixed (tune --tolerance 1, chosen)", out / "tuned",
+                                 splits, str(OUT / "tune" / "policy.yaml")))
     for r in rows:
-        r["test_drop"] = fp32_test - r["test_accuracy_onnx"]
-        r["val_jpeg_drop"] = fp32_val - r["val_jpeg_accuracy_onnx"]
+        r["test_drop"] = fp32["test_accuracy_onnx"] - r["test_accuracy_onnx"]
+        r["val_jpeg_drop"] = fp32["val_jpeg_accuracy_onnx"] - r["val_jpeg_accuracy_onnx"]
+        r["val_jpeg_unseen_drop"] = (fp32["val_jpeg_unseen_accuracy_onnx"]
+                                     - r["val_jpeg_unseen_accuracy_onnx"])
     int8_ok = rows[1]["test_drop"] <= INT8_TOLERANCE
     w4_ok = rows[2]["test_drop"] <= W4_TOLERANCE
-    producers = {"analyze": run_summary(out / "analyze"), "tune": run_summary(out / "tune")}
-    if opts.quick:
-        print(json.dumps({"rows": rows, "producers": producers}, indent=2, default=str))
-        return
+    int8_jpeg_ok = rows[1]["val_jpeg_drop"] <= INT8_TOLERANCE
+    w4_jpeg_ok = rows[2]["val_jpeg_drop"] <= W4_TOLERANCE
+    producers = {"analyze": run_summary(out / "analyze")}
+    if trials:
+        producers["tune"] = run_summary(out / "tune")
     n_val = splits.info["validation"].size
     lines = [
         f"The shipped ResNet-32 checkpoint (`{CHECKPOINT}`) given as a user's checkpoint to "
@@ -217,32 +279,39 @@ def main() -> None:
         "through the `bitsmith` command in subprocesses, `--data cifar10`. Accuracies: the "
         "exported ONNX models run in ONNX Runtime on the 1,000 lossless test images (test) "
         f"and on the {n_val:,} JPEG validation images (the honest validation split; analyze "
-        "chose on the first 1,000 of them, tune on the first 2,000).",
+        "chose on the first 1,000 of them" + (", tune on the first 2,000" if trials else "")
+        + f"; 'unseen' = images {UNSEEN_FROM:,}..{n_val - 1:,}, which no producer saw).",
         f"Machine: 2 shared cores; 1-min load average {load_start:.1f} at the start, "
         f"{load_end:.1f} at the end; each command ran with torch's default "
-        f"{torch.get_num_threads()} threads; ONNX Runtime evaluation {ORT_THREADS} threads. "
+        f"{record['torch_threads']} threads; ONNX Runtime evaluation {ORT_THREADS} threads. "
         f"All commands together: {total:.0f} s wall.",
         "",
         f"Acceptance (test images): int8 within {INT8_TOLERANCE} points of FP32: "
         f"{'MET' if int8_ok else 'NOT MET'} ({rows[1]['test_drop']:+.2f}); ~4-bit within "
-        f"{W4_TOLERANCE:g} point: {'MET' if w4_ok else 'NOT MET'} ({rows[2]['test_drop']:+.2f}).",
+        f"{W4_TOLERANCE:g} point: {'MET' if w4_ok else 'NOT MET'} ({rows[2]['test_drop']:+.2f}). "
+        f"The same bars on the {n_val:,} JPEG validation images (the honest second set; "
+        "the producers chose on a prefix of them): int8 "
+        f"{'MET' if int8_jpeg_ok else 'NOT MET'} ({rows[1]['val_jpeg_drop']:+.2f}), ~4-bit "
+        f"{'MET' if w4_jpeg_ok else 'NOT MET'} ({rows[2]['val_jpeg_drop']:+.2f}).",
         "",
         "| configuration | avg w bits | packed KiB | vs FP32 | test % | test drop | "
-        "JPEG val % | JPEG val drop |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "JPEG val % | JPEG val drop | unseen JPEG drop |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[f"| {r['config']} | " + (
             f"{r['avg_weight_bits']:.2f} | {r['packed_bytes'] / 1024:.1f} | "
             f"{r['compression_vs_fp32_state_dict']:.2f}x | " if "packed_bytes" in r
             else "32 | - | 1.00x | ")
           + f"{r['test_accuracy_onnx']:.2f} | {r['test_drop']:+.2f} | "
-            f"{r['val_jpeg_accuracy_onnx']:.2f} | {r['val_jpeg_drop']:+.2f} |" for r in rows],
+            f"{r['val_jpeg_accuracy_onnx']:.2f} | {r['val_jpeg_drop']:+.2f} | "
+            f"{r['val_jpeg_unseen_drop']:+.2f} |" for r in rows],
         "",
         "What the producers chose (their own records; validation = the JPEG prefix they "
         "were given):",
         "",
         *[f"- `{name}`: chosen {p['chosen']!r} by the rule \"{p['rule']}\"; validation "
           f"FP32 {p['fp32_validation']:.2f}% vs chosen {p['chosen_validation']:.2f}%; "
-          f"test {p['test']}; guard fired: {p['guard_fired']}; {p['trials']} "
+          f"test (PyTorch simulation) FP32 {p['test']['fp32']:.2f}% vs chosen "
+          f"{p['test']['chosen']:.2f}%; guard fired: {p['guard_fired']}; {p['trials']} "
           f"{'trials' if name == 'tune' else 'policies'} scored."
           for name, p in producers.items()],
         "",
@@ -257,14 +326,18 @@ def main() -> None:
                                            for b, v in r["latency_ms"].items())
             for r in rows if "latency_ms" in r) + ".",
     ]
+    if quick:
+        print(json.dumps({"rows": rows, "producers": producers}, indent=2, default=str))
+        print("\n".join(lines))
+        return
     write_result("own_model", {
         "model_file": MODEL_FILE, "checkpoint": CHECKPOINT, "data": "cifar10",
         "val_jpeg_images": n_val, "test_images": splits.info["test"].size,
         "rows": rows, "steps": steps, "producers": producers,
-        "acceptance": {"int8_within_0.3": int8_ok, "w4_within_1": w4_ok},
-        "total_wall_seconds": total, "load_average": [load_start, load_end],
-        "torch_threads": torch.get_num_threads(), "ort_threads": ORT_THREADS,
-        "tune_trials": trials, "analyze_methods": opts.methods,
+        "acceptance": {"int8_within_0.3": int8_ok, "w4_within_1": w4_ok,
+                       "val_jpeg": {"int8_within_0.3": int8_jpeg_ok,
+                                    "w4_within_1": w4_jpeg_ok}},
+        **{k: v for k, v in record.items() if k != "steps"}, "ort_threads": ORT_THREADS,
     }, lines)
 
 
