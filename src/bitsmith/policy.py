@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from bitsmith.errors import InputError
+from bitsmith.rounding import GRID_SCHEMES_DOC, NEAREST, Rounding
 
 GRANULARITIES = ("tensor", "channel")
 OBSERVERS = ("minmax", "percentile", "entropy", "mse")
@@ -184,15 +185,29 @@ FLOAT = LayerSpec(weight=None, act=None)
 
 
 class Policy(Mapping[str, LayerSpec]):
-    """An immutable, ordered mapping ``layer name -> LayerSpec``.
+    """An immutable, ordered mapping ``layer name -> LayerSpec``, plus model-wide choices.
 
     Layers absent from a Policy stay in float. Construct directly from a dict,
     from a LayerTable with :meth:`uniform`, or load with :meth:`load`.
+
+    Model-wide choices (keyword-only; each changes the model, so each is validated,
+    serialised and part of the fingerprint; files without them load with the defaults):
+
+    * ``rounding``: a :class:`~bitsmith.rounding.Rounding` (or a method name):
+      ``"nearest"`` (default), or learned rounding by reconstruction
+      (``"adaround"``, ``"brecq"``, ``"qdrop"``) with its hyper-parameters;
+    * ``bias_correction``: after rounding, shift each quantized layer's bias by the
+      mean output error of its weights on the calibration data (empirical bias
+      correction, :mod:`bitsmith.reconstruct.bias`);
+    * ``calib_size``: use only the first ``calib_size`` calibration inputs (ranges,
+      bias correction and reconstruction); ``None`` uses all that are given.
     """
 
-    __slots__ = ("_layers", "_hash")
+    __slots__ = ("_layers", "_hash", "_rounding", "_bias_correction", "_calib_size")
 
-    def __init__(self, layers: Mapping[str, LayerSpec] | Iterable[tuple[str, LayerSpec]] = ()):
+    def __init__(self, layers: Mapping[str, LayerSpec] | Iterable[tuple[str, LayerSpec]] = (),
+                 *, rounding: Rounding | str = NEAREST, bias_correction: bool = False,
+                 calib_size: int | None = None):
         items = layers.items() if isinstance(layers, Mapping) else layers
         checked: dict[str, LayerSpec] = {}
         for name, spec in items:
@@ -203,6 +218,59 @@ class Policy(Mapping[str, LayerSpec]):
             checked[name] = spec
         self._layers = checked
         self._hash: int | None = None
+        self._rounding = Rounding(rounding) if isinstance(rounding, str) else rounding
+        self._bias_correction = bias_correction
+        self._calib_size = calib_size
+        self._check_options()
+
+    def _check_options(self) -> None:
+        if not isinstance(self._rounding, Rounding):
+            raise PolicyError(f"rounding must be a Rounding or a method name, got "
+                              f"{self._rounding!r}")
+        if not isinstance(self._bias_correction, bool):
+            raise PolicyError(f"bias_correction={self._bias_correction!r} must be true or false")
+        size = self._calib_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise PolicyError(f"calib_size={size!r} must be a positive integer (or null: all)")
+        if self._rounding.learned:
+            from bitsmith.schemes import get_scheme
+
+            for name, spec in self._layers.items():
+                w = spec.weight
+                if w is not None and not (get_scheme(w.scheme).integer_grid
+                                          and get_scheme(w.scheme).range_based):
+                    raise PolicyError(
+                        f"{name}.weight: rounding={self._rounding.method!r} learns the rounding "
+                        f"of a uniform integer grid ({GRID_SCHEMES_DOC}); scheme "
+                        f"{w.scheme!r} has none. Use rounding='nearest' or a uniform weight "
+                        "scheme for this layer")
+
+    # Model-wide choices -------------------------------------------------------
+    @property
+    def rounding(self) -> Rounding:
+        return self._rounding
+
+    @property
+    def bias_correction(self) -> bool:
+        return self._bias_correction
+
+    @property
+    def calib_size(self) -> int | None:
+        return self._calib_size
+
+    def options(self) -> dict[str, Any]:
+        """The model-wide choices as keyword arguments of the constructor."""
+        return {"rounding": self._rounding, "bias_correction": self._bias_correction,
+                "calib_size": self._calib_size}
+
+    def with_options(self, **changes: Any) -> Policy:
+        """A copy with some model-wide choices changed (``rounding=``, ``bias_correction=``,
+        ``calib_size=``), validated."""
+        unknown = sorted(set(changes) - set(self.options()))
+        if unknown:
+            raise PolicyError(f"unknown policy option(s) {unknown}; known: "
+                              f"{sorted(self.options())}")
+        return Policy(self._layers, **{**self.options(), **changes})
 
     # Mapping protocol -------------------------------------------------------
     def __getitem__(self, name: str) -> LayerSpec:
@@ -217,7 +285,7 @@ class Policy(Mapping[str, LayerSpec]):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Policy):
             return NotImplemented
-        return self._layers == other._layers
+        return self._layers == other._layers and self.options() == other.options()
 
     def __hash__(self) -> int:
         if self._hash is None:
@@ -234,16 +302,18 @@ class Policy(Mapping[str, LayerSpec]):
         layer_names: Iterable[str],
         weight: QSpec | None = QSpec(),
         act: QSpec | None = QSpec(scheme="uniform_asymmetric"),
+        **options: Any,
     ) -> Policy:
-        """Every named layer gets the same weight / activation spec."""
+        """Every named layer gets the same weight / activation spec (``options``: the
+        model-wide choices, see the class docstring)."""
         spec = LayerSpec(weight=weight, act=act)
-        return cls((name, spec) for name in layer_names)
+        return cls(((name, spec) for name in layer_names), **options)
 
     def with_layers(self, updates: Mapping[str, LayerSpec]) -> Policy:
-        """A copy in which ``updates`` replace (or add) layers."""
+        """A copy in which ``updates`` replace (or add) layers (model-wide choices kept)."""
         merged = dict(self._layers)
         merged.update(updates)
-        return Policy(merged)
+        return Policy(merged, **self.options())
 
     def override(self, pattern: str, spec: LayerSpec, layer_types: Mapping[str, str] | None = None
                  ) -> Policy:
@@ -272,8 +342,17 @@ class Policy(Mapping[str, LayerSpec]):
 
     # Serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"format": "bitsmith.policy/1",
-                "layers": {n: s.to_dict() for n, s in self._layers.items()}}
+        """Plain data; model-wide choices appear only when they differ from the defaults,
+        so that a policy without them keeps the fingerprint it always had."""
+        out: dict[str, Any] = {"format": "bitsmith.policy/1"}
+        if self._rounding != NEAREST:
+            out["rounding"] = self._rounding.to_dict()
+        if self._bias_correction:
+            out["bias_correction"] = True
+        if self._calib_size is not None:
+            out["calib_size"] = self._calib_size
+        out["layers"] = {n: s.to_dict() for n, s in self._layers.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
@@ -283,8 +362,11 @@ class Policy(Mapping[str, LayerSpec]):
         if not isinstance(layers, Mapping):
             raise PolicyError("'layers' must map layer names to layer specs")
         return cls(
-            (name, FLOAT if spec is None else LayerSpec.from_dict(spec, name))
-            for name, spec in layers.items()
+            ((name, FLOAT if spec is None else LayerSpec.from_dict(spec, name))
+             for name, spec in layers.items()),
+            rounding=Rounding.from_dict(data.get("rounding", {})),
+            bias_correction=data.get("bias_correction", False),
+            calib_size=data.get("calib_size"),
         )
 
     def to_json(self) -> str:
@@ -348,7 +430,12 @@ class Policy(Mapping[str, LayerSpec]):
                 f"{spec.sparsity:.2f}",
             ))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        if self._rounding != NEAREST or self._bias_correction or self._calib_size is not None:
+            lines.append(f"rounding: {self._rounding.short()}; bias correction: "
+                         f"{'on' if self._bias_correction else 'off'}; calibration inputs: "
+                         f"{'all' if self._calib_size is None else self._calib_size}")
+        return "\n".join(lines)
 
 
 def select_layers(
@@ -381,6 +468,7 @@ def build_policy(
     first_last: str = "same",
     overrides: Mapping[str, LayerSpec] | None = None,
     layer_types: Mapping[str, str] | None = None,
+    **options: Any,
 ) -> Policy:
     """A Policy for ``layer_names`` (in execution order) with the usual knobs.
 
@@ -392,13 +480,15 @@ def build_policy(
         overrides: ``pattern -> LayerSpec`` applied in order after the above;
             patterns are globs over names or ``"type:<Module>"``
             (needs ``layer_types``).
+        options: the Policy's model-wide choices (``rounding=``, ``bias_correction=``,
+            ``calib_size=``).
     """
     names = list(layer_names)
     if not names:
         raise PolicyError("the model has no quantizable layers to build a policy for")
     if first_last not in FIRST_LAST_CHOICES:
         raise PolicyError(f"first_last={first_last!r} is unknown; use one of {FIRST_LAST_CHOICES}")
-    policy = Policy.uniform(names, weight, act)
+    policy = Policy.uniform(names, weight, act, **options)
     if first_last != "same":
         edge = INT8 if first_last == "int8" else FLOAT
         policy = policy.with_layers({names[0]: edge, names[-1]: edge})

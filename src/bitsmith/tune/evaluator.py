@@ -15,9 +15,10 @@ is the built-in one (fake quantization in PyTorch). What makes it fast:
   tuner wires it to an Optuna pruner); the later stages only evaluate the new
   images.
 
-* with ``bias_correction`` in the configuration, each quantized layer's bias
-  is corrected for its weights' mean output error (:mod:`bitsmith.tune.correction`;
-  input means collected once per calibration size, shifts cached per layer and spec).
+* with ``bias_correction`` in the configuration (and so in its Policy), each quantized
+  layer's bias is corrected for its weights' mean output error
+  (:mod:`bitsmith.reconstruct.bias`; input means come with the statistics, shifts are
+  cached per layer and spec) exactly as ``bitsmith.quantize`` corrects it.
 
 The model is run through a :class:`Backend`. :class:`TorchBackend` runs the
 fake-quantized PyTorch module. :class:`~bitsmith.tune.runtime.OnnxRuntimeBackend`
@@ -45,7 +46,7 @@ from bitsmith.engine import evaluate as engine_evaluate
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import Policy
 from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quantize
-from bitsmith.tune.correction import correct_bias, input_means, output_shift
+from bitsmith.reconstruct.bias import correct_bias, output_shift
 from bitsmith.tune.errors import TuneError
 from bitsmith.tune.features import descriptors_of
 from bitsmith.tune.space import Config, SearchSpace
@@ -233,7 +234,6 @@ class TorchEvaluator:
                             "calibration inputs were given")
         self._stats: dict[int, CalibrationStats] = {}
         self._weights: dict[tuple[str, Any], Tensor] = {}
-        self._means: dict[int, dict[str, Tensor]] = {}
         self._shifts: dict[tuple[str, Any, int], Tensor | None] = {}
         self._results: dict[tuple[str, int, bool], Measurement] = {}
         ref = self.stats(need)
@@ -254,9 +254,14 @@ class TorchEvaluator:
     def stats(self, n: int) -> CalibrationStats:
         """Calibration statistics of the first ``n`` inputs (collected once per ``n``)."""
         if n not in self._stats:
-            self._stats[n] = collect_stats(self.model, _batches(self._calib[:n], None,
-                                                                self.batch_size))
+            self._stats[n] = collect_stats(self.model, self.calibration_data(n))
         return self._stats[n]
+
+    def calibration_data(self, n: int) -> list[Tensor]:
+        """The first ``n`` calibration inputs in batches of ``batch_size``: with a
+        configuration's Policy, ``bitsmith.quantize(model, policy, calibration=...)`` of
+        these batches rebuilds exactly the model this evaluator measures."""
+        return _batches(self._calib[:n], None, self.batch_size)
 
     def calibration_batches(self, k: int | None = None) -> list[Tensor]:
         """The calibration inputs in batches of ``batch_size`` (the first ``k`` batches)."""
@@ -265,11 +270,8 @@ class TorchEvaluator:
 
     def means(self, n: int) -> dict[str, Tensor]:
         """Per-channel input means of every quantizable layer over the first ``n``
-        calibration inputs (float model; collected once per ``n``), for bias correction."""
-        if n not in self._means:
-            self._means[n] = input_means(self._work, self.layer_names,
-                                         _batches(self._calib[:n], None, self.batch_size))
-        return self._means[n]
+        calibration inputs (float model; gathered with the statistics), for bias correction."""
+        return self.stats(n).means
 
     def policy(self, config: Config) -> Policy:
         return self.space.to_policy(config, self.layer_names, self.signed_inputs)
@@ -287,8 +289,11 @@ class TorchEvaluator:
         """The quantized copy of the model for ``config`` (weight quantizers kept, not
         baked; biases corrected when the configuration asks for ``bias_correction``)."""
         n = self._calib_size(config)
-        qmodel = quantize(self.model, self.policy(config), calibration=self.stats(n))
-        self._prepare_layers(qmodel, n, self._bias_correction(config), bake=False)
+        policy = self.policy(config)
+        qmodel = quantize(self.model, policy.with_options(bias_correction=False),
+                          calibration=self.stats(n))
+        self._prepare_layers(qmodel, n, policy.bias_correction, bake=False)
+        qmodel.bitsmith.policy = policy
         return qmodel
 
     def state_dict(self, config: Config) -> dict[str, Tensor]:
@@ -354,7 +359,9 @@ class TorchEvaluator:
         if key in self._results:
             return replace(self._results[key], cached=True, seconds=0.0)
         cost = estimate(self.table, policy)
-        qmodel = quantize(self.model, policy, calibration=self.stats(n_calib))
+        # biases: corrected below with cached shifts, the same numbers quantize() computes
+        qmodel = quantize(self.model, policy.with_options(bias_correction=False),
+                          calibration=self.stats(n_calib))
         self._prepare_layers(qmodel, n_calib, bias_correction,
                              bake=bool(getattr(self.backend, "fake_quant", True)))
         example = self._val_x[: self.batch_size]

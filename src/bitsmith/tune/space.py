@@ -23,8 +23,13 @@ parameter          choices                                                     Q
 
 Two boolean knobs (default: ``false`` only): ``bias_correction`` shifts each
 layer's bias by the expected output error of its quantized weights
-(:mod:`bitsmith.tune.correction`); ``reduced_range`` makes weights use one bit
+(:mod:`bitsmith.reconstruct.bias`); ``reduced_range`` makes weights use one bit
 less of their integer range (ONNX Runtime's AVX2 ``reduce_range``).
+
+The Policy of a configuration carries every choice that changes the model: the
+per-layer specs, ``bias_correction`` and ``calib_size`` (the first N calibration
+inputs), so ``bitsmith.quantize(model, policy, calibration=data)`` rebuilds the
+evaluated model from the same calibration data.
 
 Scheme mapping (see ``docs/tune.md``):
 
@@ -271,7 +276,8 @@ class SearchSpace:
                     bool(get["reduced_range"]))
             except PolicyError as err:
                 raise SpaceError(f"{name}: configuration {dict(get)} is invalid: {err}") from None
-        return Policy(layers)
+        return Policy(layers, bias_correction=bool(get["bias_correction"]),
+                      calib_size=int(get["calib_size"]))
 
     def config_from_policy(self, policy: Policy, layer_names: Sequence[str]) -> Config:
         """The per-layer bit widths of ``policy`` as a (partial) configuration of this space.
