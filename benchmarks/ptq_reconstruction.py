@@ -1,0 +1,445 @@
+"""Benchmark: reconstruction-based PTQ (AdaRound, BRECQ, QDrop) on the CIFAR ResNets (issue 15).
+
+Protocol (shared/data/SOURCES.md): pretrained ResNet-20 / ResNet-32; calibration = 1,024
+lossless training images (stratified, no labels used); accuracy on the 1,000 lossless test
+images *and* on the 5,000-image JPEG validation split (drop against FP32 on each); first
+and last layer W8A8 in every policy. Paired comparisons with the exact McNemar test
+against round-to-nearest (RTN) and RTN + bias correction (BC) of the same configuration,
+in the same run.
+
+Parts:
+  table  uniform W8A8 / W4A8 / W3A8 / W2A8 / W4A4 x {RTN, RTN+BC, adaround, brecq, qdrop}
+         (brecq / qdrop learn activation steps when activations are below 8 bits);
+  mixed  ILP allocations (measured-KL sensitivities on 1,000 JPEG validation images,
+         scipy MILP) at average weight bits 4 .. 1.5: without reconstruction (RTN
+         sensitivities, binary / ternary among the candidates) and with it (sensitivities
+         of each layer reconstructed alone, grid schemes only, the allocated policy then
+         reconstructed with qdrop);
+  aimet  AIMET's AdaRound (aimet-torch 2.42.0 in its own venv, set up by this script,
+         never a bitsmith dependency; CPU) with the same calibration images, iterations
+         and first/last 8-bit, see benchmarks/aimet_adaround.py.
+
+Every row is appended to runs/ptq_reconstruction/rows.jsonl as soon as it is measured, so
+a killed run resumes (finished rows are skipped; reconstructions of the mixed part also
+reuse the unit cache in runs/ptq_reconstruction/cache). Each timed reconstruction holds
+/tmp/bitsmith-bench.lock for its duration only (other benchmarks may run in between);
+its JSON row records os.getloadavg() and the torch thread count.
+
+Usage:  python -m benchmarks.ptq_reconstruction --parts table --models 20 32
+        python -m benchmarks.ptq_reconstruction --summarize       # JSON + Markdown only
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import correct_string, mcnemar_counts, write_result  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_DIR = ROOT / "runs" / "ptq_reconstruction"
+ROWS = RUN_DIR / "rows.jsonl"
+LOCK = "/tmp/bitsmith-bench.lock"
+CONFIGS = {"W8A8": (8, 8), "W4A8": (4, 8), "W3A8": (3, 8), "W2A8": (2, 8), "W4A4": (4, 4)}
+METHODS = ("rtn", "rtn+bc", "adaround", "brecq", "qdrop")
+FRONT_BITS = (4.0, 3.0, 2.5, 2.0, 1.75, 1.5)
+AIMET_VERSION = "2.42.0"
+
+
+# ----------------------------------------------------------------------------- plumbing
+@contextlib.contextmanager
+def bench_lock(enabled: bool) -> Iterator[None]:
+    """Hold the shared benchmark lock (flock) while a timed measurement runs."""
+    if not enabled:
+        yield
+        return
+    with open(LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def load_rows() -> dict[str, dict]:
+    """Finished rows by key (the last one wins)."""
+    rows: dict[str, dict] = {}
+    if ROWS.is_file():
+        for line in ROWS.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):  # a line cut by a kill
+                row = json.loads(line)
+                rows[row["key"]] = row
+    return rows
+
+
+def append_row(row: dict) -> None:
+    """Append one row (a single short write; a torn last line is skipped on reading)."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    with open(ROWS, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class Data:
+    """The protocol's tensors: calibration inputs, test and JPEG validation batches."""
+
+    def __init__(self, n_calib: int, n_val: int) -> None:
+        from bitsmith.data import cifar10_protocol
+
+        proto = cifar10_protocol(n_calib=n_calib)
+        self.calib, _ = proto.calibration.tensors()
+        tx, ty = proto.test.tensors()
+        vx, vy = proto.val.tensors()
+        self.test = _batches(tx, ty, 500)
+        self.val = _batches(vx[:n_val], vy[:n_val], 500)
+        self.sens = _batches(vx[:1000], vy[:1000], 500)  # sensitivity data (validation)
+
+    def calibration(self) -> list[torch.Tensor]:
+        """The calibration inputs in batches of 256 (no labels)."""
+        return [self.calib[i:i + 256] for i in range(0, len(self.calib), 256)]
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple]:
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+
+
+def score(model: torch.nn.Module, data: Data) -> dict[str, Any]:
+    """Accuracy and per-image correctness on the test and validation images."""
+    model = model.to(memory_format=torch.channels_last)
+    test = correct_string(model, data.test)
+    val = correct_string(model, data.val)
+    return {"test": 100.0 * test.count("1") / len(test), "val": 100.0 * val.count("1") / len(val),
+            "test_correct": test, "val_correct": val}
+
+
+def load_model(depth: int) -> torch.nn.Module:
+    from bitsmith.models import load_pretrained_cifar_resnet
+
+    return load_pretrained_cifar_resnet(depth)
+
+
+# ----------------------------------------------------------------------------- policies
+def weight_spec(bits: int, scheme: str):
+    from bitsmith import QSpec
+
+    return QSpec(scheme, bits, "channel", observer="mse")
+
+
+def uniform_policy(names: list[str], config: str, method: str, args: argparse.Namespace):
+    """The uniform policy of ``config`` (first/last W8A8) with ``method``'s rounding."""
+    from bitsmith import QSpec
+    from bitsmith.policy import build_policy
+
+    wbits, abits = CONFIGS[config]
+    rounding = "nearest" if method.startswith("rtn") else rounding_of(method, abits, args)
+    return build_policy(names, weight_spec(wbits, args.weight_scheme),
+                        QSpec("uniform_asymmetric", abits, observer="mse"), first_last="int8",
+                        rounding=rounding, bias_correction=method == "rtn+bc")
+
+
+def rounding_of(method: str, abits: int, args: argparse.Namespace, **extra: Any):
+    from bitsmith.rounding import Rounding
+
+    return Rounding(method, iterations=args.iterations, batch_size=args.batch_size,
+                    learn_act=method != "adaround" and abits < 8, **extra)
+
+
+# ----------------------------------------------------------------------------- measuring
+def measure(key: str, model: torch.nn.Module, policy, data: Data, args: argparse.Namespace,
+            extra: dict[str, Any], cache: Path | None = None) -> dict:
+    """Quantize (timed, under the lock), score, append the row."""
+    import bitsmith
+    from bitsmith.cost import estimate
+
+    with bench_lock(args.lock):
+        load0 = os.getloadavg()
+        t0 = time.perf_counter()
+        qmodel = bitsmith.quantize(model, policy, calibration=data.calibration(), cache=cache)
+        seconds = time.perf_counter() - t0
+        load1 = os.getloadavg()
+    recon = qmodel.bitsmith.reconstruction
+    table = qmodel.bitsmith.layer_table
+    cost = estimate(table, policy)
+    row = {"key": key, **extra, "quantize_seconds": seconds, "loadavg_before": load0,
+           "loadavg_after": load1, "threads": torch.get_num_threads(),
+           "avg_weight_bits": cost.avg_weight_bits, "size_bytes": cost.size_bytes,
+           "policy_fingerprint": policy.fingerprint()[:12], **score(qmodel, data)}
+    if recon is not None:
+        row["reconstruction"] = {k: v for k, v in recon.to_dict().items() if k != "settings"}
+        row["reconstruction_seconds"] = recon.seconds
+        row["iterations"] = policy.rounding.iterations
+    append_row(row)
+    print(f"{key}: test {row['test']:.2f} val {row['val']:.2f} "
+          f"({seconds:.0f} s, load {load0[0]:.1f})", flush=True)
+    return row
+
+
+def part_table(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> None:
+    import bitsmith
+
+    for depth in args.models:
+        model = load_model(depth)
+        names = bitsmith.prepare(model, data.calib[:1])[1].names
+        key = f"r{depth}|fp32"
+        if key not in done:
+            append_row({"key": key, "model": depth, "config": "FP32", "method": "fp32",
+                        **score(model, data)})
+        for config in args.configs:
+            for method in args.methods:
+                key = f"r{depth}|{config}|{method}|{args.weight_scheme}|{args.iterations}"
+                if method.startswith("rtn"):
+                    key = f"r{depth}|{config}|{method}|{args.weight_scheme}"
+                if key in done:
+                    continue
+                policy = uniform_policy(names, config, method, args)
+                measure(key, model, policy, data, args,
+                        {"model": depth, "config": config, "method": method,
+                         "weight_scheme": args.weight_scheme})
+
+
+def part_mixed(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> None:
+    """ILP fronts with and without reconstruction (see the module docstring)."""
+    import bitsmith
+    from bitsmith import LayerSpec, QSpec
+    from bitsmith.analyze import Budget, CandidateSpace, allocate, measure_sensitivity
+    from bitsmith.policy import INT8, Policy
+
+    act = QSpec("uniform_asymmetric", 8, observer="mse")
+    for depth in args.mixed_models:
+        model = load_model(depth)
+        table = bitsmith.prepare(model, data.calib[:1])[1]
+        names = table.names
+        middle = names[1:-1]
+        base = Policy({names[0]: INT8, names[-1]: INT8})
+        grid = [LayerSpec(weight_spec(b, args.weight_scheme), act) for b in args.mixed_bits]
+        plain = [LayerSpec(QSpec("binary", 1, "channel"), act),
+                 LayerSpec(QSpec("ternary", 2, "channel"), act)] + grid
+        stats = bitsmith.collect_stats(model, data.calibration(), keep_inputs=True)
+        cache = RUN_DIR / "cache"
+        variants = {
+            "rtn": (CandidateSpace(table, {n: plain for n in middle}), base, None),
+            "recon": (CandidateSpace(table, {n: grid for n in middle}),
+                      base.with_options(rounding=rounding_of(
+                          "adaround", 8, args, inputs="float",
+                          iterations=args.sensitivity_iterations)),
+                      rounding_of(args.mixed_method, 8, args)),
+        }
+        for variant, (space, sens_base, final_rounding) in variants.items():
+            t0 = time.perf_counter()
+            with bench_lock(args.lock):
+                sens = measure_sensitivity(model, space, data.sens, calibration=stats,
+                                           base=sens_base, cache=cache)
+            sens_seconds = time.perf_counter() - t0
+            for bits in FRONT_BITS:
+                key = f"r{depth}|mixed|{variant}|{bits}|{args.weight_scheme}|{args.iterations}"
+                if key in done:
+                    continue
+                alloc = allocate(space, sens, Budget(avg_weight_bits=bits),
+                                 metric="measured_kl", base=base)
+                policy = alloc.policy
+                if final_rounding is not None:
+                    policy = policy.with_options(rounding=final_rounding)
+                labels = {n: space.labels(n)[i] for n, i in alloc.choices.items()}
+                measure(key, model, policy, data, args,
+                        {"model": depth, "config": f"mixed {bits}", "method": variant,
+                         "budget_avg_bits": bits, "sensitivity_seconds": sens_seconds,
+                         "choices": labels, "schemes": {
+                             n: policy[n].weight.scheme for n in middle}}, cache=None)
+
+
+# ----------------------------------------------------------------------------- AIMET
+def aimet_python(args: argparse.Namespace) -> Path:
+    """The separate AIMET venv's python (created and installed on first use)."""
+    venv = Path(args.aimet_venv)
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import aimet_torch, sys; sys.exit(0)"]
+    if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", f"aimet-torch=={AIMET_VERSION}"],
+                   check=True)
+    return python
+
+
+def part_aimet(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> None:
+    from bitsmith.data.paths import find_data_file
+    from bitsmith.models.cifar_resnet import PRETRAINED_DIR
+
+    python = aimet_python(args)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    npz = RUN_DIR / "aimet_data.npz"
+    tx = torch.cat([x for x, _ in data.test])
+    vx = torch.cat([x for x, _ in data.val])
+    np.savez(npz, calib=data.calib.numpy(), test=tx.numpy(), val=vx.numpy())
+    labels = {"test": torch.cat([y for _, y in data.test]),
+              "val": torch.cat([y for _, y in data.val])}
+    for depth in args.models:
+        weights = find_data_file(PRETRAINED_DIR, f"resnet{depth}-*.th")
+        for config in args.aimet_configs:
+            key = f"r{depth}|{config}|aimet-adaround|{args.iterations}"
+            if key in done:
+                continue
+            wbits, abits = CONFIGS[config]
+            cmd = [str(python), str(ROOT / "benchmarks" / "aimet_adaround.py"),
+                   "--depth", str(depth), "--weights", str(weights), "--data", str(npz),
+                   "--param-bw", str(wbits), "--output-bw", str(abits),
+                   "--iterations", str(args.iterations), "--batch-size", str(args.batch_size),
+                   "--threads", str(torch.get_num_threads()),
+                   "--model-file", str(ROOT / "src" / "bitsmith" / "models" / "cifar_resnet.py")]
+            with bench_lock(args.lock):
+                load0 = os.getloadavg()
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(proc.stdout[-2000:], proc.stderr[-4000:], flush=True)
+                raise RuntimeError(f"AIMET run {key} failed (exit {proc.returncode})")
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            row = {"key": key, "model": depth, "config": config, "method": "aimet-adaround",
+                   "iterations": args.iterations, "loadavg_before": load0,
+                   "threads": torch.get_num_threads(), "aimet_version": out["aimet_version"],
+                   "reconstruction_seconds": out["adaround_seconds"],
+                   "quantize_seconds": out["total_seconds"], "notes": out["notes"],
+                   "aimet_weight_bits": out["weight_bits"]}
+            for split in ("test", "val"):
+                pred = torch.tensor(out[f"{split}_pred"])
+                correct = "".join("1" if c else "0" for c in (pred == labels[split]).tolist())
+                row[split] = 100.0 * correct.count("1") / len(correct)
+                row[f"{split}_correct"] = correct
+            append_row(row)
+            print(f"{key}: test {row['test']:.2f} val {row['val']:.2f} "
+                  f"({row['reconstruction_seconds']:.0f} s)", flush=True)
+
+
+# ----------------------------------------------------------------------------- summary
+def _paired(row: dict, ref: dict | None, split: str) -> dict | None:
+    if ref is None or f"{split}_correct" not in ref or f"{split}_correct" not in row:
+        return None
+    a, b, p = mcnemar_counts(row[f"{split}_correct"], ref[f"{split}_correct"])
+    return {"only_this_right": a, "only_reference_right": b, "p": p}
+
+
+def summarize(rows: dict[str, dict], args: argparse.Namespace) -> None:
+    """Write benchmarks/results/ptq_reconstruction.{json,md} from every finished row."""
+    by = {}
+    for row in rows.values():
+        by.setdefault(row["model"], []).append(row)
+    lines = [
+        "Calibration: 1,024 lossless training images (no labels). Accuracy on the 1,000 "
+        "lossless test images and the 5,000 JPEG validation images; drop = FP32 - quantized "
+        "on the same images. First and last layer W8A8 everywhere. p: exact McNemar test "
+        "against RTN / RTN + BC of the same configuration (paired, same images).",
+        "",
+    ]
+    out_rows = []
+    for depth in sorted(by):
+        group = by[depth]
+        fp32 = next((r for r in group if r["method"] == "fp32"), None)
+        lines += [f"## ResNet-{depth}", ""]
+        if fp32:
+            lines += [f"FP32: test {fp32['test']:.2f} %, JPEG validation {fp32['val']:.2f} %", ""]
+        lines += ["| config | method | iters | test % | drop | val % | drop | p vs RTN "
+                  "(test / val) | p vs RTN+BC (test / val) | recon. wall s | load |",
+                  "|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
+        for r in sorted(group, key=_order):
+            if r["method"] == "fp32":
+                continue
+            rtn = _reference(group, r, "rtn")
+            bc = _reference(group, r, "rtn+bc")
+            paired = {f"vs_{n}_{s}": _paired(r, ref, s) for n, ref in (("rtn", rtn), ("bc", bc))
+                      for s in ("test", "val")}
+            out = {k: v for k, v in r.items() if not k.endswith("_correct")}
+            out["paired"] = paired
+            if fp32:
+                out["test_drop"] = fp32["test"] - r["test"]
+                out["val_drop"] = fp32["val"] - r["val"]
+            out_rows.append(out)
+            lines.append(
+                f"| {r['config']} | {r['method']} | {r.get('iterations', '')} | "
+                f"{r['test']:.2f} | {out.get('test_drop', 0):+.2f} | {r['val']:.2f} | "
+                f"{out.get('val_drop', 0):+.2f} | {_p(paired['vs_rtn_test'])} / "
+                f"{_p(paired['vs_rtn_val'])} | {_p(paired['vs_bc_test'])} / "
+                f"{_p(paired['vs_bc_val'])} | {_secs(r)} | "
+                f"{r.get('loadavg_before', [float('nan')])[0]:.1f} |")
+        lines.append("")
+    write_result("ptq_reconstruction", {
+        "protocol": {"calibration_images": 1024,
+                     "test_images": 1000, "val_images": args.n_val,
+                     "first_last": "W8A8 (uniform_symmetric per-channel / uniform_asymmetric)"},
+        "rows": out_rows}, lines)
+
+
+def _order(r: dict) -> tuple:
+    configs = list(CONFIGS)
+    c = r["config"]
+    rank = configs.index(c) if c in configs else len(configs)
+    methods = list(METHODS) + ["aimet-adaround", "rtn", "recon"]
+    return (rank, c, methods.index(r["method"]) if r["method"] in methods else 99)
+
+
+def _reference(group: list[dict], row: dict, method: str) -> dict | None:
+    if row["method"] == method:
+        return None
+    for r in group:
+        if r["config"] == row["config"] and r["method"] == method and \
+                r.get("weight_scheme") == row.get("weight_scheme", r.get("weight_scheme")):
+            return r
+    return None
+
+
+def _p(pair: dict | None) -> str:
+    return "" if pair is None else f"{pair['p']:.2g}"
+
+
+def _secs(r: dict) -> str:
+    s = r.get("reconstruction_seconds")
+    return "" if s is None else f"{s:.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", nargs="+", default=["table"],
+                        choices=["table", "mixed", "aimet"])
+    parser.add_argument("--models", nargs="+", type=int, default=[20, 32])
+    parser.add_argument("--mixed-models", nargs="+", type=int, default=[20])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--aimet-configs", nargs="+", default=["W4A8", "W3A8", "W2A8"],
+                        choices=list(CONFIGS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--mixed-method", default="qdrop", choices=METHODS[2:])
+    parser.add_argument("--mixed-bits", nargs="+", type=int, default=[2, 3, 4, 8])
+    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--sensitivity-iterations", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--weight-scheme", default="uniform_asymmetric",
+                        choices=["uniform_symmetric", "uniform_asymmetric"])
+    parser.add_argument("--n-val", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-lock", dest="lock", action="store_false")
+    parser.add_argument("--aimet-venv", default=str(ROOT / "runs" / "aimet-venv"))
+    parser.add_argument("--summarize", action="store_true", help="only rewrite the results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if not args.summarize:
+        data = Data(1024, args.n_val)
+        parts = {"table": part_table, "mixed": part_mixed, "aimet": part_aimet}
+        for part in args.parts:
+            parts[part](args, data, load_rows())
+    summarize(load_rows(), args)
+
+
+if __name__ == "__main__":
+    main()
