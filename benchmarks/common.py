@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from bitsmith.atomic import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -37,7 +39,6 @@ def quiet_tuning(threads: int) -> None:
 def write_result(name: str, payload: dict[str, Any], summary_lines: list[str]) -> Path:
     """Write ``results/<name>.json`` and ``results/<name>.md``; print the summary."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    from bitsmith.atomic import atomic_write_text
 
     payload = {"benchmark": name, "environment": environment(), **payload}
     path = RESULTS / f"{name}.json"

@@ -44,7 +44,7 @@ from bitsmith.engine import evaluate
 from bitsmith.export import load_packed, save_packed
 from bitsmith.models import build_model
 from bitsmith.quantize import prepare
-from bitsmith.search.train import TrainConfig, train
+from bitsmith.training import TrainConfig, train
 
 try:
     from benchmarks.common import write_result

@@ -1,7 +1,7 @@
 """Integer-program bit allocation vs the auto-tuner vs uniform, at 4- and 3-bit budgets.
 
 Issue 7 acceptance: on the pretrained CIFAR-10 ResNet-20, the sensitivity-based allocation
-(``bitsmith.analyze.allocate``) at 4-bit-average and 3-bit-average weight budgets, compared
+(``bitsmith.allocation.ilp``) at 4-bit-average and 3-bit-average weight budgets, compared
 on the 1,000 lossless test images with uniform weights and with the tuner's result at the
 same size budget.
 
@@ -33,11 +33,12 @@ from pathlib import Path
 import torch
 
 from bitsmith import Policy, QSpec
-from bitsmith.analyze import Budget, allocate, bit_candidates
+from bitsmith.allocation import allocate, bit_candidates
+from bitsmith.cost import Budget
 from bitsmith.data import cifar10_protocol, make_loader
 from bitsmith.engine import evaluate
 from bitsmith.models import load_pretrained_cifar_resnet
-from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
+from bitsmith.tune import TorchEvaluator, TuneConfig, TuneSpace, run_study
 
 try:
     from benchmarks.common import RESULTS, quiet_tuning, write_result
@@ -72,7 +73,7 @@ def main() -> None:
     model = load_pretrained_cifar_resnet(20)
     fp32_test = evaluate(model, test_loader).accuracy
 
-    space = SearchSpace.from_dict({"preset": "mixed", "weight_bits": list(BITS),
+    space = TuneSpace.from_dict({"preset": "mixed", "weight_bits": list(BITS),
                                    "calib_size": [N_CALIB], "bias_correction": [False, True]})
     held_out = (calib[N_CALIB:], cy[N_CALIB:])
     ev = TorchEvaluator(model, calib[:N_CALIB], held_out, space, stages=(0.25, 1.0))
@@ -111,9 +112,9 @@ def main() -> None:
             warm.append({**cfg, "bias_correction": True})
         for mode, init in (("warm", warm), ("cold", [])):
             t0 = time.perf_counter()
-            res = tune(evaluator=ev, objective=Objective("max_accuracy", "size", budget=budget),
-                       strategy="xgboost", n_trials=N_TRIALS, out_dir=out / f"{group}-{mode}",
-                       initial_configs=init, progress=False, save_model=False)
+            cfg = TuneConfig(objective="max_accuracy", budget=budget, strategy="xgboost",
+                             n_trials=N_TRIALS, progress=False, save_model=False)
+            res = run_study(ev, cfg, out_dir=out / f"{group}-{mode}", initial_configs=init)
             wall = time.perf_counter() - t0
             best = res.best
             studies.append({"budget": group, "mode": mode, "wall_seconds": wall,

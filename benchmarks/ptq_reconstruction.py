@@ -152,7 +152,7 @@ def uniform_policy(names: list[str], config: str, method: str, args: argparse.Na
 
 
 def rounding_of(method: str, abits: int, args: argparse.Namespace, **extra: Any):
-    from bitsmith.rounding import Rounding
+    from bitsmith.policy import Rounding
 
     return Rounding(method, iterations=args.iterations, batch_size=args.batch_size,
                     learn_act=method != "adaround" and abits < 8, **extra)
@@ -215,8 +215,10 @@ def part_mixed(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
     """ILP fronts with and without reconstruction (see the module docstring)."""
     import bitsmith
     from bitsmith import LayerSpec, QSpec
-    from bitsmith.analyze import Budget, CandidateSpace, allocate, measure_sensitivity
+    from bitsmith.allocation import CandidateSpace, allocate
+    from bitsmith.cost import Budget
     from bitsmith.policy import INT8, Policy
+    from bitsmith.sensitivity import measure_sensitivity
 
     act = QSpec("uniform_asymmetric", 8, observer="mse")
     for depth in args.mixed_models:

@@ -76,14 +76,10 @@ def _uniform_w3_costs(model, example, scheme: str = "uniform_symmetric"):
 
 
 def run_part(part: str, args) -> dict:
-    from bitsmith.analyze.allocate import Budget
-    from bitsmith.search import (
-        SearchSettings,
-        SearchSpace,
-        TrainConfig,
-        run_search,
-        within_budget,
-    )
+    from bitsmith.cost import Budget, within_budget
+    from bitsmith.engine import evaluate
+    from bitsmith.search import SearchConfig, SupernetSpace, search
+    from bitsmith.training import TrainConfig
 
     proto, train_loader, calib, test, model = _setup(args.batch, args.seed)
     example = next(iter(calib))[0][:8]
@@ -95,42 +91,45 @@ def run_part(part: str, args) -> dict:
                           distill_weight=args.kd, distill_temperature=4.0, log_every=20,
                           checkpoint_every=100, progress=False, seed=args.seed)
     bits = (2, 3, 4, 5, 6)
-    common = dict(train_loader=train_loader, calibration=calib, eval_loader=test,
-                  example_inputs=example, model_name="ResNet-20 (pretrained)",
-                  dataset="CIFAR-10", eval_set="test images 0..999 (lossless)")
+    labels = {"model": "ResNet-20 (pretrained)", "dataset": "CIFAR-10"}
     if part == "a":
         budget = Budget(avg_weight_bits=4.0)
-        st = SearchSettings("qpl", budget, SearchSpace.uniform_bits(bits + (8,), (4,)),
-                            search_cfg, qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
-                                                            "init_bits": 4.0})
+        st = SearchConfig(method="qpl", budget=budget,
+                          space=SupernetSpace.uniform_bits(bits + (8,), (4,)), search=search_cfg,
+                          qat=qat_cfg, labels=labels, arch_updates="joint",
+                          method_kw={"arch_lr": 0.05, "penalty": 2.0, "init_bits": 4.0})
     elif part == "b":
         budget = Budget(size_bytes=u3.size_bytes)
-        st = SearchSettings("qss", budget, SearchSpace.uniform_bits(bits, (4,)), search_cfg,
-                            qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
-                                                "tau0": 5.0, "tau_min": 0.5})
+        st = SearchConfig(method="qss", budget=budget,
+                          space=SupernetSpace.uniform_bits(bits, (4,)), search=search_cfg,
+                          qat=qat_cfg, labels=labels, method_kw={
+                              "arch_lr": 0.05, "penalty": 2.0, "tau0": 5.0, "tau_min": 0.5})
     elif part == "c":
         budget = Budget(bitops=u3.bitops)
-        st = SearchSettings("ssps", budget,
-                            SearchSpace.uniform_bits(bits, args.act_bits,
-                                                     scheme=args.weight_scheme),
-                            search_cfg, qat_cfg, method_kw={"arch_lr": 0.05, "penalty": 2.0,
-                                                "threshold": args.ssps_threshold,
-                                                "warmup_steps": args.ssps_warmup})
+        st = SearchConfig(method="ssps", budget=budget,
+                          space=SupernetSpace.uniform_bits(bits, args.act_bits,
+                                                           scheme=args.weight_scheme),
+                          search=search_cfg, qat=qat_cfg, labels=labels,
+                          method_kw={"arch_lr": 0.05, "penalty": 2.0,
+                                     "threshold": args.ssps_threshold,
+                                     "warmup_steps": args.ssps_warmup})
         if args.ssps_warm_start != "none":
-            st.warm_start = args.ssps_warm_start
-            st.warm_start_strength = args.ssps_warm_strength
+            st = st.replace(warm_start=args.ssps_warm_start,
+                            warm_start_strength=args.ssps_warm_strength)
     elif part == "u3":
         budget = Budget(size_bytes=u3.size_bytes, bitops=u3.bitops)
-        st = SearchSettings("qpl", budget,
-                            SearchSpace.uniform_bits((3,), (4,), scheme=args.weight_scheme),
-                            search_cfg, qat_cfg)
+        st = SearchConfig(method="qpl", budget=budget, space=SupernetSpace.uniform_bits(
+            (3,), (4,), scheme=args.weight_scheme), search=search_cfg, qat=qat_cfg,
+            labels=labels, arch_updates="joint")
     else:
         raise ValueError(part)
-    arch = proto.val if st.method in ("qss", "ssps") else None
+    # QSS/SSPS update the architecture on the JPEG validation split (DNAS alternation); the
+    # searched policy is scored on it and, for the table, on the 1,000 lossless test images.
     t0 = time.perf_counter()
-    o = run_search(model, settings=st, arch_data=arch, teacher=model,
-                   out_dir=RUNS / f"{part}{args.run_tag}",
-                   **common)
+    o = search(model, calib, proto.val, config=st, out_dir=RUNS / f"{part}{args.run_tag}",
+               train_data=train_loader).details
+    o.accuracy = evaluate(o.qmodel, test).accuracy
+    o.fp32_accuracy = evaluate(model, test).accuracy
     res = o.summary()
     res.update(part=part, budget=dict(budget.items()), weight_scheme=args.weight_scheme,
                act_bit_candidates=list(st.space.act_bits),
@@ -173,9 +172,10 @@ def mem_child(path: str, steps: int, batch: int) -> dict:
     """One fresh process: build the supernet, train ``steps`` steps, report RSS and time."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from bitsmith.analyze.allocate import Budget
+    from bitsmith.cost.budget import Budget
     from bitsmith.models import build_model
-    from bitsmith.search import SearchSpace, TrainConfig, build_supernet, make_method, train
+    from bitsmith.search import SupernetSpace, build_supernet, make_method
+    from bitsmith.training import TrainConfig, train
 
     # Synthetic CIFAR-shaped data: the training memory does not depend on the pixels, and
     # skipping the JPEG decode keeps the process's earlier peak RSS below the training one.
@@ -185,7 +185,7 @@ def mem_child(path: str, steps: int, batch: int) -> dict:
     train_loader = DataLoader(data, batch_size=batch, shuffle=True)
     model = build_model("resnet20", pretrained=True).eval()
     example = data.tensors[0][:8]
-    space = SearchSpace.uniform_bits((2, 3, 4, 5, 6), (4, 8))
+    space = SupernetSpace.uniform_bits((2, 3, 4, 5, 6), (4, 8))
     net = build_supernet(model, example, space, [(data.tensors[0][:128], None)])
     method = make_method("ssps", net, Budget(avg_weight_bits=4.0), path=path, threshold=1.0)
     rss0 = _proc_kib("VmRSS") * 1024

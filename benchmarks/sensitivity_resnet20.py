@@ -26,21 +26,20 @@ import torch
 from torch.utils.data import Subset
 
 from bitsmith import Policy, QSpec, collect_stats, prepare, quantize
-from bitsmith.analyze import (
-    Budget,
+from bitsmith.allocation import (
     allocate,
     bit_candidates,
-    estimate_fisher,
-    estimate_hessian,
-    measure_sensitivity,
     per_choice_correlation,
     rank_correlation,
     size_budget,
 )
+from bitsmith.cost import Budget
 from bitsmith.data import cifar10_protocol, make_loader
 from bitsmith.engine import evaluate
 from bitsmith.models import load_pretrained_cifar_resnet
-from bitsmith.report import RunWriter, write_report
+from bitsmith.report import write_report
+from bitsmith.rundir import RunWriter
+from bitsmith.sensitivity import estimate_fisher, estimate_hessian, measure_sensitivity
 
 try:
     from benchmarks.common import write_result

@@ -25,7 +25,7 @@ import optuna
 from bitsmith.tune.features import ConfigEncoder
 from bitsmith.tune.objectives import Objective
 from bitsmith.tune.samplers import DROP_ATTR, TransferRecord, make_sampler
-from bitsmith.tune.space import SearchSpace, config_key
+from bitsmith.tune.space import TuneSpace, config_key
 
 try:
     from benchmarks.common import RESULTS, write_result
@@ -45,7 +45,7 @@ def load(name: str) -> tuple[dict, list[str], dict[str, int]]:
     return table, table["layer_names"], table["weight_params"]
 
 
-def replay(strategy: str, seed: int, space: SearchSpace, encoder: ConfigEncoder,
+def replay(strategy: str, seed: int, space: TuneSpace, encoder: ConfigEncoder,
            lookup: dict[str, dict], target: float, transfer: list[TransferRecord]) -> int:
     objective = Objective("max_accuracy", budget=float("inf"))
     sampler = make_sampler(strategy, space, encoder, objective, seed=seed,
@@ -75,7 +75,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t20, names20, w20 = load(TARGET)
     t32, names32, w32 = load(SOURCE)
-    space = SearchSpace(**{k: v for k, v in t20["space"].items()})
+    space = TuneSpace(**{k: v for k, v in t20["space"].items()})
     lookup = {config_key(r["config"]): r for r in t20["rows"]}
     best = max(r["accuracy"] for r in t20["rows"])
     target = best - WITHIN - 1e-9

@@ -38,11 +38,13 @@ import numpy as np
 import torch
 
 from bitsmith import QSpec
-from bitsmith.analyze import Budget, allocate, bit_candidates, estimate_fisher, size_budget
+from bitsmith.allocation import allocate, bit_candidates, size_budget
+from bitsmith.cost import Budget
 from bitsmith.data import cifar10_protocol, make_loader
 from bitsmith.engine import evaluate
 from bitsmith.models import load_pretrained_cifar_resnet
-from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
+from bitsmith.sensitivity import estimate_fisher
+from bitsmith.tune import TorchEvaluator, TuneConfig, TuneSpace, run_study
 
 try:
     from benchmarks.common import RESULTS, quiet_tuning, write_result
@@ -145,7 +147,7 @@ def test_row(name: str, ev: TorchEvaluator, config: dict, test_loader, **extra) 
             "bitops": cost.bitops, **extra}
 
 
-def warm_starts(model, ev: TorchEvaluator, space: SearchSpace, proto) -> tuple[list[dict], dict]:
+def warm_starts(model, ev: TorchEvaluator, space: TuneSpace, proto) -> tuple[list[dict], dict]:
     """Integer-program allocations of per-layer bits from empirical-Fisher sensitivities of
     the first 1,000 JPEG validation images (the sensitivity benchmark's scores when present,
     else computed here)."""
@@ -191,9 +193,10 @@ def main() -> None:
 
     # ---- 1. best 8-bit configuration ------------------------------------------------
     t0 = time.perf_counter()
-    ev8 = TorchEvaluator(model, calib, (vx, vy), SearchSpace(), stages=(1.0,))
-    r8 = tune(evaluator=ev8, objective=Objective("max_accuracy", budget=float("inf")),
-              strategy="xgboost", n_trials=30, out_dir=out / "int8", progress=False)
+    ev8 = TorchEvaluator(model, calib, (vx, vy), TuneSpace(), stages=(1.0,))
+    r8 = run_study(ev8, TuneConfig(objective="max_accuracy", budget=float("inf"),
+                                   strategy="xgboost", n_trials=30, progress=False),
+                   out_dir=out / "int8")
     t8 = time.perf_counter() - t0
     best8 = r8.best
     row8 = test_row("best 8-bit (tuned)", ev8, best8.config, test_loader)
@@ -201,7 +204,7 @@ def main() -> None:
     nncf, nncf_notes = nncf_rows(model, calib[:1000], test)
 
     # ---- 2. mixed precision within 1 point ------------------------------------------
-    space = SearchSpace.from_dict({"preset": "mixed", "weight_bits": list(BITS),
+    space = TuneSpace.from_dict({"preset": "mixed", "weight_bits": list(BITS),
                                    "calib_size": [N_CALIB], "bias_correction": [True]})
     held_out = (calib[N_CALIB:], cy[N_CALIB:])
     t0 = time.perf_counter()
@@ -209,12 +212,12 @@ def main() -> None:
     setup = time.perf_counter() - t0
     init, warm = warm_starts(model, ev, space, proto)
     t0, c0 = time.perf_counter(), cpu_seconds()
-    res = tune(evaluator=ev, objective=Objective("min_cost", "size", tolerance=1.0),
-               strategy="xgboost", n_trials=N_TRIALS, out_dir=out / "mixed", progress=False,
-               initial_configs=init,
-               run_meta={"model": "ResNet-20 (pretrained)", "dataset": "CIFAR-10",
-                         "eval_set": f"validation: {len(held_out[0])} lossless held-out "
-                                     "calibration-split images"})
+    res = run_study(ev, TuneConfig(tolerance=1.0, strategy="xgboost", n_trials=N_TRIALS,
+                                   progress=False), out_dir=out / "mixed",
+                    initial_configs=init,
+                    run_meta={"model": "ResNet-20 (pretrained)", "dataset": "CIFAR-10",
+                              "eval_set": f"validation: {len(held_out[0])} lossless held-out "
+                                          "calibration-split images"})
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     # the study may have been resumed: the trials' own durations cover every run
     trial_seconds = sum(t.seconds or 0.0 for t in res.trials)
@@ -237,7 +240,7 @@ def main() -> None:
                      f"{pick.measurement['accuracy']:.2f}%)")
             rows.append(test_row(label, ev, pick.config, test_loader,
                                  val_drop=pick.measurement["drop"]))
-    naive_space = SearchSpace.from_dict({"preset": "mixed", "weight_bits": list(BITS),
+    naive_space = TuneSpace.from_dict({"preset": "mixed", "weight_bits": list(BITS),
                                          "calib_size": [N_CALIB], "act_clip": ["minmax"],
                                          "weight_clip": ["minmax"],
                                          "per_layer_weight_bits": False,

@@ -25,7 +25,7 @@ from bitsmith.data import cifar10_protocol
 from bitsmith.export import export_fp32_onnx
 from bitsmith.export.ort import interleaved_latency, make_session
 from bitsmith.models import load_pretrained_cifar_resnet
-from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
+from bitsmith.tune import TorchEvaluator, TuneConfig, TuneSpace, run_study
 from bitsmith.tune.runtime import OnnxRuntimeBackend
 
 try:
@@ -45,7 +45,7 @@ def main() -> None:
     vx, vy = proto.val.tensors(range(N_VAL))
     calib, _ = proto.calibration.tensors(range(1000))
     model = load_pretrained_cifar_resnet(20)
-    space = SearchSpace.from_dict({
+    space = TuneSpace.from_dict({
         "scheme": ["asymmetric", "symmetric_uint8", "symmetric"], "act_clip": ["minmax"],
         "weight_clip": ["minmax"], "granularity": ["tensor", "channel"],
         "calib_size": [1000], "float_layers": ["none"], "reduced_range": [False, True]})
@@ -54,8 +54,9 @@ def main() -> None:
                         backend=backend)
     sim = TorchEvaluator(model, calib, (vx, vy), space, stages=(1.0,), batch_size=250)
     t0 = time.perf_counter()
-    res = tune(evaluator=ev, objective=Objective("pareto", "latency"), strategy="grid",
-               n_trials=space.size(ev.layer_names), progress=False, save_model=False)
+    res = run_study(ev, TuneConfig(objective="pareto", metric="latency", strategy="grid",
+                                   n_trials=space.size(ev.layer_names), progress=False,
+                                   save_model=False))
     seconds = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as d:
         path = export_fp32_onnx(model, Path(d) / "fp32.onnx", calib[:1])

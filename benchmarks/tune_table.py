@@ -21,16 +21,16 @@ from bitsmith.data import cifar10_protocol, digits_splits, make_loader
 from bitsmith.engine import fit
 from bitsmith.models import SmallCNN, load_pretrained_cifar_resnet
 from bitsmith.tune.evaluator import TorchEvaluator
-from bitsmith.tune.space import SearchSpace
+from bitsmith.tune.space import TuneSpace
 
 try:
     from benchmarks.common import write_result
 except ImportError:  # run as a script from benchmarks/
     from common import write_result
 
-EFFICIENCY_SPACE = SearchSpace(weight_bits=(4,), act_bits=(4,))
+EFFICIENCY_SPACE = TuneSpace(weight_bits=(4,), act_bits=(4,))
 # the digits calibration split has 1,077 images: calibration sizes 1 / 100 / 1000
-DIGITS_SPACE = SearchSpace(weight_bits=(4,), act_bits=(4,), calib_size=(1, 100, 1000))
+DIGITS_SPACE = TuneSpace(weight_bits=(4,), act_bits=(4,), calib_size=(1, 100, 1000))
 
 
 def problem(name: str, n_val: int) -> tuple:

@@ -24,7 +24,7 @@ import optuna
 
 from bitsmith.data import cifar10_protocol
 from bitsmith.models import load_pretrained_cifar_resnet
-from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
+from bitsmith.tune import TorchEvaluator, TuneConfig, TuneSpace, run_study
 
 try:
     from benchmarks.common import quiet_tuning, write_result
@@ -43,15 +43,15 @@ def worker(rank: int, url: str, seed: int, results: mp.Queue) -> None:
     proto = cifar10_protocol()
     calib, cy = proto.calibration.tensors()
     model = load_pretrained_cifar_resnet(20)
-    space = SearchSpace.from_dict({"preset": "mixed", "weight_bits": list(BITS),
+    space = TuneSpace.from_dict({"preset": "mixed", "weight_bits": list(BITS),
                                    "calib_size": [N_CALIB], "bias_correction": [True]})
     ev = TorchEvaluator(model, calib[:N_CALIB], (calib[N_CALIB:], cy[N_CALIB:]), space,
                         stages=(0.25, 1.0))
     init, _ = warm_starts(model, ev, space, proto)
     setup = time.perf_counter() - t0
-    res = tune(evaluator=ev, objective=Objective("min_cost", "size", tolerance=1.0),
-               strategy="xgboost", n_trials=N_TRIALS, storage=url, study_name=STUDY,
-               seed=seed + rank, initial_configs=init, progress=False, save_model=False)
+    res = run_study(ev, TuneConfig(tolerance=1.0, strategy="xgboost", n_trials=N_TRIALS,
+                                   storage=url, study_name=STUDY, seed=seed + rank,
+                                   progress=False, save_model=False), initial_configs=init)
     results.put({"rank": rank, "setup_seconds": setup, "cpu_seconds": cpu_seconds(),
                  "wall_seconds": time.perf_counter() - t0,
                  "best": None if res.best is None else res.best.measurement})

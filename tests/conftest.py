@@ -74,3 +74,15 @@ def tune_problem(n: int = 96) -> tuple[nn.Module, torch.Tensor, tuple[torch.Tens
     with torch.no_grad():
         y = model(x).argmax(1)
     return model, x[:48], (x, y)
+
+
+def random_tensors_file(folder, n: int = 320, channels: int = 1, size: int = 16) -> str:
+    """A ``.npz`` tensors file of ``n`` random ``(channels, size, size)`` inputs with 10-class
+    labels (``bitsmith --data FILE`` splits it by the rule): data for CLI tests."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = folder / "random.npz"
+    np.savez(path, x=rng.standard_normal((n, channels, size, size)).astype(np.float32),
+             y=rng.integers(0, 10, n).astype(np.int64))
+    return str(path)

@@ -13,25 +13,25 @@ from torch.nn import functional as F
 
 import bitsmith
 from bitsmith import LayerSpec, Policy, PolicyError, QSpec
-from bitsmith.analyze import (
-    Budget,
+from bitsmith.allocation import (
     CandidateSpace,
-    InfeasibleBudgetError,
     Sensitivity,
     allocate,
     bit_candidates,
+    rank_correlation,
+    size_budget,
+)
+from bitsmith.cost import Budget, InfeasibleBudgetError, estimate
+from bitsmith.graph import quantized_layers
+from bitsmith.sensitivity import (
     estimate_fisher,
     estimate_hessian,
     hutchinson_traces,
     measure_sensitivity,
     output_damage,
     per_example_grads,
-    rank_correlation,
-    size_budget,
     weight_perturbations,
 )
-from bitsmith.cost import estimate
-from bitsmith.graph import quantized_layers
 
 W = QSpec("uniform_symmetric", 4, "channel")
 A8 = QSpec("uniform_asymmetric", 8)

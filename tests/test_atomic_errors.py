@@ -21,15 +21,15 @@ from bitsmith.errors import (
 
 
 def test_exit_codes_of_the_family() -> None:
-    from bitsmith.analyze.allocate import InfeasibleBudgetError
-    from bitsmith.compress.bits import InfeasibleCompressionBudget
+    from bitsmith.compress.bits import infeasible_size
+    from bitsmith.cost.budget import InfeasibleBudgetError
     from bitsmith.policy import PolicyError
     from bitsmith.tune.errors import TuneError
 
     assert exit_code_of(PolicyError("x")) == EXIT_BAD_INPUT
     assert exit_code_of(TuneError("x")) == EXIT_BAD_INPUT
     assert exit_code_of(InfeasibleBudgetError("size_bytes", 1, 2)) == EXIT_INFEASIBLE
-    assert exit_code_of(InfeasibleCompressionBudget(1, 2)) == EXIT_INFEASIBLE
+    assert exit_code_of(infeasible_size(1, 2)) == EXIT_INFEASIBLE
     assert exit_code_of(RuntimeError("x")) == EXIT_ERROR
     assert exit_code_of(BitsmithError("x")) == EXIT_ERROR
     assert isinstance(PolicyError("x"), ValueError)  # historical base kept

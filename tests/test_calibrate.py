@@ -332,8 +332,8 @@ def test_constant_data_gives_finite_ranges(value: float) -> None:
 
 def test_quantizer_calibrates_through_this_package() -> None:
     """The Quantizer's calibration path (TensorStats.update + compute_range) end to end."""
+    from bitsmith.graph.quantizer import Quantizer
     from bitsmith.policy import QSpec
-    from bitsmith.schemes.quantizer import Quantizer
 
     spec = QSpec(scheme="uniform_asymmetric", bits=4, granularity="channel", observer="mse")
     quant = Quantizer(spec, role="act", label="act")

@@ -16,19 +16,29 @@ def test_demo_writes_results_and_config_is_overridden_by_flags(tmp_path, capsys)
     fp32, w8a8 = results["rows"][0], results["rows"][1]
     assert w8a8["size_bytes"] < fp32["size_bytes"] / 3
     assert w8a8["bitops"] * 16 == fp32["bitops"]
-    assert abs(w8a8["accuracy"] - fp32["accuracy"]) <= 2.0
+    assert abs(w8a8["val_accuracy"] - fp32["val_accuracy"]) <= 2.0
     assert (out / "policy_mixed.yaml").is_file()
+    # the chosen row is on the validation Pareto front: no row is smaller and more accurate
+    chosen = next(r for r in results["rows"] if r["name"] == results["chosen"])
+    assert not any(r["size_bytes"] <= chosen["size_bytes"]
+                   and r["val_accuracy"] >= chosen["val_accuracy"]
+                   and (r["size_bytes"], r["val_accuracy"]) != (chosen["size_bytes"],
+                                                                chosen["val_accuracy"])
+                   for r in results["rows"])
+    assert "validation split" in results["rule"]
     # the short auto-tune ran (3 trials) and the run directory feeds the HTML report
     assert len((out / "tune" / "trials.jsonl").read_text().splitlines()) == 3
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert [t["name"] for t in trials] == names
     assert (out / "report.html").is_file() and (out / "policy.yaml").is_file()
     printed = capsys.readouterr().out
-    assert "W8A8" in printed and "report written to" in printed
+    assert "W8A8" in printed and "report written to" in printed and "rule:" in printed
+    html = (out / "report.html").read_text()
+    assert "rule:" in html and "(validation)" in html and "(test)" in html
 
 
 def test_exit_codes_for_bad_input(tmp_path, capsys):
-    assert main(["layers", "no_such_model"]) == EXIT_BAD_INPUT
+    assert main(["layers", "--model", "no_such_model"]) == EXIT_BAD_INPUT
     assert "unknown model" in capsys.readouterr().err
     assert main(["demo", "--epochs", "0"]) == EXIT_BAD_INPUT
     assert main(["--config", str(tmp_path / "missing.yaml"), "demo"]) == EXIT_BAD_INPUT
@@ -39,7 +49,7 @@ def test_exit_codes_for_bad_input(tmp_path, capsys):
 
 
 def test_layers_and_schemes_commands(capsys):
-    assert main(["layers", "resnet20"]) == EXIT_OK
+    assert main(["layers", "--model", "resnet20"]) == EXIT_OK
     out = capsys.readouterr().out
     assert "layer1.0.conv1" in out and "BatchNorm folded: 19" in out
     assert main(["schemes"]) == EXIT_OK

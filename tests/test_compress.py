@@ -14,7 +14,6 @@ from bitsmith.compress import (
     RPC,
     CompressError,
     CubicSchedule,
-    InfeasibleCompressionBudget,
     allocate_bits,
     apply_masks,
     check_sparsity,
@@ -32,12 +31,12 @@ from bitsmith.compress.dpq import (
 )
 from bitsmith.compress.pipeline import CompressConfig
 from bitsmith.compress.rpc import RPCSchedule
-from bitsmith.cost import estimate, mask_layout
+from bitsmith.cost import InfeasibleBudgetError, estimate, mask_layout
 from bitsmith.cost.sparse import best_index_bits, index_fields
 from bitsmith.export import load_packed, read_packed, save_packed
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import LayerSpec, Policy, QSpec
-from bitsmith.search.train import TrainConfig, train
+from bitsmith.training import TrainConfig, train
 
 A8 = QSpec("uniform_asymmetric", 8)
 
@@ -301,7 +300,7 @@ def test_allocate_bits_meets_the_budget_exactly(net, images):
     assert choice.size_bytes == compression_report(q).size_bytes
     assert any(b > 2 for b in choice.bits.values())
     assert all(q.bitsmith.policy[n].weight.bits == b for n, b in choice.bits.items())
-    with pytest.raises(InfeasibleCompressionBudget, match="infeasible budget") as err:
+    with pytest.raises(InfeasibleBudgetError, match="infeasible size_bytes budget") as err:
         allocate_bits(q, floor - 1)
     assert err.value.minimum == pytest.approx(floor)
     with pytest.raises(CompressError, match="budget"):

@@ -23,7 +23,7 @@ def test_help_lists_examples(capsys):
     (["--budget-kib", "-3"], "--budget-kib must be a positive size"),
     (["--bits", "2,x"], "--bits must be comma-separated integers"),
     (["--bits", "1,4"], "candidate bit widths must lie in 2..8"),
-    (["--model", "vgg"], "only the pretrained CIFAR-10 resnet20"),
+    (["--model", "vgg"], "unknown model 'vgg'"),
 ])
 def test_bad_values_exit_2_with_a_clear_message(capsys, args, needle):
     assert main(["compress", *args]) == 2
@@ -36,4 +36,4 @@ def test_infeasible_budget_exits_3_before_training(capsys, tmp_path):
                  "--out", str(tmp_path)])
     assert code == 3
     err = " ".join(capsys.readouterr().err.split())
-    assert "infeasible budget" in err and "bytes" in err
+    assert "infeasible size_bytes budget" in err and "bytes" in err

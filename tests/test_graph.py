@@ -6,9 +6,9 @@ from torch import nn
 
 import bitsmith
 from bitsmith.graph import ConversionError, ConversionWarning, LayerTable, is_quantized
+from bitsmith.graph.quantizer import NotCalibratedError
 from bitsmith.policy import FLOAT, Policy, PolicyError, QSpec, build_policy
 from bitsmith.quantize import CalibrationError
-from bitsmith.schemes.quantizer import NotCalibratedError
 
 W8 = QSpec("uniform_symmetric", 8, "channel")
 A8 = QSpec("uniform_asymmetric", 8)

@@ -9,7 +9,8 @@ from torch import nn
 
 import bitsmith
 from bitsmith import QSpec
-from bitsmith.policy import LayerSpec, Policy, PolicyError, build_policy
+from bitsmith.graph.quantizer import FrozenWeightQuantizer, Quantizer
+from bitsmith.policy import LayerSpec, Policy, PolicyError, Rounding, build_policy
 from bitsmith.quantize import CalibrationError
 from bitsmith.reconstruct import ReconstructionCache
 from bitsmith.reconstruct.blocks import block_groups, layer_groups
@@ -20,8 +21,6 @@ from bitsmith.reconstruct.softround import (
     rectified_sigmoid,
     rounding_regularizer,
 )
-from bitsmith.rounding import Rounding
-from bitsmith.schemes.quantizer import FrozenWeightQuantizer, Quantizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -369,10 +368,10 @@ def test_calib_size_uses_the_first_inputs_and_checks_statistics(resnet, data):
 def test_bias_correction_in_the_policy_rebuilds_the_tuned_model():
     from conftest import tune_problem
 
-    from bitsmith.tune import SearchSpace, TorchEvaluator
+    from bitsmith.tune import TorchEvaluator, TuneSpace
 
     model, calib, val = tune_problem()
-    space = SearchSpace(scheme=("symmetric",), act_clip=("minmax",), granularity=("channel",),
+    space = TuneSpace(scheme=("symmetric",), act_clip=("minmax",), granularity=("channel",),
                         calib_size=(40,), float_layers=("none",), weight_bits=(3,),
                         bias_correction=(True,))
     evaluator = TorchEvaluator(model, calib, val, space, batch_size=16)

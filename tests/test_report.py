@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 
 import bitsmith
 from bitsmith import Policy, QSpec
-from bitsmith.analyze import Sensitivity, bit_candidates
+from bitsmith.allocation import Sensitivity, bit_candidates
 from bitsmith.cost import estimate
-from bitsmith.report import RunDirError, RunWriter, load_run, pareto_front, write_report
-from bitsmith.report.cli import register
+from bitsmith.pareto import pareto_front
+from bitsmith.report import write_report
+from bitsmith.rundir import RunDirError, RunWriter, load_run
 
 W = QSpec("uniform_symmetric", 4, "channel")
 
@@ -231,8 +232,8 @@ def test_report_renders_in_headless_chromium(tmp_path, table):
 # ----------------------------------------------------------------------- CLI
 @pytest.fixture
 def cli() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
+    from bitsmith.cli import app
+
     return app
 
 
@@ -253,9 +254,9 @@ def test_cli_report(tmp_path, table, cli):
 
 def test_cli_analyze_digits_end_to_end(tmp_path, cli):
     out = tmp_path / "a"
-    res = CliRunner().invoke(cli, ["analyze", "digits", "--out", str(out), "--epochs", "1",
-                                   "--bits", "2,8", "--methods", "measured",
-                                   "--avg-bits", "5", "--val-images", "100"])
+    res = CliRunner().invoke(cli, ["analyze", "--model", "digits", "--out", str(out),
+                                   "--epochs", "1", "--bits", "2,8", "--methods", "measured",
+                                   "--avg-bits", "5", "--validation-size", "100"])
     assert res.exit_code == 0, res.output
     data = load_run(out)
     names = [t["name"] for t in data.trials]
@@ -268,12 +269,12 @@ def test_cli_analyze_digits_end_to_end(tmp_path, cli):
 
 def test_cli_analyze_bad_input(tmp_path, cli):
     runner = CliRunner()
-    unknown = runner.invoke(cli, ["analyze", "nope", "--out", str(tmp_path / "x")])
-    assert unknown.exit_code == 2 and "unknown workload" in flat(unknown.output)
-    tight = runner.invoke(cli, ["analyze", "digits", "--out", str(tmp_path / "y"), "--epochs",
-                                "1", "--bits", "4,8", "--methods", "measured",
+    unknown = runner.invoke(cli, ["analyze", "--model", "nope", "--out", str(tmp_path / "x")])
+    assert unknown.exit_code == 2 and "unknown model 'nope'" in flat(unknown.output)
+    tight = runner.invoke(cli, ["analyze", "--model", "digits", "--out", str(tmp_path / "y"),
+                                "--epochs", "1", "--bits", "4,8", "--methods", "measured",
                                 "--avg-bits", "2"])
     assert tight.exit_code == 3 and "minimum reachable size_bytes" in flat(tight.output)
     assert "measured sensitivity" not in tight.output  # checked before the expensive part
-    badbits = runner.invoke(cli, ["analyze", "digits", "--bits", "four"])
+    badbits = runner.invoke(cli, ["analyze", "--model", "digits", "--bits", "four"])
     assert badbits.exit_code == 2 and "comma-separated" in flat(badbits.output)

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import Tensor
 
+from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import PolicyError, QSpec
 from bitsmith.schemes import available, get_scheme
 from bitsmith.schemes import base as scheme_base
 from bitsmith.schemes.base import Params, Scheme, reduce_dims, register
 from bitsmith.schemes.binary import residual_binarize
-from bitsmith.schemes.quantizer import Quantizer
 from bitsmith.schemes.statistical import gaussian_optimal_step, gaussian_uniform_mse
 
 EXPECTED = {

@@ -12,31 +12,25 @@ from conftest import TinyNet, randomize_bn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bitsmith.analyze.allocate import Budget, InfeasibleBudgetError
-from bitsmith.cost import estimate
+from bitsmith.cost import Budget, InfeasibleBudgetError, estimate, within_budget
 from bitsmith.graph.convert import ConversionError
 from bitsmith.policy import Policy
 from bitsmith.search import (
-    Callback,
-    NonFiniteLossError,
-    SearchSettings,
-    SearchSpace,
-    SearchSpaceError,
-    TrainConfig,
+    SearchConfig,
+    SupernetSpace,
+    SupernetSpaceError,
     build_supernet,
     derive_policy,
     load_result,
     make_method,
-    run_search,
-    train,
-    within_budget,
+    search,
 )
 from bitsmith.search.methods import two_hot
-from bitsmith.search.train import load_checkpoint
+from bitsmith.training import Callback, NonFiniteLossError, TrainConfig, load_checkpoint, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SPACE = SearchSpace.uniform_bits((2, 3, 4, 8), (4, 8), observer="minmax", first_last="search")
+SPACE = SupernetSpace.uniform_bits((2, 3, 4, 8), (4, 8), observer="minmax", first_last="same")
 
 
 def _data(n: int = 64, size: int = 16) -> TensorDataset:
@@ -82,7 +76,7 @@ def test_torchvision_resnet18_budget():
     tvm = pytest.importorskip("torchvision.models")
     model = tvm.resnet18(weights=None, num_classes=10).eval()
     ds = _data(8, 32)
-    space = SearchSpace.uniform_bits((2, 4, 8), (8,), observer="minmax")
+    space = SupernetSpace.uniform_bits((2, 4, 8), (8,), observer="minmax")
     net = build_supernet(model, ds.tensors[0][:2], space, [(ds.tensors[0][:4], None)])
     assert len(net.names) == len(net.table) - 2  # first/last fixed at W8A8
     for bits in (3.0, 5.0):
@@ -264,23 +258,23 @@ def test_infeasible_budget_names_the_minimum():
 
 
 @pytest.mark.parametrize("space,match", [
-    (SearchSpace(weight=()), "empty"),
-    (SearchSpace(act_bits=()), "empty"),
-    (SearchSpace(weight=(("nosuch", 4),)), "unknown scheme"),
-    (SearchSpace(weight=(("binary", 4),)), "binary"),
-    (SearchSpace(weight=(("uniform_symmetric", 4), ("uniform_symmetric", 4))), "duplicates"),
-    (SearchSpace(weight=(("uniform_symmetric",),)), "pair"),
+    (SupernetSpace(weight=()), "empty"),
+    (SupernetSpace(act_bits=()), "empty"),
+    (SupernetSpace(weight=(("nosuch", 4),)), "unknown scheme"),
+    (SupernetSpace(weight=(("binary", 4),)), "binary"),
+    (SupernetSpace(weight=(("uniform_symmetric", 4), ("uniform_symmetric", 4))), "duplicates"),
+    (SupernetSpace(weight=(("uniform_symmetric",),)), "pair"),
 ])
 def test_invalid_candidate_sets(space, match):
-    with pytest.raises(SearchSpaceError, match=match):
+    with pytest.raises(SupernetSpaceError, match=match):
         build_supernet(TinyNet().eval(), torch.randn(2, 3, 8, 8), space)
 
 
 def test_qpl_rejects_several_schemes():
-    space = SearchSpace(weight=(("uniform_symmetric", 4), ("pot", 4)), observer="minmax",
-                        first_last="search")
+    space = SupernetSpace(weight=(("uniform_symmetric", 4), ("pot", 4)), observer="minmax",
+                        first_last="same")
     net = build_supernet(TinyNet().eval(), torch.randn(2, 3, 8, 8), space)
-    with pytest.raises(SearchSpaceError, match="one scheme"):
+    with pytest.raises(SupernetSpaceError, match="one scheme"):
         make_method("qpl", net, Budget(avg_weight_bits=4))
 
 
@@ -319,15 +313,17 @@ def test_train_config_rejects_bad_values():
 
 # ---------------------------------------------------------------------- pipeline
 def test_run_search_writes_run_dir_and_reloads(tmp_path):
-    from bitsmith.report.rundir import load_run
+    from bitsmith.rundir import load_run
 
     ds = _data()
     model = randomize_bn(TinyNet())
     budget = Budget(avg_weight_bits=4.0)
-    st = SearchSettings("ssps", budget, SPACE, _cfg(max_steps=3),
-                        _cfg(max_steps=2, distill_weight=0.5), method_kw={"threshold": 0.3})
-    o = run_search(model, _loader(ds), st, arch_data=ds, eval_loader=DataLoader(ds, 32),
-                   out_dir=tmp_path, model_name="tiny", dataset="random")
+    st = SearchConfig(method="ssps", budget=budget, space=SPACE, search=_cfg(max_steps=3),
+                      qat=_cfg(max_steps=2, distill_weight=0.5), method_kw={"threshold": 0.3},
+                      labels={"model": "tiny", "dataset": "random"})
+    res = search(model, _loader(ds), ds, config=st, out_dir=tmp_path, train_data=_loader(ds))
+    o = res.details
+    assert res.policy == o.policy and res.model is o.qmodel and res.run_dir == tmp_path
     assert o.derivation.cost.avg_weight_bits <= 4.0 + 1e-9
     run = load_run(tmp_path)
     assert run.search and {p.get("label") for p in run.search} == {"search", "qat"}
@@ -350,7 +346,8 @@ def test_run_search_writes_run_dir_and_reloads(tmp_path):
     x = ds.tensors[0][:8]
     assert torch.allclose(o.qmodel(x), q2(x), atol=1e-6)
     # A rerun resumes: both phases are already complete, so nothing is retrained.
-    o2 = run_search(model, _loader(ds), st, arch_data=ds, out_dir=tmp_path)
+    o2 = search(model, _loader(ds), ds, config=st, out_dir=tmp_path,
+                train_data=_loader(ds)).details
     assert o2.search_result.resumed_from == 3 and o2.policy == o.policy
 
 
@@ -359,11 +356,13 @@ def net_fixed_names(o) -> list[str]:
 
 
 def test_report_rejects_search_layers_of_unknown_layers(tmp_path):
-    from bitsmith.report.rundir import SEARCH_LAYERS_JSON, RunDirError, load_run
+    from bitsmith.rundir import SEARCH_LAYERS_JSON, RunDirError, load_run
 
     ds = _data()
-    st = SearchSettings("qpl", Budget(avg_weight_bits=4.0), SPACE, _cfg(max_steps=1))
-    run_search(randomize_bn(TinyNet()), _loader(ds), st, out_dir=tmp_path, run_qat=False)
+    st = SearchConfig(method="qpl", budget=Budget(avg_weight_bits=4.0), space=SPACE,
+                      search=_cfg(max_steps=1), run_qat=False)
+    search(randomize_bn(TinyNet()), _loader(ds), ds, config=st, out_dir=tmp_path,
+           train_data=_loader(ds))
     assert load_run(tmp_path).search_layers
     (tmp_path / SEARCH_LAYERS_JSON).write_text('{"layers": [{"layer": "nope"}]}')
     with pytest.raises(RunDirError, match="nope"):
@@ -397,8 +396,8 @@ AUTOQNN_SCHEMES = (("binary", 1), ("ternary", 2), ("resq", 2), ("fixed_point", 4
 
 def test_qss_over_the_autoqnn_schemes():
     ds = _data()
-    space = SearchSpace(weight=AUTOQNN_SCHEMES, act_bits=(4,), observer="minmax",
-                        first_last="search")
+    space = SupernetSpace(weight=AUTOQNN_SCHEMES, act_bits=(4,), observer="minmax",
+                        first_last="same")
     net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
     budget = Budget(avg_weight_bits=2.5)
     m = make_method("qss", net, budget, arch_data=ds, arch_batch_size=8, hard=True)
@@ -482,21 +481,21 @@ def test_warm_start_bad_policies_are_clear_errors():
     from bitsmith.policy import LayerSpec, Policy, QSpec
 
     ds = _data(16)
-    space = SearchSpace.uniform_bits((2, 3, 4), (4,), observer="minmax")  # first/last int8
+    space = SupernetSpace.uniform_bits((2, 3, 4), (4,), observer="minmax")  # first/last int8
     net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
     good = net.spec_of(0, 0)
-    with pytest.raises(SearchSpaceError, match="does not have.*nope"):
+    with pytest.raises(SupernetSpaceError, match="does not have.*nope"):
         make_method("ssps", net, Budget(avg_weight_bits=8.0),
                     init_policy=Policy({"nope": good}))
     off = LayerSpec(QSpec("uniform_symmetric", 5, "channel"), net.act_specs[0])
-    with pytest.raises(SearchSpaceError, match="not a candidate"):
+    with pytest.raises(SupernetSpaceError, match="not a candidate"):
         make_method("qss", net, Budget(avg_weight_bits=8.0),
                     init_policy=Policy({net.names[0]: off}))
     first = net.table.names[0]  # fixed at W8A8 by first_last="int8"
-    with pytest.raises(SearchSpaceError, match="fixed"):
+    with pytest.raises(SupernetSpaceError, match="fixed"):
         make_method("ssps", net, Budget(avg_weight_bits=8.0),
                     init_policy=Policy({first: good}))
-    with pytest.raises(SearchSpaceError, match="share='layer'"):
+    with pytest.raises(SupernetSpaceError, match="share='layer'"):
         make_method("qss", net, Budget(avg_weight_bits=8.0), share="model",
                     init_policy=Policy({net.names[0]: good}))
     with pytest.raises(ValueError, match="init_strength"):
@@ -520,15 +519,16 @@ def test_ilp_warm_start_meets_budget_and_seeds_run_search(metric):
                            max_examples=32)  # the batches run_search uses for arch_data
     assert within_budget(estimate(net.table, alloc.policy), budget)
     assert set(alloc.policy) == set(net.table.names)
-    st = SearchSettings("ssps", budget, SPACE, _cfg(max_steps=2), _cfg(max_steps=1),
-                        warm_start=metric, warm_start_strength=3.0, warm_start_examples=32,
-                        method_kw={"threshold": 0.99})
-    o = run_search(model, _loader(ds), st, arch_data=ds, run_qat=False)
+    st = SearchConfig(method="ssps", budget=budget, space=SPACE, search=_cfg(max_steps=2),
+                      qat=_cfg(max_steps=1), warm_start=metric, warm_start_strength=3.0,
+                      warm_start_examples=32, method_kw={"threshold": 0.99}, run_qat=False)
+    o = search(model, _loader(ds), ds, config=st, train_data=_loader(ds)).details
     assert o.warm_start == alloc.policy
     assert o.method.init_choices and o.summary()["warm_start"]
-    with pytest.raises(ValueError, match="unknown warm start"):
-        run_search(model, _loader(ds), SearchSettings("ssps", budget, SPACE, _cfg(max_steps=1),
-                                                      warm_start="nope"), run_qat=False)
+    with pytest.raises(ValueError, match="warm_start 'nope'"):
+        search(model, _loader(ds), ds, train_data=_loader(ds), config=SearchConfig(
+            method="ssps", budget=budget, space=SPACE, search=_cfg(max_steps=1),
+            warm_start="nope", run_qat=False))
 
 
 def test_two_sided_derivation_fills_the_budget():
@@ -562,7 +562,7 @@ def test_uniform_within_budget_takes_the_dearest_feasible_uniform_pair():
     from bitsmith.search.supernet import layer_spec_table
 
     ds = _data()
-    space = SearchSpace.uniform_bits((2, 3, 4, 8), (4, 8), observer="minmax")  # first/last W8A8
+    space = SupernetSpace.uniform_bits((2, 3, 4, 8), (4, 8), observer="minmax")  # first/last W8A8
     net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
     k3, j4 = [s.bits for s in net.weight_specs].index(3), [s.bits for s in net.act_specs].index(4)
     w3a4 = Policy(layer_spec_table(net, {n: (k3, j4) for n in net.names}))
@@ -590,18 +590,18 @@ def test_uniform_within_budget_takes_the_dearest_feasible_uniform_pair():
 def test_run_search_uniform_baseline_is_trained_and_reported(tmp_path):
     import warnings
 
-    from bitsmith.report.rundir import load_run
+    from bitsmith.rundir import load_run
 
     ds = _data()
     model = randomize_bn(TinyNet())
-    space = SearchSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="search")
-    st = SearchSettings("ssps", Budget(avg_weight_bits=3.0), space, _cfg(max_steps=3),
-                        _cfg(max_steps=2), method_kw={"threshold": 0.3},
-                        uniform_baseline=True)
+    space = SupernetSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="same")
+    st = SearchConfig(method="ssps", budget=Budget(avg_weight_bits=3.0), space=space,
+                      search=_cfg(max_steps=3), qat=_cfg(max_steps=2),
+                      method_kw={"threshold": 0.3}, uniform_baseline=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the baseline may win on noise
-        o = run_search(model, _loader(ds), st, arch_data=ds, eval_loader=DataLoader(ds, 32),
-                       out_dir=tmp_path)
+        o = search(model, _loader(ds), ds, config=st, out_dir=tmp_path,
+                   train_data=_loader(ds)).details
     b = o.baseline
     assert b["label"] == "uniform_symmetric:3/ch / a4"  # 3 bits is the dearest within 3.0 avg
     assert {b["policy"][n].weight.bits for n in o.net.names} == {3}
@@ -615,25 +615,26 @@ def test_run_search_uniform_baseline_is_trained_and_reported(tmp_path):
     assert (tmp_path / "ckpt" / f"qat-baseline-{b['policy'].fingerprint()[:12]}").is_dir()
 
 
-def test_uniform_baseline_warns_when_it_beats_the_searched_policy(tmp_path, monkeypatch):
-    import bitsmith.search.pipeline as pipeline
-
+def test_uniform_baseline_warns_when_it_beats_the_searched_policy(tmp_path):
     ds = _data()
-    space = SearchSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="search")
-    st = SearchSettings("ssps", Budget(avg_weight_bits=3.0), space, _cfg(max_steps=2),
-                        _cfg(max_steps=1), method_kw={"threshold": 0.3}, uniform_baseline=True)
-    calls = iter([10.0, 50.0, 90.0])  # searched, FP32, baseline
-    monkeypatch.setattr(pipeline, "evaluate",
-                        lambda *a, **k: type("R", (), {"accuracy": next(calls)})())
+    space = SupernetSpace.uniform_bits((2, 3, 4), (4,), observer="minmax", first_last="same")
+    st = SearchConfig(method="ssps", budget=Budget(avg_weight_bits=3.0), space=space,
+                      search=_cfg(max_steps=2), qat=_cfg(max_steps=1),
+                      method_kw={"threshold": 0.3}, uniform_baseline=True)
+    calls = iter([50.0, 10.0, 90.0])  # the user's metric scores FP32, searched, baseline
+
+    def metric(model):
+        return next(calls)
+
     with pytest.warns(RuntimeWarning, match=r"uniform policy .* scored 90.00 % vs 10.00 %"):
-        o = run_search(randomize_bn(TinyNet()), _loader(ds), st, arch_data=ds,
-                       eval_loader=DataLoader(ds, 32))
+        o = search(randomize_bn(TinyNet()), _loader(ds), ds, evaluate=metric, config=st,
+                   train_data=_loader(ds)).details
     assert o.baseline["accuracy"] == 90.0
 
 
 def test_uniform_baseline_none_when_no_uniform_pair_fits():
     ds = _data()
-    space = SearchSpace.uniform_bits((2, 4), (4,), observer="minmax", first_last="search")
+    space = SupernetSpace.uniform_bits((2, 4), (4,), observer="minmax", first_last="same")
     net = build_supernet(randomize_bn(TinyNet()), ds.tensors[0][:4], space, _loader(ds))
     from bitsmith.search import uniform_within_budget
 
@@ -648,7 +649,7 @@ def test_cli_uniform_baseline_prints_both_and_records_the_trial(tmp_path):
     from typer.testing import CliRunner
 
     from bitsmith.cli import app
-    from bitsmith.report.rundir import load_run
+    from bitsmith.rundir import load_run
 
     res = CliRunner().invoke(app, ["search", "--model", "digits", "--avg-bits", "4",
                                    "--search-steps", "2", "--qat-steps", "2",

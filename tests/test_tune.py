@@ -14,23 +14,25 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from bitsmith import Policy, quantize
-from bitsmith.report import load_run, write_report
+from bitsmith.cost import InfeasibleBudgetError
+from bitsmith.pareto import pareto_front
+from bitsmith.report import write_report
+from bitsmith.rundir import load_run
 from bitsmith.tune import (
-    InfeasibleError,
     Objective,
-    SearchSpace,
     SpaceError,
     StorageError,
     TorchEvaluator,
+    TuneConfig,
     TuneError,
-    tune,
+    TuneSpace,
+    run_study,
 )
-from bitsmith.tune.cli import EXIT_BAD_INPUT, EXIT_INFEASIBLE, register
-from bitsmith.tune.objectives import pareto_front
+from bitsmith.tune.cli import EXIT_BAD_INPUT, EXIT_INFEASIBLE
 from bitsmith.tune.space import FLOAT_CHOICE
 from bitsmith.tune.study import open_storage
 
-SMALL = SearchSpace.from_dict({"preset": "mixed", "calib_size": [16, 48],
+SMALL = TuneSpace.from_dict({"preset": "mixed", "calib_size": [16, 48],
                                "weight_bits": [2, 4, 8], "act_clip": ["minmax", "percentile"],
                                "weight_clip": ["minmax"]})
 
@@ -43,11 +45,11 @@ def evaluator() -> TorchEvaluator:
 
 # ------------------------------------------------------------------ space
 def test_quantune_space_contains_papers_knobs() -> None:
-    q = SearchSpace.quantune()
+    q = TuneSpace.quantune()
     assert set(q.scheme) == {"asymmetric", "symmetric", "symmetric_uint8", "symmetric_pow2"}
     assert set(q.act_clip) == {"minmax", "entropy"}
     assert q.size(["a", "b"]) == 4 * 2 * 2 * 3 * 2
-    full = SearchSpace()                  # Quantune + percentile/MSE + first-layer-only float
+    full = TuneSpace()                  # Quantune + percentile/MSE + first-layer-only float
     assert {"percentile", "mse"} <= set(full.act_clip) and full.size(["a"]) == 288
 
 
@@ -57,7 +59,7 @@ def test_mixed_space_is_per_layer_and_yaml_roundtrip(tmp_path: Path) -> None:
     assert [f"w:{n}" for n in names] == [k for k in dims if k.startswith("w:")]
     path = tmp_path / "space.yaml"
     path.write_text("preset: mixed\nweight_bits: [3, 4, float]\ncalib_size: [8]\n")
-    sp = SearchSpace.load(path)
+    sp = TuneSpace.load(path)
     assert sp.weight_bits == (3, 4, FLOAT_CHOICE) and sp.per_layer_weight_bits
     config = {**{k: v[0] for k, v in sp.dimensions(names).items()}, "w:fc": FLOAT_CHOICE}
     policy = sp.to_policy(config, names)
@@ -66,7 +68,7 @@ def test_mixed_space_is_per_layer_and_yaml_roundtrip(tmp_path: Path) -> None:
 
 
 def test_scheme_mapping_symmetric_uint8_and_pow2() -> None:
-    sp = SearchSpace()
+    sp = TuneSpace()
     base = {"act_clip": "minmax", "weight_clip": "minmax", "granularity": "tensor",
             "calib_size": 1, "float_layers": "none", "weight_bits": 8, "act_bits": 8}
     names = ["a", "b"]
@@ -86,12 +88,12 @@ def test_scheme_mapping_symmetric_uint8_and_pow2() -> None:
     {"preset": "huge"}, {"bias_correction": ["yes"]}, {"reduced_range": [1]}])
 def test_bad_or_empty_space_is_a_clear_error(bad: dict) -> None:
     with pytest.raises(SpaceError):
-        SearchSpace.from_dict(bad)
+        TuneSpace.from_dict(bad)
 
 
 def test_boolean_knobs_map_to_policy_and_keep_presets() -> None:
-    assert SearchSpace.quantune().size(["a", "b"]) == 96        # off by default everywhere
-    sp = SearchSpace.from_dict({"preset": "mixed", "reduced_range": [False, True],
+    assert TuneSpace.quantune().size(["a", "b"]) == 96        # off by default everywhere
+    sp = TuneSpace.from_dict({"preset": "mixed", "reduced_range": [False, True],
                                 "bias_correction": [True, False]})
     names = ["a", "b"]
     base = {k: v[0] for k, v in sp.dimensions(names).items()}
@@ -107,7 +109,7 @@ def test_boolean_knobs_map_to_policy_and_keep_presets() -> None:
 
 def test_grid_refuses_huge_space() -> None:
     with pytest.raises(SpaceError, match="too many"):
-        next(SearchSpace.mixed_precision().grid([f"l{i}" for i in range(20)]))
+        next(TuneSpace.mixed_precision().grid([f"l{i}" for i in range(20)]))
 
 
 # --------------------------------------------------------------- evaluator
@@ -160,13 +162,13 @@ def test_objective_values_and_bad_tolerance() -> None:
     assert o.score(88.0, 2.5, 10.0, 400.0) == pytest.approx(2.5)       # infeasible: > 1
     b = Objective("max_accuracy", budget=100.0)
     assert b.score(90.0, 0.5, 100.0, 400.0) == 90.0 and b.score(95.0, 0, 150.0, 400.0) < 0
-    assert pareto_front([(90, 10), (91, 20), (89, 30), (92, 5)]) == [3]
+    assert pareto_front([10, 20, 30, 5], [90, 91, 89, 92]) == [3]
 
 
 # ------------------------------------------------------------------- tune
 def test_tune_min_size_writes_outputs(tmp_path: Path, evaluator: TorchEvaluator) -> None:
-    res = tune(evaluator=evaluator, objective=Objective("min_cost", tolerance=3.0),
-               strategy="xgboost", n_trials=6, out_dir=tmp_path, progress=False)
+    res = run_study(evaluator, TuneConfig(tolerance=3.0, strategy="xgboost", n_trials=6,
+                                          progress=False), out_dir=tmp_path)
     assert sum(res.counts().values()) == 6 and res.feasible
     best = res.best.measurement
     assert best["drop"] <= 3.0
@@ -191,8 +193,8 @@ def test_tune_min_size_writes_outputs(tmp_path: Path, evaluator: TorchEvaluator)
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "summary.json").read_text())["trial"] == res.best.number
     # resume: the same call again finds the budget spent and runs nothing new
-    again = tune(evaluator=evaluator, objective=Objective("min_cost", tolerance=3.0),
-                 strategy="xgboost", n_trials=6, out_dir=tmp_path, progress=False)
+    again = run_study(evaluator, TuneConfig(tolerance=3.0, strategy="xgboost", n_trials=6,
+                                            progress=False), out_dir=tmp_path)
     assert [t.number for t in again.trials] == [t.number for t in res.trials]
     assert len((tmp_path / "trials.jsonl").read_text().splitlines()) == len(completed)
     # the report reads the tuner's run directory
@@ -203,40 +205,40 @@ def test_tune_min_size_writes_outputs(tmp_path: Path, evaluator: TorchEvaluator)
 @pytest.mark.parametrize("strategy", ["random", "grid", "genetic", "tpe"])
 def test_every_strategy_runs_on_a_study(strategy: str) -> None:
     model, calib, val = tune_problem()
-    space = SearchSpace.from_dict({"calib_size": [16], "float_layers": ["none"],
+    space = TuneSpace.from_dict({"calib_size": [16], "float_layers": ["none"],
                                    "act_clip": ["minmax"], "scheme": ["symmetric", "asymmetric"],
                                    "weight_bits": [4], "act_bits": [8]})
     ev = TorchEvaluator(model, calib, val, space, stages=(1.0,))
-    res = tune(evaluator=ev, objective=Objective("max_accuracy", budget=1e9), strategy=strategy,
-               n_trials=4, progress=False)
+    res = run_study(ev, TuneConfig(objective="max_accuracy", budget=1e9, strategy=strategy,
+                                   n_trials=4, progress=False))
     assert res.counts().get("COMPLETE") == 4 and res.best is not None
     if strategy == "grid":                            # 2 schemes x 2 granularities, no repeat
         assert len({json.dumps(t.config, sort_keys=True) for t in res.trials}) == 4
 
 
 def test_pareto_objective_reports_front(evaluator: TorchEvaluator) -> None:
-    res = tune(evaluator=evaluator, objective=Objective("pareto"), strategy="random",
-               n_trials=6, progress=False)
+    res = run_study(evaluator, TuneConfig(objective="pareto", strategy="random", n_trials=6,
+                                          progress=False))
     accs = [t.measurement["accuracy"] for t in res.front]
     sizes = [t.measurement["size_bytes"] for t in res.front]
     assert sizes == sorted(sizes) and accs == sorted(accs) and res.best in res.front
 
 
 def test_unreachable_budget_is_infeasible_with_closest(evaluator: TorchEvaluator) -> None:
-    with pytest.raises(InfeasibleError, match="infeasible") as info:
-        tune(evaluator=evaluator, objective=Objective("max_accuracy", budget=10.0),
-             n_trials=3, progress=False)
+    with pytest.raises(InfeasibleBudgetError, match="infeasible") as info:
+        run_study(evaluator, TuneConfig(objective="max_accuracy", budget=10.0, n_trials=3,
+                                        progress=False))
     assert info.value.measurement.size_bytes > 10 and info.value.closest
 
 
 def test_zero_tolerance_unmet_reports_closest(evaluator: TorchEvaluator) -> None:
-    space = SearchSpace.from_dict({"preset": "mixed", "calib_size": [16], "weight_bits": [2],
+    space = TuneSpace.from_dict({"preset": "mixed", "calib_size": [16], "weight_bits": [2],
                                    "act_bits": [2], "act_clip": ["minmax"],
                                    "weight_clip": ["minmax"]})
     model, calib, val = tune_problem()
     ev = TorchEvaluator(model, calib, val, space, stages=(1.0,))
-    res = tune(evaluator=ev, objective=Objective("min_cost", tolerance=0.0), strategy="random",
-               n_trials=2, progress=False)
+    res = run_study(ev, TuneConfig(tolerance=0.0, strategy="random", n_trials=2,
+                                   progress=False))
     assert not res.feasible and res.closest is not None
     assert res.closest.measurement["drop"] > 0 and "INFEASIBLE" in res.summary()
 
@@ -250,29 +252,25 @@ def test_storage_that_cannot_be_opened(url: str) -> None:
 
 def test_study_with_other_problem_is_refused(tmp_path: Path, evaluator: TorchEvaluator) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    tune(evaluator=evaluator, objective=Objective("min_cost", tolerance=3.0), strategy="random",
-         n_trials=1, storage=url, progress=False)
+    run_study(evaluator, TuneConfig(tolerance=3.0, strategy="random", n_trials=1, storage=url,
+                                    progress=False))
     with pytest.raises(TuneError, match="different problem"):
-        tune(evaluator=evaluator, objective=Objective("min_cost", tolerance=1.0),
-             strategy="random", n_trials=1, storage=url, progress=False)
+        run_study(evaluator, TuneConfig(tolerance=1.0, strategy="random", n_trials=1,
+                                        storage=url, progress=False))
 
 
 # -------------------------------------------------------------------- CLI
 @pytest.fixture
 def cli() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
+    from bitsmith.cli import app
 
-    @app.command()
-    def other() -> None:  # a second command so that typer keeps sub-command names
-        pass
     return app
 
 
 @pytest.mark.parametrize("args", [["--tolerance", "-1"], ["--storage", "nosuchdb://x"],
                                   ["--objective", "fastest"], ["--strategy", "anneal"],
                                   ["--space", "missing.yaml"], ["--model", "vgg"],
-                                  ["--model", "resnet20", "--val-split", "jpg"],
+                                  ["--metric", "nosuch"],
                                   ["--backend", "tensorrt"]])
 def test_cli_bad_input_exits_2(cli: typer.Typer, args: list[str], tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["tune", "--model", "digits", "--out", str(tmp_path),
@@ -295,10 +293,10 @@ def test_cli_infeasible_budget_exits_3(cli: typer.Typer, tmp_path: Path) -> None
 def test_timeout_stops_gracefully_and_resume_finishes(tmp_path: Path,
                                                       evaluator: TorchEvaluator) -> None:
     url = f"sqlite:///{tmp_path / 't.db'}"
-    kw = {"evaluator": evaluator, "objective": Objective("min_cost", tolerance=3.0),
-          "strategy": "random", "n_trials": 4, "storage": url, "progress": False}
-    first = tune(timeout=1e-9, **kw)
+    kw = {"tolerance": 3.0, "strategy": "random", "n_trials": 4, "storage": url,
+          "progress": False}
+    first = run_study(evaluator, TuneConfig(timeout=1e-9, **kw))
     assert first.stopped == "timeout" and first.counts() == {"WAITING": 4}
-    second = tune(**kw)
+    second = run_study(evaluator, TuneConfig(**kw))
     assert second.stopped == "budget"
     assert sum(second.counts().get(s, 0) for s in ("COMPLETE", "PRUNED")) == 4

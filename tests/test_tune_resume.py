@@ -10,6 +10,8 @@ import optuna
 from optuna.trial import TrialState
 from test_tune_workers import WAIT, WORKER, Lines, _check_budget, _check_run_dir, _spawn
 
+from bitsmith.tune.distinct import is_duplicate
+
 
 def test_sigkill_resume_keeps_finished_trials(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
@@ -33,7 +35,7 @@ def test_sigkill_resume_keeps_finished_trials(tmp_path: Path) -> None:
     after = {t.number: (t.params, t.values) for t in trials if t.state == TrialState.COMPLETE}
     for number, record in before.items():           # every finished trial kept, unchanged
         assert after[number] == record
-    stale = [t for t in trials if t.state == TrialState.FAIL]
+    stale = [t for t in trials if t.state == TrialState.FAIL and not is_duplicate(t)]
     assert len(stale) == 1                            # the killed trial, re-run from a retry
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == stale[0].number]
     assert len(retried) == 1 and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)

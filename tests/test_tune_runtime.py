@@ -11,12 +11,12 @@ from conftest import tune_problem
 
 from bitsmith.graph import quantized_layers
 from bitsmith.reconstruct.bias import input_means, output_shift
-from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
+from bitsmith.tune import TorchEvaluator, TuneConfig, TuneSpace, run_study
 
 pytest.importorskip("onnxruntime")
 
 
-SPACE = SearchSpace.from_dict({"scheme": ["symmetric_uint8"], "act_clip": ["minmax"],
+SPACE = TuneSpace.from_dict({"scheme": ["symmetric_uint8"], "act_clip": ["minmax"],
                                "granularity": ["tensor", "channel"], "calib_size": [48],
                                "float_layers": ["none", "first"],
                                "reduced_range": [False, True]})
@@ -49,8 +49,8 @@ def test_tune_pareto_accuracy_vs_latency_on_ort() -> None:
     model, calib, val = tune_problem()
     backend = OnnxRuntimeBackend(threads=1, latency_runs=3, warmup=1)
     ev = TorchEvaluator(model, calib, val, SPACE, stages=(1.0,), batch_size=48, backend=backend)
-    res = tune(evaluator=ev, objective=Objective("pareto", "latency"), strategy="random",
-               n_trials=3, progress=False, save_model=False)
+    res = run_study(ev, TuneConfig(objective="pareto", metric="latency", strategy="random",
+                                   n_trials=3, progress=False, save_model=False))
     done = [t for t in res.trials if t.state == "COMPLETE"]
     assert len(done) == 3 and res.front
     assert all(t.measurement["latency_ms"] > 0 for t in done)
@@ -60,12 +60,13 @@ def test_torch_evaluator_refuses_latency_metric() -> None:
     model, calib, val = tune_problem()
     ev = TorchEvaluator(model, calib, val, SPACE, stages=(1.0,), batch_size=48)
     with pytest.raises(Exception, match="latency"):
-        tune(evaluator=ev, objective=Objective("pareto", "latency"), n_trials=1, progress=False)
+        run_study(ev, TuneConfig(objective="pareto", metric="latency", n_trials=1,
+                                 progress=False))
 
 
 def test_bias_correction_removes_mean_output_shift() -> None:
     model, calib, val = tune_problem()
-    space = SearchSpace.from_dict({"preset": "mixed", "calib_size": [48], "weight_bits": [2],
+    space = TuneSpace.from_dict({"preset": "mixed", "calib_size": [48], "weight_bits": [2],
                                    "act_clip": ["minmax"], "weight_clip": ["minmax"],
                                    "bias_correction": [False, True]})
     ev = TorchEvaluator(model, calib, val, space, stages=(1.0,), batch_size=48)

@@ -8,9 +8,9 @@ import pytest
 from bitsmith.tune.features import ConfigEncoder
 from bitsmith.tune.objectives import Objective
 from bitsmith.tune.samplers import DROP_ATTR, TransferRecord, XGBoostSampler, make_sampler
-from bitsmith.tune.space import SearchSpace, config_key
+from bitsmith.tune.space import TuneSpace, config_key
 
-SPACE = SearchSpace.from_dict({"calib_size": [1, 100], "float_layers": ["none"],
+SPACE = TuneSpace.from_dict({"calib_size": [1, 100], "float_layers": ["none"],
                                "act_clip": ["minmax", "entropy"], "weight_bits": [4, 8]})
 NAMES = ["a", "b", "c"]
 DESC = {"nodes": 10.0, "layers": 3.0, "convs": 2.0, "skips": 0.0}

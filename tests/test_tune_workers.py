@@ -16,17 +16,20 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bitsmith.report import load_run
+from bitsmith.rundir import load_run
+from bitsmith.tune.distinct import is_duplicate
 
 WORKER = r'''
-import sys, time, torch
+import json, sys, time, torch
 from torch import nn
-from bitsmith.tune import Objective, SearchSpace, TorchEvaluator, tune
+from bitsmith.tune import TorchEvaluator, TuneConfig, TuneSpace, run_study
 
 url, study, n_trials, delay = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 out = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] != "-" else None
 hang_after = int(sys.argv[6]) if len(sys.argv) > 6 else -1
 heartbeat = int(sys.argv[7]) if len(sys.argv) > 7 else 5
+seed = None if len(sys.argv) <= 8 or sys.argv[8] == "none" else int(sys.argv[8])
+strategy = sys.argv[9] if len(sys.argv) > 9 else "random"
 torch.manual_seed(0)
 model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
                       nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
@@ -38,20 +41,21 @@ class Slow(TorchEvaluator):
     calls = 0
 
     def evaluate(self, config, on_stage=None):
-        print("EVAL", Slow.calls, flush=True)       # the parent waits on these lines
+        # the parent waits on these lines, and counts evaluations per configuration
+        print("EVAL", Slow.calls, json.dumps(config, sort_keys=True), flush=True)
         if 0 <= hang_after <= Slow.calls:
             time.sleep(3600)                        # killed here, mid-trial
         Slow.calls += 1
         time.sleep(delay)
         return super().evaluate(config, on_stage)
 
-space = SearchSpace.from_dict({"preset": "mixed", "calib_size": [32],
+space = TuneSpace.from_dict({"preset": "mixed", "calib_size": [32],
                                "weight_bits": [2, 3, 4, 8], "act_clip": ["minmax"],
                                "weight_clip": ["minmax"]})
 ev = Slow(model, x[:32], (x, y), space, stages=(1.0,))
-res = tune(evaluator=ev, objective=Objective("min_cost", tolerance=5.0), strategy="random",
-           n_trials=n_trials, storage=url, study_name=study, seed=None, progress=False,
-           heartbeat_interval=heartbeat, out_dir=out, save_model=False)
+res = run_study(ev, TuneConfig(tolerance=5.0, strategy=strategy, n_trials=n_trials,
+                               storage=url, study_name=study, seed=seed, progress=False,
+                               heartbeat_interval=heartbeat, save_model=False), out_dir=out)
 print("DONE", res.counts(), flush=True)
 '''
 
@@ -60,11 +64,12 @@ WAIT = 600
 
 
 def _spawn(script: Path, url: str, study: str, n: int, delay: float, out: Path | None = None,
-           hang_after: int = -1, heartbeat: int = 5) -> subprocess.Popen:
+           hang_after: int = -1, heartbeat: int = 5, seed: int | None = None,
+           strategy: str = "random") -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, str(script), url, study, str(n), str(delay),
                              str(out) if out is not None else "-", str(hang_after),
-                             str(heartbeat)],
+                             str(heartbeat), "none" if seed is None else str(seed), strategy],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
@@ -118,18 +123,23 @@ def _check_run_dir(out: Path, trials: list[optuna.trial.FrozenTrial]) -> None:
         run.chosen["name"].split()[-1])
 
 
-def _two_workers(tmp_path: Path, url: str, study: str, out: Path | None = None) -> None:
+def _two_workers(tmp_path: Path, url: str, study: str, out: Path | None = None, n: int = 10,
+                 delay: float = 0.3, seed: int | None = None
+                 ) -> tuple[list[optuna.trial.FrozenTrial], list[str]]:
+    """Two worker processes on one study; checks the budget; returns the trials and outputs."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    procs = [_spawn(script, url, study, 10, 0.3, out) for _ in range(2)]
+    procs = [_spawn(script, url, study, n, delay, out, seed=seed) for _ in range(2)]
     outs = [p.communicate(timeout=WAIT)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(outs)
-    trials = _check_budget(url, study, 10)
+    trials = _check_budget(url, study, n)
     # no trial was lost or run twice: every ticket finished exactly once, none failed
-    assert not [t for t in trials if t.state == TrialState.FAIL]
+    # (a ticket handed back as a duplicate configuration evaluated nothing)
+    assert not [t for t in trials if t.state == TrialState.FAIL and not is_duplicate(t)]
     assert all("DONE" in o for o in outs)
     if out is not None:
         _check_run_dir(out, trials)
+    return trials, outs
 
 
 def test_two_workers_share_budget_sqlite(tmp_path: Path) -> None:

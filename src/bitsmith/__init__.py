@@ -1,6 +1,10 @@
 """bitsmith: automatic mixed-precision quantization for PyTorch models."""
 
+from bitsmith._version import __version__
+from bitsmith.auto import autoquantize
+from bitsmith.cost import Budget
 from bitsmith.graph import LayerTable
+from bitsmith.inputs.metric import evaluate
 from bitsmith.policy import LayerSpec, Policy, PolicyError, QSpec
 from bitsmith.quantize import (
     CalibrationError,
@@ -11,21 +15,23 @@ from bitsmith.quantize import (
     prepare,
     quantize,
 )
+from bitsmith.result import QuantizationResult
 
-__version__ = "0.1.0"
 
-
-def load(path: str, model: object = None):  # noqa: ANN201 - returns torch.nn.Module
+def load(path: str, model: object = None, *, key: bytes | str | None = None):  # noqa: ANN201
     """Rebuild a quantized model from a packed artifact (see :func:`bitsmith.export.load_packed`).
 
-    Imported lazily so that ``import bitsmith`` does not pull in ONNX.
+    ``key``: the secret the artifact was signed with; the file's HMAC-SHA256 signature must
+    then match. Without a key only the SHA-256 checksum is verified, which detects damage,
+    not tampering. Imported lazily so that ``import bitsmith`` does not pull in ONNX.
     """
     from bitsmith.export.packed import load_packed
 
-    return load_packed(path, model)  # type: ignore[arg-type]
+    return load_packed(path, model, key=key)  # type: ignore[arg-type]
 
 
 __all__ = [
-    "CalibrationError", "CalibrationStats", "LayerSpec", "LayerTable", "Policy", "PolicyError",
-    "QSpec", "apply_stats", "calibrate", "collect_stats", "load", "prepare", "quantize",
+    "Budget", "CalibrationError", "CalibrationStats", "LayerSpec", "LayerTable", "Policy",
+    "PolicyError", "QSpec", "QuantizationResult", "__version__", "apply_stats",
+    "autoquantize", "calibrate", "collect_stats", "evaluate", "load", "prepare", "quantize",
 ]

@@ -1,7 +1,10 @@
-"""The ``bitsmith`` command.
+"""The ``bitsmith`` command and its one error boundary.
 
 Exit codes (stable, for scripts): 0 success, 1 unexpected error, 2 bad input
-(invalid option, config, policy or data), 3 infeasible budget.
+(invalid option, config, policy, model or data; :class:`~bitsmith.errors.InputError`),
+3 infeasible budget (:class:`~bitsmith.errors.InfeasibleError`), 130 interrupted.
+Every error is one line on stderr naming the input and the fix; ``--debug`` (or
+``BITSMITH_DEBUG=1``) adds the traceback.
 
 Any option of any sub-command can come from a YAML config file given with
 ``--config``: ``{command: {option_name: value}}``; flags on the command line
@@ -14,37 +17,71 @@ override it. Example config::
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
-from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 0, 1, 2, 3
+from bitsmith.cli_support import Inputs, console, done, with_model
+from bitsmith.errors import EXIT_ERROR, EXIT_OK, BitsmithError, InfeasibleError
+
+EXIT_BAD_INPUT, EXIT_INFEASIBLE, EXIT_INTERRUPTED = 2, 3, 130
+__all__ = ["EXIT_BAD_INPUT", "EXIT_ERROR", "EXIT_INFEASIBLE", "EXIT_OK", "app", "main"]
+
+
+def _fail(ctx: typer.Context, code: int, message: str) -> None:
+    """One line on stderr (plus the traceback with --debug), then exit with ``code``."""
+    if ctx.params.get("debug") or os.environ.get("BITSMITH_DEBUG") == "1":
+        traceback.print_exc()
+    typer.echo(message, err=True)
+    ctx.exit(code)
+
+
+class BitsmithGroup(TyperGroup):
+    """The command line's one error boundary: maps exceptions to exit codes and lines.
+
+    :class:`~bitsmith.errors.BitsmithError` -> its ``exit_code`` (2 bad input, 3
+    infeasible, 1 other); a missing or unreadable file -> 2; Ctrl-C -> 130 (a rerun
+    resumes); anything else -> 1 with ``unexpected error``. The option parser's own usage
+    errors keep click's exit code 2.
+    """
+
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except InfeasibleError as err:
+            _fail(ctx, err.exit_code, f"infeasible: {err}")
+        except BitsmithError as err:
+            _fail(ctx, err.exit_code, f"error: {err}")
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+            name = f" {err.filename}" if err.filename else ""
+            _fail(ctx, EXIT_BAD_INPUT, f"error: cannot read{name}: {err.strerror or err}; "
+                  "check the path")
+        except KeyboardInterrupt:
+            _fail(ctx, EXIT_INTERRUPTED, "interrupted; run the same command again to resume")
+        except Exception as err:  # noqa: BLE001 - the boundary: nothing else escapes
+            _fail(ctx, EXIT_ERROR, f"unexpected error: {type(err).__name__}: {err} "
+                  "(run with --debug for the traceback)")
+
 
 app = typer.Typer(help="bitsmith: automatic mixed-precision quantization for PyTorch.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
-err_console = Console(stderr=True)
+                  cls=BitsmithGroup, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
 
 
-def load_cli_config(path: Path) -> dict[str, Any]:
-    """Read a ``{command: {option: value}}`` YAML file (safe loader) for click's default_map."""
-    if not path.is_file():
-        raise typer.BadParameter(f"config file {path} does not exist", param_hint="--config")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise typer.BadParameter(f"{path} is not valid YAML: {err}",
-                                 param_hint="--config") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise typer.BadParameter(
-            f"{path} must map command names to option mappings, e.g. 'demo: {{epochs: 5}}'",
-            param_hint="--config")
-    return {cmd: {k.replace("-", "_"): v for k, v in opts.items()} for cmd, opts in data.items()}
+def load_cli_config(path: Path, ctx: typer.Context) -> dict[str, Any]:
+    """Read a ``{command: {option: value}}`` file for click's default_map, strictly
+    (:mod:`bitsmith.cli_config`: unknown commands/options and mistyped values are errors)."""
+    from bitsmith.cli_config import load_cli_config as load
+
+    return load(path, ctx.command, ctx)
 
 
 @app.callback()
@@ -52,10 +89,11 @@ def root(
     ctx: typer.Context,
     config: Path | None = typer.Option(
         None, "--config", "-c", help="YAML file of option defaults per command; flags win."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error."),
 ) -> None:
     """bitsmith: automatic mixed-precision quantization for PyTorch."""
     if config is not None:
-        ctx.default_map = load_cli_config(config)
+        ctx.default_map = load_cli_config(config, ctx)
 
 
 @app.command()
@@ -72,21 +110,13 @@ def demo(
 
     Example: bitsmith demo --out runs/demo
     """
-    from bitsmith.demo import run_demo
-
-    rows = run_demo(out, epochs=epochs, seed=seed, log=console.print, tune_trials=tune_trials)
-    table = Table(title="bitsmith demo: SmallCNN on sklearn digits (360 test images)")
-    for col in ("policy", "accuracy %", "size", "compression", "BitOPs", "avg w bits"):
-        table.add_column(col, justify="left" if col == "policy" else "right")
-    for r in rows:
-        table.add_row(r.name, f"{r.accuracy:.2f}", f"{r.size_bytes / 1024:.1f} KiB",
-                      f"{r.compression:.1f}x", f"{r.bitops / 1e6:.1f} M",
-                      f"{r.avg_weight_bits:.2f}")
-    console.print(table)
-    console.print(f"results written to {out}/results.json")
+    from bitsmith.demo import print_demo, run_demo
     from bitsmith.report import write_report
 
-    console.print(f"report written to {write_report(out)}")
+    demo_run = run_demo(out, epochs=epochs, seed=seed, tune_trials=tune_trials)
+    print_demo(demo_run, console)
+    done(f"results written to {out}/results.json")
+    done(f"report written to {write_report(out)}")
 
 
 @app.command()
@@ -105,85 +135,57 @@ def schemes() -> None:
 
 
 @app.command()
+@with_model
 def layers(
-    model: str = typer.Argument(..., help="Model name, e.g. resnet20 or torchvision:resnet18."),
+    inputs: Inputs,
     size: int = typer.Option(32, help="Input height/width of the example input."),
     channels: int = typer.Option(3, help="Input channels."),
 ) -> None:
-    """Print the LayerTable (quantizable layers, shapes, params, MACs) of a built-in model.
+    """Print the LayerTable (quantizable layers, shapes, params, MACs) of a model.
 
-    Example: bitsmith layers resnet20
+    Example: bitsmith layers --model resnet20; bitsmith layers --model net.py:build
     """
     import torch
 
-    from bitsmith.models import build_model
     from bitsmith.quantize import prepare
 
-    try:
-        net = build_model(model)
-    except (KeyError, ValueError, ImportError) as err:
-        err_console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+    net = inputs.resolve_model()
     _, table, report = prepare(net, torch.randn(1, channels, size, size))
     console.print(report.summary())
     console.print(table.format())
 
 
 def _register_subcommands() -> None:
-    """Add the sub-commands that live next to their method (tune, export, bench, analyze, ...)."""
+    """Add the sub-commands that live next to their method (tune, analyze, export, ...)."""
+    from bitsmith.analyze.cli import register as register_analyze
     from bitsmith.compress.cli import register as register_compress
     from bitsmith.export.cli import register as register_export
     from bitsmith.report.cli import register as register_report
     from bitsmith.search.cli import register as register_search
     from bitsmith.tune.cli import register as register_tune
 
-    for register in (register_tune, register_export, register_report, register_compress,
-                     register_search):
+    for register in (register_tune, register_analyze, register_search, register_compress,
+                     register_export, register_report):
         register(app)
 
 
 _register_subcommands()
 
 
-def _bad_input_errors() -> tuple[type[BaseException], ...]:
-    from bitsmith.export.errors import ArtifactError, ExportError
-    from bitsmith.graph import ConversionError
-    from bitsmith.policy import PolicyError
-    from bitsmith.quantize import CalibrationError
-    from bitsmith.report.rundir import RunDirError
-    from bitsmith.tune.errors import TuneError
-
-    return (PolicyError, CalibrationError, ConversionError, ExportError, ArtifactError,
-            RunDirError, TuneError, FileNotFoundError)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and map bitsmith's errors to the documented exit codes."""
+    """Run the command line; returns the exit code (see the module docstring)."""
     try:
-        result = app(args=argv, standalone_mode=False)
-        return result if isinstance(result, int) else EXIT_OK
-    except typer.Exit as done:
-        return done.exit_code
-    except typer.Abort:
-        err_console.print("aborted")
-        return EXIT_ERROR
-    except _bad_input_errors() as err:
-        err_console.print(f"[red]error:[/red] {err}")
-        return EXIT_BAD_INPUT
-    except Exception as err:
-        if callable(getattr(err, "show", None)) and hasattr(err, "exit_code"):
-            err.show()  # a usage error from the option parser
-            return EXIT_BAD_INPUT
-        if type(err).__name__.startswith("Infeasible"):
-            err_console.print(f"[red]infeasible:[/red] {err}")
-            return EXIT_INFEASIBLE
-        raise
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+        app(args=argv, prog_name="bitsmith")
+    except SystemExit as stop:
+        code = stop.code
+        return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_ERROR)
+    return EXIT_OK
 
 
 def run() -> None:  # pragma: no cover - console-script wrapper
     """Console script: ``sys.exit(main())``."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -11,38 +11,74 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from bitsmith.errors import InputError
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Top-1 accuracy in percent, mean cross-entropy loss, number of examples."""
+    """Top-1 accuracy in percent, mean cross-entropy loss, number of examples, and top-5
+    accuracy in percent (``None`` when the model scores fewer than 5 classes)."""
 
     accuracy: float
     loss: float
     count: int
+    top5: float | None = None
+
+
+class UnlabelledDataError(InputError):
+    """Accuracy was asked of data without class labels."""
+
+
+def _pair(batch: object) -> tuple[Tensor, Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], Tensor):
+        return batch[0], batch[1]
+    raise UnlabelledDataError(
+        "accuracy needs labelled batches (inputs, labels), but the data yields "
+        f"{type(batch).__name__} without labels; give labelled data or a metric function")
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Iterable, max_batches: int | None = None,
              device: str | torch.device = "cpu") -> EvalResult:
-    """Top-1 accuracy (%) and mean loss of ``model`` over ``data`` (eval mode, no grad)."""
+    """Top-1 / top-5 accuracy (%) and mean loss of ``model`` over ``data`` (eval mode, no grad).
+
+    The one classification loop of bitsmith: :func:`bitsmith.evaluate` (the public,
+    metric-aware entry point) and every producer measure accuracy through it.
+
+    Args:
+        data: batches ``(inputs (N, ...), labels int64 (N,))``.
+        max_batches: stop after this many batches.
+
+    Raises:
+        UnlabelledDataError: a batch without labels.
+        ValueError: no examples at all.
+    """
     was_training = model.training
     model.eval()
-    correct = total = 0
+    correct = correct5 = total = 0
     loss_sum = 0.0
-    for i, (x, y) in enumerate(data):
-        if max_batches is not None and i >= max_batches:
-            break
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        total += y.numel()
-    model.train(was_training)
+    top5 = True
+    try:
+        for i, batch in enumerate(data):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = _pair(batch)
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            top5 = top5 and logits.shape[1] >= 5
+            if top5:
+                correct5 += (logits.topk(5, 1).indices == y[:, None]).any(1).sum().item()
+            total += y.numel()
+    finally:
+        model.train(was_training)
     if total == 0:
         raise ValueError("evaluation data is empty")
-    return EvalResult(100.0 * correct / total, loss_sum / total, total)
+    return EvalResult(100.0 * correct / total, loss_sum / total, total,
+                      100.0 * correct5 / total if top5 else None)
 
 
 def fit(model: nn.Module, data: Iterable, epochs: int, lr: float = 1e-3,

@@ -34,3 +34,10 @@ class InfeasibleError(BitsmithError):
 def exit_code_of(err: BaseException) -> int:
     """The command line's exit code for ``err`` (1 for anything outside the family)."""
     return err.exit_code if isinstance(err, BitsmithError) else EXIT_ERROR
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters: for
+    quoting a third-party exception inside a bitsmith error message."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -9,6 +9,21 @@ Every producer (post-training tuner, differentiable search, DPQ, a user's file)
 writes a Policy; every consumer (conversion, cost model, export, report) reads
 one. Policies are immutable, hashable, round-trip through JSON and YAML and
 validate on construction, so that a bad field is reported with the layer name.
+
+File format ``bitsmith.policy/2`` (YAML or JSON)::
+
+    format: bitsmith.policy/2
+    layer_count: 20                 # number of entries under ``layers``
+    checksum: sha256:<64 hex>       # of the canonical JSON of ``layers`` (optional)
+    rounding: {method: adaround, iterations: 2000, ...}   # optional, see Rounding
+    bias_correction: true                                # optional
+    calib_size: 1024                                     # optional
+    layers: {name: {weight: QSpec | null, act: QSpec | null, sparsity: float} | null}
+
+The header comes first, so a file cut short (a full disk, a copy interrupted) keeps it
+and is refused by the layer count or the checksum even when the YAML still parses. A
+hand-edited file must drop (or update) its ``checksum`` line. Files of format
+``bitsmith.policy/1`` (or without ``format``) still load, without these checks.
 """
 
 from __future__ import annotations
@@ -25,14 +40,35 @@ from typing import Any
 import yaml
 
 from bitsmith.errors import InputError
-from bitsmith.rounding import GRID_SCHEMES_DOC, NEAREST, Rounding
 
+FORMAT = "bitsmith.policy/2"
+LEGACY_FORMATS = ("bitsmith.policy/1",)
+OPTION_KEYS = ("rounding", "bias_correction", "calib_size")
+FILE_KEYS = ("format", "layer_count", "checksum", *OPTION_KEYS, "layers")
 GRANULARITIES = ("tensor", "channel")
 OBSERVERS = ("minmax", "percentile", "entropy", "mse")
 
 
 class PolicyError(InputError):
     """A Policy, LayerSpec or QSpec is invalid; the message names the layer and field."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _unknown_fields(data: Mapping[str, Any], known: Iterable[str], where: str, what: str
+                    ) -> None:
+    """Raise :class:`PolicyError` for the first key of ``data`` not in ``known``."""
+    from bitsmith.config import closest_match
+
+    known = list(known)
+    for key in data:
+        if key not in known:
+            hint = closest_match(str(key), known)
+            did_you = f"did you mean {hint!r}? " if hint else ""
+            raise PolicyError(f"{where}: unknown {what} field {key!r}; {did_you}valid: "
+                              f"{', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -82,11 +118,18 @@ class QSpec:
             raise PolicyError(f"{prefix}bits must be an integer, got {self.bits!r}")
         if not 1 <= self.bits <= 16:
             raise PolicyError(f"{prefix}bits={self.bits} is out of range; use 1..16")
-        if self.granularity not in GRANULARITIES:
+        for name in ("pow2_scale", "reduced_range", "learnable"):
+            if not isinstance(getattr(self, name), bool):
+                raise PolicyError(f"{prefix}{name} must be true or false (unquoted), got "
+                                  f"{getattr(self, name)!r}")
+        if not _is_number(self.percentile):
+            raise PolicyError(f"{prefix}percentile must be a number in (0, 100], got "
+                              f"{self.percentile!r}")
+        if not isinstance(self.granularity, str) or self.granularity not in GRANULARITIES:
             raise PolicyError(
                 f"{prefix}granularity={self.granularity!r} is unknown; use one of {GRANULARITIES}"
             )
-        if self.observer not in OBSERVERS:
+        if not isinstance(self.observer, str) or self.observer not in OBSERVERS:
             raise PolicyError(
                 f"{prefix}observer={self.observer!r} is unknown; use one of {OBSERVERS}"
             )
@@ -115,10 +158,7 @@ class QSpec:
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> QSpec:
         if not isinstance(data, Mapping):
             raise PolicyError(f"{where}: expected a mapping of QSpec fields, got {data!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PolicyError(f"{where}: unknown QSpec field(s) {unknown}; known: {sorted(known)}")
+        _unknown_fields(data, [f.name for f in dataclasses.fields(cls)], where, "QSpec")
         try:
             return cls(**dict(data))
         except PolicyError as err:
@@ -151,8 +191,8 @@ class LayerSpec:
             value = getattr(self, name)
             if value is not None and not isinstance(value, QSpec):
                 raise PolicyError(f"{prefix}{name} must be a QSpec or None, got {value!r}")
-        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
-            raise PolicyError(f"{prefix}sparsity={self.sparsity!r} must be in [0, 1)")
+        if not _is_number(self.sparsity) or not 0.0 <= self.sparsity < 1.0:
+            raise PolicyError(f"{prefix}sparsity={self.sparsity!r} must be a number in [0, 1)")
 
     @property
     def is_float(self) -> bool:
@@ -169,19 +209,172 @@ class LayerSpec:
     def from_dict(cls, data: Mapping[str, Any], where: str = "") -> LayerSpec:
         if not isinstance(data, Mapping):
             raise PolicyError(f"{where}: expected a mapping with weight/act/sparsity, got {data!r}")
-        unknown = sorted(set(data) - {"weight", "act", "sparsity"})
-        if unknown:
-            raise PolicyError(f"{where}: unknown LayerSpec field(s) {unknown}")
+        _unknown_fields(data, ("weight", "act", "sparsity"), where, "LayerSpec")
         weight = data.get("weight")
         act = data.get("act")
-        return cls(
-            weight=None if weight is None else QSpec.from_dict(weight, f"{where}.weight"),
-            act=None if act is None else QSpec.from_dict(act, f"{where}.act"),
-            sparsity=float(data.get("sparsity", 0.0)),
-        )
+        sparsity = data.get("sparsity", 0.0)
+        try:
+            return cls(
+                weight=None if weight is None else QSpec.from_dict(weight, f"{where}.weight"),
+                act=None if act is None else QSpec.from_dict(act, f"{where}.act"),
+                sparsity=float(sparsity) if _is_number(sparsity) else sparsity,
+            )
+        except PolicyError as err:
+            if str(err).startswith(f"{where}"):
+                raise
+            raise PolicyError(f"{where}: {err}") from None
 
 
 FLOAT = LayerSpec(weight=None, act=None)
+
+
+# ----------------------------------------------------------------------------- rounding
+# How a Policy rounds its weights (a model-wide choice).
+ROUNDING_METHODS = ("nearest", "adaround", "brecq", "qdrop")
+RECONSTRUCTION_INPUTS = ("quantized", "float")
+# Weight schemes whose values are scale · (q − zero_point) with integer q: learned rounding
+# chooses q, so it applies to exactly these (checked against the registry by the Policy).
+GRID_SCHEMES_DOC = "uniform_symmetric, uniform_asymmetric, fixed_point, clipq"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """The weight-rounding method of a Policy and its reconstruction hyper-parameters.
+
+    ``method="nearest"`` (the default) rounds every weight to the nearest point of its
+    scheme's grid. The reconstruction methods learn, per weight, whether to round down or
+    up so that each layer's (``adaround``) or each block's (``brecq``; ``qdrop`` also drops
+    activation quantization at random while learning) output stays close to the float
+    model's on unlabelled calibration data (:mod:`bitsmith.reconstruct`,
+    ``docs/reconstruction.md``). Every field changes the resulting model, so all of them
+    are stored in the Policy: ``bitsmith.quantize(model, policy, calibration=data)``
+    rebuilds the same integer codes for the same data, seed and thread count. Learned
+    rounding applies to uniform integer-grid weight schemes only (``uniform_symmetric``,
+    ``uniform_asymmetric``, ``fixed_point``, ``clipq``; per tensor or per channel); the
+    Policy refuses other weight schemes.
+
+    Attributes:
+        method: ``"nearest"``, ``"adaround"``, ``"brecq"`` or ``"qdrop"`` (module docstring).
+        iterations: optimisation steps per unit (one layer for ``adaround``, one block
+            otherwise).
+        batch_size: calibration samples per step.
+        lr: Adam learning rate of the rounding variables ``V``.
+        reg_weight: ``λ``, weight of the rounding regulariser ``Σ 1 − |2h(V) − 1|^β``.
+        beta_start, beta_end: the regulariser's exponent ``β``, annealed from
+            ``beta_start`` to ``beta_end`` (cosine) after the warm-up.
+        warmup: fraction of ``iterations`` run without the regulariser.
+        inputs: ``"quantized"`` (each unit sees the quantized model's input, with every
+            earlier unit already reconstructed: AdaRound's asymmetric reconstruction,
+            as in AIMET, BRECQ and QDrop) or ``"float"`` (the float model's input, the
+            AdaRound paper's first variant; units are then independent of each other).
+        drop_prob: ``qdrop`` only: probability of replacing an element of an activation
+            quantizer's output (and of the block input) by its float value, in [0, 1).
+        learn_act: learn the activation step sizes of the unit's input quantizers jointly
+            (LSQ); ``None`` takes the method's default (``False`` for ``adaround``,
+            ``True`` for ``brecq`` / ``qdrop``) and is stored resolved.
+        act_lr: Adam learning rate of the learned activation step sizes.
+        fisher: weight the output error by the squared (``|g| + 1``) gradient of the
+            KL divergence between the quantized and float model outputs (BRECQ's
+            Fisher-diagonal loss; one extra backward pass over the calibration data).
+        seed: seed of the mini-batch sampling and of QDrop's masks (one stream per unit,
+            so a resumed run draws the same numbers as an uninterrupted one).
+    """
+
+    method: str = "nearest"
+    iterations: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    reg_weight: float = 0.01
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    warmup: float = 0.2
+    inputs: str = "quantized"
+    drop_prob: float = 0.5
+    learn_act: bool | None = None
+    act_lr: float = 4e-5
+    fisher: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.learn_act is None:
+            object.__setattr__(self, "learn_act", self.method in ("brecq", "qdrop"))
+        self.check()
+
+    def check(self, where: str = "rounding") -> None:
+        """Raise :class:`~bitsmith.policy.PolicyError` naming ``where`` and the bad field."""
+        def bad(field: str, rule: str) -> Exception:
+            return PolicyError(f"{where}.{field}={getattr(self, field)!r} {rule}")
+
+        if self.method not in ROUNDING_METHODS:
+            raise bad("method", f"is unknown; use one of {ROUNDING_METHODS}")
+        for name in ("iterations", "batch_size"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise bad(name, "must be a positive integer")
+        for name in ("lr", "act_lr", "beta_start", "beta_end"):
+            value = getattr(self, name)
+            if not _is_number(value) or not value > 0:
+                raise bad(name, "must be a positive number")
+        if not _is_number(self.reg_weight) or self.reg_weight < 0:
+            raise bad("reg_weight", "must be a number >= 0")
+        if self.beta_end > self.beta_start:
+            raise bad("beta_end", f"must not exceed beta_start={self.beta_start}")
+        if not _is_number(self.warmup) or not 0 <= self.warmup < 1:
+            raise bad("warmup", "must be a fraction in [0, 1)")
+        if self.inputs not in RECONSTRUCTION_INPUTS:
+            raise bad("inputs", f"is unknown; use one of {RECONSTRUCTION_INPUTS}")
+        if not _is_number(self.drop_prob) or not 0 <= self.drop_prob < 1:
+            raise bad("drop_prob", "must be a probability in [0, 1)")
+        for name in ("learn_act", "fisher"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise bad("seed", "must be an integer >= 0")
+
+    @property
+    def learned(self) -> bool:
+        """True for the reconstruction methods (anything but ``nearest``)."""
+        return self.method != "nearest"
+
+    @property
+    def blockwise(self) -> bool:
+        """True when units are blocks (``brecq``, ``qdrop``) rather than single layers."""
+        return self.method in ("brecq", "qdrop")
+
+    def replace(self, **changes: Any) -> Rounding:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | str, where: str = "rounding") -> Rounding:
+        """From a mapping of fields, or a bare method name (``rounding: adaround``)."""
+        if isinstance(data, str):
+            data = {"method": data}
+        if not isinstance(data, Mapping):
+            raise PolicyError(f"{where}: expected a method name or a mapping of rounding "
+                                f"fields, got {data!r}")
+        _unknown_fields(data, [f.name for f in dataclasses.fields(cls)], where, "rounding")
+        try:
+            return cls(**dict(data))
+        except TypeError as err:  # e.g. a field given as a list
+            raise PolicyError(f"{where}: {err}") from None
+
+    def short(self) -> str:
+        """Compact label, e.g. ``"qdrop 2000it"`` (``"nearest"`` for the default)."""
+        if not self.learned:
+            return "nearest"
+        extra = " +act" if self.learn_act else ""
+        return f"{self.method} {self.iterations}it{extra}"
+
+
+NEAREST = Rounding()
 
 
 class Policy(Mapping[str, LayerSpec]):
@@ -193,7 +386,7 @@ class Policy(Mapping[str, LayerSpec]):
     Model-wide choices (keyword-only; each changes the model, so each is validated,
     serialised and part of the fingerprint; files without them load with the defaults):
 
-    * ``rounding``: a :class:`~bitsmith.rounding.Rounding` (or a method name):
+    * ``rounding``: a :class:`~bitsmith.policy.Rounding` (or a method name):
       ``"nearest"`` (default), or learned rounding by reconstruction
       (``"adaround"``, ``"brecq"``, ``"qdrop"``) with its hyper-parameters;
     * ``bias_correction``: after rounding, shift each quantized layer's bias by the
@@ -342,71 +535,107 @@ class Policy(Mapping[str, LayerSpec]):
 
     # Serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain data; model-wide choices appear only when they differ from the defaults,
-        so that a policy without them keeps the fingerprint it always had."""
-        out: dict[str, Any] = {"format": "bitsmith.policy/1"}
+        """The ``bitsmith.policy/2`` file content (see the module docstring).
+
+        The model-wide choices appear only when they differ from the defaults, between
+        the header and the layers."""
+        layers = {n: s.to_dict() for n, s in self._layers.items()}
+        return {"format": FORMAT, "layer_count": len(layers), "checksum": _checksum(layers),
+                **self._options_dict(), "layers": layers}
+
+    def _options_dict(self) -> dict[str, Any]:
+        """The model-wide choices that differ from the defaults, as plain data."""
+        out: dict[str, Any] = {}
         if self._rounding != NEAREST:
             out["rounding"] = self._rounding.to_dict()
         if self._bias_correction:
             out["bias_correction"] = True
         if self._calib_size is not None:
             out["calib_size"] = self._calib_size
-        out["layers"] = {n: s.to_dict() for n, s in self._layers.items()}
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
+    def from_dict(cls, data: Mapping[str, Any], source: str = "policy") -> Policy:
+        """Build from file content; ``source`` (e.g. the file name) prefixes every error.
+
+        A ``bitsmith.policy/2`` mapping must carry ``layer_count`` (and its ``checksum``,
+        when present, must match); ``bitsmith.policy/1`` and format-less mappings are read
+        without these checks.
+        """
         if not isinstance(data, Mapping) or "layers" not in data:
-            raise PolicyError("a policy file must be a mapping with a 'layers' key")
+            raise PolicyError(f"{source}: a policy must be a mapping with a 'layers' key "
+                              f"(got {type(data).__name__}); is this a bitsmith policy file?")
+        _unknown_fields(data, FILE_KEYS, source, "policy file")
         layers = data["layers"]
         if not isinstance(layers, Mapping):
-            raise PolicyError("'layers' must map layer names to layer specs")
-        return cls(
-            ((name, FLOAT if spec is None else LayerSpec.from_dict(spec, name))
-             for name, spec in layers.items()),
-            rounding=Rounding.from_dict(data.get("rounding", {})),
-            bias_correction=data.get("bias_correction", False),
-            calib_size=data.get("calib_size"),
-        )
+            raise PolicyError(f"{source}: 'layers' must map layer names to layer specs")
+        _check_header(data, layers, source)
+        try:
+            policy = cls(
+                ((name, FLOAT if spec is None else LayerSpec.from_dict(spec, str(name)))
+                 for name, spec in layers.items()),
+                rounding=Rounding.from_dict(data.get("rounding", {})),
+                bias_correction=data.get("bias_correction", False),
+                calib_size=data.get("calib_size"),
+            )
+        except PolicyError as err:
+            raise PolicyError(f"{source}: {err}") from None
+        _check_checksum(data, layers, source)    # after parsing: the layers' shape is bounded
+        return policy
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     @classmethod
-    def from_json(cls, text: str) -> Policy:
+    def from_json(cls, text: str, source: str = "policy") -> Policy:
+        from bitsmith.config import ConfigError, parse_structured_text
+
         try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as err:
-            raise PolicyError(f"policy is not valid JSON: {err}") from None
+            data = parse_structured_text(text, source, json_only=True)
+        except ConfigError as err:
+            raise PolicyError(str(err)) from None
+        return cls.from_dict(data, source)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> Policy:
+    def from_yaml(cls, text: str, source: str = "policy") -> Policy:
+        from bitsmith.config import ConfigError, parse_structured_text
+
         try:
-            return cls.from_dict(yaml.safe_load(text))
-        except yaml.YAMLError as err:
-            raise PolicyError(f"policy is not valid YAML: {err}") from None
+            data = parse_structured_text(text, source)
+        except ConfigError as err:
+            raise PolicyError(str(err)) from None
+        return cls.from_dict(data, source)
 
     def save(self, path: str | Path) -> Path:
-        """Write as JSON (``.json``) or YAML (``.yaml``/``.yml``)."""
+        """Write as JSON (``.json``) or YAML (``.yaml``/``.yml``), atomically."""
+        from bitsmith.atomic import atomic_write_text
+
         path = Path(path)
-        text = self.to_json() if path.suffix == ".json" else self.to_yaml()
-        path.write_text(text)
+        atomic_write_text(path, self.to_json() if path.suffix == ".json" else self.to_yaml())
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
-        path = Path(path)
-        if not path.is_file():
-            raise PolicyError(f"policy file {path} does not exist")
-        text = path.read_text()
-        return cls.from_json(text) if path.suffix == ".json" else cls.from_yaml(text)
+        """Read a policy file (YAML, or JSON for ``.json``); any problem is a PolicyError."""
+        from bitsmith.config import ConfigError, read_structured_file
+
+        try:
+            data = read_structured_file(path, "policy file")
+        except ConfigError as err:
+            raise PolicyError(str(err)) from None
+        return cls.from_dict(data, f"policy file {path}")
 
     def fingerprint(self) -> str:
-        """SHA-256 of the canonical JSON: equal policies have equal fingerprints."""
-        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the canonical JSON of the layers (and of the model-wide choices that
+        differ from the defaults): equal policies have equal fingerprints (a policy with
+        default choices keeps the value format 1 computed, so stored fingerprints stay
+        valid)."""
+        canon = json.dumps({"format": "bitsmith.policy/1", **self._options_dict(),
+                            "layers": {n: s.to_dict() for n, s in self._layers.items()}},
+                           sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
     # Inspection -------------------------------------------------------------
@@ -436,6 +665,42 @@ class Policy(Mapping[str, LayerSpec]):
                          f"{'on' if self._bias_correction else 'off'}; calibration inputs: "
                          f"{'all' if self._calib_size is None else self._calib_size}")
         return "\n".join(lines)
+
+
+def _checksum(layers: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of the canonical JSON of a policy file's ``layers`` mapping."""
+    try:
+        canon = json.dumps(layers, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    except (TypeError, ValueError):
+        canon = repr(layers)   # not JSON data at all: cannot match any stored checksum
+    return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _check_header(data: Mapping[str, Any], layers: Mapping[str, Any], source: str) -> None:
+    """Refuse a ``bitsmith.policy/2`` file whose layers do not match its header."""
+    fmt = data.get("format")
+    if fmt is None or fmt in LEGACY_FORMATS:
+        return
+    if fmt != FORMAT:
+        raise PolicyError(f"{source}: unsupported format {fmt!r}; this bitsmith reads "
+                          f"{FORMAT} and {', '.join(LEGACY_FORMATS)}")
+    count = data.get("layer_count")
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise PolicyError(f"{source}: format {FORMAT} needs an integer 'layer_count', got "
+                          f"{count!r}; re-save the policy")
+    if count != len(layers):
+        raise PolicyError(f"{source}: has {len(layers)} layer(s) but its header says {count}: "
+                          "the file is truncated or damaged; write it again")
+
+
+def _check_checksum(data: Mapping[str, Any], layers: Mapping[str, Any], source: str) -> None:
+    """Refuse a ``bitsmith.policy/2`` file whose layers do not match its ``checksum``."""
+    if data.get("format") != FORMAT:
+        return
+    stored = data.get("checksum")
+    if stored is not None and stored != _checksum(layers):
+        raise PolicyError(f"{source}: the layers do not match the file's checksum (truncated "
+                          "or damaged; if you edited it by hand, delete the 'checksum' line)")
 
 
 def select_layers(

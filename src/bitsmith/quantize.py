@@ -42,12 +42,16 @@ class CalibrationError(InputError):
 
 def iter_batches(data: Any, num_batches: int | None = None, multi_input: bool = False
                  ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Yield model-argument tuples from a tensor, a DataLoader or any iterable of batches."""
+    """Yield model-argument tuples from a tensor, a dataset (batches of 128), a DataLoader or
+    any iterable of batches."""
     if isinstance(data, torch.Tensor):
         data = [data]
+    elif isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
+        data = torch.utils.data.DataLoader(data, batch_size=128)
     if not isinstance(data, Iterable):
         raise CalibrationError(
-            f"calibration data must be a tensor, a DataLoader or an iterable of batches, "
+            f"calibration data must be a tensor, a dataset, a DataLoader or an iterable of "
+            "batches, "
             f"got {type(data).__name__}")
     count = 0
     for batch in data:
@@ -63,6 +67,11 @@ def iter_batches(data: Any, num_batches: int | None = None, multi_input: bool = 
             raise CalibrationError(
                 f"cannot read a batch of type {type(batch).__name__}; yield tensors or "
                 "(inputs, labels) tuples")
+        empty = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor) and a.numel() == 0]
+        if empty:
+            raise CalibrationError(
+                f"calibration batch {count} is empty (shape {empty[0]}); give at least one "
+                "input per batch (a few hundred representative inputs are enough)")
         count += 1
         yield args
     if count == 0:

@@ -1,6 +1,7 @@
 """Pruning and DPQ: mixed precision for pruned networks, with honest compression accounting.
 
-See ``docs/compress.md``. Main entry point: :func:`compress_model`; building blocks:
+See ``docs/compress.md``. The producer contract: :func:`compress` with
+:class:`CompressConfig`; the flow itself: :func:`compress_model`; building blocks:
 :mod:`~bitsmith.compress.pruning` (magnitude / channel masks, cubic schedule),
 :mod:`~bitsmith.compress.dpq` (pseudo-mean, two-level scales), :mod:`~bitsmith.compress.bits`
 (dynamic bit widths under a budget), :mod:`~bitsmith.compress.rpc` (partial activation
@@ -9,8 +10,9 @@ quantization), :mod:`~bitsmith.compress.accounting` (size = packed artifact payl
 """
 
 from bitsmith.compress.accounting import compression_report, mask_layouts, sync_sparsity
-from bitsmith.compress.bits import BitChoice, InfeasibleCompressionBudget, allocate_bits
+from bitsmith.compress.bits import BitChoice, allocate_bits
 from bitsmith.compress.dpq import DPQWeightQuantizer, dpq_scale, install_dpq, set_layer_spec
+from bitsmith.compress.pipeline import CompressConfig, CompressResult, compress, compress_model
 from bitsmith.compress.pruning import (
     CompressError,
     CubicSchedule,
@@ -22,8 +24,9 @@ from bitsmith.compress.pruning import (
 from bitsmith.compress.rpc import RPC, RPCSchedule
 
 __all__ = [
-    "RPC", "BitChoice", "CompressError", "CubicSchedule", "DPQWeightQuantizer",
-    "InfeasibleCompressionBudget", "RPCSchedule", "allocate_bits", "apply_masks",
-    "check_sparsity", "compression_report", "dpq_scale", "install_dpq", "magnitude_masks",
-    "mask_gradients", "mask_layouts", "set_layer_spec", "sync_sparsity",
+    "BitChoice", "CompressConfig", "CompressError", "CompressResult", "CubicSchedule",
+    "DPQWeightQuantizer", "RPC", "RPCSchedule", "allocate_bits", "apply_masks",
+    "check_sparsity", "compress", "compress_model", "compression_report", "dpq_scale",
+    "install_dpq", "magnitude_masks", "mask_gradients", "mask_layouts", "set_layer_spec",
+    "sync_sparsity",
 ]

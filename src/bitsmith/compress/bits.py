@@ -2,7 +2,7 @@
 
 Under an overall size budget ``B`` (bytes, as :func:`compression_report` counts them) the
 bit width ``b_l`` of every DPQ layer ``l`` is chosen by the 0-1 integer program of
-:func:`bitsmith.analyze.allocate`::
+:func:`bitsmith.allocation.ilp`::
 
     minimise  Σ_l NSR_l(b_l)      subject to  size(b) <= B
 
@@ -26,29 +26,26 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from bitsmith.analyze.allocate import Budget, InfeasibleBudgetError, allocate
-from bitsmith.analyze.candidates import CandidateSpace
+from bitsmith.allocation.candidates import CandidateSpace
+from bitsmith.allocation.ilp import allocate
 from bitsmith.compress.accounting import compression_report, mask_layouts, sync_sparsity
 from bitsmith.compress.dpq import dpq_spec, quantization_nsr, set_layer_spec
 from bitsmith.compress.pruning import CompressError
 from bitsmith.cost import weight_bytes
-from bitsmith.errors import InfeasibleError
+from bitsmith.cost.budget import Budget, InfeasibleBudgetError
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import LayerSpec
 
 DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
+
+
+def infeasible_size(budget: float, minimum: float) -> InfeasibleBudgetError:
+    """The error when even the lowest bit widths exceed the size budget at this sparsity."""
+    return InfeasibleBudgetError("size_bytes", budget, minimum, " at the current sparsity",
+                                 hint="raise the budget (lower --ratio), prune more, or allow "
+                                 "fewer bits")
 WEIGHTINGS = ("equal", "sqrt", "size")
 
-
-class InfeasibleCompressionBudget(InfeasibleError, CompressError):
-    """No choice of bit widths fits the size budget; ``.minimum`` is the smallest size."""
-
-    def __init__(self, budget: float, minimum: float) -> None:
-        self.budget, self.minimum = float(budget), float(minimum)
-        super().__init__(
-            f"infeasible budget: {budget:,.0f} bytes requested, but even the lowest bit "
-            f"widths give {minimum:,.0f} bytes at the current sparsity; raise the budget "
-            "(lower --ratio), prune more, or allow fewer bits")
 
 
 @dataclass
@@ -91,7 +88,7 @@ def allocate_bits(qmodel: nn.Module, budget_bytes: float, bits: Sequence[int] = 
 
     Raises:
         CompressError: a non-positive budget or bad bit list.
-        InfeasibleCompressionBudget: even the lowest bits exceed the budget.
+        InfeasibleBudgetError: even the lowest bits exceed the budget.
     """
     if not budget_bytes > 0:
         raise CompressError(f"budget must be a positive number of bytes, got {budget_bytes}")
@@ -130,7 +127,7 @@ def allocate_bits(qmodel: nn.Module, budget_bytes: float, bits: Sequence[int] = 
         alloc = allocate(space, scores, Budget(size_bytes=budget_bytes + saving), base=policy,
                          time_limit=time_limit)
     except InfeasibleBudgetError as err:
-        raise InfeasibleCompressionBudget(budget_bytes, err.minimum - saving) from None
+        raise infeasible_size(budget_bytes, err.minimum - saving) from None
     for n in names:
         set_layer_spec(qmodel, n, alloc.policy[n], pseudo=pseudo)
     sync_sparsity(qmodel)  # a layer whose mask stopped paying off at its new bits goes dense

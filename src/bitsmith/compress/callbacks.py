@@ -1,4 +1,4 @@
-"""DPQ inside the shared training loop (:func:`bitsmith.search.train.train`), as one callback.
+"""DPQ inside the shared training loop (:func:`bitsmith.training.train`), as one callback.
 
 :class:`DPQCallback` does, at the loop's hooks:
 
@@ -29,8 +29,8 @@ from bitsmith.compress.accounting import compression_report, mask_layouts, sync_
 from bitsmith.compress.bits import (
     DEFAULT_BITS,
     BitChoice,
-    InfeasibleCompressionBudget,
     allocate_bits,
+    infeasible_size,
 )
 from bitsmith.compress.dpq import dpq_spec, set_layer_spec
 from bitsmith.compress.pruning import (
@@ -43,7 +43,7 @@ from bitsmith.compress.pruning import (
 from bitsmith.compress.rpc import RPC, RPCSchedule
 from bitsmith.cost import mask_layout
 from bitsmith.graph import quantized_layers
-from bitsmith.search.train import Callback, TrainState
+from bitsmith.training import Callback, TrainState
 
 
 class DPQCallback(Callback):
@@ -142,7 +142,7 @@ class DPQCallback(Callback):
                 s_f += total
         beta = 8.0 * (self.budget_bytes - fixed - m_f) / max(s_f, 1)
         if beta < min(self.bits):
-            raise InfeasibleCompressionBudget(self.budget_bytes,
+            raise infeasible_size(self.budget_bytes,
                                               fixed + m_f + min(self.bits) * s_f / 8)
         return fixed + m_t + beta * s_t / 8.0
 

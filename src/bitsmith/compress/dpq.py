@@ -44,8 +44,8 @@ import torch
 from torch import Tensor, nn
 
 from bitsmith.graph import quantized_layers
+from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import LayerSpec, QSpec
-from bitsmith.schemes.quantizer import Quantizer
 
 CORRECTION_GRID = tuple(1.0 + j / 16.0 for j in (0, *[k for i in range(1, 9) for k in (-i, i)]))
 WEIGHT_SCHEME = "uniform_symmetric"

@@ -1,10 +1,11 @@
 """One call for the whole DPQ flow: quantize, prune gradually, re-choose bits, fine-tune.
 
-:func:`compress_model` (used by ``bitsmith compress`` and the benchmark):
+:func:`compress` is the producer contract (``bitsmith compress``); :func:`compress_model`
+the flow itself (the benchmark calls it directly):
 
 1. ``bitsmith.quantize`` the FP32 model (BN folded) with DPQ weight quantizers (8 bits to
    start) and calibrated ``uniform_asymmetric`` activations;
-2. fine-tune with the shared loop :func:`bitsmith.search.train.train`, distilling from the
+2. fine-tune with the shared loop :func:`bitsmith.training.train`, distilling from the
    FP32 model, while :class:`~bitsmith.compress.callbacks.DPQCallback` prunes along the cubic
    schedule (target sparsity at ``prune_end`` of the steps), keeps pruned weights at zero,
    re-chooses the bits under the size budget, and applies RPC to the activations;
@@ -15,7 +16,10 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -26,16 +30,21 @@ from bitsmith.compress.callbacks import DPQCallback
 from bitsmith.compress.dpq import dpq_spec, install_dpq
 from bitsmith.compress.pruning import SCOPES, CompressError, CubicSchedule, check_sparsity
 from bitsmith.compress.rpc import RPCSchedule
+from bitsmith.config import Config
 from bitsmith.cost import CostReport
+from bitsmith.errors import InputError
 from bitsmith.graph import quantized_layers
+from bitsmith.inputs import MetricError
 from bitsmith.policy import LayerSpec, Policy, QSpec
 from bitsmith.quantize import iter_batches, prepare, quantize
-from bitsmith.search.train import TrainConfig, TrainResult, train
+from bitsmith.result import QuantizationResult, cost_summary, plain, validation_summary
+from bitsmith.scoring import EvaluateFn, Scorer, check_validation
+from bitsmith.training import TrainConfig, TrainResult, train
 
 
-@dataclass
-class CompressConfig:
-    """Knobs of :func:`compress_model`.
+@dataclass(frozen=True)
+class CompressConfig(Config):
+    """Knobs of :func:`compress` (YAML-loadable).
 
     Attributes:
         sparsity: final fraction of pruned weights in the pruned layers, ``[0, 1)``.
@@ -58,6 +67,9 @@ class CompressConfig:
         prune_every: steps between mask updates (0 = about 20 updates).
         realloc_every: extra bit re-allocation every this many steps (0 = when masks change).
         calib_batches: calibration batches for the activation ranges.
+        train: the fine-tuning loop's :class:`TrainConfig` (``None``: one shot, no
+            fine-tuning: prune to the target and choose bits at once).
+        labels: names shown in the run directory and report (``model``, ``dataset``).
     """
 
     sparsity: float = 0.75
@@ -78,6 +90,8 @@ class CompressConfig:
     prune_every: int = 0
     realloc_every: int = 0
     calib_batches: int | None = 8
+    train: TrainConfig | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.check()
@@ -108,8 +122,6 @@ class CompressConfig:
             raise CompressError(f"prune_end={self.prune_end} must be in (0, 1]")
         RPCSchedule(self.rpc_start, self.rpc_full_at)  # validates
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -168,7 +180,7 @@ def compress_model(model: nn.Module, calib_data: Any, train_loader: Any,
         val_loader: validation batches evaluated by the loop after each epoch.
 
     Raises:
-        CompressError: bad settings; ``InfeasibleCompressionBudget`` when the budget cannot
+        CompressError: bad settings; ``InfeasibleBudgetError`` when the budget cannot
             be met at this sparsity even at the lowest bits (raised before any training).
     """
     config.check()
@@ -195,7 +207,7 @@ def compress_model(model: nn.Module, calib_data: Any, train_loader: Any,
         bit_layers=list(quantized_layers(qmodel)), realloc_every=config.realloc_every,
         rpc=RPCSchedule(config.rpc_start, config.rpc_full_at) if config.rpc else None,
         two_level=config.two_level, pseudo=config.pseudo_mean)
-    # raise InfeasibleCompressionBudget before any training
+    # raise InfeasibleBudgetError before any training
     if budget is not None and schedule is not None:
         cb.stage_budget()
     elif budget is not None:
@@ -222,3 +234,80 @@ def compress_model(model: nn.Module, calib_data: Any, train_loader: Any,
             if m.layer_spec.weight is not None}
     return CompressResult(model=qmodel, cost=cost, budget_bytes=budget, sparsity=cb.sparsity,
                           bits=bits, events=cb.events, train=result_train)
+
+
+def compress(model: nn.Module, calibration: Any, validation: Any = None, *,
+             evaluate: EvaluateFn | None = None, config: CompressConfig | None = None,
+             out_dir: str | Path | None = None, train_data: Any = None) -> QuantizationResult:
+    """DPQ: prune and quantize ``model`` under a size budget, fine-tune, score on validation.
+
+    Args:
+        model: the FP32 model (not changed).
+        calibration: calibration batches (activation ranges), e.g. a DataLoader.
+        validation: labelled validation data the result is scored on (never the test set).
+        evaluate: ``evaluate(model) -> float``, higher is better (default: top-1 % on
+            ``validation``). A failing metric is recorded; the compressed model is kept.
+        config: the :class:`CompressConfig` (``config.train`` = the fine-tuning loop's
+            config, ``None`` for one shot).
+        out_dir: the run directory (``bitsmith report OUT_DIR``).
+        train_data: labelled training batches for the fine-tuning (the extra input of a
+            training producer; needed when ``config.train`` is set).
+
+    Raises:
+        CompressError: bad settings; InfeasibleBudgetError: the budget cannot be met at
+            this sparsity even at the lowest bits (raised before any training).
+    """
+    cfg = config or CompressConfig()
+    if cfg.train is not None and train_data is None:
+        raise InputError("compress fine-tunes: give train_data (labelled batches), or "
+                         "CompressConfig(train=None) for one shot")
+    scorer = Scorer(validation, evaluate)
+    t0 = time.perf_counter()
+    res = compress_model(model, calibration, train_data, cfg, cfg.train)
+    fp32 = scorer(model)
+    guard = check_validation(fp32, scorer.examples, None, scorer.is_top1, scorer.name)
+    score, error = None, None
+    try:
+        score = scorer(res.model)
+    except MetricError as err:
+        warnings.warn(f"the compressed model could not be scored: {err}", RuntimeWarning,
+                      stacklevel=2)
+        error = str(err)
+    policy = res.model.bitsmith.policy
+    rule = ("the one policy DPQ produced: bits re-chosen under the size budget by the "
+            "integer program as pruning advanced, then fine-tuned")
+    summary = {
+        "producer": "compress", "chosen": "dpq", "rule": rule,
+        "validation": validation_summary(scorer, fp32, score), "test": None,
+        "cost": cost_summary(res.cost), "budget": {"size_bytes": res.budget_bytes},
+        "guard": guard.to_dict(), "sparsity": res.sparsity, "bits": res.bits,
+        "events": res.events, "metric_error": error, "config": plain(cfg.to_dict()),
+        "seconds": time.perf_counter() - t0}
+    run_dir = None
+    if out_dir is not None:
+        run_dir = _write_run(Path(out_dir), res, fp32, score, summary, cfg, model)
+    return QuantizationResult(policy, res.model, summary, run_dir, res)
+
+
+def _write_run(out: Path, res: CompressResult, fp32: float, score: float | None,
+               summary: dict[str, Any], cfg: CompressConfig, model: nn.Module) -> Path:
+    from bitsmith.compress.accounting import mask_layouts
+    from bitsmith.rundir import RunWriter
+
+    qmodel = res.model
+    run = RunWriter(out, model=cfg.labels.get("model", type(model).__name__),
+                    dataset=cfg.labels.get("dataset", ""),
+                    eval_set=f"validation: {summary['validation']['metric']}",
+                    producer="bitsmith compress", guard=summary["guard"],
+                    notes={"config": summary["config"]})
+    run.write_layers(qmodel.bitsmith.layer_table)
+    run.set_fp32(accuracy=fp32, size_bytes=res.cost.fp32_bytes)
+    run.add_trial("dpq", accuracy=score if score is not None else float("nan"),
+                  policy=qmodel.bitsmith.policy, source="dpq", size_bytes=res.cost.size_bytes,
+                  compression=res.cost.compression, avg_weight_bits=res.cost.avg_weight_bits,
+                  sparsity=res.sparsity,
+                  **({"state": "FAIL", "error": summary["metric_error"]}
+                     if summary["metric_error"] else {}))
+    run.choose("dpq", rule=summary["rule"])
+    run.write_masks(mask_layouts(qmodel))
+    return out

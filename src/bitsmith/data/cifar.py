@@ -20,12 +20,12 @@ All datasets normalise with the akamaster statistics ``mean=(0.485, 0.456, 0.406
 from __future__ import annotations
 
 import io
-import os
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from bitsmith.atomic import atomic_path
 from bitsmith.data.datasets import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -154,11 +154,8 @@ def decode_cifar10_jpeg(indices: np.ndarray | None = None, cache: bool = True) -
         _JPEG_MEMO[key] = full
         if cache:
             try:
-                cfile.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cfile.with_name(f"{cfile.name}.{os.getpid()}.tmp")
-                with open(tmp, "wb") as f:
+                with atomic_path(cfile) as tmp, open(tmp, "wb") as f:
                     np.save(f, full)
-                os.replace(tmp, cfile)
             except OSError:
                 pass
     if indices is None:

@@ -76,20 +76,21 @@ class ArrayImageDataset(Dataset):
     Args:
         images: ``uint8`` array/tensor, ``(N, H, W, C)`` (HWC, e.g. CIFAR), ``(N, H, W)``
             (grayscale, e.g. MNIST) or already ``(N, C, H, W)`` with ``channels_first=True``.
-        labels: integer class labels ``(N,)``.
+        labels: integer class labels ``(N,)``, or ``None`` for unlabelled images.
         mean, std: per-channel normalisation applied to ``pixels / 255``.
         augment: apply :func:`random_crop_flip` (pad ``pad``, black padding) per item.
         pad: crop padding in pixels when ``augment`` is on.
         flip: with ``augment``, also flip left-right with probability 1/2 (off for digits).
         name: a label used in error messages and ``repr``.
 
-    Items: ``(x, y)`` with ``x`` float32 ``(C, H, W)`` and ``y`` a 0-dim int64 tensor.
+    Items: ``(x, y)`` with ``x`` float32 ``(C, H, W)`` and ``y`` a 0-dim int64 tensor; just
+    ``x`` when unlabelled (``labels=None``).
     """
 
     def __init__(
         self,
         images: np.ndarray | Tensor,
-        labels: np.ndarray | Tensor | Sequence[int],
+        labels: np.ndarray | Tensor | Sequence[int] | None,
         mean: Sequence[float],
         std: Sequence[float],
         augment: bool = False,
@@ -108,8 +109,9 @@ class ArrayImageDataset(Dataset):
         elif imgs.dim() != 4:
             raise ValueError(f"{name}: images must be 3-D or 4-D, got {tuple(imgs.shape)}")
         self.images = imgs.contiguous()  # (N, C, H, W) uint8
-        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1)
-        if len(self.labels) != len(self.images):
+        self.labels: Tensor | None = None if labels is None else torch.as_tensor(
+            np.asarray(labels), dtype=torch.long).reshape(-1)
+        if self.labels is not None and len(self.labels) != len(self.images):
             raise ValueError(
                 f"{name}: {len(self.images)} images but {len(self.labels)} labels"
             )
@@ -123,43 +125,54 @@ class ArrayImageDataset(Dataset):
         self.flip = flip
         self.name = name
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    @property
+    def labelled(self) -> bool:
+        """Whether items carry labels."""
+        return self.labels is not None
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor] | Tensor:
         img = self.images[i]
         if self.augment:
             img = random_crop_flip(img, pad=self.pad, flip=self.flip)
         x = (img.float().div_(255.0) - self.mean) / self.std
-        return x, self.labels[i]
+        return x if self.labels is None else (x, self.labels[i])
 
     def normalize(self, images_uint8: Tensor) -> Tensor:
         """Normalise a ``uint8`` batch ``(N, C, H, W)`` -> float32 ``(N, C, H, W)``."""
         return (images_uint8.float() / 255.0 - self.mean) / self.std
 
-    def tensors(self, indices: Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def tensors(self, indices: Sequence[int] | Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None]:
         """The whole (or an indexed part of the) dataset as one batch, *without* augmentation.
 
         Returns:
-            ``(x, y)``: float32 ``(N, C, H, W)`` normalised images and int64 ``(N,)`` labels.
+            ``(x, y)``: float32 ``(N, C, H, W)`` normalised images and int64 ``(N,)`` labels
+            (``None`` when unlabelled).
         """
         if indices is None:
-            return self.normalize(self.images), self.labels.clone()
+            labels = None if self.labels is None else self.labels.clone()
+            return self.normalize(self.images), labels
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.normalize(self.images[idx]), self.labels[idx]
+        return self.normalize(self.images[idx]), None if self.labels is None else self.labels[idx]
 
     def subset(self, indices: Sequence[int] | np.ndarray | Tensor,
                augment: bool | None = None, name: str | None = None) -> ArrayImageDataset:
         """A new dataset with the given rows (shares no mutable state with this one)."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         return ArrayImageDataset(
-            self.images[idx], self.labels[idx], self.mean.flatten().tolist(),
+            self.images[idx], None if self.labels is None else self.labels[idx],
+            self.mean.flatten().tolist(),
             self.std.flatten().tolist(), augment=self.augment if augment is None else augment,
             pad=self.pad, channels_first=True, name=name or self.name, flip=self.flip,
         )
 
     def class_counts(self, num_classes: int | None = None) -> list[int]:
         """Number of items per class."""
+        if self.labels is None:
+            raise ValueError(f"{self.name}: unlabelled images have no classes")
         return torch.bincount(self.labels, minlength=num_classes or 0).tolist()
 
     def __repr__(self) -> str:
@@ -177,12 +190,53 @@ def concat_datasets(parts: Sequence[ArrayImageDataset], augment: bool | None = N
     for p in parts[1:]:
         if not (torch.equal(p.mean, p0.mean) and torch.equal(p.std, p0.std)):
             raise ValueError("concat_datasets: datasets use different normalisations")
+        if p.labelled != p0.labelled:
+            raise ValueError("concat_datasets: cannot mix labelled and unlabelled datasets")
+    labels = torch.cat([p.labels for p in parts]) if p0.labels is not None else None
     return ArrayImageDataset(
-        torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+        torch.cat([p.images for p in parts]), labels,
         p0.mean.flatten().tolist(), p0.std.flatten().tolist(),
         augment=p0.augment if augment is None else augment, pad=p0.pad,
         channels_first=True, name=name, flip=p0.flip,
     )
+
+
+class InputDataset(Dataset):
+    """Model-ready tensors held in memory: items ``inputs[i]``, or ``(inputs[i], targets[i])``.
+
+    Args:
+        inputs: ``(N, ...)`` tensor, any dtype (float inputs are used as they are).
+        targets: optional ``(N, ...)`` tensor (int64 ``(N,)`` class labels for top-1).
+        name: a label used in error messages and ``repr``.
+    """
+
+    def __init__(self, inputs: Tensor, targets: Tensor | None = None, name: str = "tensors"
+                 ) -> None:
+        if targets is not None and len(targets) != len(inputs):
+            raise ValueError(f"{name}: {len(inputs)} inputs but {len(targets)} targets")
+        self.inputs, self.targets, self.name = inputs, targets, name
+
+    @property
+    def labelled(self) -> bool:
+        """Whether items carry targets."""
+        return self.targets is not None
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor] | Tensor:
+        return self.inputs[i] if self.targets is None else (self.inputs[i], self.targets[i])
+
+    def subset(self, indices: Sequence[int] | np.ndarray | Tensor, name: str | None = None
+               ) -> InputDataset:
+        """A new dataset with the given rows."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        return InputDataset(self.inputs[idx], None if self.targets is None else
+                            self.targets[idx], name=name or self.name)
+
+    def __repr__(self) -> str:
+        return (f"InputDataset({self.name!r}, n={len(self)}, "
+                f"shape={tuple(self.inputs.shape[1:])}, labelled={self.labelled})")
 
 
 def make_loader(

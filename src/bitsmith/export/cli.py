@@ -1,7 +1,7 @@
 """``bitsmith export`` and ``bitsmith bench``; :func:`register` adds them to the main app.
 
-Exit codes follow ``bitsmith.cli``: 0 success, 2 bad input (unknown model, bad policy,
-a model or policy the formats cannot hold, unreadable ONNX file).
+Exit codes (the error boundary of :mod:`bitsmith.cli`): 0 success, 2 bad input (unknown
+model, bad policy, a model or policy the formats cannot hold, unreadable ONNX file).
 """
 
 from __future__ import annotations
@@ -10,112 +10,117 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from bitsmith.atomic import atomic_write_text
+from bitsmith.cli_support import (
+    Inputs,
+    OptionError,
+    ProgressOption,
+    console,
+    done,
+    packed_model_args,
+    with_inputs,
+)
+from bitsmith.export.errors import ExportError
+from bitsmith.progress import Stages, stage
 
 EXIT_BAD_INPUT = 2
 PRESETS = ("w8a8", "w8a8-reduced")
-console = Console()
-err_console = Console(stderr=True)
 
 
-def _bad_input() -> tuple[type[BaseException], ...]:
-    from bitsmith.export.errors import ArtifactError, ExportError
-    from bitsmith.graph import ConversionError
-    from bitsmith.policy import PolicyError
-    from bitsmith.quantize import CalibrationError
+def read_key_file(path: Path | None) -> bytes | None:
+    """The signing key held by ``path`` (its bytes, exactly); ``None`` without a path.
 
-    return (ExportError, ArtifactError, PolicyError, CalibrationError, ConversionError,
-            KeyError, FileNotFoundError)
+    Raises:
+        ArtifactError: the file is missing, unreadable or empty.
+    """
+    from bitsmith.export.errors import ArtifactError
+
+    if path is None:
+        return None
+    try:
+        key = Path(path).read_bytes()
+    except OSError as err:
+        raise ArtifactError(f"--key-file {path}: cannot be read ({err.strerror or err}); give "
+                            "a file holding the secret key") from None
+    if not key:
+        raise ArtifactError(f"--key-file {path} is empty; put at least 16 random bytes in it "
+                            "(e.g. head -c 32 /dev/urandom > KEY)")
+    return key
 
 
-def _fail(err: BaseException) -> typer.Exit:
-    msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-    err_console.print(f"[red]error:[/red] {msg}")
-    return typer.Exit(EXIT_BAD_INPUT)
+KEY_FILE_HELP = ("Secret key file: sign the packed artifact with HMAC-SHA256 (without it "
+                 "the checksum detects damage, not tampering).")
 
 
-def _policy(spec: str, names: list[str]):
-    from bitsmith.policy import Policy, QSpec
+def _policy_file(spec: str):
+    """The Policy of a ``--policy`` file (checked before any model is loaded), or ``None``
+    for a preset."""
+    from bitsmith.policy import Policy
 
     if spec in PRESETS:
-        weight = QSpec("uniform_symmetric", 8, "channel", reduced_range=spec.endswith("reduced"))
-        return Policy.uniform(names, weight, QSpec("uniform_asymmetric", 8))
+        return None
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"policy {spec!r} is neither a preset {PRESETS} nor a file")
+        raise OptionError(f"--policy {spec!r} is neither a preset {PRESETS} nor a file")
     return Policy.load(path)
 
 
-def _data(kind: str, n_calib: int, size: int, channels: int):
-    """(calibration loader, evaluation loader)."""
-    import torch
+def _policy(spec: str, loaded, names: list[str]):
+    """``loaded`` (a file's Policy), or the preset ``spec`` over ``names``."""
+    from bitsmith.policy import Policy, QSpec
 
-    from bitsmith.data import cifar10_protocol, make_loader
-
-    if kind == "cifar10":
-        proto = cifar10_protocol(n_calib=n_calib)
-        return (make_loader(proto.calibration, batch_size=64),
-                make_loader(proto.test, batch_size=250))
-    if kind == "random":
-        gen = torch.Generator().manual_seed(0)
-        calib = [torch.randn(min(64, n_calib), channels, size, size, generator=gen)
-                 for _ in range(max(1, n_calib // 64))]
-        evaluation = [torch.randn(64, channels, size, size, generator=gen) for _ in range(2)]
-        return calib, evaluation
-    raise typer.BadParameter(f"unknown data {kind!r}; use cifar10 or random", param_hint="--data")
+    if loaded is not None:
+        return loaded
+    weight = QSpec("uniform_symmetric", 8, "channel", reduced_range=spec.endswith("reduced"))
+    return Policy.uniform(names, weight, QSpec("uniform_asymmetric", 8))
 
 
+@with_inputs
 def export_command(
-    model: str = typer.Argument(..., help="Model name, e.g. resnet20."),
-    policy: str = typer.Option("w8a8", help=f"Policy file (.yaml/.json) or preset {PRESETS}."),
+    inputs: Inputs,
+    policy: str = typer.Option("w8a8", help=f"Policy file (.yaml/.json, e.g. a run "
+                               f"directory's policy.yaml) or preset {PRESETS}."),
     out: Path = typer.Option(Path("runs/export"), help="Output folder."),
-    pretrained: bool = typer.Option(False, help="Load pretrained weights (resnet20/32)."),
-    data: str = typer.Option("cifar10", help="cifar10 (calibration + 1,000 test images) or "
-                                              "random."),
-    calib: int = typer.Option(512, min=1, help="Calibration images."),
-    size: int = typer.Option(32, min=8, help="Input height/width (random data)."),
-    channels: int = typer.Option(3, min=1, help="Input channels (random data)."),
     batch: list[int] = typer.Option([1, 64], help="Batch sizes to time (repeatable)."),
     runs: int = typer.Option(200, min=3, help="Timed rounds at small batches."),
     runs_large: int = typer.Option(30, min=3, help="Timed rounds at batches above 8."),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime intra-op threads."),
     integer_residuals: bool = typer.Option(True, help="Run residual adds / pooling in int8."),
+    key_file: Path | None = typer.Option(None, help=KEY_FILE_HELP),
+    progress: ProgressOption = True,
 ) -> None:
-    """Quantize MODEL with POLICY, export ONNX (QDQ) + packed artifact, check and time them.
+    """Quantize the model with POLICY, export ONNX (QDQ) + packed artifact, check, time.
 
+    Calibrates on the calibration data (512 images unless --calibration-size), checks ONNX
+    Runtime against the PyTorch simulation on the test data (else the validation data).
     Writes fp32.onnx, quantized.onnx, model.safetensors, summary.json and summary.md.
-    Example: bitsmith export resnet20 --pretrained --policy w8a8 --out runs/r20
+    Example: bitsmith export --model resnet20 --policy runs/tune/policy.yaml --out runs/r20
     """
-    import bitsmith
     from bitsmith.export.pipeline import deploy
-    from bitsmith.models import build_model
+    from bitsmith.quantize import collect_stats, prepare, quantize
 
-    try:
-        kwargs = {"pretrained": True} if pretrained else {}
-        net = build_model(model, **kwargs).eval()
-        calib_data, eval_data = _data(data, calib, size, channels)
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=err_console, transient=True) as progress:
-            task = progress.add_task("calibrating", total=None)
-
-            def log(msg: str) -> None:
-                progress.update(task, description=msg)
-
-            stats = bitsmith.collect_stats(net, calib_data)
-            _, table, _ = bitsmith.prepare(net, stats.example_inputs)
-            pol = _policy(policy, table.names)
-            log("quantizing")
-            qmodel = bitsmith.quantize(net, pol, calibration=stats)
-            summary = deploy(net, qmodel, out, example_inputs=stats.example_inputs,
-                             calibration=calib_data, evaluation=eval_data, model_name=model,
-                             model_kwargs={}, batches=batch, runs=runs, runs_large=runs_large,
-                             threads=threads, integer_residuals=integer_residuals, log=log)
-    except _bad_input() as err:
-        raise _fail(err) from None
+    key = read_key_file(key_file)
+    loaded = _policy_file(policy)
+    with Stages("export", progress) as step:
+        step(f"loading {inputs.model}")
+        work = inputs.load(calibration_size=512)
+        net = work.model
+        evaluation = work.test if work.test is not None else work.validation
+        step("calibrating")
+        stats = collect_stats(net, work.calibration)
+        _, table, _ = prepare(net, stats.example_inputs)
+        pol = _policy(policy, loaded, table.names)
+        step("quantizing")
+        qmodel = quantize(net, pol, calibration=stats)
+        summary = deploy(net, qmodel, out, example_inputs=stats.example_inputs,
+                         calibration=work.calibration, evaluation=evaluation,
+                         batches=batch, runs=runs, runs_large=runs_large, threads=threads,
+                         integer_residuals=integer_residuals, log=step, key=key,
+                         **packed_model_args(inputs))
     console.print(summary.to_markdown())
-    console.print(f"written to {out}/ (summary.json, summary.md)")
+    done(f"written to {out}/ (summary.json, summary.md)")
 
 
 def bench_command(
@@ -125,6 +130,7 @@ def bench_command(
     runs_large: int = typer.Option(30, min=3, help="Timed rounds at batches above 8."),
     threads: int = typer.Option(2, min=1, help="ONNX Runtime intra-op threads."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON."),
+    progress: ProgressOption = True,
 ) -> None:
     """Latency and throughput of ONNX models, interleaved medians at fixed threads.
 
@@ -137,20 +143,18 @@ def bench_command(
     shapes = []
     for path in models:
         if not path.is_file():
-            raise _fail(FileNotFoundError(f"{path} does not exist"))
+            raise OptionError(f"{path} does not exist; give ONNX files")
         try:
             graph = onnx.load(str(path), load_external_data=False).graph
         except Exception as err:  # noqa: BLE001 - protobuf decode errors vary
-            raise _fail(ValueError(f"{path} is not a readable ONNX model: {err}")) from None
+            raise ExportError(f"{path} is not a readable ONNX model: {err}") from None
         dims = graph.input[0].type.tensor_type.shape.dim[1:]
         if any(not d.dim_value for d in dims):
-            raise _fail(ValueError(f"{path}: only the batch dimension may be symbolic"))
+            raise ExportError(f"{path}: only the batch dimension may be symbolic")
         shapes.append(tuple(d.dim_value for d in dims))
     if len(set(shapes)) != 1:
-        raise _fail(ValueError(f"the models take different input shapes: {shapes}"))
-    with Progress(SpinnerColumn(), TextColumn("timing {task.description}"), TimeElapsedColumn(),
-                  console=err_console, transient=True) as progress:
-        progress.add_task(", ".join(p.name for p in models), total=None)
+        raise ExportError(f"the models take different input shapes: {shapes}")
+    with stage(f"timing {', '.join(p.name for p in models)}", progress):
         results = time_models(models, shapes[0], batch, runs, threads, runs_large)
     table = Table(title=f"ONNX Runtime CPU, {threads} threads, interleaved medians")
     for col in ("model", "batch", "median ms", "p10-p90 ms", "items/s", "speedup"):
@@ -164,11 +168,38 @@ def bench_command(
     if json_out is not None:
         payload = {"threads": threads, "models": [str(p) for p in models],
                    "results": {str(b): rows for b, rows in results.items()}}
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(payload, indent=2))
+        atomic_write_text(json_out, json.dumps(payload, indent=2))
+
+
+def verify_command(
+    artifact: Path = typer.Argument(..., help="Packed artifact (.safetensors)."),
+    key_file: Path | None = typer.Option(None, help="Secret key file the artifact was "
+                                                    "signed with; then the signature must "
+                                                    "match."),
+) -> None:
+    """Check a packed artifact: readable, checksum intact and, with --key-file, signed.
+
+    Without --key-file only damage is detected (the checksum is stored in the file itself).
+    Example: bitsmith verify runs/r20/model.safetensors --key-file secret.key
+    """
+    from bitsmith.export.errors import ArtifactError
+    from bitsmith.export.metadata import policy_from
+    from bitsmith.export.packed import SIGNATURE_KEY, read_header, read_packed
+
+    _, meta = read_packed(artifact, read_key_file(key_file))
+    header = read_header(artifact)
+    try:
+        layers = len(policy_from(meta["policy"]))
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        raise ArtifactError(f"{artifact}: malformed metadata ({err})") from None
+    signed = "signed" if SIGNATURE_KEY in header else "not signed"
+    how = "checksum intact, signature verified" if key_file is not None else (
+        f"checksum intact ({signed}; without --key-file tampering is not detected)")
+    done(f"{artifact}: {meta['format']}, {layers} quantized layer(s); {how}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``export`` and ``bench`` commands to ``app``."""
+    """Add the ``export``, ``bench`` and ``verify`` commands to ``app``."""
     app.command("export")(export_command)
     app.command("bench")(bench_command)
+    app.command("verify")(verify_command)

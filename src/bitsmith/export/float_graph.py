@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bitsmith.atomic import atomic_path
 from bitsmith.graph import quantized_layers
 from bitsmith.graph.qmodules import QuantLayerMixin
 
@@ -61,12 +62,11 @@ def export_float_onnx(model: nn.Module, path: str | Path, example_inputs: tuple[
         dynamic_batch: make dimension 0 of inputs and outputs symbolic (``N``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = input_names(len(example_inputs))
     axes = {n: {0: "N"} for n in [*names, OUTPUT_NAME]} if dynamic_batch else None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")  # the legacy-exporter deprecation and constant-fold notes
-        torch.onnx.export(model.eval(), example_inputs, str(path), dynamo=False,
+        torch.onnx.export(model.eval(), example_inputs, str(tmp), dynamo=False,
                           input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes,
                           opset_version=opset, do_constant_folding=True)
     return path

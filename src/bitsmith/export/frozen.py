@@ -17,7 +17,7 @@ from __future__ import annotations
 from torch import nn
 
 from bitsmith.graph import quantized_layers
-from bitsmith.schemes.quantizer import FrozenWeightQuantizer, Quantizer, freeze
+from bitsmith.graph.quantizer import FrozenWeightQuantizer, Quantizer, freeze
 
 __all__ = ["FrozenWeightQuantizer", "freeze", "thaw_weights"]
 

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 from torch import nn
 
+from bitsmith.atomic import atomic_write_text
 from bitsmith.graph import LayerTable
 from bitsmith.policy import LayerSpec, Policy
 from bitsmith.schemes import get_scheme
@@ -291,16 +292,29 @@ class LatencyTable:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
-        data = json.loads(Path(path).read_text())
-        if data.get("format") != "bitsmith.latency/1":
-            raise ValueError(f"{path} is not a bitsmith latency table")
-        return cls(data["layers"], data["meta"], data.get("geometry"))
+        """Read a table written by :meth:`save`.
+
+        Raises:
+            ConfigError: missing or unreadable file, or not a ``bitsmith.latency/1`` table.
+        """
+        from bitsmith.config import ConfigError, read_structured_file
+
+        data = read_structured_file(path, "latency table")
+        layers = data.get("layers") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or data.get("format") != "bitsmith.latency/1" or \
+                not isinstance(layers, dict) or not isinstance(data.get("meta"), dict) or \
+                not all(isinstance(v, dict) and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())
+                        for v in layers.values()):
+            raise ConfigError(f"{path} is not a bitsmith latency table (bitsmith.latency/1: "
+                              "{'layers': {layer: {precision: ms}}, 'meta': {...}}); "
+                              "write one with 'bitsmith export' / measure_latency_table")
+        return cls(layers, data["meta"], data.get("geometry"))
 
 
 def measure_latency_table(model_or_table: nn.Module | LayerTable,
@@ -367,10 +381,11 @@ def _load_cache(path: str | Path | None, meta: dict[str, Any]) -> dict[str, Any]
     if path is None or not Path(path).is_file():
         return {}
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):   # unreadable cache: measure again
         return {}
-    if data.get("meta") != _jsonable(meta):
+    if not isinstance(data, dict) or data.get("meta") != _jsonable(meta) or \
+            not isinstance(data.get("layers"), dict):
         return {}
     return {n: {"ms": ms, "geometry": data.get("geometry", {}).get(n)}
             for n, ms in data.get("layers", {}).items()}

@@ -3,12 +3,15 @@
 The metadata is JSON in the safetensors header. To keep it to a couple of KB the Policy
 stores each distinct LayerSpec once (default QSpec fields omitted) and the LayerTable, when
 it is stored at all, lists field names once. The SHA-256 covers every blob and the
-metadata, so a truncated or edited file is detected on load.
+metadata, so a truncated or damaged file is detected on load; it is stored in the file, so
+whoever edits the file can recompute it: only the optional HMAC-SHA256 ``signature`` (keyed)
+detects tampering.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -21,9 +24,8 @@ from bitsmith.graph import LayerInfo, LayerTable
 from bitsmith.policy import LayerSpec, Policy, QSpec
 
 
-def digest(tensors: dict[str, np.ndarray], meta_json: str) -> str:
-    """SHA-256 (hex) over every tensor's name, dtype, shape and bytes, then the metadata."""
-    h = hashlib.sha256()
+def _feed(h: Any, tensors: dict[str, np.ndarray], meta_json: str) -> str:
+    """Hash every tensor's name, dtype, shape and bytes, then the metadata; ``h.hexdigest()``."""
     for name in sorted(tensors):
         arr = np.ascontiguousarray(tensors[name])
         h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
@@ -32,13 +34,43 @@ def digest(tensors: dict[str, np.ndarray], meta_json: str) -> str:
     return h.hexdigest()
 
 
+def digest(tensors: dict[str, np.ndarray], meta_json: str) -> str:
+    """SHA-256 (hex) of the content: detects damage, not tampering (anyone can recompute it)."""
+    return _feed(hashlib.sha256(), tensors, meta_json)
+
+
+def signature(tensors: dict[str, np.ndarray], meta_json: str, key: bytes) -> str:
+    """HMAC-SHA256 (hex) of the same content under a secret ``key``: detects tampering by
+    anyone who does not hold the key."""
+    return _feed(hmac.new(key, digestmod=hashlib.sha256), tensors, meta_json)
+
+
+def as_key(key: bytes | str | None) -> bytes | None:
+    """A signing key as bytes (``str`` is UTF-8 encoded); ``None`` passes through.
+
+    Raises:
+        ArtifactError: an empty key, or one that is neither bytes nor str.
+    """
+    from bitsmith.export.errors import ArtifactError
+
+    if key is None:
+        return None
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if not isinstance(key, (bytes, bytearray)):
+        raise ArtifactError(f"the signing key must be bytes or str, got {type(key).__name__}")
+    if not key:
+        raise ArtifactError("the signing key is empty; give at least 16 random bytes")
+    return bytes(key)
+
+
 def versions() -> dict[str, str]:
     """Versions of bitsmith, torch and safetensors that wrote the artifact."""
     import safetensors
 
-    import bitsmith
+    from bitsmith._version import __version__
 
-    return {"bitsmith": bitsmith.__version__, "torch": torch.__version__,
+    return {"bitsmith": __version__, "torch": torch.__version__,
             "safetensors": safetensors.__version__}
 
 

@@ -23,6 +23,7 @@ import onnx
 import torch
 from torch import nn
 
+from bitsmith.atomic import atomic_path
 from bitsmith.export.errors import ExportError
 from bitsmith.export.float_graph import dequantized_copy, export_float_onnx
 from bitsmith.export.onnx_qdq import INT_OPS, LayerPlan, add_outputs, insert_qdq
@@ -151,8 +152,8 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
     model.producer_name = "bitsmith"
     onnx.checker.check_model(model)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
     report = OnnxExportReport(
         path=str(path), file_bytes=path.stat().st_size, opset=opset,
         integer_outputs=integer_outputs, integer_residuals=integer_residuals,

@@ -21,11 +21,17 @@ model was converted, which model to build, versions, sparse-mask sizes, a signat
 the parameter names and shapes, and a SHA-256 over blobs and metadata.
 :func:`load_packed` rebuilds the quantized model; its outputs equal the simulated
 model's bit for bit.
+
+The SHA-256 detects damage (truncation, flipped bits), **not tampering**: it is stored in
+the file, so whoever changes the file can recompute it. With ``key=`` :func:`save_packed`
+adds an HMAC-SHA256 of the same content (header field ``hmac_sha256``), and
+``load_packed(..., key=)`` refuses a file whose signature is missing or does not match.
 """
 
 from __future__ import annotations
 
 import copy
+import hmac
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -36,6 +42,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from bitsmith.atomic import atomic_path
 from bitsmith.cost import MaskLayout, estimate
 from bitsmith.export.bitpack import decode_mask, encode_mask, pack_bits, unpack_bits
 from bitsmith.export.errors import ArtifactError, ExportError
@@ -48,10 +55,12 @@ from bitsmith.export.layout import (
     to_blobs,
 )
 from bitsmith.export.metadata import (
+    as_key,
     compact_policy,
     compact_table,
     digest,
     policy_from,
+    signature,
     state_signature,
     table_from,
     versions,
@@ -71,6 +80,7 @@ from bitsmith.policy import Policy, PolicyError, QSpec
 from bitsmith.schemes.base import Params, Scheme, get_scheme
 
 FORMAT = "bitsmith.packed/1"
+SIGNATURE_KEY = "hmac_sha256"
 
 
 @dataclass
@@ -203,8 +213,8 @@ def _decode_weight(scheme: Scheme, codes: torch.Tensor, keep: np.ndarray | None,
 
 
 def save_packed(qmodel: nn.Module, path: str | Path, *, example_inputs: Any = None,
-                model_name: str | None = None, model_kwargs: dict[str, Any] | None = None
-                ) -> PackedReport:
+                model_name: str | None = None, model_kwargs: dict[str, Any] | None = None,
+                key: bytes | str | None = None) -> PackedReport:
     """Write ``qmodel`` (from :func:`bitsmith.quantize`) as a packed artifact.
 
     Args:
@@ -216,6 +226,9 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, example_inputs: Any = No
         model_name: the ``bitsmith.models.build_model`` name of the architecture (with
             ``model_kwargs``), so that :func:`load_packed` can rebuild it without a model;
             leave ``None`` for user models (then pass ``model=`` when loading).
+        key: secret signing key (bytes, or str as UTF-8): adds an HMAC-SHA256 signature that
+            ``load_packed(..., key=)`` verifies. Without it the file carries only the
+            SHA-256 checksum, which detects damage but not tampering.
 
     Returns:
         A :class:`PackedReport`: file size against the cost model, per-layer storage.
@@ -226,6 +239,7 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, example_inputs: Any = No
     """
     from safetensors.numpy import save_file
 
+    sign_key = as_key(key)
     info = _quant_info(qmodel)
     policy: Policy = info.policy
     table: LayerTable = info.layer_table
@@ -301,9 +315,11 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, example_inputs: Any = No
         meta["layer_table"] = compact_table(table)
     meta_json = json.dumps(meta, separators=(",", ":"))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(blobs, str(path), metadata={"bitsmith": meta_json,
-                                          "sha256": digest(blobs, meta_json)})
+    header = {"bitsmith": meta_json, "sha256": digest(blobs, meta_json)}
+    if sign_key is not None:
+        header[SIGNATURE_KEY] = signature(blobs, meta_json, sign_key)
+    with atomic_path(path) as tmp:
+        save_file(blobs, str(tmp), metadata=header)
     tensor_bytes = sum(a.nbytes for a in blobs.values())
     file_bytes = path.stat().st_size
     return PackedReport(
@@ -320,10 +336,28 @@ def _example_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
 
 
 # --------------------------------------------------------------------------- load
-def read_packed(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Blobs and verified metadata of an artifact; :class:`ArtifactError` if it is damaged."""
+def read_header(path: str | Path) -> dict[str, str]:
+    """The safetensors ``__metadata__`` of ``path`` (``{}`` when unreadable); not verified."""
     from safetensors import safe_open
 
+    try:
+        with safe_open(str(path), framework="np") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - safetensors raises several types
+        return {}
+
+
+def read_packed(path: str | Path, key: bytes | str | None = None
+                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Blobs and verified metadata of an artifact.
+
+    Raises:
+        ArtifactError: missing, truncated or damaged file (checksum); with ``key``, also a
+            file that is not signed or whose HMAC-SHA256 signature does not match.
+    """
+    from safetensors import safe_open
+
+    key = as_key(key)
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"packed artifact {path} does not exist")
@@ -339,9 +373,21 @@ def read_packed(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
     meta_json = header["bitsmith"]
     if digest(tensors, meta_json) != header["sha256"]:
         raise ArtifactError(f"{path}: checksum mismatch, the file was modified or damaged")
-    meta = json.loads(meta_json)
-    if meta.get("format") != FORMAT:
-        raise ArtifactError(f"{path}: unsupported format {meta.get('format')!r}; "
+    if key is not None:
+        stored = header.get(SIGNATURE_KEY)
+        if stored is None:
+            raise ArtifactError(f"{path} is not signed; refusing it because a key was given "
+                                "(sign it with save_packed(..., key=) / --key-file)")
+        if not hmac.compare_digest(str(stored), signature(tensors, meta_json, key)):
+            raise ArtifactError(f"{path}: signature mismatch: the file was modified after "
+                                "signing, or signed with another key")
+    try:
+        meta = json.loads(meta_json)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ArtifactError(f"{path}: the metadata is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ArtifactError(f"{path}: unsupported format {found!r}; "
                             f"this bitsmith reads {FORMAT}")
     return tensors, meta
 
@@ -394,13 +440,16 @@ def _build_model(meta: dict[str, Any], model: nn.Module | None) -> nn.Module:
     return build_model(registry, **meta["model"].get("kwargs", {}))
 
 
-def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+def load_packed(path: str | Path, model: nn.Module | None = None, *,
+                key: bytes | str | None = None) -> nn.Module:
     """Rebuild the quantized model stored at ``path``.
 
     Args:
         path: a file written by :func:`save_packed`.
         model: an un-quantized instance of the architecture (any weights); needed unless the
             artifact names a built-in model (``bitsmith.models.build_model``).
+        key: the signing key given to :func:`save_packed`; the file must then carry a
+            matching HMAC-SHA256 signature (without a key the signature is not checked).
 
     Returns:
         The quantized model (eval mode) with ``.bitsmith`` (Policy, LayerTable). Its outputs
@@ -408,16 +457,23 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         (the weights hold their quantized values); see :func:`bitsmith.export.thaw_weights`.
 
     Raises:
-        ArtifactError: missing, truncated or tampered file, or a model that does not fit.
+        ArtifactError: missing, truncated or damaged file, a bad or missing signature (with
+            ``key``), or a model that does not fit.
     """
     from bitsmith.quantize import QuantInfo
 
-    blobs, meta = read_packed(path)
+    blobs, meta = read_packed(path, key)
     try:
         policy = policy_from(meta["policy"])
-    except (PolicyError, KeyError, IndexError, TypeError) as err:
+    except (PolicyError, KeyError, IndexError, TypeError, AttributeError) as err:
         raise ArtifactError(f"{path}: the stored policy is invalid: {err}") from None
-    work, table, report = _rebuild(_build_model(meta, model), meta)
+    try:
+        work, table, report = _rebuild(_build_model(meta, model), meta)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as err:
+        if isinstance(err, ArtifactError):
+            raise
+        raise ArtifactError(f"{path}: malformed metadata ({type(err).__name__}: {err}); "
+                            "the file was not written by this bitsmith") from None
     try:
         apply_policy(work, table, policy, report)
     except (PolicyError, AttributeError) as err:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bitsmith.atomic import atomic_write_text
 from bitsmith.export.onnx_export import (
     Agreement,
     OnnxExportReport,
@@ -52,8 +53,8 @@ class ExportSummary:
     def save(self, folder: str | Path) -> tuple[Path, Path]:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "summary.json").write_text(json.dumps(self.to_dict(), indent=2))
-        (folder / "summary.md").write_text(self.to_markdown())
+        atomic_write_text(folder / "summary.json", json.dumps(self.to_dict(), indent=2))
+        atomic_write_text(folder / "summary.md", self.to_markdown())
         return folder / "summary.json", folder / "summary.md"
 
     def to_markdown(self) -> str:
@@ -139,7 +140,8 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
            model_kwargs: dict[str, Any] | None = None, batches: Sequence[int] = (1, 64),
            runs: int = 200, runs_large: int = 30, threads: int = 2,
            integer_residuals: bool = True,
-           log: Callable[[str], None] | None = None) -> ExportSummary:
+           log: Callable[[str], None] | None = None,
+           key: bytes | str | None = None) -> ExportSummary:
     """Export ``qmodel`` (ONNX + packed), check it against the simulation, time it vs FP32.
 
     Args:
@@ -151,6 +153,7 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
         calibration: data for the ONNX export's extra quantization points.
         evaluation: ``(inputs, labels)`` batches for agreement and accuracy.
         batches, runs, runs_large, threads: latency protocol (interleaved medians).
+        key: secret key: sign the packed artifact with HMAC-SHA256 (see ``save_packed``).
     """
     say = log or (lambda _m: None)
     out = Path(out_dir)
@@ -165,7 +168,7 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
     say("writing the packed artifact")
     packed: PackedReport = save_packed(qmodel, out / "model.safetensors",
                                        example_inputs=example[:1], model_name=model_name,
-                                       model_kwargs=model_kwargs)
+                                       model_kwargs=model_kwargs, key=key)
     say("comparing ONNX Runtime with the PyTorch simulation")
     agreement: Agreement = compare_onnx(qmodel, onnx_report.path, evaluation, threads)
     fp32_acc = _accuracy(model, evaluation)

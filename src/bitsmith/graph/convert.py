@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from bitsmith.errors import InputError
@@ -65,6 +66,11 @@ def convert(model: nn.Module, example_inputs: Any, fold_bn: bool = True,
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    args = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    empty = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor) and a.numel() == 0]
+    if empty:
+        raise ConversionError(f"the example input is empty (shape {empty[0]}); give a batch "
+                              "with at least one input")
     work = copy.deepcopy(model).eval()
     traced = try_trace(work, leaf_modules)
     report = ConversionReport(model=type(model).__name__, traced=isinstance(traced, fx.GraphModule))

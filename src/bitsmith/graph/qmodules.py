@@ -4,7 +4,7 @@
 layer, subclasses included) into a ``QuantConv2d`` *in place*: the module keeps
 its parameters and attribute names (so ``state_dict`` keys stay
 ``<name>.weight``), gains a ``weight_quantizer`` and an ``input_quantizer``
-(:class:`~bitsmith.schemes.quantizer.Quantizer`, or ``None`` for float), and its
+(:class:`~bitsmith.graph.quantizer.Quantizer`, or ``None`` for float), and its
 forward quantizes the input activation and the weight before the original
 operation. ``isinstance(m, nn.Conv2d)`` still holds.
 """
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitsmith.graph.layer_table import QUANTIZABLE_TYPES
+from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import LayerSpec
-from bitsmith.schemes.quantizer import Quantizer
 
 _CONV_T = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d}
 

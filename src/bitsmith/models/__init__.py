@@ -13,6 +13,8 @@ from bitsmith.models.cifar_resnet import (
     resnet32,
     resnet44,
     resnet56,
+    resnet110,
+    resnet1202,
 )
 from bitsmith.models.registry import available_models, build_model, register_model
 from bitsmith.models.small_cnn import SmallCNN
@@ -20,5 +22,5 @@ from bitsmith.models.small_cnn import SmallCNN
 __all__ = [
     "BasicBlock", "CifarResNet", "PadShortcut", "SmallCNN", "available_models", "build_model",
     "cifar_resnet", "load_pretrained_cifar_resnet", "register_model", "resnet20", "resnet32",
-    "resnet44", "resnet56",
+    "resnet44", "resnet56", "resnet110", "resnet1202",
 ]

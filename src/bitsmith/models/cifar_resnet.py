@@ -8,8 +8,6 @@ Module names match the akamaster checkpoints (after stripping ``module.``), so
 
 from __future__ import annotations
 
-import hashlib
-import re
 from pathlib import Path
 
 import torch
@@ -17,9 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bitsmith.data.paths import find_data_file
+from bitsmith.models.checkpoint import load_state, read_state_dict, strip_prefixes
+from bitsmith.safeload import check_sha256_prefix
 
 PRETRAINED_DIR = "models/akamaster_resnet_cifar10"
-DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9}  # depth -> blocks per stage
+DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}  # depth -> blocks per stage
+SHIPPED_DEPTHS = (20, 32)  # pretrained checkpoints in shared/data
 
 
 class PadShortcut(nn.Module):
@@ -75,8 +76,8 @@ class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs: 16/32/64 channels, 3 stages of ``n`` blocks.
 
     Input ``(N, 3, 32, 32)`` normalised images -> logits ``(N, num_classes)``.
-    Parameter counts (10 classes): 269,722 / 464,154 / 658,586 / 853,018 for depth
-    20 / 32 / 44 / 56.
+    Parameter counts (10 classes): 269,722 / 464,154 / 658,586 / 853,018 / 1,727,962 /
+    19,421,274 for depth 20 / 32 / 44 / 56 / 110 / 1202.
     """
 
     def __init__(self, num_blocks: tuple[int, int, int] | list[int], num_classes: int = 10
@@ -110,7 +111,7 @@ class CifarResNet(nn.Module):
 
 
 def cifar_resnet(depth: int, num_classes: int = 10) -> CifarResNet:
-    """A randomly initialised CIFAR ResNet of the given depth (20, 32, 44 or 56)."""
+    """A randomly initialised CIFAR ResNet of the given depth (20, 32, 44, 56, 110, 1202)."""
     if depth not in DEPTHS:
         raise ValueError(f"CIFAR ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
     n = DEPTHS[depth]
@@ -137,17 +138,14 @@ def resnet56(num_classes: int = 10) -> CifarResNet:
     return cifar_resnet(56, num_classes)
 
 
-def _check_hash(path: Path) -> None:
-    """Verify a torch.hub-style name ``<name>-<sha256 prefix>.th`` against the file bytes."""
-    m = re.search(r"-([0-9a-f]{8,})\.[A-Za-z]+$", path.name)
-    if not m:
-        return
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if not digest.startswith(m.group(1)):
-        raise RuntimeError(
-            f"{path}: SHA-256 {digest[:16]}... does not start with {m.group(1)} from the file "
-            "name; the checkpoint is corrupt or was modified"
-        )
+def resnet110(num_classes: int = 10) -> CifarResNet:
+    """ResNet-110 (1,727,962 parameters with 10 classes)."""
+    return cifar_resnet(110, num_classes)
+
+
+def resnet1202(num_classes: int = 10) -> CifarResNet:
+    """ResNet-1202 (19,421,274 parameters with 10 classes)."""
+    return cifar_resnet(1202, num_classes)
 
 
 def load_pretrained_cifar_resnet(depth: int, path: str | Path | None = None,
@@ -165,6 +163,8 @@ def load_pretrained_cifar_resnet(depth: int, path: str | Path | None = None,
 
     Raises:
         FileNotFoundError: no checkpoint found (the message lists where it looked).
+        CheckpointError: the file is truncated, modified (SHA-256 prefix of its name), holds
+            more than weights, or does not fit the architecture.
     """
     if depth not in DEPTHS:
         raise ValueError(f"CIFAR ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
@@ -174,17 +174,16 @@ def load_pretrained_cifar_resnet(depth: int, path: str | Path | None = None,
         except FileNotFoundError as e:
             raise FileNotFoundError(
                 f"pretrained ResNet-{depth} checkpoint not found (only resnet20 and resnet32 "
-                f"are shipped in shared/data). {e}"
+                f"are shipped in shared/data; give another depth's weights as a checkpoint "
+                f"file). {e}"
             ) from None
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    what = f"ResNet-{depth} checkpoint"
     if check_hash:
-        _check_hash(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+        check_sha256_prefix(path, what, require_letter=False)
+    state = strip_prefixes(read_state_dict(path, check_name=False, what=what), set())
     num_classes = state["linear.weight"].shape[0] if "linear.weight" in state else 10
-    model = cifar_resnet(depth, num_classes)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return load_state(cifar_resnet(depth, num_classes), state, source=str(path),
+                      model_name=f"ResNet-{depth}")

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from bitsmith.models.cifar_resnet import cifar_resnet, load_pretrained_cifar_resnet
+from bitsmith.models.cifar_resnet import DEPTHS, cifar_resnet, load_pretrained_cifar_resnet
 from bitsmith.models.small_cnn import SmallCNN
 
 TV_PREFIX = "torchvision:"
@@ -37,12 +37,12 @@ def _resnet_builder(depth: int) -> Callable[..., nn.Module]:
             return load_pretrained_cifar_resnet(depth, path=path)
         return cifar_resnet(depth, num_classes)
 
-    build.__doc__ = (f"ResNet-{depth} for CIFAR (``pretrained=True`` loads the akamaster "
-                     "checkpoint from shared/data; only 20 and 32 exist).")
+    build.__doc__ = (f"ResNet-{depth} for CIFAR-10/100 (``pretrained=True`` loads the akamaster "
+                     "checkpoint from shared/data; only depths 20 and 32 are shipped).")
     return build
 
 
-for _d in (20, 32, 44, 56):
+for _d in DEPTHS:
     register_model(f"resnet{_d}")(_resnet_builder(_d))
 register_model("small_cnn")(SmallCNN)
 
@@ -68,10 +68,11 @@ def build_model(name: str, **kw: Any) -> nn.Module:
     """Build a model by name.
 
     Args:
-        name: ``resnet20`` / ``resnet32`` / ``resnet44`` / ``resnet56`` (kw: ``num_classes``,
-            ``pretrained``, ``path``), ``small_cnn`` (kw: ``in_channels``, ``num_classes``,
-            ``width``), or ``torchvision:<name>`` (random weights, ``weights=None``; other
-            kw passed to ``torchvision.models.get_model``).
+        name: ``resnet20`` / ``resnet32`` / ``resnet44`` / ``resnet56`` / ``resnet110`` /
+            ``resnet1202`` (kw: ``num_classes``, ``pretrained``, ``path``), ``small_cnn``
+            (kw: ``in_channels``, ``num_classes``, ``width``), or ``torchvision:<name>``
+            (random weights, ``weights=None``; other kw passed to
+            ``torchvision.models.get_model``).
 
     Raises:
         KeyError: unknown name (the message lists the registered ones).

@@ -1,6 +1,6 @@
 """Reconstruction-based post-training quantization: learned rounding (AdaRound, BRECQ, QDrop).
 
-The Policy's :class:`~bitsmith.rounding.Rounding` selects the method;
+The Policy's :class:`~bitsmith.policy.Rounding` selects the method;
 ``bitsmith.quantize`` runs :func:`reconstruct` after the activation ranges are
 calibrated. Modules, one purpose each:
 
@@ -14,10 +14,10 @@ calibrated. Modules, one purpose each:
 See ``docs/reconstruction.md``.
 """
 
+from bitsmith.policy import ROUNDING_METHODS, Rounding
 from bitsmith.reconstruct.bias import bias_correct, input_means
 from bitsmith.reconstruct.cache import ReconstructionCache, UnitResult
 from bitsmith.reconstruct.engine import ReconstructionReport, UnitRecord, reconstruct
-from bitsmith.rounding import ROUNDING_METHODS, Rounding
 
 __all__ = ["ROUNDING_METHODS", "ReconstructionCache", "ReconstructionReport", "Rounding",
            "UnitRecord", "UnitResult", "bias_correct", "input_means", "reconstruct"]

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from bitsmith.graph import quantized_layers
+from bitsmith.policy import Rounding
 from bitsmith.reconstruct.blocks import (
     Piece,
     block_groups,
@@ -46,7 +47,6 @@ from bitsmith.reconstruct.cache import (
     weights_fingerprint,
 )
 from bitsmith.reconstruct.loop import apply_result, optimise_unit, run_chunks
-from bitsmith.rounding import Rounding
 
 log = logging.getLogger("bitsmith.reconstruct")
 CHUNK = 256  # samples per forward pass over the calibration set (part of the cache key)

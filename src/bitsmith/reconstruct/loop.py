@@ -26,10 +26,10 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from bitsmith.graph.quantizer import Quantizer, freeze
+from bitsmith.policy import Rounding
 from bitsmith.reconstruct.cache import UnitResult
 from bitsmith.reconstruct.softround import SoftRounding, WeightGrid, annealed_beta
-from bitsmith.rounding import Rounding
-from bitsmith.schemes.quantizer import Quantizer, freeze
 
 STEP_KEYS = ("scale", "alpha")  # the step-size parameter of the integer-grid act schemes
 
@@ -157,7 +157,7 @@ def optimise_unit(fn: nn.Module, layers: Mapping[str, nn.Module], inputs: Sequen
         layers: name -> quantized layer learned here (weight quantizer may be ``None``).
         inputs: the unit's inputs on all N calibration samples, ``(N, ...)`` each.
         targets: the float model's unit outputs, ``(N, ...)`` each, in ``fn``'s order.
-        settings: the Policy's :class:`~bitsmith.rounding.Rounding`.
+        settings: the Policy's :class:`~bitsmith.policy.Rounding`.
         gen: the unit's random stream (mini-batches, QDrop masks).
         float_inputs: the float model's unit inputs (QDrop mixes them into ``inputs``).
         weights: optional per-output Fisher weights, shaped like ``targets``.

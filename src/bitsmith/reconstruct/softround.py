@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bitsmith.schemes.quantizer import Quantizer
+from bitsmith.graph.quantizer import Quantizer
 
 ZETA, GAMMA = 1.1, -0.1
 

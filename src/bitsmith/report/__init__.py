@@ -1,22 +1,11 @@
 """Reports of a run directory: layer table, sensitivity, Pareto front, search, export.
 
-* :class:`RunWriter` - what producers (demo, tuner, search, export) call to write a run;
-* :func:`load_run` - read and validate one (:class:`RunDirError` names what is missing);
-* :func:`write_report` - ``report.html`` (self-contained), ``report.md``, ``report.json``.
-
-The format is described in :mod:`bitsmith.report.rundir` and docs/analyze_and_report.md.
+:func:`write_report` reads a run directory (:func:`bitsmith.rundir.load_run`) and writes
+``report.html`` (self-contained), ``report.md`` and ``report.json``. The report only
+reads: producers write run directories through :mod:`bitsmith.rundir`
+(docs/analyze_and_report.md describes the format).
 """
 
 from bitsmith.report.build import write_report
-from bitsmith.report.pareto import pareto_front
-from bitsmith.report.rundir import (
-    REQUIRED,
-    RunData,
-    RunDirError,
-    RunWriter,
-    layer_table_from_rows,
-    load_run,
-)
 
-__all__ = ["REQUIRED", "RunData", "RunDirError", "RunWriter", "layer_table_from_rows",
-           "load_run", "pareto_front", "write_report"]
+__all__ = ["write_report"]

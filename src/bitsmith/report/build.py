@@ -7,11 +7,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bitsmith.atomic import atomic_write_bytes, atomic_write_text
 from bitsmith.report import figures as figs
 from bitsmith.report.html import render_html
 from bitsmith.report.markdown import render_markdown
-from bitsmith.report.rundir import RunData, load_run
 from bitsmith.report.summary import build_summary
+from bitsmith.rundir import RunData, load_run
 
 REPORT_HTML, REPORT_MD, REPORT_JSON, FIGURE_DIR = (
     "report.html", "report.md", "report.json", "report_files")
@@ -29,7 +30,8 @@ def make_figures(data: RunData, summary: dict[str, Any]) -> dict[str, bytes]:
     idx = None if chosen is None else next(
         (i for i, t in enumerate(trials) if t["name"] == chosen["name"]), None)
     out["pareto"] = figs.pareto_figure(trials, summary["pareto"], idx,
-                                       (summary["run"].get("fp32") or {}).get("accuracy"))
+                                       (summary["run"].get("fp32") or {}).get("accuracy"),
+                                       summary.get("eval_role", "validation"))
     sens = data.sensitivity
     if sens is not None:
         primary = summary["sensitivity"]["primary"]
@@ -75,10 +77,10 @@ def write_report(run_dir: str | Path) -> Path:
     fig_dir.mkdir(exist_ok=True)
     files = {}
     for name, png in pngs.items():
-        (fig_dir / f"{name}.png").write_bytes(png)
+        atomic_write_bytes(fig_dir / f"{name}.png", png)
         files[name] = f"{FIGURE_DIR}/{name}.png"
-    (data.dir / REPORT_MD).write_text(render_markdown(summary, files))
-    (data.dir / REPORT_JSON).write_text(json.dumps(_clean(summary), indent=1))
+    atomic_write_text(data.dir / REPORT_MD, render_markdown(summary, files))
+    atomic_write_text(data.dir / REPORT_JSON, json.dumps(_clean(summary), indent=1))
     path = data.dir / REPORT_HTML
-    path.write_text(render_html(summary, pngs))
+    atomic_write_text(path, render_html(summary, pngs))
     return path

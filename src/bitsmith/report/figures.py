@@ -66,10 +66,12 @@ def _positive_floor(values: Mapping[str, Sequence[float]], layers: Sequence[str]
 
 
 def pareto_figure(trials: Sequence[Mapping[str, Any]], front: Sequence[int],
-                  chosen: int | None, fp32_accuracy: float | None) -> bytes:
-    """Accuracy (%) vs size (KiB) of every trial, coloured by source; the Pareto front
-    as a step line (its points named), the chosen trial as a red star, FP32 accuracy as a
-    dashed line. Sizes spanning more than 4x use a log axis."""
+                  chosen: int | None, fp32_accuracy: float | None,
+                  role: str = "validation") -> bytes:
+    """Accuracy (%, on the ``role`` data) vs size (KiB) of every trial, coloured by source;
+    every point labelled (its name, or with more than 12 points its ``#`` in the trials
+    table), the Pareto front as a step line, the chosen trial as a red star, FP32 accuracy
+    as a dashed line. Sizes spanning more than 4x use a log axis."""
     fig = Figure(figsize=(8, 5))
     ax = fig.add_subplot(1, 1, 1)
     groups: dict[str, list[int]] = defaultdict(list)
@@ -87,19 +89,19 @@ def pareto_figure(trials: Sequence[Mapping[str, Any]], front: Sequence[int],
                    edgecolors="black", zorder=6, label=f"chosen: {t['name']}")
     if fp32_accuracy is not None:
         ax.axhline(fp32_accuracy, ls="--", color="black", lw=1, label="FP32")
-    labelled = set(front) | ({chosen} if chosen is not None else set())
-    for i in sorted(labelled):  # name only the front and the chosen one: readable when crowded
-        t = trials[i]
-        ax.annotate(t["name"], (t["size_bytes"] / 1024, t["accuracy"]), fontsize=7,
-                    xytext=(5, -3), textcoords="offset points")
+    by_name = len(trials) <= 12
+    for i, t in enumerate(trials):  # every point labelled; crowded plots by table number
+        ax.annotate(t["name"] if by_name else f"#{i}", (t["size_bytes"] / 1024, t["accuracy"]),
+                    fontsize=7, xytext=(5, -3), textcoords="offset points")
     sizes = [t["size_bytes"] for t in trials]
     if max(sizes) > 4 * min(sizes):
         ax.set_xscale("log")
     ax.set_xlabel("model size (KiB)" + (", log scale" if ax.get_xscale() == "log" else ""))
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(f"{role} accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("accuracy vs size of every policy tried")
+    ax.set_title(f"{role} accuracy vs size of every policy tried"
+                 + ("" if by_name else " (labels: # in the trials table)"))
     return _png(fig)
 
 

@@ -29,6 +29,7 @@ th,td{border:1px solid #d0d7de;padding:3px 7px;text-align:right}
 th{background:#eef1f4} td:nth-child(2),th:nth-child(2){text-align:left}
 tr.chosen td{background:#fff3cd;font-weight:600} img{max-width:100%;border:1px solid #eee}
 .note{font-size:12px;color:#555}
+.warn{border:1px solid #d4a72c;background:#fff8c5;padding:6px 10px;font-size:13px}
 """
 
 
@@ -37,7 +38,7 @@ def _table(tab: Table, chosen_col: int | None = None) -> str:
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"]
     for row in rows:
         cls = ' class="chosen"' if chosen_col is not None and row[chosen_col] else ""
-        cells = "".join(f"<td>{html.escape(c.replace('**', ''))}</td>" for c in row)
+        cells = "".join(f"<td>{html.escape(c)}</td>" for c in row)
         out.append(f"<tr{cls}>{cells}</tr>")
     return "\n".join(out) + "</table>"
 
@@ -58,7 +59,14 @@ def render_html(summary: dict[str, Any], figures: Mapping[str, bytes]) -> str:
              f"{html.escape(str(run.get('created', '')))}</div>"]
     chosen = summary["chosen"]
     if chosen is not None:
-        parts.append(f"<p>Chosen policy: <b>{html.escape(chosen['name'])}</b></p>")
+        rule = summary.get("rule")
+        parts.append(f"<p>Chosen policy: <b>{html.escape(chosen['name'])}</b>"
+                     + (f" &mdash; rule: {html.escape(rule)}" if rule else "") + "</p>")
+    parts.append(f"<p class='note'>{html.escape(summary.get('data_note', ''))}</p>")
+    guard = summary.get("guard") or {}
+    if guard.get("fired"):
+        parts.append(f"<p class='warn'><b>Validation guard:</b> "
+                     f"{html.escape(guard.get('message', ''))}</p>")
     parts.append("<div class='cards'>" + "".join(
         f"<div class='card'><div class='v'>{html.escape(v)}</div>"
         f"<div class='l'>{html.escape(k)}</div></div>" for k, v in key_numbers(summary))
@@ -73,7 +81,7 @@ def render_html(summary: dict[str, Any], figures: Mapping[str, bytes]) -> str:
                   _table(sensitivity_cost_table(summary))]
     parts += ["<h2>Accuracy vs size of every policy tried</h2>",
               _img(figures["pareto"], "Pareto front"),
-              _table(trials_table(summary), chosen_col=8)]
+              _table(trials_table(summary), chosen_col=-1)]
     if "search" in figures:
         parts += ["<h2>Search curves</h2>", _img(figures["search"], "search curves")]
     if summary["export"] is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from bitsmith.cost import estimate, layer_cost
-from bitsmith.report.pareto import pareto_front
-from bitsmith.report.rundir import RunData
+from bitsmith.pareto import pareto_front
+from bitsmith.rundir import RunData
 
 MEASURED_FIRST = ("measured_kl", "measured_loss", "measured_accuracy", "hessian", "fisher",
                   "fisher_diag")
@@ -30,6 +30,14 @@ def primary_metric(metrics: list[str]) -> str | None:
         if m in metrics:
             return m
     return metrics[0] if metrics else None
+
+
+def _data_note(run: dict[str, Any], role: str) -> str:
+    """Which data every number was measured on (``accuracy`` = the run's eval set)."""
+    note = f"Accuracies marked {role} were measured on {run.get('eval_set') or role}"
+    if run.get("test_set"):
+        note += f"; those marked test on {run['test_set']} (reported, never chosen on)"
+    return note + "."
 
 
 def build_summary(data: RunData) -> dict[str, Any]:
@@ -70,10 +78,13 @@ def build_summary(data: RunData) -> dict[str, Any]:
     for i, t in enumerate(trials):
         t["pareto"] = i in front
     chosen = data.chosen
+    role = data.run.get("eval_role") or "validation"
     out: dict[str, Any] = {
         "run": data.run, "chosen": chosen, "cost": cost.to_dict() | {"layers": None},
         "layers": rows, "trials": trials, "pareto": front, "search": data.search,
-        "export": data.export, "sensitivity": None}
+        "export": data.export, "sensitivity": None, "rule": data.run.get("rule"),
+        "guard": data.run.get("guard"), "eval_role": role,
+        "data_note": _data_note(data.run, role)}
     if sens is not None:
         out["sensitivity"] = {"primary": metric, "metrics": sens.metrics,
                               "seconds": sens.seconds, "layers": sens.space.names,

@@ -1,4 +1,8 @@
-"""Table rows shared by the HTML and Markdown renderers: (headers, rows of strings)."""
+"""Table rows shared by the HTML and Markdown renderers: (headers, rows of strings).
+
+Cells are plain text (names straight from the model, the policy and the run directory);
+each renderer escapes them for its format and adds its own emphasis.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,28 @@ def _num(v: Any, fmt: str = "{:,.2f}") -> str:
     return "" if v is None else fmt.format(v)
 
 
+def _pct(v: Any) -> str:
+    return "n/a" if v is None or v != v else f"{v:.2f}%"
+
+
 def key_numbers(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """(label, value) pairs for the header cards."""
+    """(label, value) pairs for the header cards; every accuracy says its data set."""
     chosen, cost, run = summary["chosen"], summary["cost"], summary["run"]
+    role = summary.get("eval_role", "validation")
     fp32 = (run.get("fp32") or {}).get("accuracy")
     out = []
     if chosen is not None:
-        out.append(("accuracy (chosen)", f"{chosen['accuracy']:.2f}%"))
+        out.append((f"accuracy (chosen, {role})", _pct(chosen["accuracy"])))
     if fp32 is not None:
-        out.append(("accuracy (FP32)", f"{fp32:.2f}%"))
+        out.append((f"accuracy (FP32, {role})", _pct(fp32)))
+    test = run.get("test") or {}
+    if chosen is not None and (test.get("chosen") is not None
+                               or chosen.get("test_accuracy") is not None):
+        out.append(("accuracy (chosen, test)", _pct(test.get("chosen", chosen.get(
+            "test_accuracy")))))
+    fp32_test = test.get("fp32", (run.get("fp32") or {}).get("test_accuracy"))
+    if fp32_test is not None:
+        out.append(("accuracy (FP32, test)", _pct(fp32_test)))
     out += [("size", f"{cost['size_bytes'] / 1024:,.1f} KiB"),
             ("compression vs FP32", f"{cost['compression']:.2f}x"),
             ("BitOPs / example", f"{cost['bitops'] / 1e9:,.3f} G"),
@@ -57,17 +74,25 @@ def layer_table(summary: dict[str, Any]) -> Table:
 
 
 def trials_table(summary: dict[str, Any]) -> Table:
-    """Every evaluated policy; Pareto-optimal ones and the chosen one flagged."""
+    """Every evaluated policy (``#`` = its label in the Pareto figure); Pareto-optimal ones
+    and the chosen one flagged; accuracy columns say their data set. The last column is
+    ``chosen``."""
     chosen = (summary["chosen"] or {}).get("name")
-    heads = ["policy", "source", "accuracy %", "size KiB", "compression", "GBitOPs",
-             "avg w bits", "Pareto", "chosen"]
+    role = summary.get("eval_role", "validation")
+    with_test = any(t.get("test_accuracy") is not None for t in summary["trials"])
+    heads = ["#", "policy", "source", f"accuracy % ({role})"]
+    heads += ["accuracy % (test)"] if with_test else []
+    heads += ["size KiB", "compression", "GBitOPs", "avg w bits", "Pareto", "chosen"]
     rows = []
-    for t in summary["trials"]:
-        rows.append([t["name"], str(t.get("source", "")), f"{t['accuracy']:.2f}",
-                     f"{t['size_bytes'] / 1024:,.1f}", _num(t.get("compression"), "{:.2f}x"),
-                     _num(None if t.get("bitops") is None else t["bitops"] / 1e9, "{:.3f}"),
-                     _num(t.get("avg_weight_bits")), "yes" if t["pareto"] else "",
-                     "**yes**" if t["name"] == chosen else ""])
+    for i, t in enumerate(summary["trials"]):
+        row = [str(i), t["name"], str(t.get("source", "")), _pct(t["accuracy"]).rstrip("%")]
+        if with_test:
+            row.append(_num(t.get("test_accuracy")))
+        row += [f"{t['size_bytes'] / 1024:,.1f}", _num(t.get("compression"), "{:.2f}x"),
+                _num(None if t.get("bitops") is None else t["bitops"] / 1e9, "{:.3f}"),
+                _num(t.get("avg_weight_bits")), "yes" if t["pareto"] else "",
+                "yes" if t["name"] == chosen else ""]
+        rows.append(row)
     return heads, rows
 
 

@@ -4,7 +4,7 @@ A *scheme* is stateless quantizer math. Its parameters (scales, zero points,
 clipping thresholds, ...) are plain tensors in a ``dict`` whose shapes
 broadcast against the quantized tensor: ``()``-like (all ones) per tensor, or
 size ``C`` on the channel axis and 1 elsewhere per channel. The stateful
-holder of those parameters is :class:`bitsmith.schemes.quantizer.Quantizer`.
+holder of those parameters is :class:`bitsmith.graph.quantizer.Quantizer`.
 
 Two kinds of scheme exist:
 
@@ -23,15 +23,22 @@ Schemes whose dequantized values are ``scale * (q - zero_point)`` with integer
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # pragma: no cover
-    from bitsmith.policy import QSpec
-
 Params = dict[str, Tensor]
+
+
+class SpecLike(Protocol):
+    """The fields of a :class:`bitsmith.policy.QSpec` that schemes read (schemes sit below
+    the Policy, so they name the fields instead of importing the class)."""
+
+    bits: int
+    granularity: str
+    pow2_scale: bool
+    reduced_range: bool
 
 _REGISTRY: dict[str, Scheme] = {}
 
@@ -129,7 +136,7 @@ class Scheme(ABC):
     float_params: ClassVar[int] = 1
     zero_point_bytes: ClassVar[int] = 0
 
-    def check_spec(self, spec: QSpec) -> str | None:
+    def check_spec(self, spec: SpecLike) -> str | None:
         """A message saying what in ``spec`` this scheme cannot do, or ``None``."""
         if not self.min_bits <= spec.bits <= self.max_bits:
             span = (f"{self.min_bits}" if self.min_bits == self.max_bits
@@ -141,7 +148,7 @@ class Scheme(ABC):
             return f"pow2_scale needs an integer-grid scheme, {self.name!r} is not one"
         return None
 
-    def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: QSpec) -> Params:
+    def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: SpecLike) -> Params:
         """Parameters for the clipping range ``[lo, hi]`` (broadcastable tensors)."""
         raise NotImplementedError(f"scheme {self.name!r} is not range-based")
 

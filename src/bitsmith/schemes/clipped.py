@@ -23,17 +23,12 @@ are honoured as in ``uniform_symmetric``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from bitsmith.schemes._common import TINY, upcast
-from bitsmith.schemes.base import Params, Scheme, register, round_ste
+from bitsmith.schemes.base import Params, Scheme, SpecLike, register, round_ste
 from bitsmith.schemes.uniform import effective_bits, pow2_ceil
-
-if TYPE_CHECKING:  # pragma: no cover
-    from bitsmith.policy import QSpec
 
 
 @register
@@ -52,7 +47,7 @@ class ClipQ(Scheme):
     float_params = 1
     zero_point_bytes = 0
 
-    def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: QSpec) -> Params:
+    def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: SpecLike) -> Params:
         """``{"alpha": max(|lo|, |hi|), "qmax": Q}`` (shape of ``lo``)."""
         qmax = max(2 ** (effective_bits(bits, spec.reduced_range) - 1) - 1, 1)
         lo, hi = upcast(lo, hi)

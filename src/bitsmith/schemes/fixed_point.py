@@ -19,17 +19,12 @@ must stay a power of two).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from bitsmith.schemes._common import upcast
-from bitsmith.schemes.base import Params, Scheme, register, round_ste
+from bitsmith.schemes.base import Params, Scheme, SpecLike, register, round_ste
 from bitsmith.schemes.uniform import effective_bits, pow2_ceil
-
-if TYPE_CHECKING:  # pragma: no cover
-    from bitsmith.policy import QSpec
 
 
 @register
@@ -48,7 +43,7 @@ class FixedPoint(Scheme):
     float_params = 1
     zero_point_bytes = 0
 
-    def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: QSpec) -> Params:
+    def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: SpecLike) -> Params:
         """``{"scale", "qmax"}`` for the range ``[lo, hi]`` (shape of ``lo``)."""
         qmax = max(2 ** (effective_bits(bits, spec.reduced_range) - 1) - 1, 1)
         lo, hi = upcast(lo, hi)  # 2^-40 and the like underflow in float16

@@ -26,16 +26,11 @@ levels are not equally spaced). Gradient: straight-through identity for
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from bitsmith.schemes._common import TINY, upcast
-from bitsmith.schemes.base import Params, Scheme, register
-
-if TYPE_CHECKING:  # pragma: no cover
-    from bitsmith.policy import QSpec
+from bitsmith.schemes.base import Params, Scheme, SpecLike, register
 
 
 def pot_exponents(bits: int) -> int:
@@ -59,7 +54,7 @@ class PowerOfTwo(Scheme):
     float_params = 1
     zero_point_bytes = 0
 
-    def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: QSpec) -> Params:
+    def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: SpecLike) -> Params:
         """``{"alpha": max(|lo|, |hi|)}`` (shape of ``lo``)."""
         return {"alpha": torch.maximum(lo.abs(), hi.abs())}
 

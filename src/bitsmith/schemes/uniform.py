@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bitsmith.schemes.base import Params, Scheme, register, round_ste
+from bitsmith.schemes.base import Params, Scheme, SpecLike, register, round_ste
 
 _TINY = 1e-12
 
@@ -45,7 +45,7 @@ class UniformSymmetric(Scheme):
     symmetric = True
     float_params = 1
 
-    def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec) -> Params:
+    def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: SpecLike) -> Params:
         # max(.., 1): 2 bits with reduced_range would leave qmax = 0 (scale = inf / NaN).
         qmax = max(2 ** (effective_bits(bits, spec.reduced_range) - 1) - 1, 1)
         amax = torch.maximum(lo.abs(), hi.abs())
@@ -83,7 +83,7 @@ class UniformAsymmetric(Scheme):
     float_params = 1
     zero_point_bytes = 1
 
-    def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec) -> Params:
+    def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: SpecLike) -> Params:
         qmax = 2 ** effective_bits(bits, spec.reduced_range) - 1
         lo = torch.minimum(lo, torch.zeros_like(lo))
         hi = torch.maximum(hi, torch.zeros_like(hi))

@@ -7,7 +7,7 @@ the supernet's own candidates: every searched layer at the same (weight candidat
 activation candidate) pair, the fixed layers (first/last) as in the search. Among the pairs
 that meet every limit of the budget (and the activation-memory limit), it takes the one that
 uses the most of the budget (largest sum over the limits of cost / limit); ties go to more
-activation bits, then more weight bits. ``run_search(..., settings.uniform_baseline=True)``
+activation bits, then more weight bits. ``search(..., config=SearchConfig(uniform_baseline=True))``
 fine-tunes it with the same QAT recipe, from the same post-search weights, and reports both.
 """
 
@@ -15,11 +15,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from bitsmith.analyze.allocate import Budget
 from bitsmith.cost import estimate
+from bitsmith.cost.budget import (
+    Budget,
+    budget_values,
+    latency_function,
+    latency_total,
+    within_budget,
+)
 from bitsmith.policy import Policy
-from bitsmith.search.derive import budget_values, latency_total, within_budget
-from bitsmith.search.supernet import Supernet, latency_function, layer_spec_table
+from bitsmith.search.supernet import Supernet, layer_spec_table
 
 
 def uniform_within_budget(net: Supernet, budget: Budget, latency: Any = None,

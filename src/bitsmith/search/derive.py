@@ -6,7 +6,7 @@ the squared distance to the learned continuous bit widths for QPL. The derived p
 
     argmin  Σ_l score_l(k_l, j_l)   subject to   cost_k(policy) <= B_k   for every budget k
 
-solved exactly as a 0-1 integer program by :func:`bitsmith.analyze.allocate.allocate`
+solved exactly as a 0-1 integer program by :func:`bitsmith.allocation.ilp.allocate`
 (HiGHS). When the arg-max policy already meets the budget it is the optimum (every score
 is minimal), so the integer program *is* the repair step: it changes only as few / as
 cheap choices as needed when rounding the relaxed solution overshoots. A second program
@@ -30,12 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from bitsmith.analyze.allocate import Allocation, Budget, InfeasibleBudgetError, allocate
-from bitsmith.analyze.candidates import CandidateSpace
+from bitsmith.allocation.candidates import CandidateSpace
+from bitsmith.allocation.ilp import Allocation, allocate
 from bitsmith.cost import CostReport, estimate, layer_cost
+from bitsmith.cost.budget import (
+    InfeasibleBudgetError,
+    latency_function,
+    latency_total,
+    within_budget,
+)
 from bitsmith.policy import Policy
 from bitsmith.search.methods import SSPS, SearchMethod
-from bitsmith.search.supernet import latency_function, spec_label
+from bitsmith.search.supernet import spec_label
 
 
 @dataclass
@@ -137,13 +143,6 @@ def derive_policy(method: SearchMethod, latency: Any = None, time_limit: float =
                       argmax_policy=argmax, repaired=argmax != policy, rows=rows)
 
 
-def latency_total(policy: Policy, lat: Any) -> float | None:
-    """Sum of ``lat(layer, spec)`` over ``policy`` (None without a latency function)."""
-    if lat is None:
-        return None
-    return float(sum(lat(n, s) for n, s in policy.items()))
-
-
 def _pair_costs(net: Any, space: CandidateSpace, kind: str, lat: Any) -> np.ndarray:
     n_total = max(sum(i.weight_params for i in net.table), 1)
     out = []
@@ -204,21 +203,3 @@ def _match_expected(method: SearchMethod, space: CandidateSpace, sc: dict[str, l
         specs[name] = space[name][int(np.argmax(x[start:start + w]))]
         start += w
     return Policy({n: specs[n] for n in net.table.names if n in specs})
-
-
-def budget_values(cost: CostReport, latency_total: float | None = None
-                  ) -> dict[str, float | None]:
-    """The quantity each budget kind limits: bytes, BitOPs per example, average weight
-    bits, latency (the LUT's unit; None without one)."""
-    return {"size_bytes": cost.size_bytes, "bitops": cost.bitops,
-            "avg_weight_bits": cost.avg_weight_bits, "latency": latency_total}
-
-
-def within_budget(cost: CostReport, budget: Budget, latency_total: float | None = None) -> bool:
-    """True when ``cost`` (and ``latency_total``) meet every limit of ``budget``."""
-    vals = budget_values(cost, latency_total)
-    for kind, limit in budget.items():
-        v = vals[kind]
-        if v is None or v > limit * (1 + 1e-9):
-            return False
-    return True

@@ -1,6 +1,6 @@
 """The search methods: AutoQNN QSS and QPL, and SSPS, as training callbacks.
 
-Every method is a :class:`~bitsmith.search.train.Callback` *and* the term source of the
+Every method is a :class:`~bitsmith.training.Callback` *and* the term source of the
 :class:`~bitsmith.search.supernet.Supernet` layers: before every forward pass it computes,
 for each searched layer ``l``, the mixture coefficients of the weight candidates
 (``p_l``, length ``K_w``) and of the activation candidates (``q_l``, length ``K_a``).
@@ -47,7 +47,7 @@ starts the architecture parameters at its choices: QSS/SSPS logits ``α_l[k] = s
 policy's candidate ``k`` and 0 for the others (``s = init_strength``; initial probability
 ``e^s / (e^s + K - 1)``), the same for ``β_l``; QPL starts ``θ_l`` at the policy's bit widths.
 Layers the policy does not name keep the neutral start; a layer the supernet does not search,
-or a spec that is not one of the candidates, raises :class:`SearchSpaceError`.
+or a spec that is not one of the candidates, raises :class:`SupernetSpaceError`.
 
 Architecture updates: with ``arch_data`` (a held-out map-style dataset, DNAS-style
 alternation), every ``arch_every`` steps a batch drawn from it (indices fixed by
@@ -66,10 +66,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
-from bitsmith.analyze.allocate import Budget
+from bitsmith.cost.budget import Budget
 from bitsmith.policy import Policy
-from bitsmith.search.supernet import SearchSpaceError, Supernet, check_budget_feasible
-from bitsmith.search.train import Callback, TrainState, all_reduce_mean
+from bitsmith.search.supernet import Supernet, SupernetSpaceError, check_budget_feasible
+from bitsmith.training import Callback, TrainState, all_reduce_mean
 
 METHODS = ("qss", "qpl", "ssps")
 
@@ -81,30 +81,30 @@ def warm_start_choices(net: Supernet, policy: Policy) -> dict[int, tuple[int, in
     policy does not name are left out (they keep the neutral start).
 
     Raises:
-        SearchSpaceError: the policy names a layer that is not in the model, a fixed layer
+        SupernetSpaceError: the policy names a layer that is not in the model, a fixed layer
             with another spec, or a spec that is not among the layer's candidates.
     """
     if not isinstance(policy, Policy):
-        raise SearchSpaceError(f"the warm start must be a Policy, got {type(policy).__name__}")
+        raise SupernetSpaceError(f"the warm start must be a Policy, got {type(policy).__name__}")
     index = {n: i for i, n in enumerate(net.names)}
     pairs = {net.spec_of(k, j): (k, j) for k in range(len(net.weight_specs))
              for j in range(len(net.act_specs))}
     out: dict[int, tuple[int, int]] = {}
     unknown = [n for n, _ in policy.items() if n not in index and n not in net.fixed]
     if unknown:
-        raise SearchSpaceError(
+        raise SupernetSpaceError(
             f"the warm-start policy names layer(s) the supernet does not have: {unknown[:5]}; "
             f"searched layers are {net.names[:6]}{' ...' if len(net.names) > 6 else ''}")
     for name, spec in policy.items():
         if name in net.fixed:
             if spec != net.fixed[name]:
-                raise SearchSpaceError(
+                raise SupernetSpaceError(
                     f"warm start: layer {name} is fixed at {net.fixed[name]} by the search "
                     f"space (first_last), the policy gives {spec}")
             continue
         if spec not in pairs:
             cands = ", ".join(w.short() for w in net.weight_specs)
-            raise SearchSpaceError(
+            raise SupernetSpaceError(
                 f"warm start: {name} -> {spec} is not a candidate of the search space "
                 f"(weights: {cands}; activation bits: "
                 f"{[a.bits for a in net.act_specs]})")
@@ -158,7 +158,7 @@ class SearchMethod(Callback):
         if act_budget_bytes is not None:
             lowest = max(net.fixed_act_bytes, max(float(a.min()) for a in net.act_bytes))
             if lowest > act_budget_bytes:
-                from bitsmith.analyze.allocate import InfeasibleBudgetError
+                from bitsmith.cost.budget import InfeasibleBudgetError
 
                 raise InfeasibleBudgetError("act_bytes", act_budget_bytes, lowest)
         self.net, self.budget, self.act_budget = net, budget, act_budget_bytes
@@ -372,7 +372,7 @@ class QSS(SearchMethod):
             raise ValueError(f"share={share!r}; use 'layer' or 'model'")
         self.share, self.hard = share, hard
         if share == "model" and kw.get("init_policy") is not None:
-            raise SearchSpaceError("a per-layer warm start (init_policy) needs share='layer'")
+            raise SupernetSpaceError("a per-layer warm start (init_policy) needs share='layer'")
         super().__init__(net, budget, **kw)
 
     def _make_params(self) -> list[nn.Parameter]:
@@ -439,12 +439,12 @@ class QPL(SearchMethod):
             raise ValueError(f"QPL mode={mode!r}; use 'interp' or 'round'")
         schemes = {s.scheme for s in net.weight_specs}
         if len(schemes) != 1:
-            raise SearchSpaceError(f"QPL learns bit widths of one scheme; the weight "
+            raise SupernetSpaceError(f"QPL learns bit widths of one scheme; the weight "
                                    f"candidates use {sorted(schemes)} (use QSS for schemes)")
         wb = [s.bits for s in net.weight_specs]
         ab = [s.bits for s in net.act_specs]
         if wb != sorted(wb) or ab != sorted(ab):
-            raise SearchSpaceError("QPL needs the candidate bit widths in increasing order")
+            raise SupernetSpaceError("QPL needs the candidate bit widths in increasing order")
         self.mode = mode
         self.wvals = torch.tensor(wb, dtype=torch.float32)
         self.avals = torch.tensor(ab, dtype=torch.float32)

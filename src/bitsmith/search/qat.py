@@ -5,7 +5,7 @@ search) into a quantized model of the ``bitsmith.quantize`` kind (``model.bitsmi
 the Policy, LayerTable and conversion report, so ``bitsmith.export`` consumes it). Every
 uniform-family quantizer is made LSQ-learnable and starts from the step size the search
 learned for that candidate (activation quantizers without one are calibrated).
-:func:`finetune` trains it with :func:`bitsmith.search.train.train` (optional distillation
+:func:`finetune` trains it with :func:`bitsmith.training.train` (optional distillation
 from the FP32 model). :func:`save_result` writes ``policy.yaml`` and ``weights.safetensors``
 (float weights + quantizer parameters); :func:`load_result` rebuilds the quantized model.
 
@@ -26,14 +26,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bitsmith.atomic import atomic_path, atomic_write_text
 from bitsmith.graph.convert import ConversionReport, apply_policy, convert
 from bitsmith.graph.qmodules import quantized_layers
+from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import LayerSpec, Policy, QSpec
 from bitsmith.quantize import QuantInfo, calibrate
 from bitsmith.schemes import get_scheme
-from bitsmith.schemes.quantizer import Quantizer
 from bitsmith.search.supernet import SearchLayerMixin, Supernet
-from bitsmith.search.train import Callback, TrainConfig, TrainResult, train
+from bitsmith.training import Callback, TrainConfig, TrainResult, train
 
 
 def learnable(policy: Policy) -> Policy:
@@ -162,11 +163,12 @@ def save_result(qmodel: nn.Module, out_dir: str | Path, extra: dict[str, Any] | 
     policy_path = info.policy.save(out / "policy.yaml")
     tensors = {k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()}
     weights = out / "weights.safetensors"
-    save_file(tensors, str(weights), metadata={"format": "bitsmith.search.weights/1"})
+    with atomic_path(weights) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "bitsmith.search.weights/1"})
     meta = out / "result.json"
-    meta.write_text(json.dumps({"format": "bitsmith.search.result/1",
-                                "policy_fingerprint": info.policy.fingerprint(),
-                                **(extra or {})}, indent=2))
+    atomic_write_text(meta, json.dumps({"format": "bitsmith.search.result/1",
+                                        "policy_fingerprint": info.policy.fingerprint(),
+                                        **(extra or {})}, indent=2))
     return {"policy": policy_path, "weights": weights, "meta": meta}
 
 

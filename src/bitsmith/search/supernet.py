@@ -5,7 +5,7 @@ then swaps every *searched* layer's class to a ``Search<Conv2d|Linear|...>`` twi
 Such a layer keeps its one float weight and holds
 
 * ``K_w`` weight quantizers, one per weight candidate ``(scheme, bits)``
-  (:class:`~bitsmith.schemes.quantizer.Quantizer`, LSQ-learnable step for the uniform family);
+  (:class:`~bitsmith.graph.quantizer.Quantizer`, LSQ-learnable step for the uniform family);
 * ``K_a`` input-activation quantizers, one per activation bit width (``uniform_asymmetric``).
 
 Its forward asks the search method for *terms*: lists of ``(candidate index, coefficient)``
@@ -37,26 +37,27 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from bitsmith.analyze.allocate import Budget, InfeasibleBudgetError
+from bitsmith.config import Config
 from bitsmith.cost import layer_cost
+from bitsmith.cost.budget import Budget, InfeasibleBudgetError, latency_function
 from bitsmith.errors import InputError
 from bitsmith.graph.convert import ConversionError, convert
 from bitsmith.graph.layer_table import QUANTIZABLE_TYPES, LayerTable
 from bitsmith.graph.qmodules import layer_op, twin_class
-from bitsmith.policy import INT8, LayerSpec, PolicyError, QSpec
+from bitsmith.graph.quantizer import Quantizer
+from bitsmith.policy import FIRST_LAST_CHOICES, FLOAT, INT8, LayerSpec, PolicyError, QSpec
 from bitsmith.schemes import available, get_scheme
-from bitsmith.schemes.quantizer import Quantizer
 
 COST_KINDS = ("size_bytes", "bitops", "avg_weight_bits", "latency")
 PATHS = ("expected", "single", "multipath")
 
 
-class SearchSpaceError(InputError):
+class SupernetSpaceError(InputError):
     """The candidate set is empty or invalid; the message names the bad candidate."""
 
 
 @dataclass(frozen=True)
-class SearchSpace:
+class SupernetSpace(Config):
     """Candidates of every searched layer.
 
     Attributes:
@@ -67,8 +68,9 @@ class SearchSpace:
         weight_granularity: ``"channel"`` or ``"tensor"`` (schemes without a per-channel
             form fall back to ``"tensor"``).
         observer: calibration observer of the initial ranges (``"mse"``, ``"minmax"``...).
-        first_last: ``"int8"`` keeps the first and last quantizable layer at W8A8 (fixed,
-            counted in every budget), ``"search"`` searches them too.
+        first_last: the one first/last vocabulary of bitsmith (:data:`FIRST_LAST_CHOICES`):
+            ``"int8"`` keeps the first and last quantizable layer at W8A8 and ``"float"`` in
+            float32 (fixed, counted in every budget), ``"same"`` searches them like the rest.
     """
 
     weight: tuple[tuple[str, int], ...] = (("uniform_symmetric", 2), ("uniform_symmetric", 3),
@@ -83,15 +85,15 @@ class SearchSpace:
     def weight_specs(self) -> list[QSpec]:
         """Validated weight QSpecs (LSQ-learnable where the scheme has learnable keys)."""
         if not self.weight:
-            raise SearchSpaceError("the weight candidate set is empty; give at least one "
+            raise SupernetSpaceError("the weight candidate set is empty; give at least one "
                                    "(scheme, bits) pair")
         out: list[QSpec] = []
         for cand in self.weight:
             if not (isinstance(cand, (tuple, list)) and len(cand) == 2):
-                raise SearchSpaceError(f"weight candidate {cand!r} must be a (scheme, bits) pair")
+                raise SupernetSpaceError(f"weight candidate {cand!r} must be a (scheme, bits) pair")
             scheme, bits = cand
             if scheme not in available():
-                raise SearchSpaceError(f"weight candidate {cand!r}: unknown scheme {scheme!r}; "
+                raise SupernetSpaceError(f"weight candidate {cand!r}: unknown scheme {scheme!r}; "
                                        f"known: {available()}")
             sch = get_scheme(scheme)
             gran = self.weight_granularity if sch.per_channel else "tensor"
@@ -99,20 +101,20 @@ class SearchSpace:
                 spec = QSpec(scheme, int(bits), gran, observer=self.observer,
                              learnable=bool(sch.learnable_keys()))
             except PolicyError as err:
-                raise SearchSpaceError(f"weight candidate {cand!r}: {err}") from None
+                raise SupernetSpaceError(f"weight candidate {cand!r}: {err}") from None
             out.append(spec)
         if len(set(out)) != len(out):
-            raise SearchSpaceError(f"the weight candidate set {self.weight} has duplicates")
+            raise SupernetSpaceError(f"the weight candidate set {self.weight} has duplicates")
         return out
 
     def act_specs(self) -> list[QSpec]:
         """Validated activation QSpecs (per tensor, LSQ-learnable)."""
         if not self.act_bits:
-            raise SearchSpaceError("the activation candidate set is empty; give at least one "
+            raise SupernetSpaceError("the activation candidate set is empty; give at least one "
                                    "bit width")
         sch = self.act_scheme
         if sch not in available() or not get_scheme(sch).integer_grid:
-            raise SearchSpaceError(f"act_scheme {sch!r} must be a registered integer-grid "
+            raise SupernetSpaceError(f"act_scheme {sch!r} must be a registered integer-grid "
                                    "scheme (uniform_asymmetric or uniform_symmetric)")
         out = []
         for b in self.act_bits:
@@ -120,15 +122,15 @@ class SearchSpace:
                 out.append(QSpec(sch, int(b), "tensor", observer=self.observer,
                                  learnable=True))
             except PolicyError as err:
-                raise SearchSpaceError(f"activation candidate bits={b!r}: {err}") from None
+                raise SupernetSpaceError(f"activation candidate bits={b!r}: {err}") from None
         if len(set(out)) != len(out):
-            raise SearchSpaceError(f"the activation candidate set {self.act_bits} has "
+            raise SupernetSpaceError(f"the activation candidate set {self.act_bits} has "
                                    "duplicates")
         return out
 
     @classmethod
     def uniform_bits(cls, bits: Iterable[int], act_bits: Iterable[int] = (4,),
-                     scheme: str = "uniform_symmetric", **kw: Any) -> SearchSpace:
+                     scheme: str = "uniform_symmetric", **kw: Any) -> SupernetSpace:
         """Bit-width search with one weight scheme."""
         return cls(weight=tuple((scheme, int(b)) for b in bits),
                    act_bits=tuple(int(b) for b in act_bits), **kw)
@@ -197,7 +199,7 @@ class Supernet:
     Attributes:
         model: the (BN-folded, traced) float model whose searched layers were swapped.
         table: its LayerTable.
-        space: the :class:`SearchSpace`.
+        space: the :class:`SupernetSpace`.
         names: searched layers in execution order (``search_index`` = position here).
         fixed: layers kept at a fixed spec (e.g. first/last at W8A8).
         weight_specs, act_specs: the candidate QSpecs (same for every searched layer).
@@ -209,7 +211,7 @@ class Supernet:
 
     model: nn.Module
     table: LayerTable
-    space: SearchSpace
+    space: SupernetSpace
     names: list[str]
     fixed: dict[str, LayerSpec]
     weight_specs: list[QSpec]
@@ -268,7 +270,7 @@ def _latency_matrix(lat: Any, name: str, specs: list[list[LayerSpec]]) -> Tensor
                         dtype=torch.float64)
 
 
-def build_supernet(model: nn.Module, example_inputs: Tensor, space: SearchSpace,
+def build_supernet(model: nn.Module, example_inputs: Tensor, space: SupernetSpace,
                    calibration: Iterable | None = None, *, fold_bn: bool = True,
                    latency: Any = None, calib_batches: int = 4) -> Supernet:
     """Convert ``model`` and make every searched layer a supernet layer.
@@ -285,17 +287,19 @@ def build_supernet(model: nn.Module, example_inputs: Tensor, space: SearchSpace,
         calib_batches: batches of ``calibration`` used.
 
     Raises:
-        SearchSpaceError: empty or invalid candidates.
+        SupernetSpaceError: empty or invalid candidates.
         ConversionError: the model has no quantizable layer (or none left to search).
     """
     wspecs, aspecs = space.weight_specs(), space.act_specs()
-    if space.first_last not in ("int8", "search"):
-        raise SearchSpaceError(f"first_last={space.first_last!r}; use 'int8' or 'search'")
+    if space.first_last not in FIRST_LAST_CHOICES:
+        raise SupernetSpaceError(f"first_last={space.first_last!r} is unknown; use one of "
+                                 f"{', '.join(FIRST_LAST_CHOICES)}")
     work, table, _ = convert(model, example_inputs, fold_bn=fold_bn)
     names = table.names
     fixed: dict[str, LayerSpec] = {}
-    if space.first_last == "int8" and len(names) > 2:
-        fixed = {names[0]: INT8, names[-1]: INT8}
+    if space.first_last != "same" and len(names) > 2:
+        edge = INT8 if space.first_last == "int8" else FLOAT
+        fixed = {names[0]: edge, names[-1]: edge}
     searched = [n for n in names if n not in fixed]
     if not searched:
         raise ConversionError(f"{type(model).__name__}: no layer left to search "
@@ -395,14 +399,6 @@ def _init_quantizers(net: Supernet, example: Tensor, calibration: Iterable | Non
         for q in m.weight_quantizers:
             q(m.weight)  # fits range-based parameters (and creates LSQ parameters)
     model.train(was)
-
-
-def latency_function(latency: Any) -> Any:
-    """A latency LUT as ``f(layer, spec) -> latency`` (a ``LatencyTable`` or already a
-    callable); None stays None."""
-    if latency is None or callable(latency):
-        return latency
-    return lambda name, spec: latency.latency(name, spec)
 
 
 def spec_label(spec: LayerSpec) -> str:

@@ -2,15 +2,15 @@
 
 :func:`ilp_warm_start` estimates a per-candidate sensitivity of every searched layer over
 the supernet's candidates and allocates them under the search budget with the same 0-1
-integer program as ``bitsmith analyze`` (:func:`bitsmith.analyze.allocate.allocate`).
-Metrics: ``"fisher"`` (empirical Fisher, :func:`bitsmith.analyze.fisher.estimate_fisher`),
-``"hessian"`` (HAWQ-V2 Hutchinson traces, :func:`bitsmith.analyze.hessian.estimate_hessian`)
+integer program as ``bitsmith analyze`` (:func:`bitsmith.allocation.ilp.allocate`).
+Metrics: ``"fisher"`` (empirical Fisher, :func:`bitsmith.sensitivity.fisher.estimate_fisher`),
+``"hessian"`` (HAWQ-V2 Hutchinson traces, :func:`bitsmith.sensitivity.hessian.estimate_hessian`)
 and ``"measured_kl"`` (each candidate quantized alone, KL divergence of the outputs,
-:func:`bitsmith.analyze.measured.measure_sensitivity`). Fisher and Hessian score the
+:func:`bitsmith.sensitivity.measured.measure_sensitivity`). Fisher and Hessian score the
 *weight* perturbation only (with several activation candidates the program takes the
 cheapest activation bits that fit); the measured score quantizes the candidate's weights and
 activations, needs calibration batches and costs one evaluation per candidate. The returned
-Policy is what ``SearchSettings(warm_start=...)`` / the method's ``init_policy`` start the
+Policy is what ``SearchConfig(warm_start=...)`` / the method's ``init_policy`` start the
 architecture parameters at.
 """
 
@@ -21,10 +21,11 @@ from typing import Any
 
 from torch import nn
 
-from bitsmith.analyze.allocate import Allocation, Budget, allocate
-from bitsmith.analyze.candidates import CandidateSpace
+from bitsmith.allocation.candidates import CandidateSpace
+from bitsmith.allocation.ilp import Allocation, allocate
+from bitsmith.cost.budget import Budget, latency_function
 from bitsmith.policy import Policy
-from bitsmith.search.supernet import Supernet, latency_function
+from bitsmith.search.supernet import Supernet
 
 WARM_METRICS = ("fisher", "hessian", "measured_kl")
 
@@ -49,7 +50,7 @@ def ilp_warm_start(model: nn.Module, net: Supernet, budget: Budget, data: Iterab
         max_examples: examples the estimator uses.
 
     Returns:
-        the :class:`~bitsmith.analyze.allocate.Allocation`; ``.policy`` is the warm start.
+        the :class:`~bitsmith.allocation.ilp.Allocation`; ``.policy`` is the warm start.
 
     Raises:
         ValueError: unknown ``metric``.
@@ -66,15 +67,15 @@ def ilp_warm_start(model: nn.Module, net: Supernet, budget: Budget, data: Iterab
             [net.spec_of(k, int(net.act_bytes[i].argmin())) for k in range(kw)]
     space = CandidateSpace(net.table, choices)
     if metric == "fisher":
-        from bitsmith.analyze.fisher import estimate_fisher
+        from bitsmith.sensitivity.fisher import estimate_fisher
 
         sens = estimate_fisher(model, space, data, max_examples=max_examples)
     elif metric == "hessian":
-        from bitsmith.analyze.hessian import estimate_hessian
+        from bitsmith.sensitivity.hessian import estimate_hessian
 
         sens = estimate_hessian(model, space, data, max_examples=max_examples, seed=seed)
     else:
-        from bitsmith.analyze.measured import measure_sensitivity
+        from bitsmith.sensitivity.measured import measure_sensitivity
 
         sens = measure_sensitivity(model, space, data, max_examples=max_examples,
                                    calibration=data if calibration is None else calibration,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from bitsmith.errors import InputError
 
 
@@ -15,3 +18,16 @@ class SpaceError(TuneError):
 
 class StorageError(TuneError):
     """The Optuna storage URL cannot be opened."""
+
+
+def check_keys(data: Mapping[str, Any], valid: Iterable[str], where: str,
+               error: type[TuneError] = TuneError) -> None:
+    """:func:`bitsmith.config.check_keys` raising ``error`` (a :class:`TuneError`), so the
+    tuner's callers see one error family."""
+    from bitsmith.config import ConfigError
+    from bitsmith.config import check_keys as strict_keys
+
+    try:
+        strict_keys(data, valid, where)
+    except ConfigError as err:
+        raise error(str(err)) from None

@@ -39,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from bitsmith.cost import estimate
 from bitsmith.cost.model import CostReport
@@ -47,9 +48,10 @@ from bitsmith.graph import quantized_layers
 from bitsmith.policy import Policy
 from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quantize
 from bitsmith.reconstruct.bias import correct_bias, output_shift
+from bitsmith.scoring import EvaluateFn, Scorer
 from bitsmith.tune.errors import TuneError
 from bitsmith.tune.features import descriptors_of
-from bitsmith.tune.space import Config, SearchSpace
+from bitsmith.tune.space import Choices, TuneSpace
 
 # on_stage(stage index, images seen, accuracy % so far, FP32 accuracy % on the same images)
 # -> True to stop (prune) the configuration.
@@ -98,17 +100,17 @@ class Measurement:
 class Evaluator(Protocol):
     """What the tuner needs from an evaluator (implement it to plug in another runtime)."""
 
-    space: SearchSpace
+    space: TuneSpace
     layer_names: list[str]
     measures_latency: bool
 
-    def policy(self, config: Config) -> Policy:
+    def policy(self, config: Choices) -> Policy:
         """The Policy of a configuration."""
 
-    def cost(self, config: Config) -> CostReport:
+    def cost(self, config: Choices) -> CostReport:
         """Analytic cost of a configuration (no data needed)."""
 
-    def evaluate(self, config: Config, on_stage: StageCallback | None = None) -> Measurement:
+    def evaluate(self, config: Choices, on_stage: StageCallback | None = None) -> Measurement:
         """Quantize, calibrate and measure one configuration."""
 
 
@@ -155,11 +157,19 @@ class _Runner(nn.Module):
 
 
 def _stack(data: Any, what: str) -> tuple[Tensor, Tensor | None]:
-    """``(inputs, labels or None)`` tensors from a tensor, an ``(x, y)`` pair or a dataset."""
-    if isinstance(data, Tensor):
-        return data, None
+    """``(inputs, labels or None)`` tensors from a tensor, an ``(x, y)`` pair, a dataset or a
+    ``DataLoader`` (its batches concatenated)."""
+    if isinstance(data, DataLoader):
+        data = _concat(data, what)
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
-        return data[0], data[1]
+        data, labels = data
+    else:
+        labels = None
+    if isinstance(data, Tensor):
+        if data.dim() == 0 or data.shape[0] == 0:
+            raise TuneError(f"{what}: the tensor is empty (shape {tuple(data.shape)}); give "
+                            "at least one input")
+        return data, labels
     try:
         n = len(data)
     except TypeError:
@@ -173,6 +183,19 @@ def _stack(data: Any, what: str) -> tuple[Tensor, Tensor | None]:
     xs = torch.stack([torch.as_tensor(it[0]) for it in items])
     ys = torch.as_tensor([int(it[1]) for it in items], dtype=torch.long)
     return xs, ys
+
+
+def _concat(loader: DataLoader, what: str) -> tuple[Tensor, Tensor | None]:
+    xs, ys = [], []
+    for batch in loader:
+        if isinstance(batch, Tensor):
+            xs.append(batch)
+        else:
+            xs.append(batch[0])
+            ys.append(torch.as_tensor(batch[1]))
+    if not xs:
+        raise TuneError(f"{what}: the data loader yielded no batch")
+    return torch.cat(xs), (torch.cat(ys) if ys else None)
 
 
 def _batches(x: Tensor, y: Tensor | None, batch_size: int) -> list:
@@ -205,18 +228,22 @@ class TorchEvaluator:
     Args:
         model: the trained float model (not modified).
         calibration: unlabeled calibration inputs: a tensor ``(N, ...)``, an
-            ``(inputs, labels)`` pair or a dataset of inputs / ``(input, label)``;
-            the first ``calib_size`` of them are used.
-        validation: labeled validation data (``(inputs, labels)`` or a dataset).
+            ``(inputs, labels)`` pair, a dataset of inputs / ``(input, label)`` or a
+            ``DataLoader``; the first ``calib_size`` of them are used.
+        validation: labeled validation data (``(inputs, labels)``, a dataset or a
+            ``DataLoader``); may be ``None`` with ``evaluate``.
         space: the search space (its ``calib_size`` choices must fit ``calibration``).
-        stages: evaluation stages, fractions of the validation set or counts.
+        stages: evaluation stages, fractions of the validation set or counts (top-1 only).
         batch_size: images per forward pass.
         backend: how the quantized model is run (default :class:`TorchBackend`).
+        evaluate: the user's metric ``f(model) -> float`` (higher is better) instead of
+            top-1 on ``validation``; one stage. ``Measurement.accuracy`` and ``drop`` are
+            then in the metric's unit.
     """
 
-    def __init__(self, model: nn.Module, calibration: Any, validation: Any, space: SearchSpace,
+    def __init__(self, model: nn.Module, calibration: Any, validation: Any, space: TuneSpace,
                  *, stages: Sequence[float | int] = (0.25, 1.0), batch_size: int = 500,
-                 backend: Backend | None = None) -> None:
+                 backend: Backend | None = None, evaluate: EvaluateFn | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TuneError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model.eval()
@@ -225,9 +252,14 @@ class TorchEvaluator:
         self.measures_latency = bool(self.backend.measures_latency)
         self.batch_size = int(batch_size)
         self._calib, _ = _stack(calibration, "calibration")
-        self._val_x, self._val_y = _stack(validation, "validation")
-        if self._val_y is None:
-            raise TuneError("validation: labels are needed to measure accuracy")
+        self.scorer = Scorer(validation, evaluate)
+        if evaluate is None:
+            self._val_x, self._val_y = _stack(validation, "validation")
+            if self._val_y is None:
+                raise TuneError("validation: labels are needed to measure accuracy (or give "
+                                "evaluate=f, f(model) -> float)")
+        else:
+            self._val_x, self._val_y = self._calib[:1], None
         need = max(space.calib_size)
         if need > len(self._calib):
             raise TuneError(f"the space asks for calib_size={need} but only {len(self._calib)} "
@@ -243,7 +275,8 @@ class TorchEvaluator:
         self.descriptors = descriptors_of(work, self.table)
         self.weight_params = {i.name: i.weight_params for i in self.table}
         self.signed_inputs = {n: bool(ref[n].min < 0) for n in self.layer_names}
-        self.bounds = stage_bounds(len(self._val_x), stages)
+        self.bounds = (stage_bounds(len(self._val_x), stages) if evaluate is None
+                       else [self.scorer.examples or 0])
         attach = getattr(self.backend, "attach", None)
         if attach is not None:          # e.g. a runtime backend taking calibration inputs
             attach(self)
@@ -273,19 +306,19 @@ class TorchEvaluator:
         calibration inputs (float model; gathered with the statistics), for bias correction."""
         return self.stats(n).means
 
-    def policy(self, config: Config) -> Policy:
+    def policy(self, config: Choices) -> Policy:
         return self.space.to_policy(config, self.layer_names, self.signed_inputs)
 
-    def cost(self, config: Config) -> CostReport:
+    def cost(self, config: Choices) -> CostReport:
         return estimate(self.table, self.policy(config))
 
-    def _calib_size(self, config: Config) -> int:
+    def _calib_size(self, config: Choices) -> int:
         return int(config.get("calib_size", self.space.calib_size[0]))
 
-    def _bias_correction(self, config: Config) -> bool:
+    def _bias_correction(self, config: Choices) -> bool:
         return bool(config.get("bias_correction", self.space.bias_correction[0]))
 
-    def quantized_model(self, config: Config) -> nn.Module:
+    def quantized_model(self, config: Choices) -> nn.Module:
         """The quantized copy of the model for ``config`` (weight quantizers kept, not
         baked; biases corrected when the configuration asks for ``bias_correction``)."""
         n = self._calib_size(config)
@@ -296,7 +329,7 @@ class TorchEvaluator:
         qmodel.bitsmith.policy = policy
         return qmodel
 
-    def state_dict(self, config: Config) -> dict[str, Tensor]:
+    def state_dict(self, config: Choices) -> dict[str, Tensor]:
         """The quantized model's state dict for ``config`` (weights and every quantizer's
         scales / zero points, fitted by one forward pass), contiguous copies."""
         n = self._calib_size(config)
@@ -336,6 +369,8 @@ class TorchEvaluator:
         return int(round(res.accuracy * res.count / 100.0))
 
     def _stage_accuracies(self, fn: Callable[[Tensor], Tensor]) -> list[float]:
+        if not self.scorer.is_top1:
+            return [self.scorer(fn if isinstance(fn, nn.Module) else _Runner(fn))]
         correct, out, start = 0, [], 0
         for end in self.bounds:
             correct += self._count_correct(fn, start, end)
@@ -344,7 +379,7 @@ class TorchEvaluator:
         return out
 
     # ------------------------------------------------------------- evaluate
-    def evaluate(self, config: Config, on_stage: StageCallback | None = None) -> Measurement:
+    def evaluate(self, config: Choices, on_stage: StageCallback | None = None) -> Measurement:
         """Quantize with ``config``, calibrate from the shared statistics, measure.
 
         ``on_stage`` is called after every stage but the last; returning True
@@ -366,14 +401,7 @@ class TorchEvaluator:
                              bake=bool(getattr(self.backend, "fake_quant", True)))
         example = self._val_x[: self.batch_size]
         runner = self.backend.compile(qmodel, example)
-        correct, start, pruned, acc = 0, 0, False, 0.0
-        for i, end in enumerate(self.bounds):
-            correct += self._count_correct(runner, start, end)
-            acc, start = 100.0 * correct / end, end
-            if on_stage is not None and i < len(self.bounds) - 1 and on_stage(
-                    i, end, acc, self.fp32_at[i]):
-                pruned = True
-                break
+        acc, start, pruned = self._measure(runner, on_stage)
         fp32 = self.fp32_at[self.bounds.index(start)]
         m = Measurement(
             accuracy=acc, fp32_accuracy=fp32, drop=fp32 - acc, images=start,
@@ -385,6 +413,21 @@ class TorchEvaluator:
         if not pruned:
             self._results[key] = m
         return m
+
+
+    def _measure(self, runner: Callable[[Tensor], Tensor], on_stage: StageCallback | None
+                 ) -> tuple[float, int, bool]:
+        """``(score, examples seen, pruned)``: staged top-1, or the user's metric once."""
+        if not self.scorer.is_top1:
+            return self._stage_accuracies(runner)[0], self.bounds[-1], False
+        correct, start, acc = 0, 0, 0.0
+        for i, end in enumerate(self.bounds):
+            correct += self._count_correct(runner, start, end)
+            acc, start = 100.0 * correct / end, end
+            if on_stage is not None and i < len(self.bounds) - 1 and on_stage(
+                    i, end, acc, self.fp32_at[i]):
+                return acc, start, True
+        return acc, start, False
 
 
 def as_mapping(m: Measurement) -> Mapping[str, Any]:

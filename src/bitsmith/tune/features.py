@@ -35,8 +35,8 @@ from bitsmith.tune.space import (
     FLOAT_LAYER_SETS,
     GLOBAL_DIMS,
     W_PREFIX,
-    Config,
-    SearchSpace,
+    Choices,
+    TuneSpace,
 )
 
 DESCRIPTOR_KEYS = ("nodes", "layers", "convs", "depthwise", "pointwise", "linears", "skips",
@@ -87,7 +87,7 @@ class ConfigEncoder:
         per_layer: add one column per layer bit width (same-model learning).
     """
 
-    def __init__(self, space: SearchSpace, layer_names: Sequence[str],
+    def __init__(self, space: TuneSpace, layer_names: Sequence[str],
                  weight_params: Mapping[str, int], descriptors: Mapping[str, float],
                  per_layer: bool = True) -> None:
         self.space = space
@@ -110,7 +110,7 @@ class ConfigEncoder:
                 self._layer_cols += [A_PREFIX + n for n in self.layer_names]
         self.columns += self._layer_cols
 
-    def _layer_bits(self, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    def _layer_bits(self, config: Choices) -> tuple[np.ndarray, np.ndarray]:
         space, names = self.space, self.layer_names
         if space.per_layer_weight_bits:
             wb = [_bits(config.get(W_PREFIX + n, space.weight_bits[0])) for n in names]
@@ -128,7 +128,7 @@ class ConfigEncoder:
             wb_arr[-1] = ab_arr[-1] = _FLOAT_BITS
         return wb_arr, ab_arr
 
-    def encode(self, config: Config) -> np.ndarray:
+    def encode(self, config: Choices) -> np.ndarray:
         """``(len(columns),)`` float32 features of one configuration."""
         row: list[float] = []
         for dim in GLOBAL_DIMS:
@@ -142,13 +142,13 @@ class ConfigEncoder:
             row.append(_bits(config[col]) if col in config else np.nan)
         return np.asarray(row, dtype=np.float32)
 
-    def encode_many(self, configs: Sequence[Config]) -> np.ndarray:
+    def encode_many(self, configs: Sequence[Choices]) -> np.ndarray:
         """``(len(configs), len(columns))`` features."""
         if not configs:
             return np.zeros((0, len(self.columns)), dtype=np.float32)
         return np.stack([self.encode(c) for c in configs])
 
-    def encode_foreign(self, config: Config, descriptors: Mapping[str, float],
+    def encode_foreign(self, config: Choices, descriptors: Mapping[str, float],
                        layer_names: Sequence[str], weight_params: Mapping[str, int]
                        ) -> np.ndarray:
         """Features of another model's configuration in *this* encoder's columns (transfer).

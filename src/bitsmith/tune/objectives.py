@@ -19,7 +19,6 @@ Every trial also records the constraint violation (``<= 0`` is feasible) with
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bitsmith.tune.errors import TuneError
@@ -97,6 +96,19 @@ class Objective:
             return f"maximise accuracy s.t. {self.metric} <= {self.budget:g} {unit}"
         return f"Pareto front of accuracy vs {self.metric}"
 
+    def rule(self) -> str:
+        """How the run's chosen configuration is picked (one sentence; it is always a point
+        of the measured Pareto front of the validation scores)."""
+        if self.kind == "min_cost":
+            return (f"smallest {self.metric} among the trials within {self.tolerance:g} points "
+                    "of FP32 on the validation data (ties: the more accurate); it is the "
+                    "cheapest point of the validation Pareto front that meets the tolerance")
+        if self.kind == "max_accuracy":
+            return (f"most accurate on the validation data among the trials with {self.metric} "
+                    f"<= {self.budget:g} (ties: the cheaper); a point of the validation "
+                    "Pareto front")
+        return "most accurate point of the validation Pareto front of accuracy vs " + self.metric
+
     def to_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "metric": self.metric, "tolerance": self.tolerance,
                 "budget": self.budget}
@@ -151,15 +163,3 @@ class Objective:
             return -math.inf
         value = self.score(accuracy_ref - pred_drop, pred_drop, cost, fp32)
         return -value if self.kind == "min_cost" else value
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the non-dominated ``(accuracy, cost)`` points (max accuracy, min cost),
-    sorted by cost."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][1], -points[i][0]))
-    front, best_acc = [], -math.inf
-    for i in order:
-        if points[i][0] > best_acc:
-            front.append(i)
-            best_acc = points[i][0]
-    return front

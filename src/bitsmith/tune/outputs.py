@@ -31,7 +31,7 @@ file                       content
 =========================  ===============================================================
 
 Several workers may share one folder: each appends its finished trials to
-``trials.jsonl`` / ``search.jsonl`` (one ``write`` per line, ``O_APPEND``), and
+``trials.jsonl`` / ``search.jsonl`` (one locked ``write`` per line), and
 when a worker ends it rewrites the run files from the study (the source of truth)
 into a private folder and moves them into place with ``os.replace``: a reader never
 sees a half-written file, and the last worker to finish leaves the complete run.
@@ -48,16 +48,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bitsmith.atomic import atomic_path, atomic_write_text
 from bitsmith.tune.evaluator import Evaluator
 from bitsmith.tune.objectives import cost_value
 from bitsmith.tune.results import TrialRecord, TuneResult, _measurement
 from bitsmith.tune.transfer import records_from_trials, save_transfer
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _best_payload(result: TuneResult) -> dict[str, Any]:
@@ -73,12 +68,12 @@ def write_best(result: TuneResult, evaluator: Evaluator, out_dir: Path) -> dict[
     """Write the best policy (YAML and JSON) and ``best.json``; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"best": out_dir / "best.json"}
-    _atomic_write(files["best"], json.dumps(_best_payload(result), indent=2))
+    atomic_write_text(files["best"], json.dumps(_best_payload(result), indent=2))
     if result.best is not None:
         policy = evaluator.policy(result.best.config)
         for ext in ("yaml", "json"):
             path = out_dir / f"best_policy.{ext}"
-            _atomic_write(path, policy.to_yaml() if ext == "yaml" else policy.to_json())
+            atomic_write_text(path, policy.to_yaml() if ext == "yaml" else policy.to_json())
             files[f"policy_{ext}"] = path
     return files
 
@@ -92,12 +87,10 @@ def write_trials(trials: list[TrialRecord], out_dir: Path) -> dict[str, Path]:
     for r in flat:
         cols += [c for c in r if c not in cols]
     path = out_dir / "trials.csv"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(flat)
-    os.replace(tmp, path)
     return {"trials_csv": path}
 
 
@@ -143,10 +136,10 @@ class RunLog:
             "dataset": str(meta.get("dataset", "")),
             "eval_set": str(meta.get("eval_set", f"validation ({images} images)" if images
                                      else "validation")),
-            "producer": "bitsmith tune",
+            "producer": "bitsmith tune", "guard": meta.get("guard"),
             "notes": {"objective": objective.describe(), "strategy": strategy,
                       **{k: v for k, v in meta.items()
-                         if k not in ("model", "dataset", "eval_set")}}}
+                         if k not in ("model", "dataset", "eval_set", "guard")}}}
         self.writer = self._open(out_dir, fresh)
 
     @staticmethod
@@ -155,7 +148,7 @@ class RunLog:
         return getattr(evaluator, "table", None) is not None
 
     def _open(self, run_dir: Path, fresh: bool):
-        from bitsmith.report.rundir import RunWriter
+        from bitsmith.rundir import RunWriter
 
         writer = RunWriter(run_dir, fresh=fresh, **self.kwargs)
         writer.write_layers(self.evaluator.table)
@@ -203,7 +196,7 @@ class RunLog:
 
     def rewrite(self, result: TuneResult, out_dir: Path) -> dict[str, Path]:
         """Rewrite the run files from the whole study, atomically file by file."""
-        from bitsmith.report.rundir import (
+        from bitsmith.rundir import (
             LAYERS_JSON,
             POLICY_YAML,
             RUN_JSON,
@@ -224,7 +217,7 @@ class RunLog:
                 if self.improves(t, best):
                     best = t
                 self._add(writer, t, best)
-            writer.choose(_trial_name(pick.number))
+            writer.choose(_trial_name(pick.number), rule=self.objective.rule())
             (out_dir / "policies").mkdir(exist_ok=True)
             for f in (tmp / "policies").iterdir():
                 os.replace(f, out_dir / "policies" / f.name)
@@ -270,7 +263,8 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
 
@@ -293,19 +287,18 @@ def write_outputs(result: TuneResult, evaluator: Evaluator, out_dir: Path,
                                   evaluator.layer_names, getattr(evaluator, "weight_params", {}))
     files["transfer"] = save_transfer(records, out_dir / "transfer.json")
     files["summary"] = out_dir / "summary.json"
-    _atomic_write(files["summary"], json.dumps(summary, indent=2))
+    atomic_write_text(files["summary"], json.dumps(summary, indent=2))
     state_dict = getattr(evaluator, "state_dict", None)
     if save_model and result.best is not None and state_dict is not None:
         from safetensors.torch import save_file
 
         path = out_dir / "model.safetensors"
         policy = evaluator.policy(result.best.config)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(state_dict(result.best.config), str(tmp),
-                  metadata={"format": "bitsmith.tune/1", "policy": policy.to_json(),
-                            "config": json.dumps(result.best.config),
-                            "bias_correction": json.dumps(bool(
-                                result.best.config.get("bias_correction", False)))})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(state_dict(result.best.config), str(tmp),
+                      metadata={"format": "bitsmith.tune/1", "policy": policy.to_json(),
+                                "config": json.dumps(result.best.config),
+                                "bias_correction": json.dumps(bool(
+                                    result.best.config.get("bias_correction", False)))})
         files["model"] = path
     return files

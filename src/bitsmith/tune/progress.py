@@ -1,33 +1,31 @@
-"""Rich progress bar of a tuning run (trials finished by all workers, best so far)."""
+"""Progress of a tuning run (trials finished by all workers, best so far)."""
 
 from __future__ import annotations
 
 from types import TracebackType
 
-from bitsmith.progress import make_progress
+from bitsmith.progress import ProgressBar
 
 
 class TuneProgress:
-    """Context manager: ``update(finished, best_line)`` after every trial; no-op if disabled."""
+    """Context manager: ``update(finished, best_line)`` after every trial; no-op if disabled.
+
+    Off a terminal every newly finished trial gets one plain line with the elapsed time."""
 
     def __init__(self, total: int, enabled: bool = True) -> None:
-        self.total = total
-        self._progress = (make_progress("[bold]tune", "{task.description}")
-                          if enabled else None)
-        self._task = None
+        self._bar = ProgressBar("tune", total, enabled=enabled, unit="trials")
+        self._finished = 0
 
     def __enter__(self) -> TuneProgress:
-        if self._progress is not None:
-            self._progress.start()
-            self._task = self._progress.add_task("starting", total=self.total)
+        self._bar.__enter__()
         return self
 
     def update(self, finished: int, best_line: str) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=min(finished, self.total),
-                                  description=best_line)
+        if finished > self._finished:
+            self._bar.line(f"{finished}/{self._bar.total} trials finished; {best_line}")
+            self._finished = finished
+        self._bar.update(min(finished, self._bar.total or finished), best_line)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+        self._bar.__exit__(exc_type, exc, tb)

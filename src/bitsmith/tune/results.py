@@ -11,8 +11,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from bitsmith.pareto import pareto_front
+from bitsmith.tune.distinct import is_duplicate
 from bitsmith.tune.evaluator import Measurement
-from bitsmith.tune.objectives import Objective, cost_value, pareto_front
+from bitsmith.tune.objectives import Objective, cost_value
 
 MEASUREMENT_ATTR = "measurement"
 
@@ -54,7 +56,8 @@ def record_of(t: FrozenTrial, objective: Objective) -> TrialRecord:
     seconds = None
     if t.datetime_start and t.datetime_complete:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds()
-    return TrialRecord(t.number, t.state.name, dict(t.params), dict(m),
+    state = "DUPLICATE" if is_duplicate(t) else t.state.name   # handed back, not evaluated
+    return TrialRecord(t.number, state, dict(t.params), dict(m),
                        list(t.values) if t.values is not None else None, violation, seconds)
 
 
@@ -142,12 +145,13 @@ def summarize(study: optuna.Study, objective: Objective, budget: int, stopped: s
 def _best_single(records: Sequence[TrialRecord], objective: Objective) -> TrialRecord:
     def key(r: TrialRecord) -> tuple[float, float]:
         v = r.values[0]
-        # ties (equal cost) broken by accuracy
-        return (v if objective.kind == "min_cost" else -v, -r.measurement["accuracy"])
+        if objective.kind == "min_cost":  # ties (equal cost) broken by accuracy
+            return (v, -r.measurement["accuracy"])
+        # ties (equal accuracy) broken by cost: the pick stays on the Pareto front
+        return (-v, cost_value(_measurement(r.measurement), objective.metric))
     return min(records, key=key)
 
 
 def _front(records: Sequence[TrialRecord], objective: Objective) -> list[TrialRecord]:
-    pts = [(r.measurement["accuracy"], cost_value(_measurement(r.measurement), objective.metric))
-           for r in records]
-    return [records[i] for i in pareto_front(pts)]
+    costs = [cost_value(_measurement(r.measurement), objective.metric) for r in records]
+    return [records[i] for i in pareto_front(costs, [r.measurement["accuracy"] for r in records])]

@@ -1,10 +1,11 @@
-"""``tune()``: run (or join, or resume) a post-training quantization study.
+"""``run_study()``: run (or join, or resume) a post-training quantization study.
 
 One call is one *worker*: it creates the study (or loads it), pops trial
 tickets until the study's budget is used up or its own ``timeout`` passes,
 saves the best configuration after every trial, and at the end writes the
 outputs (:mod:`bitsmith.tune.outputs`). Run it N times against one storage URL
 and study name — on one machine or many — and the N workers share the budget.
+The producer contract on top is :func:`bitsmith.tune.tune` (:mod:`bitsmith.tune.api`).
 """
 
 from __future__ import annotations
@@ -13,22 +14,31 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import Trial, TrialState
 
-from bitsmith.errors import InfeasibleError as BaseInfeasibleError
-from bitsmith.policy import Policy
+from bitsmith.cost.budget import InfeasibleBudgetError
+from bitsmith.tune.config import TuneConfig
+from bitsmith.tune.distinct import (
+    DistinctSampler,
+    DuplicateConfig,
+    exhausted,
+    find_twin,
+    release_duplicate,
+)
 from bitsmith.tune.errors import TuneError
-from bitsmith.tune.evaluator import Evaluator, Measurement, TorchEvaluator, as_mapping
+from bitsmith.tune.evaluator import Evaluator, Measurement, as_mapping
+from bitsmith.tune.feasible import BudgetRepair
 from bitsmith.tune.features import ConfigEncoder
 from bitsmith.tune.objectives import Objective, cost_value, fp32_cost
 from bitsmith.tune.progress import TuneProgress
 from bitsmith.tune.results import MEASUREMENT_ATTR, TuneResult, summarize
-from bitsmith.tune.samplers import DROP_ATTR, TransferRecord, make_sampler
-from bitsmith.tune.space import Config, SearchSpace, config_key
+from bitsmith.tune.samplers import DROP_ATTR, make_sampler
+from bitsmith.tune.space import Choices, config_key
 from bitsmith.tune.study import (
     FINISHED,
     Heartbeat,
@@ -38,23 +48,11 @@ from bitsmith.tune.study import (
     pop_ticket,
     reclaim_stale,
 )
+from bitsmith.tune.transfer import load_transfer
+from bitsmith.tune.workers import register_worker, worker_seed
 
 DEFAULT_STUDY = "bitsmith-tune"
-
-
-class InfeasibleError(BaseInfeasibleError, RuntimeError):
-    """No configuration of the space can meet the constraint (raised before searching when
-    that is certain, e.g. a size budget below the smallest configuration).
-
-    Attributes:
-        closest: the configuration closest to the constraint.
-        measurement: its cost (accuracy not measured).
-    """
-
-    def __init__(self, message: str, closest: Config, measurement: Measurement) -> None:
-        super().__init__(message)
-        self.closest = closest
-        self.measurement = measurement
+BUDGET_KIND = {"size": "size_bytes", "bitops": "bitops", "latency": "latency"}
 
 
 def _pruner(objective: Objective, margin: float, prune: bool) -> optuna.pruners.BasePruner:
@@ -73,12 +71,12 @@ def _pruner(objective: Objective, margin: float, prune: bool) -> optuna.pruners.
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
 
 
-def cheapest(evaluator: Evaluator, objective: Objective) -> tuple[Config, Measurement]:
+def cheapest(evaluator: Evaluator, objective: Objective) -> tuple[Choices, Measurement]:
     """The configuration of lowest cost in the space (exact; per-layer knobs at their
     cheapest choice, every combination of the global knobs tried)."""
     space, names = evaluator.space, evaluator.layer_names
     dims = space.dimensions(names)
-    best: tuple[float, Config, Measurement] | None = None
+    best: tuple[float, Choices, Measurement] | None = None
     per_layer = {n: c for n, c in dims.items() if ":" in n}
     global_space = {n: c for n, c in dims.items() if ":" not in n}
     probe = {n: c[0] for n, c in dims.items()}
@@ -98,7 +96,7 @@ def cheapest(evaluator: Evaluator, objective: Objective) -> tuple[Config, Measur
     return best[1], best[2]
 
 
-def evaluator_cost(evaluator: Evaluator, config: Config) -> Measurement:
+def evaluator_cost(evaluator: Evaluator, config: Choices) -> Measurement:
     """A cost-only measurement (accuracy NaN) of ``config``."""
     cost = evaluator.cost(config)
     return Measurement(accuracy=math.nan, fp32_accuracy=math.nan, drop=math.nan, images=0,
@@ -116,7 +114,7 @@ class _TrialRunner:
         self.objective = objective
         self.dims = evaluator.space.dimensions(evaluator.layer_names)
 
-    def _previous(self, config: Config, number: int) -> Mapping[str, Any] | None:
+    def _previous(self, config: Choices, number: int) -> Mapping[str, Any] | None:
         """Measurement of an identical configuration already completed in the study (any
         worker, any earlier run): the study itself is the cross-process result cache."""
         key = config_key(config)
@@ -128,6 +126,9 @@ class _TrialRunner:
 
     def __call__(self, trial: Trial) -> float | tuple[float, float]:
         config = {n: trial.suggest_categorical(n, list(c)) for n, c in self.dims.items()}
+        twin = find_twin(self.study, trial.number, config)
+        if twin is not None and not exhausted(self.study, self.dims):
+            raise DuplicateConfig(twin)          # handed back: re-drawn, not counted
         prev = self._previous(config, trial.number)
         if prev is not None:
             m = Measurement(**{k: (math.nan if v is None else v) for k, v in prev.items()})
@@ -165,150 +166,160 @@ def _save_best(result: TuneResult, evaluator: Evaluator, out_dir: Path | None) -
     write_best(result, evaluator, out_dir)
 
 
-def tune(model: Any = None, calibration: Any = None, validation: Any = None, *,
-         space: SearchSpace | None = None, objective: Objective | None = None,
-         strategy: str = "xgboost", n_trials: int = 100, timeout: float | None = None,
-         storage: str | None = None, study_name: str | None = None,
-         out_dir: str | Path | None = None, seed: int | None = 0,
-         transfer: Sequence[TransferRecord] = (),
-         initial_configs: Sequence[Mapping[str, Any]] = (),
-         initial_policies: Sequence[Policy] = (), stages: Sequence[float | int] = (0.25, 1.0),
-         prune: bool = True, prune_margin: float = 2.0, evaluator: Evaluator | None = None,
-         progress: bool = True, save_model: bool = True, heartbeat_interval: int = 5,
-         log: Callable[[str], None] | None = None,
-         run_meta: Mapping[str, Any] | None = None) -> TuneResult:
-    """Search quantization configurations of ``model`` for ``objective``; one worker.
+def run_study(evaluator: Evaluator, config: TuneConfig, *, out_dir: str | Path | None = None,
+              run_meta: Mapping[str, Any] | None = None, log: Callable[[str], None] | None = None,
+              initial_configs: Sequence[Mapping[str, Any]] = ()) -> TuneResult:
+    """Search the configurations of ``evaluator.space`` for ``config``'s objective; one worker.
+
+    One call is one *worker*: it creates the study (or loads it), pops trial tickets until
+    the study's budget is used up or its own ``config.timeout`` passes, saves the best
+    configuration after every trial, and at the end writes the outputs
+    (:mod:`bitsmith.tune.outputs`) into ``out_dir``. Run it N times against one storage
+    URL and study name - on one machine or many - and the N workers share the budget.
 
     Args:
-        model: the trained float ``nn.Module``.
-        calibration: unlabeled calibration inputs (tensor ``(N, ...)`` or dataset).
-        validation: labeled validation data, ``(inputs, labels)`` or a dataset;
-            never the test set.
-        space: the search space (default :meth:`SearchSpace.mixed_precision`).
-        objective: default ``min_cost`` of size with a 1-point tolerance.
-        strategy: ``random``, ``grid``, ``genetic``, ``tpe`` or ``xgboost``.
-        n_trials: the *study's* trial budget (finished trials, all workers together).
-        timeout: seconds after which this worker starts no new trial.
-        storage: SQLAlchemy URL; default ``sqlite:///<out_dir>/study.db`` (in memory
-            without ``out_dir``).
-        study_name: shared by all workers of one study.
-        out_dir: where the best policy, model, trial log and plot are written.
-        seed: sampler seed (``None``: random).
-        transfer: measurements of other models for the XGBoost cost model.
-        initial_configs / initial_policies: warm starts enqueued first (e.g. from a
-            sensitivity-based bit allocator); policies are mapped to per-layer bits.
-        stages: validation stages for early stopping (fractions or image counts).
-        prune, prune_margin: stop configurations more than ``prune_margin`` points
-            beyond the tolerance after the first stage.
-        evaluator: a ready evaluator (overrides model/calibration/validation/stages).
-        progress: show rich progress bars.
-        save_model: write the quantized model (safetensors) of the best configuration.
-        heartbeat_interval: seconds between heartbeats; a trial silent for 3x this is
-            considered dead and re-run.
+        evaluator: measures configurations (e.g. :class:`TorchEvaluator`).
+        config: the :class:`TuneConfig` (objective, strategy, trials, storage, ...).
+        out_dir: the run directory (``None``: write nothing; the study stays in memory
+            unless ``config.storage`` is given).
         run_meta: labels for the run directory (``model``, ``dataset``, ``eval_set``; other
-            keys go to ``run.json`` notes); ``out_dir`` is a ``bitsmith.run/1`` directory
-            (``bitsmith report OUT_DIR``) whenever the evaluator has a layer table.
+            keys go to ``run.json`` notes).
+        log: receives one line per event (study opened, failed trial).
+        initial_configs: configurations enqueued first (``config.init_policies`` too).
 
     Raises:
-        TuneError: bad input (tolerance < 0, empty space, storage cannot be opened, ...).
-        InfeasibleError: a budget no configuration of the space can meet.
+        TuneError: bad input (empty space, storage cannot be opened, ...).
+        InfeasibleBudgetError: a budget no configuration of the space can meet.
     """
     say = log or (lambda s: None)
-    objective = objective or Objective()
-    if n_trials is None or int(n_trials) < 1:
-        raise TuneError(f"n_trials must be >= 1, got {n_trials}")
-    if timeout is not None and not timeout > 0:
-        raise TuneError(f"timeout must be > 0 seconds, got {timeout}")
+    objective = config.make_objective()
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    url = storage or (f"sqlite:///{(out / 'study.db').resolve()}" if out is not None else None)
-    store = open_storage(url, heartbeat_interval)
-    if evaluator is None:
-        if model is None or calibration is None or validation is None:
-            raise TuneError("tune() needs model, calibration and validation (or an evaluator)")
-        evaluator = TorchEvaluator(model, calibration, validation,
-                                   space or SearchSpace.mixed_precision(), stages=stages)
-    space = evaluator.space
-    names = evaluator.layer_names
+    url = config.storage or (f"sqlite:///{(out / 'study.db').resolve()}" if out is not None
+                             else None)
+    store = open_storage(url, config.heartbeat_interval)
+    space, names = evaluator.space, evaluator.layer_names
     if space.size(names) < 1:
         raise TuneError("the search space is empty")
     if objective.metric == "latency" and not evaluator.measures_latency:
         raise TuneError("metric 'latency' needs an evaluator that measures latency on a runtime")
-    if objective.kind == "max_accuracy" and objective.metric != "latency":
-        cfg, m = cheapest(evaluator, objective)
-        if cost_value(m, objective.metric) > float(objective.budget):
-            raise InfeasibleError(
-                f"infeasible: the smallest configuration of the space costs "
-                f"{cost_value(m, objective.metric):.6g} {objective.metric}, over the budget "
-                f"{objective.budget:.6g}; closest configuration: {cfg}", cfg, m)
-
-    encoder = ConfigEncoder(space, names, getattr(evaluator, "weight_params", {}),
-                            getattr(evaluator, "descriptors", {}))
+    _check_feasible(evaluator, objective)
     fp32_acc = float(getattr(evaluator, "fp32_accuracy", 100.0))
-
-    def cost_fn(config: Config) -> tuple[float, float]:
-        m = evaluator_cost(evaluator, config)
-        return cost_value(m, objective.metric), fp32_cost(m, objective.metric)
-
-    sampler = make_sampler(strategy, space, encoder, objective, seed=seed,
-                           cost_fn=None if objective.metric == "latency" else cost_fn,
-                           accuracy_ref=fp32_acc, transfer=transfer, n_trials=int(n_trials))
     initial = [dict(c) for c in initial_configs]
-    initial += [space.config_from_policy(p, names) for p in initial_policies]
+    initial += [space.config_from_policy(p, names) for p in config.warm_starts()]
     spec = {"space": space.fingerprint(), "objective": objective.to_dict(), "layers": names}
-    study, budget = create_or_load(store, study_name or DEFAULT_STUDY, objective.directions,
-                                   sampler, _pruner(objective, prune_margin, prune), spec,
-                                   int(n_trials), [c for c in initial if c])
+    study, budget = create_or_load(store, config.study_name or DEFAULT_STUDY,
+                                   objective.directions, None,
+                                   _pruner(objective, config.prune_margin, config.prune), spec,
+                                   config.n_trials, [c for c in initial if c])
+    worker_id = register_worker(study, store)          # seeds differ per worker (workers.py)
+    study.sampler = DistinctSampler(
+        _sampler(evaluator, objective, config, fp32_acc, worker_seed(config.seed, worker_id)),
+        space.dimensions(names), seed=config.seed, worker=worker_id,
+        repair=BudgetRepair.for_study(evaluator, objective))
     say(f"study {study.study_name!r} on {url or 'memory'}: {objective.describe()}, "
-        f"budget {budget} trials, strategy {strategy}, space of {space.size(names):.3g} configs")
+        f"budget {budget} trials, strategy {config.strategy}, space of "
+        f"{space.size(names):.3g} configs, worker {worker_id}")
     run_log = None
     if out is not None:
         from bitsmith.tune.outputs import RunLog
 
         if RunLog.supported(evaluator):
-            run_log = RunLog(out, evaluator, objective, strategy, fp32_acc, run_meta)
-    stopped = _work(study, store, _TrialRunner(study, evaluator, objective), objective, budget,
-                    timeout, heartbeat_interval, progress, evaluator, out, url, fp32_acc, say,
-                    run_log)
-    result = summarize(study, objective, budget, stopped, url, fp32_acc)
+            run_log = RunLog(out, evaluator, objective, config.strategy, fp32_acc, run_meta)
+    worker = _Worker(study, store, _TrialRunner(study, evaluator, objective), objective, budget,
+                     config, evaluator, out, url, fp32_acc, say, run_log)
+    result = summarize(study, objective, budget, worker.work(), url, fp32_acc)
     if out is not None:
         from bitsmith.tune.outputs import write_outputs
 
-        result.files = write_outputs(result, evaluator, out, save_model=save_model,
+        result.files = write_outputs(result, evaluator, out, save_model=config.save_model,
                                      run_log=run_log)
     return result
 
 
-def _work(study: optuna.Study, store: Any, run: _TrialRunner, objective: Objective, budget: int,
-          timeout: float | None, heartbeat_interval: int, progress: bool, evaluator: Evaluator,
-          out: Path | None, url: str | None, fp32_acc: float,
-          say: Callable[[str], None], run_log: Any = None) -> str:
-    """The worker loop: pop tickets until none is left (or the timeout), then wait for the
-    other workers' running trials (re-running dead ones). Returns why it stopped."""
-    t0 = time.monotonic()
-    with TuneProgress(budget, enabled=progress) as bar:
-        while True:
-            reclaim_stale(study)
-            counts = count_states(study)
-            bar.update(sum(counts[s] for s in FINISHED) + counts[TrialState.FAIL], _best_line(
-                study, objective, budget, url, fp32_acc))
-            if timeout is not None and time.monotonic() - t0 > timeout:
-                return "timeout"
-            trial_id = pop_ticket(study, store)
-            if trial_id is None:
-                if counts[TrialState.RUNNING] == 0 and counts[TrialState.WAITING] == 0:
-                    return "budget"
-                time.sleep(min(1.0, heartbeat_interval))   # others still running: wait
-                continue
-            number = _run_one(study, store, trial_id, run, heartbeat_interval, say)
-            if out is not None:
-                current = summarize(study, objective, budget, "running", url, fp32_acc)
-                _save_best(current, evaluator, out)
-                if run_log is not None:
-                    record = next((t for t in current.trials if t.number == number), None)
-                    if record is not None:
-                        run_log.append(record, current.best)
+def _check_feasible(evaluator: Evaluator, objective: Objective) -> None:
+    """Raise :class:`InfeasibleBudgetError` when even the cheapest configuration is over a
+    ``max_accuracy`` budget (certain before any evaluation)."""
+    if objective.kind != "max_accuracy" or objective.metric == "latency":
+        return
+    cfg, m = cheapest(evaluator, objective)
+    if cost_value(m, objective.metric) > float(objective.budget):
+        raise InfeasibleBudgetError(
+            BUDGET_KIND[objective.metric], float(objective.budget),
+            cost_value(m, objective.metric), " of the search space",
+            hint=f"raise the budget or add cheaper choices; closest configuration: {cfg}",
+            closest=cfg, measurement=m)
+
+
+def _sampler(evaluator: Evaluator, objective: Objective, config: TuneConfig,
+             fp32_acc: float, seed: int | None) -> optuna.samplers.BaseSampler:
+    space, names = evaluator.space, evaluator.layer_names
+    encoder = ConfigEncoder(space, names, getattr(evaluator, "weight_params", {}),
+                            getattr(evaluator, "descriptors", {}))
+
+    def cost_fn(choices: Choices) -> tuple[float, float]:
+        m = evaluator_cost(evaluator, choices)
+        return cost_value(m, objective.metric), fp32_cost(m, objective.metric)
+
+    transfer = [r for path in config.transfer for r in load_transfer(path)]
+    return make_sampler(config.strategy, space, encoder, objective, seed=seed,
+                        cost_fn=None if objective.metric == "latency" else cost_fn,
+                        accuracy_ref=fp32_acc, transfer=transfer, n_trials=config.n_trials)
+
+
+@dataclass
+class _Worker:
+    """The worker loop of :func:`run_study` and what it shares between trials."""
+
+    study: optuna.Study
+    store: Any
+    run: _TrialRunner
+    objective: Objective
+    budget: int
+    config: TuneConfig
+    evaluator: Evaluator
+    out: Path | None
+    url: str | None
+    fp32_acc: float
+    say: Callable[[str], None]
+    run_log: Any = None
+
+    def work(self) -> str:
+        """Pop tickets until none is left (or the timeout), then wait for the other workers'
+        running trials (re-running dead ones). Returns why it stopped."""
+        t0 = time.monotonic()
+        cfg = self.config
+        with TuneProgress(self.budget, enabled=cfg.progress) as bar:
+            while True:
+                reclaim_stale(self.study)
+                counts = count_states(self.study)
+                bar.update(sum(counts[s] for s in FINISHED) + counts[TrialState.FAIL],
+                           _best_line(self.study, self.objective, self.budget, self.url,
+                                      self.fp32_acc))
+                if cfg.timeout is not None and time.monotonic() - t0 > cfg.timeout:
+                    return "timeout"
+                trial_id = pop_ticket(self.study, self.store)
+                if trial_id is None:
+                    if counts[TrialState.RUNNING] == 0 and counts[TrialState.WAITING] == 0:
+                        return "budget"
+                    time.sleep(min(1.0, cfg.heartbeat_interval))   # others still running
+                    continue
+                number = _run_one(self.study, self.store, trial_id, self.run,
+                                  cfg.heartbeat_interval, self.say)
+                self._record(number)
+
+    def _record(self, number: int) -> None:
+        """Save the best so far and append the finished trial to the run directory."""
+        if self.out is None:
+            return
+        current = summarize(self.study, self.objective, self.budget, "running", self.url,
+                            self.fp32_acc)
+        _save_best(current, self.evaluator, self.out)
+        if self.run_log is not None:
+            record = next((t for t in current.trials if t.number == number), None)
+            if record is not None:
+                self.run_log.append(record, current.best)
 
 
 def _run_one(study: optuna.Study, store: Any, trial_id: int, run: _TrialRunner,
@@ -318,6 +329,10 @@ def _run_one(study: optuna.Study, store: Any, trial_id: int, run: _TrialRunner,
     beat = Heartbeat(store, trial_id, heartbeat_interval)
     try:
         values = run(trial)
+    except DuplicateConfig as dup:
+        beat.stop()
+        release_duplicate(study, trial, dup.twin)
+        return trial.number
     except optuna.TrialPruned:
         beat.stop()
         study.tell(trial, state=TrialState.PRUNED)

@@ -40,13 +40,13 @@ from optuna.trial import FrozenTrial, TrialState
 from bitsmith.tune.errors import TuneError
 from bitsmith.tune.features import ConfigEncoder
 from bitsmith.tune.objectives import Objective
-from bitsmith.tune.space import Config, SearchSpace, config_key
+from bitsmith.tune.space import Choices, TuneSpace, config_key
 
 STRATEGIES = ("random", "grid", "genetic", "tpe", "xgboost")
 DROP_ATTR = "drop"          # user attr holding the measured accuracy drop (points)
 
 # cost_fn(config) -> (cost in the objective's metric unit, FP32 cost in the same unit)
-CostFn = Callable[[Config], tuple[float, float]]
+CostFn = Callable[[Choices], tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class XGBoostSampler(BaseSampler):
         seed: random seed.
     """
 
-    def __init__(self, space: SearchSpace, encoder: ConfigEncoder, objective: Objective, *,
+    def __init__(self, space: TuneSpace, encoder: ConfigEncoder, objective: Objective, *,
                  cost_fn: CostFn | None = None, accuracy_ref: float = 100.0,
                  transfer: Sequence[TransferRecord] = (), n_startup_trials: int = 5,
                  n_candidates: int = 600, enumerate_limit: int = 20_000,
@@ -130,7 +130,7 @@ class XGBoostSampler(BaseSampler):
         self.xgb_params = {"n_estimators": 150, "max_depth": 4, "learning_rate": 0.1,
                            "subsample": 1.0, "min_child_weight": 1.0, "n_jobs": 1,
                            **(xgb_params or {})}
-        self._all: list[Config] | None = None
+        self._all: list[Choices] | None = None
         if space.size(encoder.layer_names) <= enumerate_limit:
             self._all = list(space.grid(encoder.layer_names, limit=enumerate_limit))
         self._transfer_x = np.stack([
@@ -195,13 +195,13 @@ class XGBoostSampler(BaseSampler):
         model.fit(x, y, sample_weight=w)
         return model
 
-    def _cost(self, config: Config) -> tuple[float, float]:
+    def _cost(self, config: Choices) -> tuple[float, float]:
         key = config_key(config)
         if key not in self._cost_cache:
             self._cost_cache[key] = self.cost_fn(config) if self.cost_fn else (1.0, 1.0)
         return self._cost_cache[key]
 
-    def _acquire(self, candidates: Sequence[Config], pred: np.ndarray,
+    def _acquire(self, candidates: Sequence[Choices], pred: np.ndarray,
                  incumbent: float | None = None) -> np.ndarray:
         """Score candidates (higher is better) from predicted drops and exact costs.
 
@@ -238,12 +238,12 @@ class XGBoostSampler(BaseSampler):
                  if t.state == TrialState.COMPLETE and float(t.user_attrs[DROP_ATTR]) <= tol]
         return min((c / f for c, f in costs), default=None)
 
-    def _random_config(self) -> Config:
+    def _random_config(self) -> Choices:
         """A random configuration; per-layer knobs are drawn *around one common choice*
         (each layer moves one step from it with probability 0.3), so that random
         mixed-precision candidates are plausible policies rather than a 2-bit layer in
         every other place."""
-        out: Config = {}
+        out: Choices = {}
         base: dict[int, int] = {}
         for n, c in self.dims.items():
             if ":" not in n:
@@ -254,7 +254,7 @@ class XGBoostSampler(BaseSampler):
             out[n] = c[min(max(i + step, 0), len(c) - 1)]
         return out
 
-    def _mutate(self, config: Config) -> Config:
+    def _mutate(self, config: Choices) -> Choices:
         out = dict(config)
         names = list(self.dims)
         for _ in range(int(self._rng.integers(1, 4))):
@@ -263,7 +263,7 @@ class XGBoostSampler(BaseSampler):
         return out
 
     def _candidates(self, measured: Sequence[FrozenTrial], seen: set[str],
-                    fixed: Mapping[str, Any]) -> list[Config]:
+                    fixed: Mapping[str, Any]) -> list[Choices]:
         if self._all is not None:
             pool = self._all
         else:
@@ -290,7 +290,7 @@ class XGBoostSampler(BaseSampler):
         return out
 
 
-def make_sampler(strategy: str, space: SearchSpace, encoder: ConfigEncoder,
+def make_sampler(strategy: str, space: TuneSpace, encoder: ConfigEncoder,
                  objective: Objective, *, seed: int | None = None,
                  cost_fn: CostFn | None = None, accuracy_ref: float = 100.0,
                  transfer: Sequence[TransferRecord] = (), n_trials: int = 100,

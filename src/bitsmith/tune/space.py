@@ -1,7 +1,7 @@
-"""The post-training search space, declared in one place: :class:`SearchSpace`.
+"""The post-training search space, declared in one place: :class:`TuneSpace`.
 
 A *configuration* is a plain ``dict`` of parameter name -> choice (what an
-Optuna trial suggests); :meth:`SearchSpace.to_policy` turns it into a
+Optuna trial suggests); :meth:`TuneSpace.to_policy` turns it into a
 :class:`~bitsmith.policy.Policy` for a given model. The space contains
 Quantune's (Lee et al., FGCS 2022) and goes beyond it:
 
@@ -56,10 +56,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bitsmith.config import ConfigError, read_structured_file
 from bitsmith.policy import FLOAT, OBSERVERS, LayerSpec, Policy, PolicyError, QSpec
-from bitsmith.tune.errors import SpaceError
+from bitsmith.tune.errors import SpaceError, check_keys
 
 FLOAT_CHOICE = "float"
 SCHEMES = ("asymmetric", "symmetric", "symmetric_uint8", "symmetric_pow2")
@@ -68,7 +67,7 @@ FLOAT_LAYER_SETS = {"none": (), "first": ("first",), "last": ("last",),
 GLOBAL_DIMS = ("scheme", "act_clip", "weight_clip", "granularity", "calib_size",
                "float_layers", "bias_correction", "reduced_range")
 W_PREFIX, A_PREFIX = "w:", "a:"
-Config = dict[str, Any]
+Choices = dict[str, Any]  # one configuration of the space: parameter name -> chosen value
 
 
 def _tuple(value: Any, name: str) -> tuple:
@@ -94,7 +93,7 @@ def _check_bits(choices: tuple, name: str) -> None:
 
 
 @dataclass(frozen=True)
-class SearchSpace:
+class TuneSpace:
     """Every knob of post-training quantization the tuner may turn (see the module docstring).
 
     Attributes are tuples of choices; a single choice fixes that knob.
@@ -142,11 +141,17 @@ class SearchSpace:
         for n in self.calib_size:
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise SpaceError(f"calib_size: {n!r} is not a positive number of images")
-        bad = [f for f in self.float_layers if f not in FLOAT_LAYER_SETS]
+        bad = [f for f in self.float_layers if not isinstance(f, str) or f not in FLOAT_LAYER_SETS]
         if bad:
             raise SpaceError(f"float_layers: unknown choice(s) {bad}; use {list(FLOAT_LAYER_SETS)}")
         _check_bits(self.weight_bits, "weight_bits")
         _check_bits(self.act_bits, "act_bits")
+        for name in ("per_layer_weight_bits", "per_layer_act_bits"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpaceError(f"{name} must be true or false (unquoted), got "
+                                 f"{getattr(self, name)!r}")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)):
+            raise SpaceError(f"percentile must be a number in (0, 100], got {self.percentile!r}")
         if not 0.0 < float(self.percentile) <= 100.0:
             raise SpaceError(f"percentile={self.percentile} must be in (0, 100]")
         if self.extra:
@@ -155,7 +160,7 @@ class SearchSpace:
 
     # ----------------------------------------------------------- presets / IO
     @classmethod
-    def quantune(cls) -> SearchSpace:
+    def quantune(cls) -> TuneSpace:
         """Quantune's space: 4 schemes x {max, KL} x 2 granularities x 3 calibration sizes x
         {int8, int8 with first+last layers in float} (96 configurations, int8 only)."""
         return cls(act_clip=("minmax", "entropy"), float_layers=("none", "first_last"))
@@ -163,7 +168,7 @@ class SearchSpace:
     @classmethod
     def mixed_precision(cls, weight_bits: Sequence[int | str] = (2, 3, 4, 5, 6, 8, FLOAT_CHOICE),
                         act_bits: Sequence[int | str] = (8,), per_layer_act: bool = False
-                        ) -> SearchSpace:
+                        ) -> TuneSpace:
         """Per-layer weight bit widths (a mixed-precision policy) plus clipping and calibration.
 
         Defaults: symmetric per-channel weights with min/max or MSE clipping, activations
@@ -176,32 +181,36 @@ class SearchSpace:
                    per_layer_act_bits=per_layer_act)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
-        """Build from a mapping (e.g. parsed YAML); ``preset: quantune|mixed`` starts from one."""
+    def from_dict(cls, data: Mapping[str, Any], where: str = "search space") -> TuneSpace:
+        """Build from a mapping (e.g. parsed YAML); ``preset: quantune|mixed`` starts from one.
+
+        Unknown keys are an error naming the closest valid key; booleans must be booleans
+        and numbers numbers (see :meth:`__post_init__`).
+        """
         if not isinstance(data, Mapping):
-            raise SpaceError(f"a search space must be a mapping of knob -> choices, got {data!r}")
-        data = dict(data)
+            raise SpaceError(f"{where}: a search space must be a mapping of knob -> choices, "
+                             f"got {type(data).__name__}")
+        data = {str(k).replace("-", "_"): v for k, v in data.items()}
         preset = data.pop("preset", None)
-        base = {"quantune": cls.quantune, "mixed": cls.mixed_precision, None: cls}.get(preset)
-        if base is None:
-            raise SpaceError(f"unknown preset {preset!r}; use 'quantune' or 'mixed'")
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        unknown = {k: v for k, v in data.items() if k not in known}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        start = base()
-        return dataclasses.replace(start, **kwargs, extra=unknown)
+        presets = {"quantune": cls.quantune, "mixed": cls.mixed_precision}
+        if preset is not None and (not isinstance(preset, str) or preset not in presets):
+            raise SpaceError(f"{where}: unknown preset {preset!r}; use 'quantune' or 'mixed'")
+        known = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+        check_keys(data, [*known, "preset"], where, SpaceError)
+        start = presets[preset]() if preset is not None else cls()
+        try:
+            return dataclasses.replace(start, **data)
+        except SpaceError as err:
+            raise SpaceError(f"{where}: {err}") from None
 
     @classmethod
-    def load(cls, path: str | Path) -> SearchSpace:
-        """Load from a YAML or JSON file."""
-        path = Path(path)
-        if not path.is_file():
-            raise SpaceError(f"search-space file {path} does not exist")
+    def load(cls, path: str | Path) -> TuneSpace:
+        """Load from a YAML or JSON file (safe loader; unreadable files are a SpaceError)."""
         try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise SpaceError(f"{path}: not valid YAML/JSON: {err}") from None
-        return cls.from_dict(data or {})
+            data = read_structured_file(path, "search-space file")
+        except ConfigError as err:
+            raise SpaceError(str(err)) from None
+        return cls.from_dict(data or {}, f"search-space file {path}")
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
@@ -229,7 +238,7 @@ class SearchSpace:
         """Number of distinct configurations."""
         return math.prod(len(c) for c in self.dimensions(layer_names).values())
 
-    def grid(self, layer_names: Sequence[str], limit: int = 100_000) -> Iterator[Config]:
+    def grid(self, layer_names: Sequence[str], limit: int = 100_000) -> Iterator[Choices]:
         """Every configuration (raises :class:`SpaceError` if there are more than ``limit``)."""
         dims = self.dimensions(layer_names)
         total = self.size(layer_names)
@@ -279,14 +288,14 @@ class SearchSpace:
         return Policy(layers, bias_correction=bool(get["bias_correction"]),
                       calib_size=int(get["calib_size"]))
 
-    def config_from_policy(self, policy: Policy, layer_names: Sequence[str]) -> Config:
+    def config_from_policy(self, policy: Policy, layer_names: Sequence[str]) -> Choices:
         """The per-layer bit widths of ``policy`` as a (partial) configuration of this space.
 
         The warm-start hook for external allocators (e.g. a sensitivity-based integer
         program): only bit widths that are choices of the space are kept; other knobs
         are left for the sampler. Returns ``{}`` when nothing maps.
         """
-        out: Config = {}
+        out: Choices = {}
         for name in layer_names:
             spec = policy.get(name)
             w = FLOAT_CHOICE if spec is None or spec.weight is None else spec.weight.bits

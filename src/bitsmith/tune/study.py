@@ -109,13 +109,16 @@ def _add_tickets(study: optuna.Study, count: int) -> None:
 
 
 def create_or_load(storage: BaseStorage, name: str, directions: Sequence[str],
-                   sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
+                   sampler: optuna.samplers.BaseSampler | None,
+                   pruner: optuna.pruners.BasePruner,
                    spec: Mapping[str, Any], n_trials: int,
                    initial: Sequence[Mapping[str, Any]] = ()) -> tuple[optuna.Study, int]:
     """Create the study with its tickets, or load it and check it matches; returns
     ``(study, budget)``.
 
-    ``spec`` (search space, objective, layers) is stored at creation; a worker
+    ``sampler`` may be ``None`` and set on the study afterwards (once the worker has its
+    number, :mod:`bitsmith.tune.workers`). ``spec`` (search space, objective, layers) is
+    stored at creation; a worker
     whose spec differs is refused, so two workers cannot silently optimise
     different problems in one study. ``initial`` configurations (warm starts)
     are enqueued first and count towards the budget.

@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bitsmith.tune.errors import TuneError
+from bitsmith.atomic import atomic_write_text
+from bitsmith.config import ConfigError, read_structured_file
+from bitsmith.tune.errors import TuneError, check_keys
 from bitsmith.tune.samplers import TransferRecord
 
 FORMAT = "bitsmith.tune.transfer/1"
@@ -40,7 +42,8 @@ def records_from_trials(trials: Sequence[Any], descriptors: Mapping[str, float],
 def save_transfer(records: Sequence[TransferRecord], path: str | Path) -> Path:
     """Write records as a ``transfer.json`` file."""
     path = Path(path)
-    path.write_text(json.dumps({"format": FORMAT, "records": [r.to_dict() for r in records]}))
+    atomic_write_text(path, json.dumps({"format": FORMAT,
+                                        "records": [r.to_dict() for r in records]}))
     return path
 
 
@@ -48,19 +51,58 @@ def load_transfer(path: str | Path) -> list[TransferRecord]:
     """Read a ``transfer.json`` or a ``benchmarks/tune_table.py`` table.
 
     Raises:
-        TuneError: the file is missing or has neither format.
+        TuneError: the file is missing, unreadable (binary garbage, invalid JSON), has
+            neither format, or a record has a field of the wrong type (named).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise TuneError(f"transfer file {path} does not exist")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise TuneError(f"transfer file {path} is not valid JSON: {err}") from None
+        data = read_structured_file(path, "transfer file")
+    except ConfigError as err:
+        raise TuneError(str(err)) from None
+    where = f"transfer file {path}"
     if isinstance(data, Mapping) and data.get("format") == FORMAT:
-        return [TransferRecord.from_dict(r) for r in data.get("records", [])]
+        check_keys(data, ("format", "records"), where)
+        records = data.get("records", [])
+        if not isinstance(records, list):
+            raise TuneError(f"{where}: 'records' must be a list")
+        return [_record(r, f"{where}, record {i}") for i, r in enumerate(records)]
     if isinstance(data, Mapping) and "rows" in data and "descriptors" in data:
-        return [TransferRecord(r["config"], float(r["drop"]), data["descriptors"],
-                               data.get("layer_names", ()), data.get("weight_params", {}))
-                for r in data["rows"]]
+        rows = data["rows"]
+        if not isinstance(rows, list) or not all(isinstance(r, Mapping) for r in rows):
+            raise TuneError(f"{where}: 'rows' must be a list of objects")
+        shared = {k: data.get(k) for k in ("descriptors", "layer_names", "weight_params")
+                  if data.get(k) is not None}
+        return [_record({"config": r.get("config"), "drop": r.get("drop"), **shared},
+                        f"{where}, row {i}") for i, r in enumerate(rows)]
     raise TuneError(f"{path} is neither a bitsmith transfer file ({FORMAT}) nor a tune table")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_RECORD_TYPES = {
+    "config": (lambda v: isinstance(v, Mapping) and all(isinstance(k, str) for k in v),
+               "a mapping of parameter name -> choice"),
+    "drop": (_number, "a number (points of accuracy drop)"),
+    "descriptors": (lambda v: isinstance(v, Mapping) and all(
+        isinstance(k, str) and _number(x) for k, x in v.items()), "a mapping of name -> number"),
+    "layer_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                    "a list of layer names"),
+    "weight_params": (lambda v: isinstance(v, Mapping) and all(
+        isinstance(k, str) and isinstance(x, int) and not isinstance(x, bool)
+        for k, x in v.items()), "a mapping of layer name -> integer"),
+}
+
+
+def _record(data: Any, where: str) -> TransferRecord:
+    """One checked record (strict types; unknown keys are an error)."""
+    if not isinstance(data, Mapping):
+        raise TuneError(f"{where}: expected an object, got {type(data).__name__}")
+    check_keys(data, _RECORD_TYPES, where)
+    for key, (ok, what) in _RECORD_TYPES.items():
+        required = key in ("config", "drop", "descriptors")
+        if key not in data and not required:
+            continue
+        if not ok(data.get(key)):
+            raise TuneError(f"{where}: {key!r} must be {what}, got {data.get(key)!r}")
+    return TransferRecord.from_dict(data)

@@ -77,9 +77,7 @@ resumed run sees exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 import random
 import resource
 import time
@@ -90,25 +88,41 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
+from bitsmith.config import Config, ConfigError
 from bitsmith.engine import EvalResult, evaluate
+from bitsmith.errors import BitsmithError
+from bitsmith.progress import ProgressBar
+from bitsmith.training.checkpoint import (
+    CHECKPOINT_NAME,
+    callback_keys,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from bitsmith.training.distributed import (
+    all_finite,
+    all_reduce_mean,
+    barrier,
+    dist_info,
+    init_distributed,
+    resolve_device,
+)
 
-CHECKPOINT_NAME = "last.pt"
-CHECKPOINT_FORMAT = "bitsmith.train/1"
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or inf; the last good checkpoint is kept."""
+class NonFiniteLossError(BitsmithError, FloatingPointError):
+    """The training loss became NaN or inf; the last good checkpoint is kept (exit code 1)."""
 
 
-@dataclass
-class TrainConfig:
+@dataclass(frozen=True)
+class TrainConfig(Config):
     """Knobs of :func:`train`.
 
     Attributes:
@@ -163,34 +177,32 @@ class TrainConfig:
         self.check()
 
     def check(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field."""
+        """Raise :class:`~bitsmith.config.ConfigError` naming the first invalid field."""
         if self.max_steps is None and (not isinstance(self.epochs, int) or self.epochs < 1):
-            raise ValueError(f"TrainConfig.epochs must be an integer >= 1, got {self.epochs!r}")
+            raise ConfigError(f"TrainConfig.epochs must be an integer >= 1, got {self.epochs!r}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"TrainConfig.max_steps must be >= 1, got {self.max_steps}")
+            raise ConfigError(f"TrainConfig.max_steps must be >= 1, got {self.max_steps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr}")
+            raise ConfigError(f"TrainConfig.lr must be a positive number, got {self.lr}")
         if self.weight_decay < 0:
-            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+            raise ConfigError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"TrainConfig.optimizer={self.optimizer!r}; use one of {OPTIMIZERS}")
+            raise ConfigError(f"TrainConfig.optimizer={self.optimizer!r}; use one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"TrainConfig.schedule={self.schedule!r}; use one of {SCHEDULES}")
+            raise ConfigError(f"TrainConfig.schedule={self.schedule!r}; use one of {SCHEDULES}")
         if not 0.0 <= self.distill_weight <= 1.0:
-            raise ValueError(f"TrainConfig.distill_weight must be in [0, 1], "
+            raise ConfigError(f"TrainConfig.distill_weight must be in [0, 1], "
                              f"got {self.distill_weight}")
         if self.distill_temperature <= 0:
-            raise ValueError("TrainConfig.distill_temperature must be > 0")
+            raise ConfigError("TrainConfig.distill_temperature must be > 0")
         if self.freeze_bn_after is not None and self.freeze_bn_after < 0:
-            raise ValueError("TrainConfig.freeze_bn_after must be >= 0 or None")
+            raise ConfigError("TrainConfig.freeze_bn_after must be >= 0 or None")
         if self.checkpoint_every < 0 or self.warmup_steps < 0 or self.log_every < 1:
-            raise ValueError("TrainConfig: checkpoint_every and warmup_steps must be >= 0, "
+            raise ConfigError("TrainConfig: checkpoint_every and warmup_steps must be >= 0, "
                              "log_every >= 1")
         if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError("TrainConfig.grad_clip must be > 0 or None")
+            raise ConfigError("TrainConfig.grad_clip must be > 0 or None")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -307,43 +319,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-def dist_info() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from the process group or the torchrun environment."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def init_distributed(device: torch.device) -> bool:
-    """Initialise the default process group under torchrun (NCCL on GPU, gloo on CPU).
-
-    Returns True if this call created it (the caller then destroys it)."""
-    _, world, _ = dist_info()
-    if world <= 1 or not dist.is_available() or dist.is_initialized():
-        return False
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    return True
-
-
-def all_reduce_mean(t: Tensor) -> Tensor:
-    """Average a tensor over ranks in place (no-op without a process group)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t.div_(dist.get_world_size())
-    return t
-
-
 def distill_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
     """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, batch mean; logits ``(N, C)``."""
     t = temperature
@@ -385,52 +360,6 @@ def _make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total: int
         return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, span) / span))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached"]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _callback_keys(callbacks: Sequence[Callback]) -> list[str]:
-    return [f"{i}:{type(cb).__name__}" for i, cb in enumerate(callbacks)]
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`train` (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    data = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a bitsmith training checkpoint")
-    return data
-
-
-def _save_atomic(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class _Batches:
@@ -534,208 +463,250 @@ def train(
         torch.cuda.set_device(device)
         torch.cuda.reset_peak_memory_stats(device)
     we_initialised = init_distributed(device)
-    rank, world, _ = dist_info()
     try:
-        return _train(model, train_loader, cfg, device, rank, world, teacher, val_loader,
-                      list(callbacks), param_groups, started)
+        loop = _Loop.build(model, train_loader, cfg, device, teacher, val_loader,
+                           list(callbacks), param_groups)
+        loop.restore()
+        loop.run()
+        return loop.finish(started)
     finally:
-        if we_initialised and dist.is_initialized():
-            dist.destroy_process_group()
+        if we_initialised and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
-def _train(model: nn.Module, train_loader: Iterable, cfg: TrainConfig, device: torch.device,
-           rank: int, world: int, teacher: nn.Module | None, val_loader: Iterable | None,
-           callbacks: list[Callback], param_groups: list[dict[str, Any]] | None,
-           started: float) -> TrainResult:
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    random.seed(cfg.seed)
-    model.to(device)
-    if teacher is not None:
-        teacher.to(device).eval()  # its forward runs under no_grad; requires_grad untouched
-    batches = _Batches(train_loader, cfg.seed, rank, world)
-    if batches.per_epoch == 0 and cfg.max_steps is None:
-        raise ValueError("train: the training data has no batches (or no length); "
-                         "give config.max_steps for unsized iterables")
-    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * batches.per_epoch
-    if total < 1:
-        raise ValueError("train: the training data is empty (0 batches per epoch)")
-    groups = param_groups if param_groups is not None else default_param_groups(
-        model, cfg.weight_decay)
-    optimizer = _make_optimizer(groups, cfg)
-    scheduler = _make_scheduler(optimizer, cfg, total)
+def _wrap_ddp(model: nn.Module, callbacks: Sequence[Callback], device: torch.device,
+              world: int, find_unused: bool) -> tuple[nn.Module, list[nn.Parameter]]:
+    """``(what the forward pass calls, parameters whose gradients train() averages)``.
 
-    wrapped: nn.Module = model
-    ignored: list[str] = []
-    for cb in callbacks:
-        ignored.extend(cb.ddp_ignored_parameters(model))
+    Under DDP the callbacks' ignored parameters are broadcast from rank 0 once and then
+    skipped by DDP; one process uses the model itself."""
+    ignored = [n for cb in callbacks for n in cb.ddp_ignored_parameters(model)]
     named = dict(model.named_parameters())
     ignored_params = [named[n] for n in ignored if n in named]
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    if world <= 1:
+        return model, ignored_params
+    from torch.nn.parallel import DistributedDataParallel as DDP
 
-        if ignored:  # DDP reads this attribute (torch's own setter is private)
-            model._ddp_params_and_buffers_to_ignore = list(ignored)
-            with torch.no_grad():  # DDP broadcasts the others from rank 0 itself
-                for p in ignored_params:
-                    dist.broadcast(p.data, src=0)
-        wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                      find_unused_parameters=cfg.find_unused_parameters)
+    if ignored:  # DDP reads this attribute (torch's own setter is private)
+        model._ddp_params_and_buffers_to_ignore = list(ignored)
+        with torch.no_grad():  # DDP broadcasts the others from rank 0 itself
+            for p in ignored_params:
+                torch.distributed.broadcast(p.data, src=0)
+    wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                  find_unused_parameters=find_unused)
+    return wrapped, ignored_params
 
-    state = TrainState(model=model, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler,
-                       config=cfg, device=device, total_steps=total,
-                       steps_per_epoch=batches.per_epoch, teacher=teacher, rank=rank,
-                       world_size=world)
-    ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
-    keys = _callback_keys(callbacks)
-    skip = 0
-    recent: list[float] = []
+
+@dataclass
+class _Loop:
+    """One :func:`train` call: the pieces its phases (restore, step, end of epoch) share."""
+
+    state: TrainState
+    callbacks: list[Callback]
+    batches: _Batches
+    ignored_params: list[nn.Parameter]
+    val_loader: Iterable | None
+    ckpt_path: Path | None
+    recent: list[float] = field(default_factory=list)
+    skip: int = 0                       # batches of the current epoch done before a resume
+    in_epoch: int = 0                   # batches of the current epoch done so far
     resumed_from: int | None = None
-    if ckpt_path is not None and cfg.resume and ckpt_path.is_file():
-        ck = load_checkpoint(ckpt_path, map_location=device)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        state.step, state.epoch, skip = int(ck["step"]), int(ck["epoch"]), int(ck["in_epoch"])
-        state.history = list(ck.get("history", []))
-        for key, cb in zip(keys, callbacks):
+    last_ckpt: Path | None = None
+    last_good_step: int | None = None
+
+    @classmethod
+    def build(cls, model: nn.Module, train_loader: Iterable, cfg: TrainConfig,
+              device: torch.device, teacher: nn.Module | None, val_loader: Iterable | None,
+              callbacks: list[Callback], param_groups: list[dict[str, Any]] | None) -> _Loop:
+        """Seed the RNGs, move the models, make the optimizer, schedule and DDP wrapper."""
+        rank, world, _ = dist_info()
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        random.seed(cfg.seed)
+        model.to(device)
+        if teacher is not None:
+            teacher.to(device).eval()  # its forward runs under no_grad; requires_grad untouched
+        batches = _Batches(train_loader, cfg.seed, rank, world)
+        if batches.per_epoch == 0 and cfg.max_steps is None:
+            raise ValueError("train: the training data has no batches (or no length); "
+                             "give config.max_steps for unsized iterables")
+        total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * batches.per_epoch
+        if total < 1:
+            raise ValueError("train: the training data is empty (0 batches per epoch)")
+        groups = param_groups if param_groups is not None else default_param_groups(
+            model, cfg.weight_decay)
+        optimizer = _make_optimizer(groups, cfg)
+        wrapped, ignored = _wrap_ddp(model, callbacks, device, world, cfg.find_unused_parameters)
+        state = TrainState(model=model, wrapped=wrapped, optimizer=optimizer,
+                           scheduler=_make_scheduler(optimizer, cfg, total), config=cfg,
+                           device=device, total_steps=total, steps_per_epoch=batches.per_epoch,
+                           teacher=teacher, rank=rank, world_size=world)
+        ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
+        return cls(state, callbacks, batches, ignored, val_loader, ckpt)
+
+    # ------------------------------------------------------------------ restore / save
+    def restore(self) -> None:
+        """Continue from ``last.pt`` when ``config.resume`` and it exists."""
+        st, path = self.state, self.ckpt_path
+        if path is None or not st.config.resume or not path.is_file():
+            return
+        ck = load_checkpoint(path, map_location=st.device)
+        st.model.load_state_dict(ck["model"])
+        st.optimizer.load_state_dict(ck["optimizer"])
+        st.scheduler.load_state_dict(ck["scheduler"])
+        st.step, st.epoch = int(ck["step"]), int(ck["epoch"])
+        self.skip = self.in_epoch = int(ck["in_epoch"])
+        st.history = list(ck.get("history", []))
+        for key, cb in zip(callback_keys(self.callbacks), self.callbacks):
             if key in ck["callbacks"]:
                 cb.load_state_dict(ck["callbacks"][key])
-        _set_rng_state(ck["rng"])
-        recent = [float(v) for v in ck.get("recent", [])]
-        resumed_from = state.step
-    last_ckpt: Path | None = ckpt_path if resumed_from is not None else None
-    last_good_step = resumed_from
+        set_rng_state(ck["rng"])
+        self.recent = [float(v) for v in ck.get("recent", [])]
+        self.resumed_from = self.last_good_step = st.step
+        self.last_ckpt = path
 
-    def save(in_epoch: int) -> None:
-        nonlocal last_ckpt, last_good_step
-        if ckpt_path is None:
+    def save(self) -> None:
+        """Write ``last.pt`` (rank 0; every rank waits for it)."""
+        st = self.state
+        if self.ckpt_path is None:
             return
-        if rank == 0:
-            _save_atomic({
-                "format": CHECKPOINT_FORMAT, "step": state.step, "epoch": state.epoch,
-                "in_epoch": in_epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(),
-                "callbacks": {k: cb.state_dict() for k, cb in zip(keys, callbacks)},
-                "history": state.history, "recent": list(recent), "config": cfg.to_dict(),
-            }, ckpt_path)
-        if world > 1:
-            dist.barrier()
-        last_ckpt, last_good_step = ckpt_path, state.step
+        if st.is_main:
+            save_checkpoint({
+                "step": st.step, "epoch": st.epoch, "in_epoch": self.in_epoch,
+                "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
+                "scheduler": st.scheduler.state_dict(), "rng": rng_state(),
+                "callbacks": {k: cb.state_dict() for k, cb in
+                              zip(callback_keys(self.callbacks), self.callbacks)},
+                "history": st.history, "recent": list(self.recent),
+                "config": st.config.to_dict(),
+            }, self.ckpt_path)
+        barrier(st.world_size)
+        self.last_ckpt, self.last_good_step = self.ckpt_path, st.step
 
-    model.train()
-    for cb in callbacks:
-        cb.on_train_start(state)
+    # ------------------------------------------------------------------ one step
+    def _loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """Forward pass: task loss (CE, + KD) and the callbacks' extra terms."""
+        st, cfg = self.state, self.state.config
+        logits = st.wrapped(x)
+        st.logits = logits
+        task = nn.functional.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        if st.teacher is not None and cfg.distill_weight > 0:
+            with torch.no_grad():
+                t_logits = st.teacher(x)
+            task = ((1.0 - cfg.distill_weight) * task + cfg.distill_weight
+                    * distill_loss(logits, t_logits, cfg.distill_temperature))
+        st.task_loss = task
+        loss = task
+        for cb in self.callbacks:
+            extra = cb.extra_loss(st)
+            if extra is not None:
+                loss = loss + extra
+        st.loss = loss
+        return loss
 
-    progress = None
-    task_id = None
-    if cfg.progress and rank == 0:
-        from bitsmith.progress import make_progress
+    def _check_finite(self, loss: Tensor) -> None:
+        st = self.state
+        if all_finite(loss, st.world_size):
+            return
+        where = (f"the last good checkpoint {self.last_ckpt} (step {self.last_good_step}) "
+                 "was kept" if self.last_ckpt is not None else "no checkpoint was written")
+        raise NonFiniteLossError(
+            f"training loss became {loss.item()} at step {st.step} (epoch {st.epoch}); "
+            f"stopped, {where}. Lower the learning rate, enable grad_clip or check the data "
+            "for NaN/inf.")
 
-        progress = make_progress("[bold]train", "{task.fields[info]}")
-        progress.start()
-        task_id = progress.add_task("train", total=total, completed=state.step, info="")
+    def step(self, batch: Sequence[Tensor]) -> None:
+        """One optimizer step on ``batch`` with every callback hook, logging and checkpoint."""
+        st, cfg = self.state, self.state.config
+        st.batch = (batch[0].to(st.device, non_blocking=True),
+                    batch[1].to(st.device, non_blocking=True))
+        st.model.train()
+        if cfg.freeze_bn_after is not None and st.step >= cfg.freeze_bn_after:
+            _set_bn_frozen(st.model, True)
+        for cb in self.callbacks:
+            cb.on_step_start(st)
+        loss = self._loss(*st.batch)
+        self._check_finite(loss)
+        st.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in self.ignored_params:
+            if p.grad is not None and st.world_size > 1:
+                all_reduce_mean(p.grad)
+        for cb in self.callbacks:
+            cb.after_backward(st)
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(
+                [p for g in st.optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+        st.optimizer.step()
+        st.scheduler.step()
+        st.step += 1
+        self.in_epoch += 1
+        self.recent = ([*self.recent, float(loss.detach())])[-cfg.log_every:]
+        for cb in self.callbacks:
+            cb.on_step_end(st)
+        if st.step % cfg.log_every == 0 or st.step == st.total_steps:
+            st.history.append({"step": st.step, "epoch": st.epoch,
+                               "loss": float(np.mean(self.recent)),
+                               "task_loss": float(st.task_loss.detach()),
+                               "lr": float(st.optimizer.param_groups[0]["lr"]), **st.metrics})
+            st.metrics = {}
+        if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
+            self.save()
 
-    val_result: EvalResult | None = None
-    kd = teacher is not None and cfg.distill_weight > 0
-    in_epoch = skip
-    try:
-        while state.step < total and not state.stop:
-            in_epoch = skip
-            for batch in batches.epoch(state.epoch, skip):
-                if state.step >= total or state.stop:
-                    break
-                x, y = batch[0].to(device, non_blocking=True), batch[1].to(device,
-                                                                          non_blocking=True)
-                state.batch = (x, y)
-                model.train()
-                if cfg.freeze_bn_after is not None and state.step >= cfg.freeze_bn_after:
-                    _set_bn_frozen(model, True)
-                for cb in callbacks:
-                    cb.on_step_start(state)
-                logits = wrapped(state.batch[0])
-                state.logits = logits
-                task = nn.functional.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                if kd:
-                    assert teacher is not None
-                    with torch.no_grad():
-                        t_logits = teacher(state.batch[0])
-                    task = ((1.0 - cfg.distill_weight) * task + cfg.distill_weight
-                            * distill_loss(logits, t_logits, cfg.distill_temperature))
-                state.task_loss = task
-                loss = task
-                for cb in callbacks:
-                    extra = cb.extra_loss(state)
-                    if extra is not None:
-                        loss = loss + extra
-                state.loss = loss
-                finite = torch.isfinite(loss.detach()).float().reshape(1)
-                if world > 1:
-                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-                if finite.item() < 1:
-                    where = (f"the last good checkpoint {last_ckpt} (step {last_good_step}) "
-                             "was kept" if last_ckpt is not None else "no checkpoint was written")
-                    raise NonFiniteLossError(
-                        f"training loss became {loss.item()} at step {state.step} "
-                        f"(epoch {state.epoch}); stopped, {where}. Lower the learning rate, "
-                        "enable grad_clip or check the data for NaN/inf.")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                for p in ignored_params:
-                    if p.grad is not None and world > 1:
-                        all_reduce_mean(p.grad)
-                for cb in callbacks:
-                    cb.after_backward(state)
-                if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(
-                        [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                state.step += 1
-                in_epoch += 1
-                recent.append(float(loss.detach()))
-                recent = recent[-cfg.log_every:]
-                for cb in callbacks:
-                    cb.on_step_end(state)
-                if state.step % cfg.log_every == 0 or state.step == total:
-                    entry = {"step": state.step, "epoch": state.epoch,
-                             "loss": float(np.mean(recent)), "task_loss": float(task.detach()),
-                             "lr": float(optimizer.param_groups[0]["lr"]), **state.metrics}
-                    state.history.append(entry)
-                    state.metrics = {}
-                if progress is not None and task_id is not None:
-                    progress.update(task_id, completed=state.step,
-                                    info=f"loss {np.mean(recent):.4f}")
-                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                    save(in_epoch)
-            else:
-                # The epoch's data ran out: start the next epoch.
-                for cb in callbacks:
-                    cb.on_epoch_end(state)
-                state.epoch += 1
-                skip = in_epoch = 0
-                if val_loader is not None and state.step < total:
-                    r = evaluate(model, val_loader, device=device)
-                    state.history.append({"step": state.step, "epoch": state.epoch,
-                                          "val_accuracy": r.accuracy, "val_loss": r.loss})
-                if batches.per_epoch == 0 and in_epoch == 0:
-                    raise ValueError("train: the training data yielded no batch")
-                continue
-            break
-    finally:
-        if progress is not None:
-            progress.stop()
-    model.train()
-    if state.step > (last_good_step or -1):
-        save(in_epoch)
-    if val_loader is not None:
-        val_result = evaluate(model, val_loader, device=device)
-        state.history.append({"step": state.step, "epoch": state.epoch,
-                              "val_accuracy": val_result.accuracy, "val_loss": val_result.loss})
-    model.eval()
-    return TrainResult(steps=state.step, epochs=state.epoch, history=state.history,
-                       final_loss=float(np.mean(recent)) if recent else float("nan"),
-                       val=val_result, checkpoint=last_ckpt,
-                       wall_s=time.perf_counter() - started, resumed_from=resumed_from,
-                       peak_memory_bytes=_peak_memory(device))
+    # ------------------------------------------------------------------ epochs
+    def end_of_epoch(self, batches_seen: int) -> None:
+        """The epoch's data ran out: callbacks, validation, next epoch."""
+        st = self.state
+        if batches_seen == 0:
+            raise ValueError("train: the training data yielded no batch")
+        for cb in self.callbacks:
+            cb.on_epoch_end(st)
+        st.epoch += 1
+        self.skip = self.in_epoch = 0
+        if self.val_loader is not None and st.step < st.total_steps:
+            r = evaluate(st.model, self.val_loader, device=st.device)
+            st.history.append({"step": st.step, "epoch": st.epoch,
+                               "val_accuracy": r.accuracy, "val_loss": r.loss})
+
+    def _done(self) -> bool:
+        return self.state.step >= self.state.total_steps or self.state.stop
+
+    def run(self) -> None:
+        """Steps until ``total_steps`` or a callback sets ``state.stop``."""
+        st = self.state
+        st.model.train()
+        for cb in self.callbacks:
+            cb.on_train_start(st)
+        with ProgressBar("train", st.total_steps, enabled=st.config.progress and st.is_main,
+                         unit="steps", completed=st.step) as bar:
+            while not self._done():
+                seen = 0
+                for batch in self.batches.epoch(st.epoch, self.skip):
+                    if self._done():
+                        break
+                    self.step(batch)
+                    seen += 1
+                    bar.update(st.step, f"loss {np.mean(self.recent):.4f}")
+                else:
+                    self.end_of_epoch(seen + self.skip)
+                    continue
+                break
+
+    def finish(self, started: float) -> TrainResult:
+        """Final checkpoint and validation; the :class:`TrainResult`."""
+        st = self.state
+        st.model.train()
+        if st.step > (self.last_good_step if self.last_good_step is not None else -1):
+            self.save()
+        val_result: EvalResult | None = None
+        if self.val_loader is not None:
+            val_result = evaluate(st.model, self.val_loader, device=st.device)
+            st.history.append({"step": st.step, "epoch": st.epoch,
+                               "val_accuracy": val_result.accuracy, "val_loss": val_result.loss})
+        st.model.eval()
+        return TrainResult(steps=st.step, epochs=st.epoch, history=st.history,
+                           final_loss=float(np.mean(self.recent)) if self.recent else math.nan,
+                           val=val_result, checkpoint=self.last_ckpt,
+                           wall_s=time.perf_counter() - started,
+                           resumed_from=self.resumed_from,
+                           peak_memory_bytes=_peak_memory(st.device))

@@ -25,12 +25,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bitsmith.analyze.batches import fixed_batches
-from bitsmith.analyze.candidates import CandidateSpace
-from bitsmith.analyze.perturbation import perturbation_norms, weight_perturbations
-from bitsmith.analyze.sensitivity import Sensitivity
+from bitsmith.allocation.candidates import CandidateSpace
+from bitsmith.allocation.scores import Sensitivity
 from bitsmith.progress import track
 from bitsmith.quantize import prepare
+from bitsmith.sensitivity.batches import fixed_batches
+from bitsmith.sensitivity.perturbation import perturbation_norms, weight_perturbations
 
 
 def hutchinson_traces(float_model: nn.Module, layer_names: Sequence[str],

@@ -3,7 +3,7 @@
 One object can hold several scores (``"measured_kl"``, ``"hessian"``,
 ``"fisher"``, ...), each with the wall-clock seconds it took, so that the
 estimators can be compared (:func:`rank_correlation`) and any of them fed to
-the integer program (:func:`bitsmith.analyze.allocate`). Scores are "bigger is
+the integer program (:func:`bitsmith.allocation.ilp`). Scores are "bigger is
 worse": the expected damage of quantizing that one layer with that candidate.
 
 JSON form (``sensitivity.json`` of a run directory)::
@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from bitsmith.analyze.candidates import CandidateSpace
+from bitsmith.allocation.candidates import CandidateSpace
+from bitsmith.atomic import atomic_write_text
 from bitsmith.graph.layer_table import LayerTable
 from bitsmith.policy import LayerSpec
 
@@ -117,21 +118,30 @@ class Sensitivity:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
         return path
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], table: LayerTable) -> Sensitivity:
-        if data.get("format") != FORMAT:
-            raise ValueError(f"not a sensitivity file (format={data.get('format')!r}, "
-                             f"expected {FORMAT!r})")
+        found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+        if found != FORMAT:
+            raise ValueError(f"not a sensitivity file (format={found!r}, expected {FORMAT!r})")
         space = CandidateSpace.from_dict(table, data["layers"])
         return cls(space, {m: dict(v) for m, v in data.get("scores", {}).items()},
                    dict(data.get("seconds", {})), dict(data.get("meta", {})))
 
     @classmethod
     def load(cls, path: str | Path, table: LayerTable) -> Sensitivity:
-        return cls.from_dict(json.loads(Path(path).read_text()), table)
+        """Read a file written by :meth:`save` (unreadable files raise ``ConfigError``)."""
+        from bitsmith.config import ConfigError, read_structured_file
+
+        data = read_structured_file(path, "sensitivity file")
+        try:
+            return cls.from_dict(data, table)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            if isinstance(err, ConfigError):
+                raise
+            raise ConfigError(f"sensitivity file {path}: {err}") from None
 
 
 def _jsonable(obj: Any) -> Any:

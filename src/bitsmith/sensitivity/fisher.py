@@ -25,12 +25,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from bitsmith.analyze.batches import fixed_batches
-from bitsmith.analyze.candidates import CandidateSpace
-from bitsmith.analyze.perturbation import weight_perturbations
-from bitsmith.analyze.sensitivity import Sensitivity
+from bitsmith.allocation.candidates import CandidateSpace
+from bitsmith.allocation.scores import Sensitivity
 from bitsmith.progress import track
 from bitsmith.quantize import prepare
+from bitsmith.sensitivity.batches import fixed_batches
+from bitsmith.sensitivity.perturbation import weight_perturbations
 
 
 def per_example_grads(float_model: nn.Module, weights: dict[str, Tensor], x: Tensor, y: Tensor

@@ -2,7 +2,7 @@
 
 The float reference is the BN-folded model from :func:`bitsmith.prepare` (the
 weights that quantization actually rounds). ``Q`` is the same
-:class:`~bitsmith.schemes.quantizer.Quantizer` that a quantized layer uses, so
+:class:`~bitsmith.graph.quantizer.Quantizer` that a quantized layer uses, so
 ``W + dW`` is exactly the weight the quantized model computes with.
 Sparsity in a candidate is not applied (pruning is not part of ``Q``).
 """
@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bitsmith.analyze.candidates import CandidateSpace
+from bitsmith.allocation.candidates import CandidateSpace
+from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import QSpec
-from bitsmith.schemes.quantizer import Quantizer
 
 
 @torch.no_grad()

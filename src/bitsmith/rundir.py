@@ -4,8 +4,14 @@ Format ``bitsmith.run/1`` (documented in docs/analyze_and_report.md)::
 
     RUN_DIR/
       run.json          required  {"format": "bitsmith.run/1", "model", "dataset", "eval_set",
-                                   "metric": "accuracy", "fp32": {"accuracy", ...} | null,
-                                   "chosen": <trial name> | null, "producer", "created", "notes"}
+                                   "eval_role": "validation" | "test" (what "accuracy" of
+                                   fp32 and of every trial was measured on; default
+                                   validation), "metric": "accuracy",
+                                   "fp32": {"accuracy", ...} | null,
+                                   "chosen": <trial name> | null, "rule": <how the chosen
+                                   trial was chosen> | null, "guard": <validation guard> |
+                                   null, "test_set": <label> | null (trials may then carry
+                                   "test_accuracy"), "producer", "created", "notes"}
       layers.json       required  {"format": "bitsmith.layers/1", "total_params": int,
                                    "layers": [LayerInfo.to_dict(), ...]}
       trials.jsonl      required  one evaluated policy per line, >= 1 line:
@@ -13,7 +19,7 @@ Format ``bitsmith.run/1`` (documented in docs/analyze_and_report.md)::
                                    "avg_weight_bits"?, "compression"?, "source"?, "step"?,
                                    "policy_file"?, "fingerprint"?, ...}
       policy.yaml       required  the chosen Policy
-      sensitivity.json  optional  bitsmith.analyze.Sensitivity.save(...)
+      sensitivity.json  optional  bitsmith.allocation.Sensitivity.save(...)
       search.jsonl      optional  {"step": int, "label"?: str, <metric>: number, ...} per line
       export.json       optional  {"format": "bitsmith.export/1", "artifacts": [{"name", "format"?,
                                    "path"?, "size_bytes"?, "latency_ms"?, "agreement"? (%),
@@ -27,8 +33,10 @@ Format ``bitsmith.run/1`` (documented in docs/analyze_and_report.md)::
                                    choice, step at which SSPS fixed the layer)
       policies/         optional  one YAML per trial policy (written by :class:`RunWriter`)
 
-JSONL files are append-only, one ``write`` per line, so several workers (a tuner's
-processes) can add trials to the same run. :class:`RunWriter` writes the format,
+JSONL files are append-only, one locked ``write`` per line
+(:func:`bitsmith.atomic.append_line`), so several workers (a tuner's processes) can add
+trials to the same run; a last line without its newline (a write cut short) is ignored by
+the reader. Every other file is replaced atomically. :class:`RunWriter` writes the format,
 :func:`load_run` reads and validates it (raising :class:`RunDirError`).
 """
 
@@ -36,15 +44,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import math
 import re
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bitsmith.atomic import append_line, atomic_write_text
 from bitsmith.cost import estimate
 from bitsmith.cost.sparse import MaskLayout
 from bitsmith.errors import InputError
@@ -74,14 +82,6 @@ class RunDirError(InputError):
     def __init__(self, message: str, missing: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.missing = list(missing)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: a concurrent
-    reader (another worker of the same run) sees the old or the new file, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _slug(name: str) -> str:
@@ -123,41 +123,46 @@ class RunWriter:
 
     def __init__(self, run_dir: str | Path, *, model: str, dataset: str, eval_set: str = "",
                  metric: str = "accuracy", producer: str = "", fresh: bool = True,
-                 notes: Mapping[str, Any] | None = None) -> None:
+                 notes: Mapping[str, Any] | None = None, eval_role: str = "validation",
+                 guard: Mapping[str, Any] | None = None) -> None:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._policies: dict[str, Policy] = {}
         self._table: LayerTable | None = None
         path = self.dir / RUN_JSON
-        old = json.loads(path.read_text()) if (path.is_file() and not fresh) else {}
+        old = _read_json(path) if (path.is_file() and not fresh) else {}
+        if not isinstance(old, dict):
+            raise RunDirError(f"{path}: expected a JSON object; delete it or start afresh")
         self.run: dict[str, Any] = {
             "format": RUN_FORMAT, "model": model, "dataset": dataset, "eval_set": eval_set,
-            "metric": metric, "fp32": old.get("fp32"), "chosen": old.get("chosen"),
-            "producer": producer, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "notes": dict(notes or {})}
+            "eval_role": eval_role, "metric": metric, "fp32": old.get("fp32"),
+            "chosen": old.get("chosen"), "rule": old.get("rule"),
+            "guard": dict(guard) if guard is not None else old.get("guard"),
+            "test_set": old.get("test_set"), "producer": producer,
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "notes": dict(notes or {})}
         if fresh:
             for name in (TRIALS_JSONL, SEARCH_JSONL):
                 (self.dir / name).unlink(missing_ok=True)
         self._save_run()
 
     def _save_run(self) -> None:
-        _atomic_write(self.dir / RUN_JSON, json.dumps(self.run, indent=2))
+        atomic_write_text(self.dir / RUN_JSON, json.dumps(self.run, indent=2))
 
     def _append(self, name: str, record: Mapping[str, Any]) -> None:
-        with open(self.dir / name, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.dir / name, json.dumps(record))
 
     def write_layers(self, table: LayerTable) -> Path:
         """``layers.json`` from the model's LayerTable (also used for trial costs)."""
         self._table = table
         path = self.dir / LAYERS_JSON
-        _atomic_write(path, json.dumps({"format": LAYERS_FORMAT, "total_params": table.total_params,
-                                    "layers": table.to_rows()}, indent=1))
+        atomic_write_text(path, json.dumps({"format": LAYERS_FORMAT,
+                                            "total_params": table.total_params,
+                                            "layers": table.to_rows()}, indent=1))
         return path
 
     def set_fp32(self, accuracy: float, **extra: Any) -> None:
         """The float model's numbers (e.g. ``accuracy=91.5, size_bytes=...``)."""
-        self.run["fp32"] = {"accuracy": float(accuracy), **extra}
+        self.run["fp32"] = {**(self.run["fp32"] or {}), "accuracy": float(accuracy), **extra}
         self._save_run()
 
     def add_trial(self, name: str, *, accuracy: float, policy: Policy | None = None,
@@ -199,17 +204,28 @@ class RunWriter:
         self._append(TRIALS_JSONL, record)
         return record
 
-    def choose(self, name: str, policy: Policy | None = None) -> Path:
-        """Mark trial ``name`` as the chosen one and write its policy to ``policy.yaml``."""
+    def set_test_set(self, label: str, fp32_accuracy: float | None = None) -> None:
+        """Name the test set whose numbers trials carry as ``test_accuracy`` (and the float
+        model's score on it)."""
+        self.run["test_set"] = label
+        if fp32_accuracy is not None:
+            self.run["fp32"] = {**(self.run["fp32"] or {}), "test_accuracy": float(fp32_accuracy)}
+        self._save_run()
+
+    def choose(self, name: str, policy: Policy | None = None, rule: str | None = None) -> Path:
+        """Mark trial ``name`` as the chosen one (chosen by ``rule``, one sentence) and write
+        its policy to ``policy.yaml``."""
         policy = policy or self._policies.get(name)
         if policy is None:
             raise ValueError(f"no policy known for trial {name!r}; pass policy=")
         self.run["chosen"] = name
+        if rule is not None:
+            self.run["rule"] = rule
         self._save_run()
         return policy.save(self.dir / POLICY_YAML)
 
     def write_sensitivity(self, sensitivity: Any) -> Path:
-        """``sensitivity.json`` from a :class:`bitsmith.analyze.Sensitivity`."""
+        """``sensitivity.json`` from a :class:`bitsmith.allocation.Sensitivity`."""
         return sensitivity.save(self.dir / SENSITIVITY_JSON)
 
     def log_search(self, step: int, label: str = "", **metrics: float) -> None:
@@ -222,17 +238,14 @@ class RunWriter:
 
     def write_export(self, artifacts: Sequence[Mapping[str, Any]]) -> Path:
         """``export.json``: one entry per exported artifact (size, latency, agreement, ...)."""
-        path = self.dir / EXPORT_JSON
-        path.write_text(json.dumps({"format": EXPORT_FORMAT,
-                                    "artifacts": [dict(a) for a in artifacts]}, indent=2))
-        return path
+        return write_export(self.dir, artifacts)
 
     def write_masks(self, layouts: Mapping[str, MaskLayout]) -> Path:
         """``masks.json``: the stored-mask layout of each sparse layer of the chosen policy
         (from :func:`bitsmith.compress.accounting.mask_layouts`), so the report charges the
         actual mask bytes instead of the worst case for the policy's nominal sparsity."""
         path = self.dir / MASKS_JSON
-        _atomic_write(path, json.dumps({"format": MASKS_FORMAT, "layers": {
+        atomic_write_text(path, json.dumps({"format": MASKS_FORMAT, "layers": {
             name: dataclasses.asdict(layout) for name, layout in layouts.items()}}, indent=2))
         return path
 
@@ -241,9 +254,29 @@ class RunWriter:
         ``"w_prob"``, the probability of the chosen candidate, and ``"fixed_step"``, the
         step at which SSPS fixed the layer; ``None`` = decided at the end)."""
         path = self.dir / SEARCH_LAYERS_JSON
-        _atomic_write(path, json.dumps({"format": SEARCH_LAYERS_FORMAT, "method": method,
+        atomic_write_text(path, json.dumps({"format": SEARCH_LAYERS_FORMAT, "method": method,
                                         "layers": [dict(r) for r in rows]}, indent=1))
         return path
+
+
+def write_export(run_dir: str | Path, artifacts: Sequence[Mapping[str, Any]]) -> Path:
+    """``export.json`` of a written run: one entry per exported artifact (size, latency,
+    agreement, ...)."""
+    path = Path(run_dir) / EXPORT_JSON
+    atomic_write_text(path, json.dumps({"format": EXPORT_FORMAT,
+                                        "artifacts": [dict(a) for a in artifacts]}, indent=2))
+    return path
+
+
+def record_test(run_dir: str | Path, label: str, fp32: float | None, chosen: float) -> None:
+    """Add test-set numbers to a written run: ``run.json`` ``"test_set"`` (the label),
+    ``"test": {"fp32", "chosen"}`` (the chosen trial's and the float model's score on it).
+    The trials' ``accuracy`` stays the validation score the choice was made on."""
+    path = Path(run_dir) / RUN_JSON
+    run = _read_json(path)
+    run["test_set"] = label
+    run["test"] = {"fp32": fp32, "chosen": chosen}
+    atomic_write_text(path, json.dumps(run, indent=2))
 
 
 @dataclass
@@ -273,26 +306,114 @@ class RunData:
         return next((t for t in self.trials if t.get("fingerprint") == fp), None)
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise RunDirError(f"{path}: not UTF-8 text (binary garbage?); restore the file or "
+                          "re-run the producer") from None
+    except OSError as err:
+        raise RunDirError(f"{path}: cannot be read ({err.strerror or err})") from None
+
+
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        return json.loads(_read_text(path))
+    except (json.JSONDecodeError, RecursionError) as err:
         raise RunDirError(f"{path}: not valid JSON ({err})") from None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """One JSON object per line; a last line without its newline that does not parse is a
+    write cut short (a full disk, a power loss) and is skipped."""
+    text = _read_text(path)
+    lines = text.split("\n")
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:
+            if i == len(lines):          # torn last line: never completed, not a record
+                continue
             raise RunDirError(f"{path}, line {i}: not valid JSON ({err})") from None
         if not isinstance(rec, dict):
             raise RunDirError(f"{path}, line {i}: expected a JSON object")
         out.append(rec)
     return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# trial fields whose type the report relies on: name -> (check, what to write)
+_TRIAL_TYPES = {
+    "name": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "accuracy": (lambda v: _is_number(v) and not math.isinf(v), "a number (percent)"),
+    "size_bytes": (lambda v: _is_number(v) and math.isfinite(v) and v >= 0,
+                   "a number of bytes >= 0"),
+    "bitops": (lambda v: v is None or (_is_number(v) and math.isfinite(v)), "a number"),
+    "avg_weight_bits": (lambda v: v is None or _is_number(v), "a number"),
+    "compression": (lambda v: v is None or _is_number(v), "a number"),
+    "step": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+             "an integer"),
+    "source": (lambda v: v is None or isinstance(v, str), "a string"),
+    "policy_file": (lambda v: v is None or isinstance(v, str), "a string"),
+    "fingerprint": (lambda v: v is None or isinstance(v, str), "a string"),
+}
+_RUN_STRINGS = ("model", "dataset", "eval_set", "metric", "producer", "created")
+
+
+def _check_trial(path: Path, line: int, trial: Mapping[str, Any]) -> None:
+    lack = [k for k in TRIAL_REQUIRED if k not in trial]
+    if lack:
+        raise RunDirError(f"{path}, line {line}: missing field(s) {lack}")
+    for key, (ok, what) in _TRIAL_TYPES.items():
+        if key in trial and not ok(trial[key]):
+            raise RunDirError(f"{path}, line {line}: {key!r} must be {what}, got "
+                              f"{trial[key]!r}; fix the line or re-run the producer")
+
+
+def _check_run(path: Path, run: Mapping[str, Any]) -> None:
+    for key in _RUN_STRINGS:
+        if run.get(key) is not None and not isinstance(run[key], str):
+            raise RunDirError(f"{path}: {key!r} must be a string, got {run[key]!r}")
+    fp32 = run.get("fp32")
+    if fp32 is not None and not (isinstance(fp32, dict) and _is_number(fp32.get("accuracy"))):
+        raise RunDirError(f"{path}: 'fp32' must be null or {{'accuracy': number, ...}}, got "
+                          f"{fp32!r}")
+    if run.get("chosen") is not None and not isinstance(run["chosen"], str):
+        raise RunDirError(f"{path}: 'chosen' must be a trial name (string) or null")
+    if not isinstance(run.get("notes", {}), dict):
+        raise RunDirError(f"{path}: 'notes' must be a JSON object")
+
+
+def _check_layer_rows(path: Path, layers: Any) -> None:
+    """Types of ``layers.json`` (so a malformed table is refused here, not deep in a report)."""
+    if not isinstance(layers, dict) or not isinstance(layers.get("layers"), list) or \
+            not isinstance(layers.get("total_params"), int) or \
+            isinstance(layers.get("total_params"), bool):
+        raise RunDirError(f"{path}: expected {{'format': {LAYERS_FORMAT!r}, 'total_params': "
+                          "int, 'layers': [...]}")
+    ints = [f.name for f in dataclasses.fields(LayerInfo) if f.type in ("int", int)]
+    shapes = ("weight_shape", "input_shape", "output_shape")
+    for i, row in enumerate(layers["layers"]):
+        where = f"{path}, layer {i}"
+        if not isinstance(row, dict):
+            raise RunDirError(f"{where}: expected an object, got {row!r}")
+        for key in ("name", "type"):
+            if not isinstance(row.get(key), str):
+                raise RunDirError(f"{where}: {key!r} must be a string, got {row.get(key)!r}")
+        for key in ints:
+            if key in row and (isinstance(row[key], bool) or not isinstance(row[key], int)):
+                raise RunDirError(f"{where}: {key!r} must be an integer, got {row[key]!r}")
+        for key in shapes:
+            value = row.get(key)
+            if not isinstance(value, list) or not all(
+                    isinstance(d, int) and not isinstance(d, bool) for d in value):
+                raise RunDirError(f"{where}: {key!r} must be a list of integers, got {value!r}")
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -315,10 +436,12 @@ def load_run(run_dir: str | Path) -> RunData:
     if not isinstance(run, dict) or run.get("format") != RUN_FORMAT:
         raise RunDirError(f"{d / RUN_JSON}: format must be {RUN_FORMAT!r}, got "
                           f"{run.get('format') if isinstance(run, dict) else run!r}")
+    _check_run(d / RUN_JSON, run)
     layers = _read_json(d / LAYERS_JSON)
+    _check_layer_rows(d / LAYERS_JSON, layers)
     try:
         table = layer_table_from_rows(layers["layers"], layers["total_params"])
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise RunDirError(f"{d / LAYERS_JSON}: bad layer table ({err!r}); expected "
                           "{'total_params': int, 'layers': LayerTable.to_rows()}") from None
     trials = _read_jsonl(d / TRIALS_JSONL)
@@ -326,9 +449,7 @@ def load_run(run_dir: str | Path) -> RunData:
         raise RunDirError(f"{d / TRIALS_JSONL} has no trial; a run needs at least one "
                           "evaluated policy")
     for i, t in enumerate(trials, 1):
-        lack = [k for k in TRIAL_REQUIRED if k not in t]
-        if lack:
-            raise RunDirError(f"{d / TRIALS_JSONL}, line {i}: missing field(s) {lack}")
+        _check_trial(d / TRIALS_JSONL, i, t)
     try:
         policy = Policy.load(d / POLICY_YAML)
         policy.check_layers(table.names)
@@ -336,20 +457,37 @@ def load_run(run_dir: str | Path) -> RunData:
         raise RunDirError(f"{d / POLICY_YAML}: {err}") from None
     sens = None
     if (d / SENSITIVITY_JSON).is_file():
-        from bitsmith.analyze.sensitivity import Sensitivity
+        from bitsmith.allocation.scores import Sensitivity
 
         try:
             sens = Sensitivity.from_dict(_read_json(d / SENSITIVITY_JSON), table)
-        except (KeyError, ValueError, PolicyError) as err:
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
             raise RunDirError(f"{d / SENSITIVITY_JSON}: {err}") from None
     search = _read_jsonl(d / SEARCH_JSONL) if (d / SEARCH_JSONL).is_file() else []
+    for i, point in enumerate(search, 1):
+        _check_search_point(d / SEARCH_JSONL, i, point)
     export = _read_json(d / EXPORT_JSON) if (d / EXPORT_JSON).is_file() else None
-    if export is not None and not isinstance(export.get("artifacts"), list):
-        raise RunDirError(f"{d / EXPORT_JSON}: expected {{'artifacts': [...]}}")
+    if export is not None and not (isinstance(export, dict) and isinstance(
+            export.get("artifacts"), list) and all(isinstance(a, dict) and isinstance(
+                a.get("name"), str) for a in export["artifacts"])):
+        raise RunDirError(f"{d / EXPORT_JSON}: expected {{'artifacts': [{{'name': str, ...}}, "
+                          "...]}")
     masks = _read_masks(d / MASKS_JSON, table) if (d / MASKS_JSON).is_file() else {}
     search_layers = (_read_search_layers(d / SEARCH_LAYERS_JSON, table)
                      if (d / SEARCH_LAYERS_JSON).is_file() else {})
     return RunData(d, run, table, trials, policy, sens, search, export, masks, search_layers)
+
+
+def _check_search_point(path: Path, line: int, point: Mapping[str, Any]) -> None:
+    if isinstance(point.get("step"), bool) or not isinstance(point.get("step"), int):
+        raise RunDirError(f"{path}, line {line}: 'step' must be an integer, got "
+                          f"{point.get('step')!r}")
+    for key, value in point.items():
+        if key == "label":
+            if not isinstance(value, str):
+                raise RunDirError(f"{path}, line {line}: 'label' must be a string")
+        elif value is not None and not _is_number(value):
+            raise RunDirError(f"{path}, line {line}: {key!r} must be a number, got {value!r}")
 
 
 def _read_search_layers(path: Path, table: LayerTable) -> dict[str, dict[str, Any]]:
@@ -367,7 +505,7 @@ def _check_layers(path: Path, names: list[str], table: LayerTable) -> None:
     """Raise :class:`RunDirError` naming the entries of an optional per-layer file that are
     not layers of the run's layer table."""
     known = set(table.names)
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if not isinstance(n, str) or n not in known]
     if unknown:
         raise RunDirError(f"{path}: layer(s) {unknown[:3]} not in the run's layer table")
 
@@ -380,6 +518,9 @@ def _read_masks(path: Path, table: LayerTable) -> dict[str, MaskLayout]:
     out = {}
     for name, rec in raw["layers"].items():
         try:
+            if not isinstance(rec, dict) or not all(_is_number(v) or isinstance(v, str)
+                                                    for v in rec.values()):
+                raise TypeError(f"expected an object of numbers, got {rec!r}")
             out[name] = MaskLayout(**rec)
         except TypeError as err:
             raise RunDirError(f"{path}, layer {name!r}: bad mask layout ({err})") from None

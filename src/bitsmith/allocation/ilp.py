@@ -26,56 +26,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bitsmith.analyze.candidates import CandidateSpace
-from bitsmith.analyze.sensitivity import Sensitivity
+from bitsmith.allocation.candidates import CandidateSpace
+from bitsmith.allocation.scores import Sensitivity
 from bitsmith.cost import layer_cost, weight_bytes
+from bitsmith.cost.budget import KINDS, Budget, InfeasibleBudgetError
 from bitsmith.cost.model import FLOAT_BITS
-from bitsmith.errors import InfeasibleError
 from bitsmith.policy import LayerSpec, Policy
 
-LatencyTable = Mapping[str, Sequence[float]] | Callable[[str, LayerSpec], float]
-KINDS = ("size_bytes", "bitops", "avg_weight_bits", "latency")
-
-
-class InfeasibleBudgetError(InfeasibleError, ValueError):
-    """No choice of candidates meets a budget.
-
-    Attributes:
-        kind: which budget (``"size_bytes"``, ``"bitops"``, ``"avg_weight_bits"``, ``"latency"``).
-        budget: the requested limit.
-        minimum: the smallest value of ``kind`` reachable with these candidates (under
-            the other budgets, when only their combination is infeasible).
-    """
-
-    def __init__(self, kind: str, budget: float, minimum: float, detail: str = "") -> None:
-        self.kind, self.budget, self.minimum = kind, float(budget), float(minimum)
-        unit = {"size_bytes": " bytes", "bitops": " BitOPs", "avg_weight_bits": " bits"}.get(
-            kind, "")
-        extra = f" ({minimum / 1024:.1f} KiB)" if kind == "size_bytes" else ""
-        super().__init__(
-            f"infeasible {kind} budget {budget:,.6g}{unit}: the minimum reachable {kind} with "
-            f"these candidates{detail} is {minimum:,.6g}{unit}{extra}; raise the budget or "
-            "add cheaper candidates")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Upper limits; ``None`` = unconstrained. At least one must be set.
-
-    Attributes:
-        size_bytes: model size in bytes as :func:`bitsmith.cost.estimate` counts it.
-        bitops: BitOPs per example.
-        avg_weight_bits: weight-count-weighted mean weight bit width.
-        latency: in the unit of the caller's latency table.
-    """
-
-    size_bytes: float | None = None
-    bitops: float | None = None
-    avg_weight_bits: float | None = None
-    latency: float | None = None
-
-    def items(self) -> list[tuple[str, float]]:
-        return [(k, float(getattr(self, k))) for k in KINDS if getattr(self, k) is not None]
+LatencyLookup = Mapping[str, Sequence[float]] | Callable[[str, LayerSpec], float]
 
 
 @dataclass(frozen=True)
@@ -114,7 +72,7 @@ class _Problem:
     const: dict[str, float]             # kind -> constant part
 
 
-def _build(space: CandidateSpace, base: Policy, latency: LatencyTable | None,
+def _build(space: CandidateSpace, base: Policy, latency: LatencyLookup | None,
            latency_offset: float) -> _Problem:
     table = space.table
     names = space.names
@@ -146,7 +104,7 @@ def _build(space: CandidateSpace, base: Policy, latency: LatencyTable | None,
     return _Problem(names, offsets, [len(space[n]) for n in names], cost, const)
 
 
-def _latency_of(latency: LatencyTable, name: str, i: int, spec: LayerSpec) -> float:
+def _latency_of(latency: LatencyLookup, name: str, i: int, spec: LayerSpec) -> float:
     if callable(latency):
         return float(latency(name, spec))
     if name not in latency:
@@ -206,7 +164,7 @@ def _minimum(prob: _Problem, kind: str, others: list[tuple[str, float]], time_li
 
 def allocate(space: CandidateSpace, sensitivity: Sensitivity | Mapping[str, Sequence[float]],
              budget: Budget, *, metric: str | None = None, base: Policy | None = None,
-             latency: LatencyTable | None = None, latency_offset: float = 0.0,
+             latency: LatencyLookup | None = None, latency_offset: float = 0.0,
              time_limit: float = 60.0) -> Allocation:
     """Choose one candidate per layer minimising total sensitivity under the budgets.
 

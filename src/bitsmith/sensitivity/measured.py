@@ -26,13 +26,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bitsmith.analyze.batches import channels_last, fixed_batches
-from bitsmith.analyze.candidates import CandidateSpace
-from bitsmith.analyze.sensitivity import Sensitivity
+from bitsmith.allocation.candidates import CandidateSpace
+from bitsmith.allocation.scores import Sensitivity
 from bitsmith.policy import Policy
 from bitsmith.progress import track
 from bitsmith.quantize import CalibrationError, CalibrationStats, collect_stats, quantize
 from bitsmith.schemes import get_scheme
+from bitsmith.sensitivity.batches import channels_last, fixed_batches
 
 MEASURED = ("measured_kl", "measured_loss", "measured_accuracy")
 

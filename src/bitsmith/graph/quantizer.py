@@ -22,13 +22,15 @@ import torch
 from torch import Tensor, nn
 
 from bitsmith.calibrate import TensorStats, compute_range
+from bitsmith.errors import BitsmithError
 from bitsmith.policy import QSpec
 from bitsmith.schemes.base import Params, broadcast_shape, get_scheme, grad_scale
 from bitsmith.schemes.uniform import effective_bits
 
 
-class NotCalibratedError(RuntimeError):
-    """An activation quantizer was used before it was calibrated."""
+class NotCalibratedError(BitsmithError, RuntimeError):
+    """An activation quantizer was used before it was calibrated (a usage error: calibrate
+    with ``bitsmith.quantize(..., calibration=...)`` first)."""
 
 
 class Quantizer(nn.Module):
