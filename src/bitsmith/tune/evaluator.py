@@ -35,6 +35,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -239,11 +240,14 @@ class TorchEvaluator:
         evaluate: the user's metric ``f(model) -> float`` (higher is better) instead of
             top-1 on ``validation``; one stage. ``Measurement.accuracy`` and ``drop`` are
             then in the metric's unit.
+        cache: reconstruction cache folder, for configurations with a learned rounding
+            (finished layers and blocks are shared between configurations and runs).
     """
 
     def __init__(self, model: nn.Module, calibration: Any, validation: Any, space: TuneSpace,
                  *, stages: Sequence[float | int] = (0.25, 1.0), batch_size: int = 500,
-                 backend: Backend | None = None, evaluate: EvaluateFn | None = None) -> None:
+                 backend: Backend | None = None, evaluate: EvaluateFn | None = None,
+                 cache: str | Path | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TuneError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model.eval()
@@ -251,6 +255,7 @@ class TorchEvaluator:
         self.backend = backend or TorchBackend()
         self.measures_latency = bool(self.backend.measures_latency)
         self.batch_size = int(batch_size)
+        self.cache = cache
         self._calib, _ = _stack(calibration, "calibration")
         self.scorer = Scorer(validation, evaluate)
         if evaluate is None:
@@ -286,8 +291,10 @@ class TorchEvaluator:
     # ----------------------------------------------------------- components
     def stats(self, n: int) -> CalibrationStats:
         """Calibration statistics of the first ``n`` inputs (collected once per ``n``)."""
-        if n not in self._stats:
-            self._stats[n] = collect_stats(self.model, self.calibration_data(n))
+        if n not in self._stats:  # learned rounding needs the inputs themselves
+            learned = any(r != "nearest" for r in self.space.rounding)
+            self._stats[n] = collect_stats(self.model, self.calibration_data(n),
+                                           keep_inputs=learned)
         return self._stats[n]
 
     def calibration_data(self, n: int) -> list[Tensor]:
@@ -321,11 +328,24 @@ class TorchEvaluator:
     def quantized_model(self, config: Choices) -> nn.Module:
         """The quantized copy of the model for ``config`` (weight quantizers kept, not
         baked; biases corrected when the configuration asks for ``bias_correction``)."""
-        n = self._calib_size(config)
-        policy = self.policy(config)
+        return self._quantized(self.policy(config), self._calib_size(config), bake=False)
+
+    def _quantized(self, policy: Policy, n_calib: int, bake: bool) -> nn.Module:
+        """``bitsmith.quantize(model, policy, calibration=first n_calib inputs)``, faster.
+
+        Round-to-nearest: weights and bias shifts come from per-(layer, spec) caches (the
+        same numbers ``quantize`` computes). Learned rounding: ``quantize`` itself, with the
+        reconstruction cache (a layer's learned codes depend on the whole policy)."""
+        if policy.rounding.learned:
+            qmodel = quantize(self.model, policy, calibration=self.stats(n_calib),
+                              cache=self.cache)
+            if bake:  # weights already hold their grid values (frozen quantizers)
+                for m in quantized_layers(qmodel).values():
+                    m.weight_quantizer = None
+            return qmodel
         qmodel = quantize(self.model, policy.with_options(bias_correction=False),
-                          calibration=self.stats(n))
-        self._prepare_layers(qmodel, n, policy.bias_correction, bake=False)
+                          calibration=self.stats(n_calib))
+        self._prepare_layers(qmodel, n_calib, policy.bias_correction, bake)
         qmodel.bitsmith.policy = policy
         return qmodel
 
@@ -394,11 +414,8 @@ class TorchEvaluator:
         if key in self._results:
             return replace(self._results[key], cached=True, seconds=0.0)
         cost = estimate(self.table, policy)
-        # biases: corrected below with cached shifts, the same numbers quantize() computes
-        qmodel = quantize(self.model, policy.with_options(bias_correction=False),
-                          calibration=self.stats(n_calib))
-        self._prepare_layers(qmodel, n_calib, bias_correction,
-                             bake=bool(getattr(self.backend, "fake_quant", True)))
+        qmodel = self._quantized(policy, n_calib,
+                                 bake=bool(getattr(self.backend, "fake_quant", True)))
         example = self._val_x[: self.batch_size]
         runner = self.backend.compile(qmodel, example)
         acc, start, pruned = self._measure(runner, on_stage)
