@@ -1,9 +1,9 @@
 """AIMET AdaRound on a CIFAR ResNet: the peer run of benchmarks/ptq_reconstruction.py.
 
-Runs inside the separate AIMET venv (aimet-torch, torch; no bitsmith dependencies), which
+Runs inside the separate AIMET venv (aimet-torch and its torch), which
 ptq_reconstruction.py creates. Reads the calibration / test / validation tensors the main
-benchmark saved (already normalised), builds the ResNet from bitsmith's model file (loaded
-by path, with its one bitsmith import stubbed), then follows AIMET's documented recipe:
+benchmark saved (already normalised), builds the ResNet with bitsmith's model definition
+(imported from the source tree given by ``--src``), then follows AIMET's documented recipe:
 prepare_model, fold_all_batch_norms, Adaround.apply_adaround (weights only, tf-enhanced
 ranges, first and last layer 8-bit, ``--iterations`` per layer, the calibration images),
 QuantizationSimModel with the AdaRound encodings frozen and activation encodings computed
@@ -13,33 +13,23 @@ on the same calibration images. Prints one JSON line: predictions and timings.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import tempfile
 import time
-import types
 
 import numpy as np
 import torch
 
 
-def load_resnet(model_file: str, depth: int, weights: str) -> torch.nn.Module:
-    """bitsmith's CifarResNet from its source file, with the pretrained weights."""
-    stub = types.ModuleType("bitsmith.data.paths")
-    stub.find_data_file = None  # only used by the loader we do not call
-    for name in ("bitsmith", "bitsmith.data"):
-        sys.modules.setdefault(name, types.ModuleType(name))
-    sys.modules["bitsmith.data.paths"] = stub
-    spec = importlib.util.spec_from_file_location("cifar_resnet", model_file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = module.cifar_resnet(depth)
-    ckpt = torch.load(weights, map_location="cpu", weights_only=True)
-    state = ckpt.get("state_dict", ckpt)
-    model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
-    return model.eval()
+def load_resnet(src: str, depth: int) -> torch.nn.Module:
+    """The pretrained CIFAR ResNet from bitsmith's source tree (its model definition and safe
+    checkpoint reader only; bitsmith is not installed in this venv)."""
+    sys.path.insert(0, src)
+    from bitsmith.models.cifar_resnet import load_pretrained_cifar_resnet
+
+    return load_pretrained_cifar_resnet(depth)
 
 
 @torch.no_grad()
@@ -50,8 +40,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor) -> list[int]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--depth", type=int, required=True)
-    p.add_argument("--weights", required=True)
-    p.add_argument("--model-file", required=True)
+    p.add_argument("--src", required=True, help="bitsmith's src folder")
     p.add_argument("--data", required=True)
     p.add_argument("--param-bw", type=int, required=True)
     p.add_argument("--output-bw", type=int, required=True)
@@ -74,7 +63,7 @@ def main() -> None:
     calib = torch.from_numpy(data["calib"])
     dummy = calib[:1]
     t0 = time.perf_counter()
-    model = prepare_model(load_resnet(args.model_file, args.depth, args.weights))
+    model = prepare_model(load_resnet(args.src, args.depth))
     fold_all_batch_norms(model, input_shapes=tuple(dummy.shape))
     modules = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     first, last = modules[0], modules[-1]
@@ -102,10 +91,9 @@ def main() -> None:
     total = time.perf_counter() - t0
     bits = {}
     for name, m in sim.model.named_modules():
-        q = getattr(m, "param_quantizers", {}).get("weight") if hasattr(m, "param_quantizers") \
-            else None
-        if q is not None:
-            bits[name] = int(getattr(q, "bitwidth", 0))
+        quantizers = getattr(m, "param_quantizers", None)
+        if quantizers is not None and "weight" in quantizers and quantizers["weight"] is not None:
+            bits[name] = int(getattr(quantizers["weight"], "bitwidth", 0))
     out = {"aimet_version": aimet_torch.__version__, "adaround_seconds": adaround_seconds,
            "total_seconds": total, "weight_bits": bits,
            "test_pred": predict(sim.model, torch.from_numpy(data["test"])),

@@ -43,18 +43,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+# OpenMP threads that spin while waiting are ruinous on a shared, oversubscribed CPU (one
+# reconstruction step measured 6x slower with 2 spinning threads than with 1 thread under
+# load, and about 2x faster than 1 thread with passive waiting); set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import correct_string, mcnemar_counts, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_DIR = ROOT / "runs" / "ptq_reconstruction"
-ROWS = RUN_DIR / "rows.jsonl"
+RUN_DIR = ROOT / "runs" / "ptq_reconstruction"  # rows.jsonl, the unit cache, AIMET's data
 LOCK = "/tmp/bitsmith-bench.lock"
 CONFIGS = {"W8A8": (8, 8), "W4A8": (4, 8), "W3A8": (3, 8), "W2A8": (2, 8), "W4A4": (4, 4)}
 METHODS = ("rtn", "rtn+bc", "adaround", "brecq", "qdrop")
+# which methods each configuration runs: block reconstruction where layer-wise stops
+PLAN = {"W8A8": METHODS[:3], "W4A8": METHODS[:4], "W3A8": METHODS[:4], "W2A8": METHODS,
+        "W4A4": METHODS}
 FRONT_BITS = (4.0, 3.0, 2.5, 2.0, 1.75, 1.5)
 AIMET_VERSION = "2.42.0"
 
@@ -74,21 +81,22 @@ def bench_lock(enabled: bool) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def load_rows() -> dict[str, dict]:
+def load_rows(run_dir: Path) -> dict[str, dict]:
     """Finished rows by key (the last one wins)."""
     rows: dict[str, dict] = {}
-    if ROWS.is_file():
-        for line in ROWS.read_text().splitlines():
+    path = run_dir / "rows.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
             with contextlib.suppress(json.JSONDecodeError):  # a line cut by a kill
                 row = json.loads(line)
                 rows[row["key"]] = row
     return rows
 
 
-def append_row(row: dict) -> None:
+def append_row(row: dict, run_dir: Path) -> None:
     """Append one row (a single short write; a torn last line is skipped on reading)."""
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    with open(ROWS, "a") as fh:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "rows.jsonl", "a") as fh:
         fh.write(json.dumps(row) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
@@ -145,22 +153,54 @@ def uniform_policy(names: list[str], config: str, method: str, args: argparse.Na
     from bitsmith.policy import build_policy
 
     wbits, abits = CONFIGS[config]
-    rounding = "nearest" if method.startswith("rtn") else rounding_of(method, abits, args)
+    rounding = ("nearest" if method.startswith("rtn") else
+                rounding_of(method, abits, args, iterations=iterations_for(config, args)))
     return build_policy(names, weight_spec(wbits, args.weight_scheme),
                         QSpec("uniform_asymmetric", abits, observer="mse"), first_last="int8",
                         rounding=rounding, bias_correction=method == "rtn+bc")
 
 
+def iterations_for(config: str, args: argparse.Namespace) -> int:
+    """Steps per unit for ``config`` (``--iterations``, or its ``--iterations-for`` entry)."""
+    for item in args.iterations_for:
+        name, _, value = item.partition("=")
+        if name == config:
+            return int(value)
+    return args.iterations
+
+
 def rounding_of(method: str, abits: int, args: argparse.Namespace, **extra: Any):
     from bitsmith.policy import Rounding
 
-    return Rounding(method, iterations=args.iterations, batch_size=args.batch_size,
-                    learn_act=method != "adaround" and abits < 8, **extra)
+    settings = {"iterations": args.iterations, "seed": args.seed, **extra}
+    return Rounding(method, batch_size=args.batch_size,
+                    learn_act=method != "adaround" and abits < 8, **settings)
 
 
 # ----------------------------------------------------------------------------- measuring
+def export_check(qmodel: torch.nn.Module, model: torch.nn.Module, data: Data) -> dict:
+    """Packed artifact (bit-exact reload?) and ONNX QDQ export (agreement with the
+    simulation on the test images) of a quantized model, as ``bitsmith export`` checks."""
+    import tempfile
+
+    from bitsmith.export import compare_onnx, export_onnx, load_packed, save_packed
+
+    test = [x for x, _ in data.test]
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = save_packed(qmodel, Path(tmp) / "m.safetensors", example_inputs=test[0][:1])
+        loaded = load_packed(Path(tmp) / "m.safetensors", model)
+        with torch.no_grad():
+            exact = all(torch.equal(loaded(x), qmodel(x)) for x in test)
+        onnx = export_onnx(qmodel, Path(tmp) / "m.onnx", test[0][:1],
+                           calibration=data.calibration())
+        agree = compare_onnx(qmodel, Path(tmp) / "m.onnx", data.test)
+    return {"packed_bytes": packed.file_bytes, "packed_reload_bit_exact": exact,
+            "onnx_integer_layers": onnx.integer_layers, "onnx_float_layers": onnx.float_layers,
+            "onnx": agree.to_dict()}
+
+
 def measure(key: str, model: torch.nn.Module, policy, data: Data, args: argparse.Namespace,
-            extra: dict[str, Any], cache: Path | None = None) -> dict:
+            extra: dict[str, Any], cache: Path | None = None, export: bool = False) -> dict:
     """Quantize (timed, under the lock), score, append the row."""
     import bitsmith
     from bitsmith.cost import estimate
@@ -178,11 +218,13 @@ def measure(key: str, model: torch.nn.Module, policy, data: Data, args: argparse
            "loadavg_after": load1, "threads": torch.get_num_threads(),
            "avg_weight_bits": cost.avg_weight_bits, "size_bytes": cost.size_bytes,
            "policy_fingerprint": policy.fingerprint()[:12], **score(qmodel, data)}
+    if export:
+        row["export"] = export_check(qmodel, model, data)
     if recon is not None:
         row["reconstruction"] = {k: v for k, v in recon.to_dict().items() if k != "settings"}
         row["reconstruction_seconds"] = recon.seconds
         row["iterations"] = policy.rounding.iterations
-    append_row(row)
+    append_row(row, args.run_dir)
     print(f"{key}: test {row['test']:.2f} val {row['val']:.2f} "
           f"({seconds:.0f} s, load {load0[0]:.1f})", flush=True)
     return row
@@ -197,10 +239,11 @@ def part_table(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
         key = f"r{depth}|fp32"
         if key not in done:
             append_row({"key": key, "model": depth, "config": "FP32", "method": "fp32",
-                        **score(model, data)})
+                        **score(model, data)}, args.run_dir)
         for config in args.configs:
-            for method in args.methods:
-                key = f"r{depth}|{config}|{method}|{args.weight_scheme}|{args.iterations}"
+            for method in [m for m in args.methods if m in PLAN[config]]:
+                iters = iterations_for(config, args)
+                key = f"r{depth}|{config}|{method}|{args.weight_scheme}|{iters}"
                 if method.startswith("rtn"):
                     key = f"r{depth}|{config}|{method}|{args.weight_scheme}"
                 if key in done:
@@ -208,7 +251,8 @@ def part_table(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
                 policy = uniform_policy(names, config, method, args)
                 measure(key, model, policy, data, args,
                         {"model": depth, "config": config, "method": method,
-                         "weight_scheme": args.weight_scheme})
+                         "weight_scheme": args.weight_scheme},
+                        export=config == "W4A8" and method in ("rtn", "adaround"))
 
 
 def part_mixed(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> None:
@@ -216,7 +260,7 @@ def part_mixed(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
     import bitsmith
     from bitsmith import LayerSpec, QSpec
     from bitsmith.allocation import CandidateSpace, allocate
-    from bitsmith.cost import Budget
+    from bitsmith.cost import Budget, InfeasibleBudgetError
     from bitsmith.policy import INT8, Policy
     from bitsmith.sensitivity import measure_sensitivity
 
@@ -227,11 +271,12 @@ def part_mixed(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
         names = table.names
         middle = names[1:-1]
         base = Policy({names[0]: INT8, names[-1]: INT8})
-        grid = [LayerSpec(weight_spec(b, args.weight_scheme), act) for b in args.mixed_bits]
+        grid = [LayerSpec(weight_spec(b, args.weight_scheme), act) for b in args.mixed_bits
+                if b > 1 or args.weight_scheme == "uniform_asymmetric"]
         plain = [LayerSpec(QSpec("binary", 1, "channel"), act),
                  LayerSpec(QSpec("ternary", 2, "channel"), act)] + grid
         stats = bitsmith.collect_stats(model, data.calibration(), keep_inputs=True)
-        cache = RUN_DIR / "cache"
+        cache = args.run_dir / "cache"
         variants = {
             "rtn": (CandidateSpace(table, {n: plain for n in middle}), base, None),
             "recon": (CandidateSpace(table, {n: grid for n in middle}),
@@ -250,8 +295,15 @@ def part_mixed(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
                 key = f"r{depth}|mixed|{variant}|{bits}|{args.weight_scheme}|{args.iterations}"
                 if key in done:
                     continue
-                alloc = allocate(space, sens, Budget(avg_weight_bits=bits),
-                                 metric="measured_kl", base=base)
+                try:
+                    alloc = allocate(space, sens, Budget(avg_weight_bits=bits),
+                                     metric="measured_kl", base=base)
+                except InfeasibleBudgetError as err:
+                    append_row({"key": key, "model": depth, "config": f"mixed {bits}",
+                                "method": variant, "budget_avg_bits": bits,
+                                "infeasible": True, "minimum_avg_bits": err.minimum},
+                               args.run_dir)
+                    continue
                 policy = alloc.policy
                 if final_rounding is not None:
                     policy = policy.with_options(rounding=final_rounding)
@@ -278,30 +330,26 @@ def aimet_python(args: argparse.Namespace) -> Path:
 
 
 def part_aimet(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> None:
-    from bitsmith.data.paths import find_data_file
-    from bitsmith.models.cifar_resnet import PRETRAINED_DIR
-
     python = aimet_python(args)
-    RUN_DIR.mkdir(parents=True, exist_ok=True)
-    npz = RUN_DIR / "aimet_data.npz"
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    npz = args.run_dir / "aimet_data.npz"
     tx = torch.cat([x for x, _ in data.test])
     vx = torch.cat([x for x, _ in data.val])
     np.savez(npz, calib=data.calib.numpy(), test=tx.numpy(), val=vx.numpy())
     labels = {"test": torch.cat([y for _, y in data.test]),
               "val": torch.cat([y for _, y in data.val])}
     for depth in args.models:
-        weights = find_data_file(PRETRAINED_DIR, f"resnet{depth}-*.th")
         for config in args.aimet_configs:
-            key = f"r{depth}|{config}|aimet-adaround|{args.iterations}"
+            iters = iterations_for(config, args)
+            key = f"r{depth}|{config}|aimet-adaround|{iters}"
             if key in done:
                 continue
             wbits, abits = CONFIGS[config]
             cmd = [str(python), str(ROOT / "benchmarks" / "aimet_adaround.py"),
-                   "--depth", str(depth), "--weights", str(weights), "--data", str(npz),
+                   "--depth", str(depth), "--src", str(ROOT / "src"), "--data", str(npz),
                    "--param-bw", str(wbits), "--output-bw", str(abits),
-                   "--iterations", str(args.iterations), "--batch-size", str(args.batch_size),
-                   "--threads", str(torch.get_num_threads()),
-                   "--model-file", str(ROOT / "src" / "bitsmith" / "models" / "cifar_resnet.py")]
+                   "--iterations", str(iters), "--batch-size", str(args.batch_size),
+                   "--threads", str(torch.get_num_threads())]
             with bench_lock(args.lock):
                 load0 = os.getloadavg()
                 proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -310,7 +358,7 @@ def part_aimet(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
                 raise RuntimeError(f"AIMET run {key} failed (exit {proc.returncode})")
             out = json.loads(proc.stdout.strip().splitlines()[-1])
             row = {"key": key, "model": depth, "config": config, "method": "aimet-adaround",
-                   "iterations": args.iterations, "loadavg_before": load0,
+                   "iterations": iters, "loadavg_before": load0,
                    "threads": torch.get_num_threads(), "aimet_version": out["aimet_version"],
                    "reconstruction_seconds": out["adaround_seconds"],
                    "quantize_seconds": out["total_seconds"], "notes": out["notes"],
@@ -320,7 +368,7 @@ def part_aimet(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
                 correct = "".join("1" if c else "0" for c in (pred == labels[split]).tolist())
                 row[split] = 100.0 * correct.count("1") / len(correct)
                 row[f"{split}_correct"] = correct
-            append_row(row)
+            append_row(row, args.run_dir)
             print(f"{key}: test {row['test']:.2f} val {row['val']:.2f} "
                   f"({row['reconstruction_seconds']:.0f} s)", flush=True)
 
@@ -334,53 +382,164 @@ def _paired(row: dict, ref: dict | None, split: str) -> dict | None:
 
 
 def summarize(rows: dict[str, dict], args: argparse.Namespace) -> None:
-    """Write benchmarks/results/ptq_reconstruction.{json,md} from every finished row."""
-    by = {}
+    """Write benchmarks/results/<results-name>.{json,md} from every finished row."""
+    by: dict[int, list[dict]] = {}
     for row in rows.values():
         by.setdefault(row["model"], []).append(row)
     lines = [
         "Calibration: 1,024 lossless training images (no labels). Accuracy on the 1,000 "
-        "lossless test images and the 5,000 JPEG validation images; drop = FP32 - quantized "
-        "on the same images. First and last layer W8A8 everywhere. p: exact McNemar test "
-        "against RTN / RTN + BC of the same configuration (paired, same images).",
-        "",
-    ]
-    out_rows = []
+        "lossless test images (test) and the 5,000 JPEG validation images (val); drop = FP32 "
+        "- quantized on the same images. First and last layer W8A8 everywhere; other layers "
+        "per-channel weights with an MSE-observer range, activations per tensor (MSE "
+        "observer). p: exact McNemar test (paired, same images) against RTN and RTN + BC of "
+        "the same configuration. Wall time: the whole bitsmith.quantize call for bitsmith "
+        "(calibration and reconstruction), the whole AIMET run (model preparation, BN "
+        "folding, Adaround.apply_adaround, QuantSim encodings) for AIMET; load = 1-minute load "
+        "average when the row started (2-core machine shared with other agents).", ""]
+    out_rows, checks = [], {}
     for depth in sorted(by):
         group = by[depth]
         fp32 = next((r for r in group if r["method"] == "fp32"), None)
         lines += [f"## ResNet-{depth}", ""]
         if fp32:
-            lines += [f"FP32: test {fp32['test']:.2f} %, JPEG validation {fp32['val']:.2f} %", ""]
-        lines += ["| config | method | iters | test % | drop | val % | drop | p vs RTN "
-                  "(test / val) | p vs RTN+BC (test / val) | recon. wall s | load |",
-                  "|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
-        for r in sorted(group, key=_order):
-            if r["method"] == "fp32":
-                continue
-            rtn = _reference(group, r, "rtn")
-            bc = _reference(group, r, "rtn+bc")
-            paired = {f"vs_{n}_{s}": _paired(r, ref, s) for n, ref in (("rtn", rtn), ("bc", bc))
-                      for s in ("test", "val")}
-            out = {k: v for k, v in r.items() if not k.endswith("_correct")}
-            out["paired"] = paired
-            if fp32:
-                out["test_drop"] = fp32["test"] - r["test"]
-                out["val_drop"] = fp32["val"] - r["val"]
-            out_rows.append(out)
-            lines.append(
-                f"| {r['config']} | {r['method']} | {r.get('iterations', '')} | "
-                f"{r['test']:.2f} | {out.get('test_drop', 0):+.2f} | {r['val']:.2f} | "
-                f"{out.get('val_drop', 0):+.2f} | {_p(paired['vs_rtn_test'])} / "
-                f"{_p(paired['vs_rtn_val'])} | {_p(paired['vs_bc_test'])} / "
-                f"{_p(paired['vs_bc_val'])} | {_secs(r)} | "
-                f"{r.get('loadavg_before', [float('nan')])[0]:.1f} |")
-        lines.append("")
-    write_result("ptq_reconstruction", {
-        "protocol": {"calibration_images": 1024,
-                     "test_images": 1000, "val_images": args.n_val,
-                     "first_last": "W8A8 (uniform_symmetric per-channel / uniform_asymmetric)"},
-        "rows": out_rows}, lines)
+            lines += [f"FP32: test {fp32['test']:.2f} %, val {fp32['val']:.2f} %", ""]
+        uniform = [r for r in group if r["config"] in CONFIGS and "test" in r]
+        lines += _uniform_table(uniform, group, fp32, out_rows)
+        lines += _aimet_lines(uniform)
+        lines += _mixed_lines([r for r in group if r["config"].startswith("mixed")], fp32,
+                              out_rows)
+        lines += _export_lines(uniform)
+        checks[f"resnet{depth}"] = _checks(uniform, group, fp32)
+    lines += ["## Acceptance checks", "", "```", json.dumps(checks, indent=1), "```", ""]
+    write_result(args.results_name, {
+        "protocol": {"calibration_images": 1024, "test_images": 1000, "val_images": args.n_val,
+                     "first_last": "W8A8 (uniform_symmetric per-channel / uniform_asymmetric)",
+                     "weights": "per-channel, MSE-observer range; activations "
+                                "uniform_asymmetric per tensor, MSE observer",
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+        "checks": checks, "rows": out_rows}, lines)
+
+
+def _uniform_table(uniform: list[dict], group: list[dict], fp32: dict | None,
+                   out_rows: list[dict]) -> list[str]:
+    lines = ["| config | method | iters | test % | drop | val % | drop | p vs RTN (test / val) "
+             "| p vs RTN+BC (test / val) | wall s | load |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
+    for r in sorted(uniform, key=_order):
+        paired = {f"vs_{n}_{s}": _paired(r, _reference(group, r, n), s)
+                  for n in ("rtn", "rtn+bc") for s in ("test", "val")}
+        out = {k: v for k, v in r.items() if not k.endswith("_correct")}
+        out["paired"] = paired
+        if fp32:
+            out["test_drop"] = fp32["test"] - r["test"]
+            out["val_drop"] = fp32["val"] - r["val"]
+        out_rows.append(out)
+        lines.append(
+            f"| {r['config']} | {r['method']} | {r.get('iterations', '')} | {r['test']:.2f} | "
+            f"{out.get('test_drop', 0):+.2f} | {r['val']:.2f} | {out.get('val_drop', 0):+.2f} | "
+            f"{_p(paired['vs_rtn_test'])} / {_p(paired['vs_rtn_val'])} | "
+            f"{_p(paired['vs_rtn+bc_test'])} / {_p(paired['vs_rtn+bc_val'])} | {_secs(r)} | "
+            f"{r.get('loadavg_before', [float('nan')])[0]:.1f} |")
+    return lines + [""]
+
+
+def _aimet_lines(uniform: list[dict]) -> list[str]:
+    peers = [r for r in uniform if r["method"] == "aimet-adaround"]
+    if not peers:
+        return []
+    lines = ["AIMET AdaRound vs bitsmith on the same images and iterations:", "",
+             "| config | AIMET test / val | AIMET s | bitsmith adaround test / val | s | "
+             "best bitsmith (method) test / val | s | p (best vs AIMET, test / val) |",
+             "|---|---|---:|---|---:|---|---:|---|"]
+    for a in sorted(peers, key=_order):
+        mine = [r for r in uniform if r["config"] == a["config"] and
+                r["method"] in METHODS[2:]]
+        ada = next((r for r in mine if r["method"] == "adaround"), None)
+        best = max(mine, key=lambda r: r["test"], default=None)
+        cells = [f"{a['config']}", f"{a['test']:.2f} / {a['val']:.2f}", _secs(a)]
+        for r, named in ((ada, False), (best, True)):
+            if r is None:
+                cells += ["", ""]
+            else:
+                name = f" ({r['method']})" if named else ""
+                cells += [f"{r['test']:.2f} / {r['val']:.2f}{name}", _secs(r)]
+        pair = [_paired(best, a, sp) if best else None for sp in ("test", "val")]
+        cells.append(f"{_p(pair[0])} / {_p(pair[1])}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _mixed_lines(mixed: list[dict], fp32: dict | None, out_rows: list[dict]) -> list[str]:
+    if not mixed:
+        return []
+    lines = ["Mixed policies found by the integer program (measured-KL sensitivities on 1,000 "
+             "JPEG validation images; rtn: round-to-nearest everywhere, binary / ternary among "
+             "the candidates; recon: sensitivities after per-layer AdaRound, grid schemes, the "
+             "allocated policy reconstructed):", "",
+             "| avg bits budget | variant | avg bits | test % | val % | val drop | wall s | "
+             "layers at 1 / 2 / 3 / 4 / 8 bits (binary, ternary) |",
+             "|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(mixed, key=lambda r: (-r["budget_avg_bits"], r["method"])):
+        out_rows.append({k: v for k, v in r.items() if not k.endswith("_correct")})
+        if r.get("infeasible"):
+            lines.append(f"| {r['budget_avg_bits']} | {r['method']} | infeasible (minimum "
+                         f"{r['minimum_avg_bits']:.2f}) | | | | | |")
+            continue
+        labels = list(r["choices"].values())
+        hist = " / ".join(str(sum(lab.startswith(f"W{b}A") for lab in labels))
+                          for b in (1, 2, 3, 4, 8))
+        special = sum(s in ("binary", "ternary") for s in r["schemes"].values())
+        drop = "" if fp32 is None else f"{fp32['val'] - r['val']:+.2f}"
+        lines.append(f"| {r['budget_avg_bits']} | {r['method']} | {r['avg_weight_bits']:.2f} | "
+                     f"{r['test']:.2f} | {r['val']:.2f} | {drop} | {_secs(r)} | {hist} "
+                     f"({special}) |")
+    return lines + [""]
+
+
+def _export_lines(uniform: list[dict]) -> list[str]:
+    rows = [r for r in uniform if "export" in r]
+    if not rows:
+        return []
+    lines = ["Exports of W4A8 (packed artifact reloaded; ONNX QDQ in ONNX Runtime vs the "
+             "simulation on the 1,000 test images):", "",
+             "| method | packed bytes | reload bit-exact | ONNX integer layers | top-1 agreement % "
+             "| max abs logit error |", "|---|---:|---|---:|---:|---:|"]
+    for r in rows:
+        e = r["export"]
+        lines.append(f"| {r['method']} | {e['packed_bytes']:,} | {e['packed_reload_bit_exact']} "
+                     f"| {e['onnx_integer_layers']} | {e['onnx']['top1_agreement']:.1f} | "
+                     f"{e['onnx']['max_abs_error']:.4f} |")
+    return lines + [""]
+
+
+def _checks(uniform: list[dict], group: list[dict], fp32: dict | None) -> dict:
+    """The issue's acceptance thresholds against the measured rows (None: not measured)."""
+    def best(config: str, methods: tuple[str, ...] = METHODS[2:]) -> dict | None:
+        rows = [r for r in uniform if r["config"] == config and r["method"] in methods]
+        return max(rows, key=lambda r: r["test"], default=None)
+
+    out: dict[str, Any] = {}
+    for config, target, limit in (("W4A8", 91.3, 300), ("W3A8", 91.3, 300),
+                                  ("W4A4", 90.8, 600), ("W2A8", 89.5, None)):
+        r = best(config)
+        out[config] = None if r is None else {
+            "best_method": r["method"], "test": r["test"], "target": target,
+            "met": r["test"] >= target, "wall_s": r.get("quantize_seconds"),
+            "wall_limit_s": limit,
+            "wall_met": None if limit is None else r.get("quantize_seconds", 1e9) <= limit}
+    rtn8 = next((r for r in uniform if r["config"] == "W8A8" and r["method"] == "rtn"), None)
+    ada8 = next((r for r in uniform if r["config"] == "W8A8" and r["method"] == "adaround"),
+                None)
+    if rtn8 and ada8:
+        out["W8A8_unchanged_or_better"] = {"rtn": rtn8["test"], "adaround": ada8["test"],
+                                           "met": ada8["test"] >= rtn8["test"]}
+    mixed = {r["budget_avg_bits"]: r for r in group if r["config"].startswith("mixed")
+             and r["method"] == "recon" and "test" in r}
+    for bits, target in ((2.5, 91.2), (2.0, 90.5)):
+        r = mixed.get(bits)
+        out[f"mixed_{bits}"] = None if r is None else {"test": r["test"], "target": target,
+                                                        "met": r["test"] >= target}
+    return out
 
 
 def _order(r: dict) -> tuple:
@@ -406,7 +565,7 @@ def _p(pair: dict | None) -> str:
 
 
 def _secs(r: dict) -> str:
-    s = r.get("reconstruction_seconds")
+    s = r.get("quantize_seconds", r.get("reconstruction_seconds"))
     return "" if s is None else f"{s:.0f}"
 
 
@@ -421,17 +580,24 @@ def main() -> None:
                         choices=list(CONFIGS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--mixed-method", default="qdrop", choices=METHODS[2:])
-    parser.add_argument("--mixed-bits", nargs="+", type=int, default=[2, 3, 4, 8])
+    parser.add_argument("--mixed-bits", nargs="+", type=int, default=[1, 2, 3, 4, 8])
     parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--iterations-for", nargs="*", default=["W2A8=2000", "W4A4=2000"],
+                        help="per-configuration steps, e.g. W2A8=2000")
     parser.add_argument("--sensitivity-iterations", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--weight-scheme", default="uniform_asymmetric",
                         choices=["uniform_symmetric", "uniform_asymmetric"])
     parser.add_argument("--n-val", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-lock", dest="lock", action="store_false")
     parser.add_argument("--aimet-venv", default=str(ROOT / "runs" / "aimet-venv"))
     parser.add_argument("--summarize", action="store_true", help="only rewrite the results")
+    parser.add_argument("--run-dir", type=Path, default=RUN_DIR,
+                        help="rows.jsonl (resume), the unit cache and AIMET's data")
+    parser.add_argument("--results-name", default="ptq_reconstruction",
+                        help="benchmarks/results/NAME.{json,md}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -439,8 +605,8 @@ def main() -> None:
         data = Data(1024, args.n_val)
         parts = {"table": part_table, "mixed": part_mixed, "aimet": part_aimet}
         for part in args.parts:
-            parts[part](args, data, load_rows())
-    summarize(load_rows(), args)
+            parts[part](args, data, load_rows(args.run_dir))
+    summarize(load_rows(args.run_dir), args)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,23 @@ def test_learned_activation_steps_change_and_stay_positive(resnet, data):
     assert not torch.equal(s, s0) and float(s.min()) > 0
 
 
+def test_fisher_weights_are_at_least_one_and_change_the_result(resnet, data):
+    from bitsmith.reconstruct.engine import _fisher_weights
+
+    policy = _policy(resnet, data, "brecq", fisher=True)
+    q = bitsmith.quantize(resnet, policy, calibration=data)
+    plain = bitsmith.quantize(resnet, policy.with_options(
+        rounding=policy.rounding.replace(fisher=False)), calibration=data)
+    assert len(q.bitsmith.reconstruction.units) == 4
+    assert any(not torch.equal(a, b) for a, b in zip(q.state_dict().values(),
+                                                      plain.state_dict().values()))
+    work = bitsmith.quantize(resnet, policy.with_options(rounding="nearest"), calibration=data)
+    fp = bitsmith.prepare(resnet, data[:1])[0]
+    node = next(n.name for n in work.graph.nodes if n.op == "call_function")  # the first add
+    w = _fisher_weights(work, fp, [data], [node])[node]
+    assert w.shape[0] == len(data) and float(w.min()) >= 1.0 and float(w.max()) > 1.0
+
+
 def test_deterministic_for_a_seed(resnet, data):
     policy = _policy(resnet, data, "qdrop")
     a = bitsmith.quantize(resnet, policy, calibration=data).state_dict()
