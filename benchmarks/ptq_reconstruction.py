@@ -582,7 +582,7 @@ def main() -> None:
     parser.add_argument("--mixed-method", default="qdrop", choices=METHODS[2:])
     parser.add_argument("--mixed-bits", nargs="+", type=int, default=[1, 2, 3, 4, 8])
     parser.add_argument("--iterations", type=int, default=1000)
-    parser.add_argument("--iterations-for", nargs="*", default=["W2A8=2000", "W4A4=2000"],
+    parser.add_argument("--iterations-for", nargs="*", default=["W2A8=2000"],
                         help="per-configuration steps, e.g. W2A8=2000")
     parser.add_argument("--sensitivity-iterations", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
