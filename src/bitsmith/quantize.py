@@ -275,22 +275,25 @@ def quantize(model: nn.Module, policy: Policy, *, example_inputs: Any = None,
     was learned).
     """
     stats = calibration if isinstance(calibration, CalibrationStats) else None
-    batches: list[tuple[torch.Tensor, ...]] | None = None
+    needs_float = policy.rounding.learned or policy.bias_correction
+    batches: Iterable[tuple[torch.Tensor, ...]] | None = None
     if calibration is not None and stats is None:
-        batches = list(limit_samples(iter_batches(calibration, num_batches, multi_input),
-                                     policy.calib_size))
+        stream = limit_samples(iter_batches(calibration, num_batches, multi_input),
+                               policy.calib_size)
+        first = next(stream)  # an empty source raises CalibrationError
+        # kept in memory only when learned rounding or bias correction reads them again
+        batches = list(_chain(first, stream)) if needs_float else _chain(first, stream)
+        if example_inputs is None:
+            example_inputs = first
     if stats is not None:
         _check_stats(stats, policy)
         if example_inputs is None:
             example_inputs = stats.example_inputs
     if example_inputs is None:
-        if not batches:
-            raise CalibrationError("quantize() needs example_inputs or calibration data "
-                                   "to run the model once")
-        example_inputs = batches[0]
+        raise CalibrationError("quantize() needs example_inputs or calibration data "
+                               "to run the model once")
     work, table, report = convert(model, example_inputs, fold_bn=fold_bn,
                                   leaf_modules=leaf_modules)
-    needs_float = policy.rounding.learned or policy.bias_correction
     float_model = copy.deepcopy(work) if needs_float else None
     apply_policy(work, table, policy, report)
     if stats is not None:
@@ -329,10 +332,10 @@ def _check_stats(stats: CalibrationStats, policy: Policy) -> None:
 
 
 def _calibration_inputs(stats: CalibrationStats | None,
-                        batches: list[tuple[torch.Tensor, ...]] | None,
+                        batches: Iterable[tuple[torch.Tensor, ...]] | None,
                         policy: Policy) -> tuple[torch.Tensor, ...]:
     """The calibration inputs as one ``(N, ...)`` tensor per model argument."""
-    if batches:
+    if batches is not None:
         return tuple(torch.cat(parts) for parts in zip(*batches))
     if stats is not None and stats.inputs is not None:
         return stats.inputs
