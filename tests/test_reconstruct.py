@@ -352,6 +352,9 @@ def test_learned_rounding_refuses_non_uniform_weight_schemes():
     ok = Policy({"b": LayerSpec(QSpec("ternary", 2), A8)})
     with pytest.raises(PolicyError, match="ternary"):
         ok.with_options(rounding="qdrop")
+    blocks = LayerSpec(QSpec("uniform_symmetric", 4, "block32"), A8)
+    with pytest.raises(PolicyError, match=r"a\.weight: .*granularity='block32'"):
+        Policy({"a": blocks}, rounding="brecq")
 
 
 def test_learned_rounding_needs_the_calibration_inputs(resnet, data):

@@ -20,6 +20,7 @@ calibration data (same inputs, same batches) rebuild the same model.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,15 @@ from torch import nn
 
 from bitsmith.calibrate import TensorStats
 from bitsmith.errors import InputError
-from bitsmith.graph import ConversionReport, LayerTable, apply_policy, convert, quantized_layers
+from bitsmith.graph import (
+    ConversionReport,
+    ConversionWarning,
+    LayerTable,
+    apply_policy,
+    convert,
+    quantized_layers,
+)
+from bitsmith.graph.float_ops import format_float_ops
 from bitsmith.policy import Policy
 from bitsmith.reconstruct.bias import MeanAccumulator, bias_correct
 from bitsmith.schemes.base import broadcast_shape
@@ -240,6 +249,19 @@ class QuantInfo:
     reconstruction: Any = None
 
 
+def _warn_float_ops(table: LayerTable) -> None:
+    """One warning listing the parameterised ops one may expect quantized that stay float."""
+    warned = table.warned_float_ops
+    if not warned:
+        return
+    quiet = len(table.float_ops) - len(warned)
+    rest = (f"\n(and {quiet} normalisation / embedding / elementwise parameter owners, float "
+            "by design: LayerTable.float_ops)" if quiet else "")
+    warnings.warn(f"{len(warned)} parameterised ops stay float (not in the LayerTable, not "
+                  f"quantized):\n{format_float_ops(warned)}{rest}", ConversionWarning,
+                  stacklevel=3)
+
+
 def prepare(model: nn.Module, example_inputs: Any, fold_bn: bool = True,
             leaf_modules: Sequence[type[nn.Module]] = ()) -> tuple[nn.Module, LayerTable,
                                                                    ConversionReport]:
@@ -294,6 +316,7 @@ def quantize(model: nn.Module, policy: Policy, *, example_inputs: Any = None,
                                "to run the model once")
     work, table, report = convert(model, example_inputs, fold_bn=fold_bn,
                                   leaf_modules=leaf_modules)
+    _warn_float_ops(table)
     float_model = copy.deepcopy(work) if needs_float else None
     apply_policy(work, table, policy, report)
     if stats is not None:
