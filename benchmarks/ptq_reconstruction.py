@@ -21,6 +21,9 @@ Parts:
   timing wall time under /tmp/bitsmith-bench.lock, held per group: bitsmith's
          W3A8 / W4A8 AdaRound interleaved with AIMET's on the same configuration, then the
          W4A4 BRECQ and QDrop reconstructions.
+  export packed artifact (reloaded, compared bit for bit) and ONNX QDQ export (ONNX Runtime
+         vs the simulation) of W4A8 RTN and AdaRound; AdaRound's integer codes are read
+         back from the cache the timing part wrote.
 
 The accuracy parts (table, mixed, aimet) do not take the lock: their results do not depend
 on the load (reconstruction is deterministic for a seed and thread count), and their wall
@@ -191,9 +194,14 @@ def export_check(qmodel: torch.nn.Module, model: torch.nn.Module, data: Data) ->
     from bitsmith.export import compare_onnx, export_onnx, load_packed, save_packed
 
     test = [x for x, _ in data.test]
+    # the same memory format on both sides: oneDNN's channels-last and contiguous
+    # convolutions sum in different orders, which moves logits by up to ~0.2 after the
+    # activation quantizers, so a comparison across formats is not bit-exact
+    qmodel = qmodel.to(memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory() as tmp:
         packed = save_packed(qmodel, Path(tmp) / "m.safetensors", example_inputs=test[0][:1])
-        loaded = load_packed(Path(tmp) / "m.safetensors", model)
+        loaded = load_packed(Path(tmp) / "m.safetensors", model).to(
+            memory_format=torch.channels_last)
         with torch.no_grad():
             exact = all(torch.equal(loaded(x), qmodel(x)) for x in test)
         onnx = export_onnx(qmodel, Path(tmp) / "m.onnx", test[0][:1],
@@ -408,9 +416,30 @@ def part_timing(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> 
                 if method == "aimet":
                     aimet.run(key, 20, config, locked=args.lock, timed=True)
                     continue
+                # W4A8's units go to the cache (a fresh folder: nothing is read back while
+                # timed) so that the export part checks the exports of this very model
+                writes = config == "W4A8"
                 measure(key, model, uniform_policy(names, config, method, args), data, args,
                         {"model": 20, "config": config, "method": method, "timed": True,
-                         "locked": args.lock, "weight_scheme": args.weight_scheme})
+                         "locked": args.lock, "weight_scheme": args.weight_scheme,
+                         "cache_written": writes},
+                        cache=args.run_dir / "cache-export" if writes else None)
+
+
+def part_export(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> None:
+    """Packed and ONNX exports of W4A8 RTN and AdaRound (the latter read back from the
+    cache the timing part wrote, else learned here)."""
+    import bitsmith
+
+    model = load_model(20)
+    names = bitsmith.prepare(model, data.calib[:1])[1].names
+    for method in ("rtn", "adaround"):
+        key = f"r20|W4A8|{method}|export|{iterations_for('W4A8', args)}"
+        if key not in done:
+            measure(key, model, uniform_policy(names, "W4A8", method, args), data, args,
+                    {"model": 20, "config": "W4A8", "method": method, "export_only": True,
+                     "weight_scheme": args.weight_scheme},
+                    cache=args.run_dir / "cache-export", export=True)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -444,7 +473,7 @@ def summarize(rows: dict[str, dict], args: argparse.Namespace) -> None:
         if fp32:
             lines += [f"FP32: test {fp32['test']:.2f} %, val {fp32['val']:.2f} %", ""]
         uniform = [r for r in group if r["config"] in CONFIGS and "test" in r
-                   and not r.get("timed")]
+                   and not r.get("timed") and not r.get("export_only")]
         timed = [r for r in group if r.get("timed")]
         uniform += _timed_only(timed, uniform)
         lines += _uniform_table(uniform, group, fp32, out_rows)
@@ -452,7 +481,10 @@ def summarize(rows: dict[str, dict], args: argparse.Namespace) -> None:
         lines += _aimet_lines(uniform)
         lines += _mixed_lines([r for r in group if r["config"].startswith("mixed")], fp32,
                               out_rows)
-        lines += _export_lines(uniform)
+        exports = [r for r in group if r.get("export_only")]
+        out_rows += [{k: v for k, v in r.items() if not k.endswith("_correct")}
+                     for r in exports]
+        lines += _export_lines(exports or uniform)
         checks[f"resnet{depth}"] = _checks(uniform, group, timed)
     lines += ["## Acceptance checks", "", "```", json.dumps(checks, indent=1), "```", ""]
     write_result(args.results_name, {
@@ -660,7 +692,7 @@ def _secs(r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--parts", nargs="+", default=["table"],
-                        choices=["table", "mixed", "aimet", "timing"])
+                        choices=["table", "mixed", "aimet", "timing", "export"])
     parser.add_argument("--models", nargs="+", type=int, default=[20, 32])
     parser.add_argument("--mixed-models", nargs="+", type=int, default=[20])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -692,7 +724,7 @@ def main() -> None:
     if not args.summarize:
         data = Data(1024, args.n_val)
         parts = {"table": part_table, "mixed": part_mixed, "aimet": part_aimet,
-                 "timing": part_timing}
+                 "timing": part_timing, "export": part_export}
         for part in args.parts:
             parts[part](args, data, load_rows(args.run_dir))
     summarize(load_rows(args.run_dir), args)
