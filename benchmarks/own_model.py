@@ -13,19 +13,25 @@ is run in subprocesses, exactly as a user types it:
 3. ``bitsmith export --policy <analyze>/policy.yaml``: that policy deployed;
 4. for comparison, ``bitsmith export`` of a hand-written uniform W4A8 policy over *every*
    layer (what ``--first-last same``, analyze's previous default, chose);
-5. ``bitsmith tune`` (mixed-precision space, smallest size within 1 point on validation,
-   warm-started from the analyze policy) and ``bitsmith export`` of its policy;
-6. ``bitsmith report`` of the analyze and tune runs.
+5. ``bitsmith report`` of the analyze run;
+6. what a user adds when ~4 bits lose too much (skip with ``--no-extras``): ``bitsmith
+   export`` of analyze's policy with ``bias_correction: true`` and with ``rounding:
+   adaround`` (learned rounding, ``docs/reconstruction.md``);
+7. optionally (``--tune-trials N``): ``bitsmith tune`` (mixed-precision space, smallest size
+   within 1 point on validation, warm-started from the analyze policy), ``bitsmith export``
+   of its policy and ``bitsmith report`` of its run.
 
 Every exported ONNX model (``fp32.onnx``, ``quantized.onnx``) is then run in ONNX Runtime on
 the 1,000 lossless test images and on the 5,000 JPEG validation images (the honest
 validation split: the float model has not memorised these JPEG copies; the first 1,000 /
-2,000 of them are what analyze / tune chose on). Wall time of every command is recorded.
+2,000 of them are what analyze / tune chose on; images 2,000.. are reported apart as
+"unseen"). Wall time of every command is recorded.
 
 Acceptance: int8 within 0.3 points of FP32 and ~4-bit within 1 point, on the test images.
 
 Run (timed, on a shared machine): ``flock /tmp/bitsmith-bench.lock .venv/bin/python -m
-benchmarks.own_model``; ``--quick`` runs tiny settings to check the plumbing (not recorded).
+benchmarks.own_model``; ``--quick`` runs tiny settings to check the plumbing (not recorded);
+``--rescore`` scores the run folders of the last run again (``runs/own_model/steps.json``).
 Writes results/own_model.json and results/own_model.md; the run folders go to
 runs/own_model/ (recreated each time).
 """
@@ -59,6 +65,7 @@ CHECKPOINT = "../shared/data/models/akamaster_resnet_cifar10/resnet32-d509ac18.t
 OUT = Path("runs/own_model")
 ORT_THREADS = 2
 INT8_TOLERANCE, W4_TOLERANCE = 0.3, 1.0
+ADAROUND_ITERATIONS = 1000   # analyze --rounding-iterations' default
 UNSEEN_FROM = 2000   # analyze chooses on JPEG validation images 0..999, tune on 0..1,999
 
 
@@ -157,6 +164,15 @@ def run_summary(folder: Path) -> dict[str, Any]:
             "trials": len(trials)}
 
 
+def with_options(analyze_policy: Path, path: Path, **options: Any) -> Path:
+    """Write, to ``path``, the policy ``analyze_policy`` with model-wide options changed
+    (``rounding=``, ``bias_correction=``): what a user adds to analyze's choice."""
+    from bitsmith import Policy
+
+    Policy.load(ROOT / analyze_policy).with_options(**options).save(ROOT / path)
+    return path
+
+
 def every_layer_w4(analyze_policy: Path, path: Path) -> Path:
     """Write, to ``path``, uniform W4A8 (per-channel symmetric min/max weights, asymmetric
     8-bit activations) over every layer named in ``analyze_policy``: analyze's uniform
@@ -180,6 +196,9 @@ def main() -> None:
     parser.add_argument("--methods", default="fisher",
                         help="analyze --methods (the default 'measured,hessian,fisher' "
                              "costs ~15 s per (layer, bits) pair here: 192 pairs)")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="skip the two exports of analyze's choice with bias correction "
+                             "and with AdaRound (the latter costs ~10 min here)")
     parser.add_argument("--rescore", action="store_true",
                         help="do not run the commands again: score the run folders of the "
                              "last run (runs/own_model/steps.json) and write the results")
@@ -189,11 +208,12 @@ def main() -> None:
         record = json.loads((out / "steps.json").read_text())
     else:
         record = run_commands(out, opts.quick, 3 if opts.quick else opts.tune_trials,
-                              opts.methods)
+                              opts.methods, not opts.no_extras)
     score(out, record, opts.quick)
 
 
-def run_commands(out: Path, quick: bool, trials: int, methods: str) -> dict[str, Any]:
+def run_commands(out: Path, quick: bool, trials: int, methods: str, extras: bool
+                 ) -> dict[str, Any]:
     """Run every ``bitsmith`` command (fresh run folders under ``out``); returns the steps,
     total wall time and load averages (also written to ``out/steps.json``)."""
     shutil.rmtree(out, ignore_errors=True)
@@ -219,6 +239,21 @@ def run_commands(out: Path, quick: bool, trials: int, methods: str) -> dict[str,
                                    "--out", str(OUT / "w4_all"), *short_timing], logs),
         run_step("report_analyze", ["report", str(OUT / "analyze")], logs),
     ]
+    if extras:
+        from bitsmith.policy import Rounding
+
+        chosen = OUT / "analyze" / "policy.yaml"
+        steps += [
+            run_step("export_w4_bc", ["export", *user_args(), "--policy",
+                                      str(with_options(chosen, OUT / "w4_bc.yaml",
+                                                       bias_correction=True)),
+                                      "--out", str(OUT / "w4_bc"), *short_timing], logs),
+            run_step("export_w4_adaround", [
+                "export", *user_args(), "--policy",
+                str(with_options(chosen, OUT / "w4_adaround.yaml", rounding=Rounding(
+                    "adaround", iterations=2 if quick else ADAROUND_ITERATIONS))),
+                "--out", str(OUT / "w4_adaround"), *short_timing], logs),
+        ]
     if trials:
         steps += [
             run_step("tune", ["tune", *user_args(), *quick_data, "--tolerance", "1",
@@ -232,7 +267,8 @@ def run_commands(out: Path, quick: bool, trials: int, methods: str) -> dict[str,
         ]
     record = {"steps": steps, "total_wall_seconds": time.perf_counter() - t_start,
               "load_average": [load_start, os.getloadavg()[0]], "tune_trials": trials,
-              "analyze_methods": methods, "torch_threads": torch.get_num_threads()}
+              "analyze_methods": methods, "extras": extras,
+              "torch_threads": torch.get_num_threads()}
     atomic_write_text(out / "steps.json", json.dumps(record, indent=2))
     return record
 
@@ -257,6 +293,12 @@ def score(out: Path, record: dict[str, Any], quick: bool) -> None:
         exported_row("uniform W4A8 incl. first/last (--first-last same, for comparison)",
                      out / "w4_all", splits, str(OUT / "w4_all_layers.yaml")),
     ]
+    if record.get("extras"):
+        rows += [exported_row("~4-bit + bias correction (analyze's policy, bias_correction: "
+                              "true)", out / "w4_bc", splits, str(OUT / "w4_bc.yaml")),
+                 exported_row(f"~4-bit + AdaRound (analyze's policy, rounding: adaround, "
+                              f"{ADAROUND_ITERATIONS} iterations)", out / "w4_adaround", splits,
+                              str(OUT / "w4_adaround.yaml"))]
     if trials:
         rows.append(exported_row("tuned mixed (tune --tolerance 1, chosen)", out / "tuned",
                                  splits, str(OUT / "tune" / "policy.yaml")))

@@ -69,3 +69,28 @@ def test_bad_input_exit_code_2(tmp_path):
     junk.write_bytes(b"not an onnx file")
     result = runner.invoke(app, ["bench", str(junk)])
     assert result.exit_code == EXIT_BAD_INPUT and "not a readable ONNX model" in _text(result)
+
+
+def test_export_of_a_learned_rounding_policy(tmp_path):
+    """A policy with ``rounding: adaround`` exports: the command once passed only
+    calibration statistics to ``quantize``, which learned rounding cannot learn from."""
+    import torch
+
+    import bitsmith
+    from bitsmith import Policy, QSpec
+    from bitsmith.models import build_model
+    from bitsmith.policy import Rounding
+
+    _, table, _ = bitsmith.prepare(build_model("small_cnn"), torch.zeros(1, 1, 16, 16))
+    policy = Policy.uniform(table.names, QSpec("uniform_symmetric", 4, "channel"),
+                            QSpec("uniform_asymmetric", 8)).with_options(
+        rounding=Rounding("adaround", iterations=2, batch_size=8))
+    policy.save(tmp_path / "ada.yaml")
+    out = tmp_path / "run"
+    result = runner.invoke(_app(), [
+        "export", "--model", "small_cnn", "--data", random_tensors_file(tmp_path),
+        "--calibration-size", "16", "--policy", str(tmp_path / "ada.yaml"), "--out", str(out),
+        "--batch", "1", "--runs", "3", "--runs-large", "3"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["policy_fingerprint"] == policy.fingerprint()

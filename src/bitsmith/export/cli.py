@@ -113,7 +113,9 @@ def export_command(
         _, table, _ = prepare(net, stats.example_inputs)
         pol = _policy(policy, loaded, table.names)
         step("quantizing")
-        qmodel = quantize(net, pol, calibration=stats)
+        # learned rounding reads the calibration inputs themselves, not only their statistics
+        qmodel = quantize(net, pol, calibration=work.calibration if pol.rounding.learned
+                          else stats)
         summary = deploy(net, qmodel, out, example_inputs=stats.example_inputs,
                          calibration=work.calibration, evaluation=evaluation,
                          batches=batch, runs=runs, runs_large=runs_large, threads=threads,
