@@ -66,6 +66,7 @@ OUT = Path("runs/own_model")
 ORT_THREADS = 2
 INT8_TOLERANCE, W4_TOLERANCE = 0.3, 1.0
 ADAROUND_ITERATIONS = 1000   # analyze --rounding-iterations' default
+EXTRAS = Path("runs/own_model_extras")
 UNSEEN_FROM = 2000   # analyze chooses on JPEG validation images 0..999, tune on 0..1,999
 
 
@@ -79,8 +80,8 @@ def user_args() -> list[str]:
     return ["--model", MODEL_FILE, "--checkpoint", CHECKPOINT, "--data", "cifar10"]
 
 
-def run_step(name: str, args: list[str], logs: Path, ok: tuple[int, ...] = (0,)
-             ) -> dict[str, Any]:
+def run_step(name: str, args: list[str], logs: Path, ok: tuple[int, ...] = (0,),
+             threads: int | None = None) -> dict[str, Any]:
     """Run ``bitsmith ARGS`` from the repository root; its output goes to ``logs/NAME.log``.
 
     Returns the step record: command line, exit code, wall seconds, load averages. An exit
@@ -93,14 +94,15 @@ def run_step(name: str, args: list[str], logs: Path, ok: tuple[int, ...] = (0,)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     with open(logs / f"{name}.log", "w") as log:
+        env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
         proc = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, check=False)
+                              stdin=subprocess.DEVNULL, check=False, env=env)
     wall = time.perf_counter() - t0
     tail = (logs / f"{name}.log").read_text().splitlines()[-8:]
     print(f"    exit {proc.returncode} in {wall:.1f} s", flush=True)
     if proc.returncode not in ok:
         raise SystemExit(f"step {name} failed (exit {proc.returncode}):\n" + "\n".join(tail))
-    return {"step": name, "command": shown, "exit_code": proc.returncode,
+    return {"step": name, "command": shown, "exit_code": proc.returncode, "threads": threads,
             "wall_seconds": wall, "load_before": load_before,
             "load_after": os.getloadavg()[0], "output_tail": tail}
 
@@ -196,24 +198,28 @@ def main() -> None:
     parser.add_argument("--methods", default="fisher",
                         help="analyze --methods (the default 'measured,hessian,fisher' "
                              "costs ~15 s per (layer, bits) pair here: 192 pairs)")
-    parser.add_argument("--no-extras", action="store_true",
-                        help="skip the two exports of analyze's choice with bias correction "
-                             "and with AdaRound (the latter costs ~10 min here)")
+    parser.add_argument("--extras", action="store_true",
+                        help="run only the two untimed exports of uniform W4A8 (first/last "
+                             "W8A8) with bias correction and with AdaRound, 1 torch thread, "
+                             "into runs/own_model_extras/ (no lock needed; the main run's "
+                             "results include them when present)")
     parser.add_argument("--rescore", action="store_true",
                         help="do not run the commands again: score the run folders of the "
                              "last run (runs/own_model/steps.json) and write the results")
     opts = parser.parse_args()
     out = ROOT / OUT
+    if opts.extras:
+        run_extras(ROOT / EXTRAS, opts.quick)
+        return
     if opts.rescore:
         record = json.loads((out / "steps.json").read_text())
     else:
         record = run_commands(out, opts.quick, 3 if opts.quick else opts.tune_trials,
-                              opts.methods, not opts.no_extras)
+                              opts.methods)
     score(out, record, opts.quick)
 
 
-def run_commands(out: Path, quick: bool, trials: int, methods: str, extras: bool
-                 ) -> dict[str, Any]:
+def run_commands(out: Path, quick: bool, trials: int, methods: str) -> dict[str, Any]:
     """Run every ``bitsmith`` command (fresh run folders under ``out``); returns the steps,
     total wall time and load averages (also written to ``out/steps.json``)."""
     shutil.rmtree(out, ignore_errors=True)
@@ -239,21 +245,6 @@ def run_commands(out: Path, quick: bool, trials: int, methods: str, extras: bool
                                    "--out", str(OUT / "w4_all"), *short_timing], logs),
         run_step("report_analyze", ["report", str(OUT / "analyze")], logs),
     ]
-    if extras:
-        from bitsmith.policy import Rounding
-
-        chosen = OUT / "analyze" / "policy.yaml"
-        steps += [
-            run_step("export_w4_bc", ["export", *user_args(), "--policy",
-                                      str(with_options(chosen, OUT / "w4_bc.yaml",
-                                                       bias_correction=True)),
-                                      "--out", str(OUT / "w4_bc"), *short_timing], logs),
-            run_step("export_w4_adaround", [
-                "export", *user_args(), "--policy",
-                str(with_options(chosen, OUT / "w4_adaround.yaml", rounding=Rounding(
-                    "adaround", iterations=2 if quick else ADAROUND_ITERATIONS))),
-                "--out", str(OUT / "w4_adaround"), *short_timing], logs),
-        ]
     if trials:
         steps += [
             run_step("tune", ["tune", *user_args(), *quick_data, "--tolerance", "1",
@@ -267,10 +258,46 @@ def run_commands(out: Path, quick: bool, trials: int, methods: str, extras: bool
         ]
     record = {"steps": steps, "total_wall_seconds": time.perf_counter() - t_start,
               "load_average": [load_start, os.getloadavg()[0]], "tune_trials": trials,
-              "analyze_methods": methods, "extras": extras,
-              "torch_threads": torch.get_num_threads()}
+              "analyze_methods": methods, "torch_threads": torch.get_num_threads()}
     atomic_write_text(out / "steps.json", json.dumps(record, indent=2))
     return record
+
+
+def edge8_w4(path: Path, **options: Any) -> Path:
+    """Write, to ``path``, uniform W4A8 with the first and last layer at W8A8 (analyze's
+    uniform candidate at ``--avg-bits 4``) with model-wide ``options``."""
+    import bitsmith
+    from bitsmith import Policy, QSpec
+    from bitsmith.inputs.model import resolve_model
+    from bitsmith.policy import INT8
+
+    model = resolve_model(MODEL_FILE, checkpoint=ROOT / CHECKPOINT)
+    first, *middle, last = bitsmith.prepare(model, torch.zeros(1, 3, 32, 32))[1].names
+    Policy({first: INT8, last: INT8,
+            **Policy.uniform(middle, QSpec("uniform_symmetric", 4, "channel"),
+                             QSpec("uniform_asymmetric", 8))}, **options).save(ROOT / path)
+    return path
+
+
+def run_extras(out: Path, quick: bool) -> None:
+    """What a user adds when ~4 bits lose too much: ``bitsmith export`` of uniform W4A8
+    (first/last W8A8) with ``bias_correction: true`` and with ``rounding: adaround``.
+    Untimed (1 torch thread, outside the lock); records to ``out/steps.json``."""
+    from bitsmith.policy import Rounding
+
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "logs").mkdir(parents=True)
+    rel = out.relative_to(ROOT)
+    few = ["--runs", "5", "--runs-large", "3"] if quick else ["--runs", "30",
+                                                               "--runs-large", "5"]
+    rounding = Rounding("adaround", iterations=2 if quick else ADAROUND_ITERATIONS)
+    steps = [run_step(name, ["export", *user_args(), "--policy",
+                             str(edge8_w4(rel / f"{name}.yaml", **options)),
+                             "--out", str(rel / name), *few], out / "logs", threads=1)
+             for name, options in (("w4_bc", {"bias_correction": True}),
+                                   ("w4_adaround", {"rounding": rounding}))]
+    atomic_write_text(out / "steps.json", json.dumps({"steps": steps, "locked": False},
+                                                     indent=2))
 
 
 def score(out: Path, record: dict[str, Any], quick: bool) -> None:
@@ -293,12 +320,20 @@ def score(out: Path, record: dict[str, Any], quick: bool) -> None:
         exported_row("uniform W4A8 incl. first/last (--first-last same, for comparison)",
                      out / "w4_all", splits, str(OUT / "w4_all_layers.yaml")),
     ]
-    if record.get("extras"):
-        rows += [exported_row("~4-bit + bias correction (analyze's policy, bias_correction: "
-                              "true)", out / "w4_bc", splits, str(OUT / "w4_bc.yaml")),
-                 exported_row(f"~4-bit + AdaRound (analyze's policy, rounding: adaround, "
-                              f"{ADAROUND_ITERATIONS} iterations)", out / "w4_adaround", splits,
-                              str(OUT / "w4_adaround.yaml"))]
+    extras = ROOT / EXTRAS
+    extras_layers_are_chosen = None
+    if (extras / "steps.json").is_file():
+        rows += [exported_row("uniform W4A8 (first/last W8A8) + bias correction", extras /
+                              "w4_bc", splits, str(EXTRAS / "w4_bc.yaml")),
+                 exported_row(f"uniform W4A8 (first/last W8A8) + AdaRound "
+                              f"({ADAROUND_ITERATIONS} iterations)", extras / "w4_adaround",
+                              splits, str(EXTRAS / "w4_adaround.yaml"))]
+        from bitsmith import Policy
+
+        extras_layers_are_chosen = dict(Policy.load(extras / "w4_bc.yaml").items()) == dict(
+            Policy.load(out / "analyze" / "policy.yaml").items())
+        steps = steps + [{**st, "untimed": True} for st in
+                         json.loads((extras / "steps.json").read_text())["steps"]]
     if trials:
         rows.append(exported_row("tuned mixed (tune --tolerance 1, chosen)", out / "tuned",
                                  splits, str(OUT / "tune" / "policy.yaml")))
@@ -346,6 +381,12 @@ def score(out: Path, record: dict[str, Any], quick: bool) -> None:
           + f"{r['test_accuracy_onnx']:.2f} | {r['test_drop']:+.2f} | "
             f"{r['val_jpeg_accuracy_onnx']:.2f} | {r['val_jpeg_drop']:+.2f} | "
             f"{r['val_jpeg_unseen_drop']:+.2f} |" for r in rows],
+        *([] if extras_layers_are_chosen is None else [
+            "", "The two bias-correction / AdaRound rows: hand-written uniform W4A8 with the "
+            "first and last layer at W8A8 plus that model-wide option, exported untimed (1 "
+            "thread, outside the lock); its layers are "
+            + ("exactly" if extras_layers_are_chosen else "NOT")
+            + " those of analyze's choice."]),
         "",
         "What the producers chose (their own records; validation = the JPEG prefix they "
         "were given):",
@@ -359,7 +400,8 @@ def score(out: Path, record: dict[str, Any], quick: bool) -> None:
         "",
         "| step | command | wall s | load before -> after |",
         "|---|---|---:|---|",
-        *[f"| {s['step']} | `{s['command']}` | {s['wall_seconds']:.1f} | "
+        *[f"| {s['step']}{' (untimed: 1 thread, outside the lock)' if s.get('untimed') else ''}"
+          f" | `{s['command']}` | {s['wall_seconds']:.1f} | "
           f"{s['load_before']:.1f} -> {s['load_after']:.1f} |" for s in steps],
         "",
         "Latency from each export (ONNX Runtime, 2 threads, interleaved medians; the machine "
@@ -376,6 +418,7 @@ def score(out: Path, record: dict[str, Any], quick: bool) -> None:
         "model_file": MODEL_FILE, "checkpoint": CHECKPOINT, "data": "cifar10",
         "val_jpeg_images": n_val, "test_images": splits.info["test"].size,
         "rows": rows, "steps": steps, "producers": producers,
+        "extras_layers_equal_analyze_choice": extras_layers_are_chosen,
         "acceptance": {"int8_within_0.3": int8_ok, "w4_within_1": w4_ok,
                        "val_jpeg": {"int8_within_0.3": int8_jpeg_ok,
                                     "w4_within_1": w4_jpeg_ok}},
