@@ -35,6 +35,7 @@ class TrialRecord:
     values: list[float] | None
     violation: float | None
     seconds: float | None
+    error: str | None = None  # why a failed trial failed (e.g. the metric raised)
 
     @property
     def feasible(self) -> bool:
@@ -43,7 +44,8 @@ class TrialRecord:
     def to_dict(self) -> dict[str, Any]:
         return {"number": self.number, "state": self.state, "config": self.config,
                 "values": self.values, "violation": self.violation, "feasible": self.feasible,
-                "seconds": self.seconds, **{f"m.{k}": v for k, v in self.measurement.items()}}
+                "seconds": self.seconds, "error": self.error,
+                **{f"m.{k}": v for k, v in self.measurement.items()}}
 
 
 def record_of(t: FrozenTrial, objective: Objective) -> TrialRecord:
@@ -58,7 +60,8 @@ def record_of(t: FrozenTrial, objective: Objective) -> TrialRecord:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds()
     state = "DUPLICATE" if is_duplicate(t) else t.state.name   # handed back, not evaluated
     return TrialRecord(t.number, state, dict(t.params), dict(m),
-                       list(t.values) if t.values is not None else None, violation, seconds)
+                       list(t.values) if t.values is not None else None, violation, seconds,
+                       t.user_attrs.get("error"))
 
 
 def _measurement(m: dict[str, Any]) -> Measurement:
