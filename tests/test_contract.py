@@ -29,7 +29,7 @@ from bitsmith.rundir import load_run
 from bitsmith.scoring import ValidationWarning, check_validation
 from bitsmith.search import SearchConfig, SupernetSpace, search
 from bitsmith.training import TrainConfig
-from bitsmith.tune import TuneConfig, TuneSpace, tune
+from bitsmith.tune import TuneConfig, tune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SPACE = {"preset": "mixed", "weight_bits": [2, 4, 8], "calib_size": [32],
