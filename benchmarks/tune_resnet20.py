@@ -22,7 +22,7 @@
    next to naive per-channel round-to-nearest weights with 8-bit activations (with and
    without bias correction).
 
-Run: python benchmarks/tune_resnet20.py   (studies persist under $TMPDIR/tune_r20_v2:
+Run: python benchmarks/tune_resnet20.py   (studies persist under $TMPDIR/tune_r20_v3:
 re-running resumes them); timed runs: flock /tmp/bitsmith-bench.lock python -m
 benchmarks.tune_resnet20
 """

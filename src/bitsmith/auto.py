@@ -186,9 +186,9 @@ def _training(model: nn.Module, calibration: Any, validation: Any, budget: Budge
 
         train = TrainConfig(epochs=1, lr=2e-4, weight_decay=0.0, grad_clip=10.0,
                             progress=progress)
-        cfg = SearchConfig(budget=budget or Budget(avg_weight_bits=4.0), search=train,
-                           qat=train.replace(distill_weight=0.7))
-        return search(model, calibration, validation, evaluate=evaluate, config=cfg,
+        searched = SearchConfig(budget=budget or Budget(avg_weight_bits=4.0), search=train,
+                                qat=train.replace(distill_weight=0.7))
+        return search(model, calibration, validation, evaluate=evaluate, config=searched,
                       out_dir=out_dir, train_data=train_data)
     from bitsmith.compress import CompressConfig, compress
     from bitsmith.training import TrainConfig

@@ -230,7 +230,8 @@ class Inputs:
 
         floats = {k: parse_list(v, f"--{k}", float, "numbers")
                   for k, v in (("mean", self.mean), ("std", self.std)) if v is not None}
-        options = {"calibration": self.calibration_data, "validation": self.validation_data,
+        options: dict[str, Any] = {
+                   "calibration": self.calibration_data, "validation": self.validation_data,
                    "test": self.test_data, "train": self.train_data,
                    "data_kwargs": self.data_kwargs, "preset": self.preset,
                    "image_size": self.image_size, "resize": self.resize,

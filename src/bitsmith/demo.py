@@ -71,8 +71,12 @@ def demo_policies(layer_names: list[str]) -> dict[str, Policy]:
         "FP32": Policy({}),
         "W8A8": Policy.uniform(layer_names, w8, a8),
         "W4A4": Policy.uniform(layer_names, w4, a4),
-        "mixed W" + "/".join(str(mixed[n].weight.bits) for n in layer_names): mixed,
+        "mixed W" + "/".join(_bits(mixed[n]) for n in layer_names): mixed,
     }
+
+
+def _bits(spec: LayerSpec) -> str:
+    return "f" if spec.weight is None else str(spec.weight.bits)
 
 
 def run_demo(out_dir: str | Path | None = None, epochs: int = 30, seed: int = 0,

@@ -181,6 +181,20 @@ class QuantInfo:
     report: ConversionReport
 
 
+def quant_info(model: nn.Module) -> QuantInfo:
+    """The :class:`QuantInfo` of a quantized model (``model.bitsmith``: policy, layer table,
+    conversion report).
+
+    Raises:
+        InputError: ``model`` is not a model made by :func:`quantize`.
+    """
+    info = getattr(model, "bitsmith", None)
+    if not isinstance(info, QuantInfo):
+        raise InputError(f"{type(model).__name__} is not a quantized model (no .bitsmith "
+                         "info); make it with bitsmith.quantize(model, policy, ...)")
+    return info
+
+
 def prepare(model: nn.Module, example_inputs: Any, fold_bn: bool = True,
             leaf_modules: Sequence[type[nn.Module]] = ()) -> tuple[nn.Module, LayerTable,
                                                                    ConversionReport]:

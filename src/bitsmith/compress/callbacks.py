@@ -61,7 +61,6 @@ class DPQCallback(Callback):
             and at epoch ends).
         rpc: RPC schedule (``None``: activations always fully quantized).
         two_level, pseudo: DPQ scale options (see :mod:`bitsmith.compress.dpq`).
-        seed: RPC random stream seed.
     """
 
     def __init__(self, qmodel: nn.Module, prune_layers: Sequence[str],
@@ -69,7 +68,7 @@ class DPQCallback(Callback):
                  structured: bool = False, budget_bytes: float | None = None,
                  bits: Sequence[int] = DEFAULT_BITS, bit_layers: Sequence[str] | None = None,
                  realloc_every: int = 0, rpc: RPCSchedule | None = None,
-                 two_level: bool = True, pseudo: bool = True, seed: int = 0) -> None:
+                 two_level: bool = True, pseudo: bool = True) -> None:
         self.qmodel = qmodel
         self.prune_layers = list(prune_layers)
         self.schedule = schedule
@@ -80,7 +79,6 @@ class DPQCallback(Callback):
         self.realloc_every = realloc_every
         self.rpc_schedule = rpc
         self.two_level, self.pseudo = two_level, pseudo
-        self.seed = seed
         self.masks: dict[str, torch.Tensor] = {}
         self.rpc: RPC | None = None
         self.last_choice: BitChoice | None = None
@@ -174,7 +172,7 @@ class DPQCallback(Callback):
             self._sync()
         if self.rpc_schedule is not None and self.rpc is None:
             self.rpc = RPC(self.qmodel, self.rpc_schedule.at(state.step, state.total_steps),
-                           seed=self.seed)
+                           seed=self.rpc_schedule.seed)
 
     def on_step_start(self, state: TrainState) -> None:
         if self.rpc is not None and self.rpc_schedule is not None:

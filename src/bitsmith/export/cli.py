@@ -98,7 +98,7 @@ def export_command(
     Writes fp32.onnx, quantized.onnx, model.safetensors, summary.json and summary.md.
     Example: bitsmith export --model resnet20 --policy runs/tune/policy.yaml --out runs/r20
     """
-    from bitsmith.export.pipeline import deploy
+    from bitsmith.export.pipeline import Timing, deploy
     from bitsmith.quantize import collect_stats, prepare, quantize
 
     key = read_key_file(key_file)
@@ -116,7 +116,7 @@ def export_command(
         qmodel = quantize(net, pol, calibration=stats)
         summary = deploy(net, qmodel, out, example_inputs=stats.example_inputs,
                          calibration=work.calibration, evaluation=evaluation,
-                         batches=batch, runs=runs, runs_large=runs_large, threads=threads,
+                         timing=Timing(tuple(batch), runs, runs_large, threads),
                          integer_residuals=integer_residuals, log=step, key=key,
                          **packed_model_args(inputs))
     console.print(summary.to_markdown())

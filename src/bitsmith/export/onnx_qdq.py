@@ -143,9 +143,10 @@ class _Points:
     own: set[str]
 
 
-def plan_points(g: _Graph, plans: dict[str, LayerPlan], nodes: dict[str, onnx.NodeProto],
-                integer_outputs: bool, ranges: dict[str, tuple[float, float]] | None,
-                int_ops: frozenset[str] = INT_OPS) -> _Points:
+def plan_points(  # noqa: C901 - one case per ONNX op kind (named in pyproject.toml)
+        g: _Graph, plans: dict[str, LayerPlan], nodes: dict[str, onnx.NodeProto],
+        integer_outputs: bool, ranges: dict[str, tuple[float, float]] | None,
+        int_ops: frozenset[str] = INT_OPS) -> _Points:
     """Decide the Q/DQ points (see :class:`_Points`).
 
     ``int_ops`` are the non-layer ops run in int8 when all their inputs are quantized;

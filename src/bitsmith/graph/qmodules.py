@@ -11,6 +11,8 @@ operation. ``isinstance(m, nn.Conv2d)`` still holds.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -90,6 +92,13 @@ def make_quantized(module: nn.Module, spec: LayerSpec, name: str, weight_axis: i
     return module
 
 
-def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+# A quantized layer is an nn.Module whose class was swapped at run time to a twin with
+# QuantLayerMixin's attributes (weight_quantizer, input_quantizer, layer_spec): no static
+# type describes both, so the layers are typed Any (torch types every dynamic attribute of
+# a Module as ``Tensor | Module``).
+QuantizedLayer = Any
+
+
+def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:
     """``name -> module`` for every quantized layer of ``model``."""
     return {n: m for n, m in model.named_modules() if is_quantized(m)}

@@ -224,3 +224,12 @@ class Scheme(ABC):
         it, so that an integer runtime can run them exactly.
         """
         return self.grid(params, bits) if self.integer_grid else None
+
+
+class TwoStatisticScheme(Scheme):
+    """Base of the data-driven, asymmetric schemes with two float statistics per group
+    (``mu_l2q``: mean and std; ``zoomq``: min and max)."""
+
+    range_based = False
+    symmetric = False
+    float_params = 2

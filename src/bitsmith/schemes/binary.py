@@ -64,12 +64,7 @@ class Binary(Scheme):
 
     name = "binary"
     min_bits, max_bits = 1, 1
-    per_channel = True
     range_based = False
-    integer_grid = False
-    symmetric = True
-    float_params = 1
-    zero_point_bytes = 0
 
     def params_from_data(self, x: Tensor, bits: int, axis: int | None) -> Params:
         """``{"alpha": mean |x|}`` per group, keepdim (shape ``broadcast_shape(x, axis)``)."""
@@ -106,12 +101,7 @@ class Ternary(Scheme):
 
     name = "ternary"
     min_bits, max_bits = 2, 2
-    per_channel = True
     range_based = False
-    integer_grid = False
-    symmetric = True
-    float_params = 1
-    zero_point_bytes = 0
 
     #: TWN's approximation of the optimal threshold, ``Δ ≈ 0.7 · E|x|``.
     threshold_factor = 0.7
@@ -205,13 +195,8 @@ class ResidualBinary(Scheme):
     """
 
     name = "resq"
-    min_bits, max_bits = 1, 8
-    per_channel = True
     range_based = False
-    integer_grid = False
-    symmetric = True
     float_params = 0  # depends on the bit width: use float_params_for(bits)
-    zero_point_bytes = 0
 
     def float_params_for(self, bits: int) -> int:
         """One float scale per binary base."""

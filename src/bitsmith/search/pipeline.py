@@ -286,6 +286,11 @@ def _score(scorer: Scorer, qmodel: nn.Module) -> tuple[float | None, str | None]
         return None, str(err)
 
 
+def _failed(error: str | None) -> dict[str, Any]:
+    """The extra trial fields of a trial whose metric failed (none otherwise)."""
+    return {"state": "FAIL", "error": error} if error else {}
+
+
 _RULE = ("the policy the search derived: the most probable candidates of the learned "
          "architecture that meet the budget (integer-program repair), then fine-tuned; a "
          "uniform baseline, when trained, is reported next to it, not chosen")
@@ -398,7 +403,7 @@ def _write_run(o: SearchOutcome, out: Path, cfg: SearchConfig, scorer: Scorer,
                   policy=o.policy, source=f"search:{o.method.name}",
                   repaired=o.derivation.repaired, search_seconds=o.search_seconds,
                   qat_seconds=o.qat_seconds,
-                  **({"state": "FAIL", "error": o.metric_error} if o.metric_error else {}))
+                  **_failed(o.metric_error))
     b = o.baseline
     if b is not None and b.get("policy") is not None:
         run.add_trial("uniform-baseline", accuracy=b["accuracy"] if b["accuracy"] is not None

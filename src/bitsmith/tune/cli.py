@@ -77,13 +77,14 @@ def tune_command(
         raise TuneError(f"--objective {objective!r} is unknown; use one of "
                         f"{', '.join(OBJECTIVES)}")
     choice(backend, "--backend", ("torch", "onnxruntime"))
-    cfg = TuneConfig(
-        space=TuneSpace.load(space) if space is not None else TuneSpace.from_dict(
+    cfg = TuneConfig.from_dict({  # strict: the option names its bad value
+        "space": TuneSpace.load(space) if space is not None else TuneSpace.from_dict(
             {"preset": space_preset}),
-        objective=kind, metric=cost, tolerance=tolerance, budget=budget, strategy=strategy,
-        n_trials=n_trials, timeout=timeout, storage=storage, study_name=study, seed=inputs.seed,
-        prune=prune, backend=backend, init_policies=tuple(init_policy or ()),
-        transfer=tuple(transfer or ()), progress=progress)
+        "objective": kind, "metric": cost, "tolerance": tolerance, "budget": budget,
+        "strategy": strategy, "n_trials": n_trials, "timeout": timeout, "storage": storage,
+        "study_name": study, "seed": inputs.seed, "prune": prune, "backend": backend,
+        "init_policies": tuple(init_policy or ()), "transfer": tuple(transfer or ()),
+        "progress": progress}, where="tune")
     if storage is not None:
         open_storage(storage)           # fail fast, before loading the model
     for path in cfg.transfer:
