@@ -194,3 +194,15 @@ def test_no_function_takes_more_than_12_parameters_outside_cli_commands():
                     too_many.append(f"{path.relative_to(SRC.parent)}:{node.lineno} "
                                     f"{node.name} ({n})")
     assert too_many == []
+
+
+def test_the_overview_documents_these_layers():
+    """docs/overview.md's "Layers" table names the same packages in the same order."""
+    import re
+
+    text = (SRC.parents[1] / "docs" / "overview.md").read_text()
+    table = text.split("## Layers", 1)[1].split("| layer (bottom to top) |", 1)[1]
+    rows = table.split("\n\n", 1)[0].splitlines()[2:]
+    documented = [{"__init__" if n == "bitsmith" else n
+                   for n in re.findall(r"`([\w.]+)`", row.split("|")[2])} for row in rows]
+    assert documented == [pkgs - {"__main__"} for _, pkgs in LAYERS]
