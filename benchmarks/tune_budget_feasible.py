@@ -68,7 +68,7 @@ def run(ev: Counting, budget: int, repair: bool) -> dict[str, Any]:
         tune_runner.BudgetRepair.for_study = original
     sizes = [ev.cost(c).size_bytes for c in ev.evaluated]
     feasible = sum(s <= budget for s in sizes)
-    done = [t for t in result.trials if t.state == "COMPLETE"]
+    done = [t for t in result.trials if t.state in ("COMPLETE", "PRUNED")]   # finished
     best = result.best.measurement if result.best is not None else None
     return {"trials": len(result.trials), "counts": result.counts(),
             "evaluated": len(ev.evaluated), "evaluated_within_budget": feasible,

@@ -1,5 +1,6 @@
-"""Every class of bad input ends the ``bitsmith`` command with exit code 2 and one line that
-names the input and the fix: never a traceback (issue 17's list, one test per class)."""
+"""Every class of bad input ends the ``bitsmith`` command with exit code 2 and one line on
+stderr that names the input and the fix: never a traceback (issue 17's list, one test per
+class; the top-level error boundary is ``bitsmith.cli``'s)."""
 
 from __future__ import annotations
 
@@ -38,10 +39,10 @@ def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture, *expected: 
     code = main(argv)
     captured = capsys.readouterr()
     text = captured.out + captured.err
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = [line for line in captured.err.splitlines() if line.strip()]
     assert code == EXIT_BAD_INPUT, text
     assert "Traceback" not in text
-    assert len(lines) == 1, text
+    assert len(lines) == 1 and not captured.out.strip(), text    # one line, on stderr
     for word in expected:
         assert word in lines[0], lines[0]
     return lines[0]
@@ -240,3 +241,11 @@ def test_disk_full(tmp_path, capsys, monkeypatch, tiny_net, images) -> None:
 
     monkeypatch.setattr(os, "fsync", full)
     _one_line_exit_2(["report", str(run)], capsys, "no space left", str(run))
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path, capsys) -> None:
+    bad = tmp_path / "cfg.yaml"
+    bad.write_bytes(GARBAGE)
+    assert main(["--debug", "--config", str(bad), "schemes"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error:")

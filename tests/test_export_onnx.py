@@ -62,8 +62,12 @@ def test_float_layers_stay_float_and_low_bit_weights_use_int8_grid(tmp_path, tin
     })  # fc not named: float
     q = bitsmith.quantize(tiny_net, policy, calibration=calib)
     report = export_onnx(q, tmp_path / "m.onnx", calib[0][:1], calibration=calib)
-    assert report.layers["conv1"].startswith("int8") and report.layers["dw"].startswith("int8")
-    assert report.layers["pw"].startswith("float op")
+    assert report.intended["conv1"].startswith("int8") and report.intended["dw"].startswith("int8")
+    assert report.intended["pw"].startswith("float op")
+    # what ONNX Runtime's optimised graph runs
+    assert report.layers["conv1"] == report.layers["dw"] == "QLinearConv"
+    assert report.layers["pw"] in ("Conv", "FusedConv") and report.float_layer_names == ["pw", "fc"]
+    assert report.integer_layers == 2 and report.float_layers == 2
     model = onnx.load(str(tmp_path / "m.onnx"))
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     assert inits["conv1.weight.q"].min() >= -7 and inits["conv1.weight.q"].max() <= 7

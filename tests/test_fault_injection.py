@@ -1,5 +1,6 @@
-"""A full disk in the middle of a write: for every writer, nothing is left that its loader
-accepts, and no temporary file stays behind.
+"""A full disk in the middle of a write: for every writer (policy YAML/JSON, packed artifact,
+ONNX, training checkpoint, run directory, report, latency table, transfer file, the tuner's
+trials.csv), nothing is left that its loader accepts, and no temporary file stays behind.
 
 Two ways to fill the disk: ``os.fsync`` / ``os.write`` monkeypatched to cut the file in half
 and raise ``ENOSPC`` (always), and a real 1 MiB tmpfs filled to the brim (only as root where
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import csv
 import errno
 import os
 import stat
@@ -25,13 +27,20 @@ from torch import nn
 import bitsmith
 from bitsmith import Policy, QSpec
 from bitsmith.atomic import DiskFullError, append_line
+from bitsmith.config import ConfigError
 from bitsmith.errors import EXIT_BAD_INPUT, InputError, exit_code_of
 from bitsmith.export import ArtifactError, read_packed, save_packed
+from bitsmith.export.latency import LatencyTable
 from bitsmith.export.onnx_export import export_fp32_onnx
 from bitsmith.policy import PolicyError
 from bitsmith.report import write_report
 from bitsmith.rundir import RunDirError, RunWriter, load_run
 from bitsmith.training.checkpoint import load_checkpoint, save_checkpoint
+from bitsmith.tune.errors import TuneError
+from bitsmith.tune.outputs import write_trials
+from bitsmith.tune.results import TrialRecord
+from bitsmith.tune.samplers import TransferRecord
+from bitsmith.tune.transfer import load_transfer, save_transfer
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bitsmith"
 W = QSpec("uniform_symmetric", 4, "channel")
@@ -153,7 +162,49 @@ def _check_report(d: Path) -> None:
             assert text.rstrip().endswith(("</html>", "}", ")", "|")), name
 
 
+def _latency(d: Path) -> None:
+    entries = {f"layer{i}": {"fp32": 0.5, "w8a8": 0.25} for i in range(2000)}
+    LatencyTable(entries, {"runtime": "test", "batch": 1, "unit": "ms"}).save(d / "lut.json")
+
+
+def _check_latency(d: Path) -> None:
+    if (d / "lut.json").exists():
+        assert len(LatencyTable.load(d / "lut.json").layers) == 2000
+    else:
+        with pytest.raises(ConfigError):
+            LatencyTable.load(d / "lut.json")
+
+
+def _transfer(d: Path) -> None:
+    records = [TransferRecord({f"w:l{j}": 4 for j in range(50)}, 0.5, {"layers": 50.0})
+               for _ in range(100)]
+    save_transfer(records, d / "transfer.json")
+
+
+def _check_transfer(d: Path) -> None:
+    if (d / "transfer.json").exists():
+        assert len(load_transfer(d / "transfer.json")) == 100
+    else:
+        with pytest.raises(TuneError):
+            load_transfer(d / "transfer.json")
+
+
+def _trials_csv(d: Path) -> None:
+    rows = [TrialRecord(i, "COMPLETE", {"w:a": 4, "w:b": 8}, {"accuracy": 90.0 - i},
+                        [0.5], -1.0, 1.0) for i in range(2000)]
+    write_trials(rows, d)
+
+
+def _check_trials_csv(d: Path) -> None:
+    if (d / "trials.csv").exists():
+        with open(d / "trials.csv", newline="") as fh:
+            assert len(list(csv.DictReader(fh))) == 2000
+
+
 WRITERS: dict[str, tuple[Callable[[Path], None], Callable[[Path], None]]] = {
+    "latency_table": (_latency, _check_latency),
+    "transfer": (_transfer, _check_transfer),
+    "trials_csv": (_trials_csv, _check_trials_csv),
     "policy_yaml": (_policy_yaml, _check_policy),
     "policy_json": (_policy_json, _check_policy),
     "packed": (_packed, _check_packed),

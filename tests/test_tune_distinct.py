@@ -173,8 +173,12 @@ def test_budgeted_study_on_resnet20_evaluates_feasible_configurations() -> None:
 
 
 def test_resumed_seeded_study_does_not_replay_its_suggestions(tmp_path: Path) -> None:
-    space = TuneSpace.from_dict({"preset": "mixed", "weight_bits": [2, 3, 4, 8],
-                                   "act_clip": ["minmax"], "weight_clip": ["minmax"]})
+    # 32 configurations for 16 trials: a replayed or colliding suggestion is likely
+    space = TuneSpace.from_dict({"preset": "mixed", "per_layer_weight_bits": False,
+                                   "weight_bits": [2, 3, 4, 8], "granularity": ["tensor",
+                                                                             "channel"],
+                                   "act_clip": ["minmax", "entropy", "percentile", "mse"],
+                                   "weight_clip": ["minmax"]})
     ev = TableEvaluator(space)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     kwargs = dict(tolerance=1.0, strategy="random", storage=url, study_name="s", seed=0,

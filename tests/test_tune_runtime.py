@@ -33,6 +33,8 @@ def test_ort_backend_measures_runtime_accuracy_and_latency() -> None:
     config = {"granularity": "channel", "float_layers": "none", "reduced_range": False}
     m, r = ev.evaluate(config), ref.evaluate(config)
     assert m.latency_ms is not None and m.latency_ms > 0 and r.latency_ms is None
+    # what ONNX Runtime's optimised graph runs, per layer (TinyNet: 4 integer layers)
+    assert m.kernels == {"integer": 4, "weight_only": 0, "float": 0} and r.kernels is None
     # the integer runtime is close to the simulation, but it is the runtime that was measured
     assert abs(m.accuracy - r.accuracy) <= 10.0
     assert m.size_bytes == r.size_bytes and m.images == len(val[0])

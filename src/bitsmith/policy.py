@@ -41,7 +41,26 @@ from bitsmith.errors import InputError
 FORMAT = "bitsmith.policy/2"
 LEGACY_FORMATS = ("bitsmith.policy/1",)
 FILE_KEYS = ("format", "layer_count", "checksum", "layers")
-GRANULARITIES = ("tensor", "channel")
+GRANULARITIES = ("tensor", "channel", "block<N>")
+
+
+def block_size(granularity: str) -> int | None:
+    """``N`` of a block-wise granularity ``"block<N>"`` (weights: one scale per output channel
+    and per ``N`` consecutive inputs), else ``None``."""
+    if isinstance(granularity, str) and granularity.startswith("block"):
+        digits = granularity[5:]
+        if digits.isdigit():
+            return int(digits)
+    return None
+
+
+def _valid_granularity(granularity: str) -> bool:
+    size = block_size(granularity)
+    if size is not None:
+        return size >= 16 and size & (size - 1) == 0
+    return granularity in ("tensor", "channel")
+
+
 OBSERVERS = ("minmax", "percentile", "entropy", "mse")
 
 
@@ -76,9 +95,12 @@ class QSpec:
             e.g. ``"uniform_symmetric"``, ``"uniform_asymmetric"``, ``"binary"``.
         bits: bit width of the stored code, 1..16 (the scheme may narrow this:
             binary is 1 bit only, ternary 2 bits, most others 1..8).
-        granularity: ``"tensor"`` (one scale for the tensor) or ``"channel"``
+        granularity: ``"tensor"`` (one scale for the tensor), ``"channel"``
             (one scale per output channel of a weight / per channel of an
-            activation, axis 1 for activations, axis 0 for weights).
+            activation, axis 1 for activations, axis 0 for weights) or, for
+            weights, ``"block<N>"`` (one scale per output channel and per ``N``
+            consecutive input weights, ``N`` a power of two >= 16: ONNX Runtime's
+            ``MatMulNBits`` layout).
         observer: how the clipping range is calibrated for range-based
             schemes: ``"minmax"``, ``"percentile"``, ``"entropy"`` (KL) or
             ``"mse"``. Data-driven schemes (binary, ternary, ...) ignore it.
@@ -121,10 +143,10 @@ class QSpec:
         if not _is_number(self.percentile):
             raise PolicyError(f"{prefix}percentile must be a number in (0, 100], got "
                               f"{self.percentile!r}")
-        if not isinstance(self.granularity, str) or self.granularity not in GRANULARITIES:
+        if not isinstance(self.granularity, str) or not _valid_granularity(self.granularity):
             raise PolicyError(
-                f"{prefix}granularity={self.granularity!r} is unknown; use one of {GRANULARITIES}"
-            )
+                f"{prefix}granularity={self.granularity!r} is unknown; use 'tensor', 'channel' "
+                "or 'block<N>' (weights, N a power of two >= 16, e.g. 'block32')")
         if not isinstance(self.observer, str) or self.observer not in OBSERVERS:
             raise PolicyError(
                 f"{prefix}observer={self.observer!r} is unknown; use one of {OBSERVERS}"
@@ -162,7 +184,7 @@ class QSpec:
 
     def short(self) -> str:
         """Compact label, e.g. ``"uniform_symmetric:4/ch"``."""
-        gran = "ch" if self.granularity == "channel" else "t"
+        gran = {"channel": "ch", "tensor": "t"}.get(self.granularity, self.granularity)
         return f"{self.scheme}:{self.bits}/{gran}"
 
 

@@ -13,6 +13,7 @@ Batches may be tensors, ``(inputs, labels)`` pairs, or tuples of inputs
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,15 @@ from torch import nn
 
 from bitsmith.calibrate import TensorStats
 from bitsmith.errors import InputError
-from bitsmith.graph import ConversionReport, LayerTable, apply_policy, convert, quantized_layers
+from bitsmith.graph import (
+    ConversionReport,
+    ConversionWarning,
+    LayerTable,
+    apply_policy,
+    convert,
+    quantized_layers,
+)
+from bitsmith.graph.float_ops import format_float_ops
 from bitsmith.policy import Policy
 from bitsmith.schemes.base import broadcast_shape
 
@@ -195,6 +204,19 @@ def quant_info(model: nn.Module) -> QuantInfo:
     return info
 
 
+def _warn_float_ops(table: LayerTable) -> None:
+    """One warning listing the parameterised ops one may expect quantized that stay float."""
+    warned = table.warned_float_ops
+    if not warned:
+        return
+    quiet = len(table.float_ops) - len(warned)
+    rest = (f"\n(and {quiet} normalisation / embedding / elementwise parameter owners, float "
+            "by design: LayerTable.float_ops)" if quiet else "")
+    warnings.warn(f"{len(warned)} parameterised ops stay float (not in the LayerTable, not "
+                  f"quantized):\n{format_float_ops(warned)}{rest}", ConversionWarning,
+                  stacklevel=3)
+
+
 def prepare(model: nn.Module, example_inputs: Any, fold_bn: bool = True,
             leaf_modules: Sequence[type[nn.Module]] = ()) -> tuple[nn.Module, LayerTable,
                                                                    ConversionReport]:
@@ -230,6 +252,7 @@ def quantize(model: nn.Module, policy: Policy, *, example_inputs: Any = None,
         example_inputs = next(iter_batches(calibration, 1, multi_input))
     work, table, report = convert(model, example_inputs, fold_bn=fold_bn,
                                   leaf_modules=leaf_modules)
+    _warn_float_ops(table)
     apply_policy(work, table, policy, report)
     if isinstance(calibration, CalibrationStats):
         apply_stats(work, calibration)

@@ -33,7 +33,7 @@ from typing import Any
 
 from bitsmith.cost.sparse import MaskLayout
 from bitsmith.graph.layer_table import LayerInfo, LayerTable
-from bitsmith.policy import LayerSpec, Policy, QSpec
+from bitsmith.policy import LayerSpec, Policy, QSpec, block_size
 from bitsmith.schemes import get_scheme
 
 FLOAT_BITS = 32
@@ -44,11 +44,17 @@ def float_params_of(spec: QSpec) -> int:
     return get_scheme(spec.scheme).float_params_for(spec.bits)
 
 
-def quantizer_overhead_bytes(spec: QSpec | None, channels: int) -> int:
-    """Bytes of scales / zero points / thresholds of one quantizer."""
+def quantizer_overhead_bytes(spec: QSpec | None, channels: int, inputs: int = 1) -> int:
+    """Bytes of scales / zero points / thresholds of one quantizer.
+
+    ``channels``: output channels (weights) or channels (activations); ``inputs``: input
+    weights per output channel (block-wise weights have ``ceil(inputs / N)`` groups each).
+    """
     if spec is None:
         return 0
-    groups = channels if spec.granularity == "channel" else 1
+    block = block_size(spec.granularity)
+    groups = (channels * math.ceil(inputs / block) if block is not None
+              else channels if spec.granularity == "channel" else 1)
     scheme = get_scheme(spec.scheme)
     return groups * (4 * float_params_of(spec) + scheme.zero_point_bytes)
 
@@ -133,7 +139,8 @@ def layer_cost(info: LayerInfo, spec: LayerSpec | None, mask: MaskLayout | None 
     return LayerCost(
         name=info.name, weight_bits=wbits, act_bits=abits,
         weight_bytes=weight_bytes(info.weight_params, wbits, sparsity, mask),
-        overhead_bytes=(quantizer_overhead_bytes(wspec, info.out_channels)
+        overhead_bytes=(quantizer_overhead_bytes(wspec, info.out_channels,
+                                                 info.weight_params // max(info.out_channels, 1))
                         + quantizer_overhead_bytes(aspec, in_channels)),
         bias_bytes=4 * info.bias_params,
         bitops=info.macs * wbits * abits,

@@ -11,3 +11,8 @@ class ExportError(InputError):
 
 class ArtifactError(InputError):
     """A packed artifact is missing, truncated, tampered with or does not fit the given model."""
+
+
+class ExportWarning(UserWarning):
+    """The export succeeded but differs from the model in a way the user must know about
+    (e.g. a graph specialised to the example's control flow)."""

@@ -8,7 +8,9 @@ use *measured* latency as a budget: ``table.latency(layer, spec)`` in
 milliseconds, ``table.total(policy)`` for a whole Policy.
 
 A candidate is a :class:`~bitsmith.policy.LayerSpec` (or ``None`` for float);
-its table key is :func:`precision_key`: ``"fp32"`` or ``"w{b_w}a{b_a}"``.
+its table key is :func:`precision_key`: ``"fp32"``, ``"w{b_w}a{b_a}"`` (integer kernels) or
+``"w{b_w}g{N}"`` / ``"w{b_w}g{N}a{b_a}"`` (block-wise weights: ``MatMulNBits`` on Linear
+layers, timed as a one-node ``MatMulNBits`` model with float input).
 
 ONNX Runtime (CPU) is built in: an integer candidate is timed as the layer's
 integer kernel, ``uint8 input → DequantizeLinear → Conv/Gemm (int8 weights,
@@ -47,7 +49,12 @@ def precision_key(spec: LayerSpec | None) -> str:
     A layer runs an integer kernel when both its weight and its input activation are on
     integer grids (or, for weights, an exact 8-bit lattice: binary, ternary) of at most 8 bits.
     """
-    if spec is None or spec.weight is None or spec.act is None:
+    if spec is None or spec.weight is None:
+        return FP32
+    nbits = _nbits_key(spec)
+    if nbits is not None:
+        return nbits
+    if spec.act is None:
         return FP32
     w, a = spec.weight, spec.act
     w_int = get_scheme(w.scheme).integer_grid or w.scheme in ("binary", "ternary")
@@ -55,6 +62,29 @@ def precision_key(spec: LayerSpec | None) -> str:
     if not (w_int and a_int) or w.bits > 8 or a.bits > 8:
         return FP32
     return f"w{w.bits}a{a.bits}"
+
+
+def _nbits_key(spec: LayerSpec) -> str | None:
+    """``"w{b}g{N}"`` (``+ "a{b}"`` with an 8-bit-or-less integer input grid) for a block-wise
+    weight that ONNX Runtime runs as ``MatMulNBits`` (on Linear layers; convolutions run it as
+    their float op, and the table times that)."""
+    from bitsmith.export.qparams import NBITS
+    from bitsmith.policy import block_size
+
+    w, a = spec.weight, spec.act
+    block = block_size(w.granularity)
+    if block is None or w.bits not in NBITS or not get_scheme(w.scheme).integer_grid:
+        return None
+    act = (f"a{a.bits}" if a is not None and a.bits <= 8 and a.granularity == "tensor"
+           and get_scheme(a.scheme).integer_grid else "")
+    return f"w{w.bits}g{block}{act}"
+
+
+def _nbits_of(key: str) -> tuple[int, int, int | None]:
+    """``(weight bits, block, act bits or None)`` of a ``w{b}g{N}[a{b}]`` key."""
+    w, rest = key[1:].split("g")
+    block, _, act = rest.partition("a")
+    return int(w), int(block), int(act) if act else None
 
 
 def _bits_of(key: str) -> tuple[int, int]:
@@ -90,7 +120,7 @@ def geometry_from_model(model: nn.Module, table: LayerTable) -> list[LayerGeomet
     for info in table:
         m = model.get_submodule(info.name)
         if info.type == "Linear":
-            out.append(LayerGeometry(info.name, "Gemm", (math.prod(info.input_shape[1:]),),
+            out.append(LayerGeometry(info.name, "Gemm", tuple(info.input_shape[1:]),
                                      tuple(m.weight.shape), bias=m.bias is not None))
             continue
         n = m.weight.dim() - 2
@@ -113,7 +143,7 @@ def geometry_from_table(table: LayerTable) -> list[LayerGeometry]:
     out = []
     for info in table:
         if info.type == "Linear":
-            out.append(LayerGeometry(info.name, "Gemm", (math.prod(info.input_shape[1:]),),
+            out.append(LayerGeometry(info.name, "Gemm", tuple(info.input_shape[1:]),
                                      info.weight_shape, bias=info.bias_params > 0))
             continue
         if info.type.startswith("ConvTranspose"):
@@ -181,13 +211,21 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def _input_shape(g: LayerGeometry, batch: int) -> tuple[int, ...]:
+    """The timed input: ``(batch, *input_shape)``; a Linear on ``(..., K)`` inputs (tokens,
+    pixels) as one ``(batch · rows, K)`` matrix."""
+    if g.op == "Gemm":
+        return (batch * math.prod(g.input_shape[:-1]), g.input_shape[-1])
+    return (batch, *g.input_shape)
+
+
 def one_layer_model(geometry: LayerGeometry, key: str, batch: int):
     """``(onnx.ModelProto, input array)`` timing one layer at precision ``key``."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     g = geometry
-    x_shape = (batch, *g.input_shape)
+    x_shape = _input_shape(g, batch)
     w = rng.standard_normal(g.weight_shape).astype(np.float32) * 0.05
     out_ch = g.weight_shape[0] if g.op != "ConvTranspose" else g.weight_shape[1] * g.groups
     attrs: dict[str, Any] = {}
@@ -197,6 +235,9 @@ def one_layer_model(geometry: LayerGeometry, key: str, batch: int):
     else:
         attrs = {"transB": 1}
     inits, nodes = [], []
+    if "g" in key:
+        return _nbits_layer_model(g, key, batch, rng) if g.op == "Gemm" else one_layer_model(
+            g, FP32, batch)  # no block-wise convolution kernel: the float op runs
     integer = key != FP32 and g.op != "ConvTranspose"
     if not integer:
         inits.append(numpy_helper.from_array(w, "w"))
@@ -248,6 +289,41 @@ def one_layer_model(geometry: LayerGeometry, key: str, batch: int):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model, x
+
+
+def _nbits_layer_model(g: LayerGeometry, key: str, batch: int, rng: np.random.Generator):
+    """``float input [→ Q → DQ] → MatMulNBits(block-wise weights) (+ bias)`` for one Linear."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bitsmith.export.qparams import _pack_codes
+
+    bits, block, act = _nbits_of(key)
+    n, k = g.weight_shape
+    blocks = -(-k // block)
+    codes = rng.integers(0, 2 ** bits, (n, blocks, block), dtype=np.uint8)
+    inits = [numpy_helper.from_array(_pack_codes(codes, bits), "wq"),
+             numpy_helper.from_array(np.full(n * blocks, 0.01, np.float32), "ws")]
+    nodes, src = [], "x"
+    if act is not None:
+        inits += [numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
+                  numpy_helper.from_array(np.array(128, np.uint8), "xz")]
+        nodes += [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+                  helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"])]
+        src = "xd"
+    out = "y" if not g.bias else "mm"
+    nodes.append(helper.make_node("MatMulNBits", [src, "wq", "ws"], [out], domain="com.microsoft",
+                                  K=k, N=n, bits=bits, block_size=block))
+    if g.bias:
+        inits.append(numpy_helper.from_array(np.zeros(n, np.float32), "b"))
+        nodes.append(helper.make_node("Add", ["mm", "b"], ["y"]))
+    x_shape = _input_shape(g, batch)
+    graph = helper.make_graph(
+        nodes, f"layer_{key}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    return model, rng.standard_normal(x_shape).astype(np.float32)
 
 
 _RUNTIMES: dict[str, Callable[..., LatencyRuntime]] = {"onnxruntime": OnnxRuntimeCPU}

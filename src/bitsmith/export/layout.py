@@ -32,6 +32,7 @@ from torch import nn
 from bitsmith.export.bitpack import packed_nbytes
 from bitsmith.graph import LayerTable, quantized_layers
 from bitsmith.schemes import get_scheme
+from bitsmith.schemes.blocks import block_count
 
 QUANTIZER_KEYS = (".weight_quantizer.", ".input_quantizer.")
 BLOB_DTYPES = {"codes": np.uint8, "masks": np.uint8, "scales": np.float32,
@@ -69,7 +70,9 @@ def layout(model: nn.Module, table: LayerTable, sparse: Mapping[str, Mapping[str
         wq = layer.weight_quantizer
         if wq is not None:
             n = layer.weight.numel()
-            groups = 1 if wq.axis is None else layer.weight.shape[wq.axis]
+            groups = (block_count(tuple(layer.weight.shape), wq.block_size)
+                      if wq.block_size is not None
+                      else 1 if wq.axis is None else layer.weight.shape[wq.axis])
             s = sparse.get(name)
             slots.append(Slot(f"{name}.weight.codes", "codes",
                               packed_nbytes(s["survivors"] if s else n, wq.spec.bits)))

@@ -24,28 +24,48 @@ import torch
 from torch import nn
 
 from bitsmith.atomic import atomic_path
-from bitsmith.export.errors import ExportError
+from bitsmith.export.errors import ExportError, ExportWarning
 from bitsmith.export.float_graph import dequantized_copy, export_float_onnx
+from bitsmith.export.kernels import runtime_kernels
 from bitsmith.export.onnx_qdq import INT_OPS, LayerPlan, add_outputs, insert_qdq
 from bitsmith.export.ort import make_session, run, tensor_ranges
 from bitsmith.export.packed import _quant_info
-from bitsmith.export.qparams import act_qparams, weight_qparams
+from bitsmith.export.qparams import act_qparams, nbits_weight, weight_qparams
 
 
 @dataclass
 class OnnxExportReport:
-    """What :func:`export_onnx` wrote: per-layer kernels, extra points, file size."""
+    """What :func:`export_onnx` wrote: per-layer kernels, extra points, file size.
+
+    ``layers`` maps every layer of the LayerTable to the op ONNX Runtime runs for it, read from its
+    optimised graph (``"QLinearConv"``, ``"MatMulIntegerToFloat"``, ``"MatMulNBits"``,
+    ``"FusedConv"``, ...; ``"?"`` if not found); ``integer_layers`` / ``weight_only_layers``
+    / ``float_layers`` count them by kernel class (:mod:`bitsmith.export.kernels`);
+    ``kernels`` counts every compute kernel of the optimised graph by class (attention's
+    activation-by-activation MatMuls included); ``intended`` is what the export asked for.
+    Without ``check_kernels`` the counts follow the intent.
+    """
 
     path: str
     file_bytes: int
     opset: int
     integer_outputs: bool
     integer_residuals: bool
-    layers: dict[str, str] = field(default_factory=dict)  # name -> kernel description
+    layers: dict[str, str] = field(default_factory=dict)
     integer_layers: int = 0
     float_layers: int = 0
+    weight_only_layers: int = 0
+    kernels: dict[str, int] = field(default_factory=dict)
+    intended: dict[str, str] = field(default_factory=dict)
     calibrated_points: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def float_layer_names(self) -> list[str]:
+        from bitsmith.export.kernels import kernel_class
+
+        return [n for n, op in self.layers.items()
+                if kernel_class(op) not in ("integer", "weight_only")]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,8 +83,49 @@ def _as_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
 def _numpy_batches(data: Any, max_batches: int | None) -> list[tuple[np.ndarray, ...]]:
     from bitsmith.quantize import iter_batches
 
-    return [tuple(t.detach().cpu().numpy().astype(np.float32) for t in args)
-            for args in iter_batches(data, max_batches)]
+    return [tuple(_numpy(t) for t in args) for args in iter_batches(data, max_batches)]
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """float tensors as float32, integer ones (token ids) keep their dtype."""
+    arr = t.detach().cpu().numpy()
+    return arr.astype(np.float32) if t.is_floating_point() else arr
+
+
+def matmul_layers(qmodel: nn.Module) -> list[str]:
+    """Linear layers that torch exports as ``MatMul`` with a renamed, transposed weight: those
+    on inputs that are not 2-D, those without bias (``Gemm`` needs one) and block-wise ones
+    (``MatMulNBits`` replaces a ``MatMul``); exported as
+    :class:`~bitsmith.export.float_graph.MatMulLinear`."""
+    table = qmodel.bitsmith.layer_table
+
+    def block_wise(name: str) -> bool:
+        wq = getattr(qmodel.get_submodule(name), "weight_quantizer", None)
+        return wq is not None and wq.block_size is not None
+
+    return [info.name for info in table if info.type == "Linear" and (
+        len(info.input_shape) != 2 or qmodel.get_submodule(info.name).bias is None
+        or block_wise(info.name))]
+
+
+def _control_flow_note(qmodel: nn.Module, tracer_notes: list[str]) -> str | None:
+    """The warning for a model torch.fx could not trace (its ONNX graph is one traced run).
+
+    A traced model's graph has no data-dependent Python control flow (fx refuses it); the
+    exporter's own notes there come from shape checks inside leaf modules and are ignored.
+    """
+    report = qmodel.bitsmith.report
+    if report.traced:
+        return None
+    failure = report.trace_failure
+    where = (f" at {failure.location}: `{failure.code}`"
+             if failure is not None and failure.location else "")
+    seen = f" (the exporter also noted: {tracer_notes[0]})" if tracer_notes else ""
+    return (f"the ONNX graph is specialised to the control flow example_inputs took: torch.fx "
+            f"could not trace {report.model}{where}, so the export recorded one run{seen}. "
+            "Inputs that would take another branch still compute the recorded branch in ONNX "
+            "Runtime. Make forward() free of data-dependent Python control flow, or check "
+            "agreement with compare_onnx on representative data.")
 
 
 def _cpu_has_vnni() -> bool:
@@ -87,14 +148,15 @@ def layer_plans(qmodel: nn.Module) -> dict[str, LayerPlan]:
             wq = layer.weight_quantizer
             if wq is not None and wq.spec.bits > 8:
                 raise ExportError(f"{name}.weight: {wq.spec.bits}-bit weights do not fit int8")
-            plans[name] = LayerPlan(name, weight_qparams(layer), act)
+            plans[name] = LayerPlan(name, weight_qparams(layer), act, nbits_weight(layer))
     return plans
 
 
 def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
                 calibration: Any = None, integer_outputs: bool = True,
                 integer_residuals: bool = True, observer: str = "mse", opset: int = 17,
-                calibration_batches: int | None = 8) -> OnnxExportReport:
+                calibration_batches: int | None = 8, check_kernels: bool = True,
+                nbits_accuracy_level: int = 0) -> OnnxExportReport:
     """Export a quantized model as ONNX with QuantizeLinear/DequantizeLinear for ONNX Runtime.
 
     Args:
@@ -117,6 +179,16 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
             ``minmax`` (ONNX Runtime's own default), ``percentile`` or ``entropy``.
         opset: ONNX opset (>= 13 for per-channel DequantizeLinear).
         calibration_batches: at most this many calibration batches are used.
+        nbits_accuracy_level: ``accuracy_level`` of ``MatMulNBits`` (block-wise weights of
+            2, 4 or 8 bits on Linear layers): 0 multiplies in float32 (the simulation's
+            arithmetic), 4 lets ONNX Runtime quantize the layer input to int8 per block
+            (faster on VNNI CPUs, a further small deviation); see ``docs/export.md``.
+        check_kernels: let ONNX Runtime optimise the written model and report the kernel
+            each layer really runs (a second graph optimisation; seconds on large models).
+
+    Warns:
+        ExportWarning: the graph is specialised to the example's control flow (the model
+            could not be traced with torch.fx, or the exporter saw data-dependent values).
 
     Returns:
         An :class:`OnnxExportReport` (kernel per layer, calibrated points, notes).
@@ -133,11 +205,13 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
     qmodel.eval()
     try:
         plans = layer_plans(qmodel)
-        float_model, _ = dequantized_copy(qmodel)
+        float_model, _ = dequantized_copy(qmodel, matmul_layers(qmodel))
     finally:
         qmodel.train(was_training)
+    tracer_notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        float_path = export_float_onnx(float_model, Path(tmp) / "float.onnx", inputs, opset)
+        float_path = export_float_onnx(float_model, Path(tmp) / "float.onnx", inputs, opset,
+                                       tracer_notes=tracer_notes)
         base = onnx.load(str(float_path))
     data = calibration if calibration is not None else inputs
     batches = _numpy_batches(data, calibration_batches) if integer_outputs else []
@@ -147,7 +221,8 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
                              observer=observer)
 
     result = insert_qdq(base, plans, integer_outputs=integer_outputs, range_fn=ranges,
-                        int_ops=INT_OPS if integer_residuals else frozenset())
+                        int_ops=INT_OPS if integer_residuals else frozenset(),
+                        accuracy_level=nbits_accuracy_level)
     model = result.model
     model.producer_name = "bitsmith"
     onnx.checker.check_model(model)
@@ -157,10 +232,14 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
     report = OnnxExportReport(
         path=str(path), file_bytes=path.stat().st_size, opset=opset,
         integer_outputs=integer_outputs, integer_residuals=integer_residuals,
-        layers={n: p.kernel for n, p in plans.items()},
-        integer_layers=sum(p.integer for p in plans.values()),
-        float_layers=sum(not p.integer for p in plans.values()),
+        intended={n: p.kernel for n, p in plans.items()},
         calibrated_points=sorted(result.calibrated))
+    _count_kernels(report, qmodel.bitsmith.layer_table.names, plans,
+                   path if check_kernels else None)
+    note = _control_flow_note(qmodel, tracer_notes)
+    if note is not None:
+        warnings.warn(note, ExportWarning, stacklevel=2)
+        report.notes.append(note)
     full_range = [n for n, p in plans.items() if p.integer and p.weight.q.dtype == np.int8
                   and max(abs(p.weight.lattice[0]), p.weight.lattice[1]) > 63]
     if full_range and not _cpu_has_vnni():
@@ -172,6 +251,30 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
         report.notes.append("extra quantization points were calibrated on example_inputs only; "
                             "pass calibration= for representative ranges")
     return report
+
+
+def _count_kernels(report: OnnxExportReport, names: list[str], plans: dict[str, LayerPlan],
+                   path: Path | None) -> None:
+    """Fill the kernel of every layer of the LayerTable (``names``) and the counts from ONNX
+    Runtime's optimised graph (or, without ``path``, from the export's intent)."""
+    from bitsmith.export.kernels import kernel_class
+
+    if path is None:
+        report.layers = {n: (plans[n].op if n in plans else "float") for n in names}
+        report.kernels = {}
+    else:
+        kernels = runtime_kernels(path, {n: plans[n].node if n in plans else "" for n in names})
+        report.layers = kernels.layers
+        report.kernels = kernels.compute
+    classes = [kernel_class(op) for op in report.layers.values()]
+    report.integer_layers = classes.count("integer")
+    report.weight_only_layers = classes.count("weight_only")
+    report.float_layers = len(classes) - report.integer_layers - report.weight_only_layers
+    lost = [n for n, p in plans.items()
+            if p.integer and kernel_class(report.layers[n]) != "integer"]
+    if lost:
+        report.notes.append(f"{len(lost)} layers exported for integer kernels run as float in "
+                            f"ONNX Runtime's optimised graph: {lost}")
 
 
 def export_fp32_onnx(model: nn.Module, path: str | Path, example_inputs: Any,
@@ -188,8 +291,9 @@ def export_fp32_onnx(model: nn.Module, path: str | Path, example_inputs: Any,
 class Agreement:
     """ONNX Runtime vs the PyTorch simulation on the same inputs.
 
-    ``top1_agreement`` in percent of examples whose argmax matches; logit errors are
-    absolute; accuracies (percent) when labels were given.
+    ``count`` argmax decisions (one per example, or per token for ``(batch, seq, vocab)``
+    logits); ``top1_agreement`` in percent of them that match; logit errors are absolute;
+    accuracies (percent) when labels were given.
     """
 
     count: int
@@ -224,7 +328,7 @@ def compare_onnx(qmodel: nn.Module, onnx_path: str | Path, data: Any, threads: i
             sum_err += float(err.sum())
             n_logits += err.numel()
             agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
-            count += x.shape[0]
+            count += ref.argmax(-1).numel()
             if y is not None:
                 correct_o += int((out.argmax(-1) == y).sum())
                 correct_t += int((ref.argmax(-1) == y).sum())

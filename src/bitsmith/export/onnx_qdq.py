@@ -41,7 +41,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bitsmith.export.errors import ExportError
-from bitsmith.export.qparams import ActQParams, WeightQParams, calibrated_qparams
+from bitsmith.export.qparams import ActQParams, NBitsWeight, WeightQParams, calibrated_qparams
 
 #: Nodes ONNX Runtime runs on int8 tensors when all their inputs and the output are QDQ'd.
 INT_OPS = frozenset({"Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool"})
@@ -60,12 +60,24 @@ class LayerPlan:
     name: str
     weight: WeightQParams | None
     act: ActQParams | None
+    nbits: NBitsWeight | None = None  # block-wise weight for MatMulNBits (weight is None)
     node: str = ""
+    node_op: str = ""
     kernel: str = ""
 
     @property
     def integer(self) -> bool:
         return self.weight is not None and self.act is not None
+
+    @property
+    def op(self) -> str:
+        """The ONNX Runtime kernel the export intends (the optimised graph decides)."""
+        if self.nbits is not None:
+            return "MatMulNBits"
+        if not self.integer:
+            return self.node_op
+        return {"Conv": "QLinearConv", "Gemm": "QGemm", "MatMul": "MatMulIntegerToFloat",
+                "ConvTranspose": "ConvTranspose"}.get(self.node_op, self.node_op)
 
 
 @dataclass
@@ -141,6 +153,7 @@ class _Points:
     readers: set[str]
     wanted: set[str]
     own: set[str]
+    int_layers: set[str] = field(default_factory=set)
 
 
 def plan_points(  # noqa: C901 - one case per ONNX op kind (named in pyproject.toml)
@@ -155,18 +168,23 @@ def plan_points(  # noqa: C901 - one case per ONNX op kind (named in pyproject.t
     edges: dict[tuple[str, int], ActQParams] = {}
     points: dict[str, ActQParams] = {}
     int_layers: set[str] = set()
+    readers: set[str] = set()
     for name, plan in plans.items():
         node = nodes[name]
         if plan.act is not None:
             edges[(node.name, 0)] = plan.act
             points.setdefault(node.input[0], plan.act)
         if plan.integer:
-            int_layers.add(node.name)
-    readers: set[str] = set(int_layers)
+            readers.add(node.name)
+            # MatMul layers keep a float output (MatMulIntegerToFloat, bias added in float:
+            # exactly the simulation); Conv/Gemm need a quantized output to fuse.
+            if node.op_type != "MatMul":
+                int_layers.add(node.name)
+    readers |= int_layers
     wanted: set[str] = set()
     own: set[str] = set()
     if not integer_outputs:
-        return _Points(edges, points, readers, wanted, own)
+        return _Points(edges, points, readers, wanted, own, int_layers)
 
     def sole_consumer(t: str) -> onnx.NodeProto | None:
         users = g.consumers.get(t, [])
@@ -207,12 +225,12 @@ def plan_points(  # noqa: C901 - one case per ONNX op kind (named in pyproject.t
             followed_by_act = i < len(ops) and ops[i].op_type in ACT_OPS
             if tensor not in points and not followed_by_act:
                 points[tensor] = grid
-                if i == 0 and node.name in int_layers:
+                if node.name in int_layers:  # read dequantized by whatever consumes it
                     own.add(tensor)
         for op_node in ops:
             if op_node.op_type in MOVE_OPS:
                 readers.add(op_node.name)
-    return _Points(edges, points, readers, wanted, own)
+    return _Points(edges, points, readers, wanted, own, int_layers)
 
 
 class _Builder:
@@ -232,9 +250,17 @@ class _Builder:
         self._count += 1
         return f"{stem}__{self._count}"
 
-    def qdq(self, tensor: str, grid: ActQParams) -> str:
+    def qdq(self, tensor: str, grid: ActQParams, fusable: bool = False) -> str:
+        """``tensor`` through Q/DQ on ``grid`` (a ``Clip`` first if the grid is narrower than
+        uint8). ``fusable``: the producer is an integer layer, which ONNX Runtime fuses only
+        with a ``Q`` right after it; a narrower grid then gets ``Q(full uint8) → DQ → Clip →
+        Q → DQ`` (same values: the clip acts on values already on the grid)."""
         key = (tensor, grid.key())
         if key in self._qdq:
+            return self._qdq[key]
+        if fusable and grid.needs_clip:
+            full = ActQParams(grid.scale, grid.zero_point, 0, 255, grid.source)
+            self._qdq[key] = self.qdq(self.qdq(tensor, full), grid)
             return self._qdq[key]
         stem = self.uid(f"{tensor}_q")
         scale = self.init(f"{stem}.scale", np.array(grid.scale, dtype=np.float32))
@@ -266,17 +292,38 @@ class _Builder:
         return f"{stem}.dq"
 
 
-def _rewrite_layer(b: _Builder, g: _Graph, node: onnx.NodeProto, plan: LayerPlan) -> set[str]:
+def _rewrite_nbits(b: _Builder, node: onnx.NodeProto, plan: LayerPlan,
+                   accuracy_level: int) -> set[str]:
+    """``MatMul(x, W^T)`` -> ``MatMulNBits(x, packed W, scales[, zero points])``."""
+    nb = plan.nbits
+    stem = f"{plan.name}.weight"
+    inputs = [node.input[0], b.init(f"{stem}.q", nb.packed), b.init(f"{stem}.scale", nb.scales)]
+    if nb.zero_points is not None:
+        inputs.append(b.init(f"{stem}.zero_point", nb.zero_points))
+    replacement = helper.make_node(
+        "MatMulNBits", inputs, list(node.output), name=node.name, domain="com.microsoft",
+        K=nb.k, N=nb.n, bits=nb.bits, block_size=nb.block, accuracy_level=accuracy_level)
+    node.CopyFrom(replacement)
+    return {stem}
+
+
+def _rewrite_layer(b: _Builder, g: _Graph, node: onnx.NodeProto, plan: LayerPlan,
+                   accuracy_level: int = 0) -> set[str]:
     """Replace the weight (and bias) initializer of an integer layer; returns dropped inits."""
+    if plan.nbits is not None:
+        return _rewrite_nbits(b, node, plan, accuracy_level)
     dropped: set[str] = set()
     w = plan.weight
     if w is None:
         return dropped
-    axis = w.axis
+    axis, q = w.axis, w.q
     if node.op_type == "Gemm" and axis is not None:
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         axis = 0 if trans_b else 1
-    node.input[1] = b.dequantize_init(f"{plan.name}.weight", w.q, w.scale, w.zero_point, axis)
+    if node.op_type == "MatMul":  # MatMulLinear: the initializer is W^T, (in, out)
+        q = np.ascontiguousarray(q.T)
+        axis = None if axis is None else 1
+    node.input[1] = b.dequantize_init(f"{plan.name}.weight", q, w.scale, w.zero_point, axis)
     dropped.add(f"{plan.name}.weight")
     if plan.act is not None and len(node.input) > 2 and node.input[2] in g.inits:
         bias_name = node.input[2]
@@ -310,14 +357,18 @@ def _toposort(nodes: list[onnx.NodeProto], available: Iterable[str]) -> list[onn
 
 def insert_qdq(model: onnx.ModelProto, plans: dict[str, LayerPlan], *, integer_outputs: bool,
                range_fn: Callable[[onnx.ModelProto, list[str]], dict[str, tuple[float, float]]]
-               | None = None, int_ops: frozenset[str] = INT_OPS) -> QdqResult:
+               | None = None, int_ops: frozenset[str] = INT_OPS,
+               accuracy_level: int = 0) -> QdqResult:
     """Rewrite ``model`` (a copy) with Q/DQ as described in the module docstring.
 
     ``range_fn(sim_model, tensor_names) -> {name: (min, max)}`` calibrates the extra points;
     it gets the graph with only the simulation points. Required when ``integer_outputs``.
+    ``accuracy_level``: of the ``MatMulNBits`` nodes (block-wise weights; 0 computes in
+    float, 4 lets ONNX Runtime quantize their input to int8 per block).
     """
     if integer_outputs:
-        sim = insert_qdq(model, plans, integer_outputs=False, int_ops=int_ops).model
+        sim = insert_qdq(model, plans, integer_outputs=False, int_ops=int_ops,
+                         accuracy_level=accuracy_level).model
         g = _Graph(_copy_named(model).graph)
         nodes = _layer_nodes(g, plans)
         wanted = plan_points(g, plans, nodes, True, None, int_ops).wanted
@@ -327,8 +378,8 @@ def insert_qdq(model: onnx.ModelProto, plans: dict[str, LayerPlan], *, integer_o
                 raise ExportError("integer_outputs=True needs calibration data for the extra "
                                   "quantization points")
             ranges = range_fn(sim, sorted(wanted))
-        return _apply(model, plans, True, ranges, int_ops)
-    return _apply(model, plans, False, None, int_ops)
+        return _apply(model, plans, True, ranges, int_ops, accuracy_level)
+    return _apply(model, plans, False, None, int_ops, accuracy_level)
 
 
 def _copy_named(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -357,8 +408,8 @@ def _materialize_identities(graph: onnx.GraphProto) -> None:
 
 
 def _apply(model: onnx.ModelProto, plans: dict[str, LayerPlan], integer_outputs: bool,
-           ranges: dict[str, tuple[float, float]] | None, int_ops: frozenset[str]
-           ) -> QdqResult:
+           ranges: dict[str, tuple[float, float]] | None, int_ops: frozenset[str],
+           accuracy_level: int = 0) -> QdqResult:
     model = _copy_named(model)
     g = _Graph(model.graph)
     nodes = _layer_nodes(g, plans)
@@ -370,7 +421,8 @@ def _apply(model: onnx.ModelProto, plans: dict[str, LayerPlan], integer_outputs:
     dropped: set[str] = set()
     for name, plan in plans.items():
         plan.node = nodes[name].name
-        dropped |= _rewrite_layer(b, g, nodes[name], plan)
+        plan.node_op = nodes[name].op_type
+        dropped |= _rewrite_layer(b, g, nodes[name], plan, accuracy_level)
         plan.kernel = _kernel(plan)
     for node in list(model.graph.node):
         for idx, tensor in enumerate(node.input):
@@ -384,7 +436,9 @@ def _apply(model: onnx.ModelProto, plans: dict[str, LayerPlan], integer_outputs:
                 elif tensor in pts.own and node.op_type not in LAYER_OPS:
                     grid = points[tensor]
             if grid is not None:
-                node.input[idx] = b.qdq(tensor, grid)
+                producer = g.producer.get(tensor)
+                node.input[idx] = b.qdq(tensor, grid, fusable=producer is not None
+                                        and producer.name in pts.int_layers)
     used = {i for n in list(model.graph.node) + b.nodes for i in n.input}
     kept = [t for t in model.graph.initializer if t.name not in dropped or t.name in used]
     kept = [t for t in kept if t.name in used]
@@ -395,6 +449,9 @@ def _apply(model: onnx.ModelProto, plans: dict[str, LayerPlan], integer_outputs:
     del model.graph.node[:]
     model.graph.node.extend(ordered)
     _pads_in_integer_domain(model.graph)
+    if any(p.nbits is not None for p in plans.values()) and not any(
+            o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     calibrated = {t: p for t, p in points.items() if p.source == "calibrated"}
     return QdqResult(model, plans, calibrated)
 
@@ -442,6 +499,10 @@ def _pads_in_integer_domain(graph: onnx.GraphProto) -> None:
 
 
 def _kernel(plan: LayerPlan) -> str:
+    if plan.nbits is not None:
+        nb = plan.nbits
+        return (f"MatMulNBits ({nb.bits}-bit weights, blocks of {nb.block}, float "
+                "activations)")
     if plan.integer:
         w = plan.weight
         return f"int8 (weights {w.bits}-bit grid in {w.q.dtype}, activations uint8)"

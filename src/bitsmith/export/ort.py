@@ -34,10 +34,22 @@ def make_session(model: str | Path | bytes, threads: int = 2, optimize: bool = T
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64,
+               "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(uint8)": np.uint8,
+               "tensor(int8)": np.int8, "tensor(float16)": np.float16,
+               "tensor(double)": np.float64}
+
+
+def input_dtype(session_input) -> type:
+    """The numpy dtype an ONNX Runtime session input expects (float32 if unknown)."""
+    return _ORT_DTYPES.get(session_input.type, np.float32)
+
+
 def run(session, inputs: Sequence[np.ndarray], outputs: list[str] | None = None
         ) -> list[np.ndarray]:
-    """Run ``session`` on positional ``inputs`` (float32 arrays)."""
-    feed = {i.name: np.ascontiguousarray(x, dtype=np.float32)
+    """Run ``session`` on positional ``inputs``, each cast to the dtype its input declares
+    (float32 images, int64 token ids, ...)."""
+    feed: dict[str, np.ndarray] = {i.name: np.ascontiguousarray(x, dtype=input_dtype(i))
             for i, x in zip(session.get_inputs(), inputs)}
     return session.run(outputs, feed)
 

@@ -75,9 +75,11 @@ from bitsmith.graph import (
     quantized_layers,
 )
 from bitsmith.graph.fold import fold_batchnorm
+from bitsmith.graph.rewrite import rewrite_modules
 from bitsmith.graph.trace import try_trace
 from bitsmith.policy import Policy, PolicyError, QSpec
 from bitsmith.schemes.base import Params, Scheme, get_scheme
+from bitsmith.schemes.blocks import block_count, from_blocks, to_blocks
 
 FORMAT = "bitsmith.packed/1"
 SIGNATURE_KEY = "hmac_sha256"
@@ -132,7 +134,10 @@ def _flat_param(value: torch.Tensor) -> np.ndarray:
     return value.detach().to(torch.float32).reshape(-1).cpu().numpy()
 
 
-def _param_shape(weight_shape: tuple[int, ...], axis: int | None) -> tuple[int, ...]:
+def _param_shape(weight_shape: tuple[int, ...], axis: int | None,
+                 block: int | None = None) -> tuple[int, ...]:
+    if block is not None:  # one row per (output channel, block): see schemes.blocks
+        return (block_count(weight_shape, block), 1)
     shape = [1] * len(weight_shape)
     if axis is not None:
         shape[axis % len(shape)] = weight_shape[axis]
@@ -182,7 +187,9 @@ def _pack_weight(name: str, layer: nn.Module, tensors: dict[str, np.ndarray]) ->
     w_hat = layer.quantized_weight().detach()  # also fits range-based parameters
     params = (quantizer.params() if scheme.range_based
               else scheme.params_from_data(w, bits, quantizer.axis))
-    codes = scheme.encode(w, params, bits)
+    block = quantizer.block_size
+    codes = (scheme.encode(w, params, bits) if block is None
+             else from_blocks(scheme.encode(to_blocks(w, block), params, bits), tuple(w.shape)))
     entry: dict[str, Any] = {"count": w.numel()}
     keep = None
     if layer.layer_spec.sparsity > 0:
@@ -190,7 +197,7 @@ def _pack_weight(name: str, layer: nn.Module, tensors: dict[str, np.ndarray]) ->
         kind, k, mask = encode_mask(keep)
         tensors[f"{name}.weight.mask"] = mask
         entry.update(mask=kind, index_bits=k, survivors=int(keep.sum()))
-    decoded = _decode_weight(scheme, codes, keep, params, bits)
+    decoded = _decode_weight(scheme, codes, keep, params, bits, block)
     if not torch.equal(decoded, w_hat.to(torch.float32)):
         raise ExportError(
             f"{name}: {spec.scheme} codes do not reproduce the simulated weight exactly"
@@ -203,8 +210,9 @@ def _pack_weight(name: str, layer: nn.Module, tensors: dict[str, np.ndarray]) ->
 
 
 def _decode_weight(scheme: Scheme, codes: torch.Tensor, keep: np.ndarray | None,
-                   params: Params, bits: int) -> torch.Tensor:
-    values = scheme.decode(codes, params, bits)
+                   params: Params, bits: int, block: int | None = None) -> torch.Tensor:
+    values = (scheme.decode(codes, params, bits) if block is None else from_blocks(
+        scheme.decode(to_blocks(codes, block), params, bits), tuple(codes.shape)))
     if keep is not None:
         values = values.reshape(-1).clone()
         values[torch.from_numpy(~keep)] = 0.0
@@ -220,8 +228,9 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, example_inputs: Any = No
     Args:
         qmodel: a quantized model; every range-based activation quantizer must be calibrated.
         path: output file (``.safetensors`` by convention).
-        example_inputs: an example batch (tensor or tuple); only its shapes are stored, so
-            that the loader rebuilds the LayerTable by running the model once on zeros.
+        example_inputs: an example batch (tensor or tuple); only its shapes and dtypes are
+            stored, so that the loader rebuilds the LayerTable by running the model once on
+            zeros of those dtypes (int64 zeros for token ids).
             Without it the LayerTable itself goes into the metadata (a few KB more).
         model_name: the ``bitsmith.models.build_model`` name of the architecture (with
             ``model_kwargs``), so that :func:`load_packed` can rebuild it without a model;
@@ -310,7 +319,9 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, example_inputs: Any = No
         "state": state_signature(qmodel),
     }
     if example_inputs is not None:
-        meta["inputs"] = [list(t.shape) for t in _example_tuple(example_inputs)]
+        examples = _example_tuple(example_inputs)
+        meta["inputs"] = [list(t.shape) for t in examples]
+        meta["input_dtypes"] = [str(t.dtype).removeprefix("torch.") for t in examples]
     else:
         meta["layer_table"] = compact_table(table)
     meta_json = json.dumps(meta, separators=(",", ":"))
@@ -397,7 +408,11 @@ def _rebuild(model: nn.Module, meta: dict[str, Any]
     """The converted float model (traced, BN folded as recorded), its LayerTable and report."""
     conv = meta["conversion"]
     if "inputs" in meta:
-        zeros = tuple(torch.zeros(shape) for shape in meta["inputs"])
+        dtypes = meta.get("input_dtypes") or ["float32"] * len(meta["inputs"])
+        if any(not isinstance(getattr(torch, d, None), torch.dtype) for d in dtypes):
+            raise ArtifactError(f"unknown input dtype in the artifact: {dtypes}")
+        zeros = tuple(torch.zeros(shape, dtype=getattr(torch, d))
+                      for shape, d in zip(meta["inputs"], dtypes))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConversionWarning)
             try:
@@ -410,7 +425,8 @@ def _rebuild(model: nn.Module, meta: dict[str, Any]
                                 "(tracing / BatchNorm folding): is it the same architecture?")
         return work, table, report
     work = copy.deepcopy(model).eval()
-    report = ConversionReport(model=meta["model"]["class"], traced=conv["traced"])
+    report = ConversionReport(model=meta["model"]["class"], traced=conv["traced"],
+                              rewritten=rewrite_modules(work))
     if conv["traced"]:
         traced = try_trace(work)
         if not isinstance(traced, fx.GraphModule):
@@ -505,7 +521,7 @@ def _restore_layer(name: str, layer: nn.Module, tensors: dict[str, np.ndarray],
     if wq is not None:
         spec = wq.spec
         scheme = get_scheme(spec.scheme)
-        shape = _param_shape(tuple(layer.weight.shape), wq.axis)
+        shape = _param_shape(tuple(layer.weight.shape), wq.axis, wq.block_size)
         params = _restore_params(tensors, f"{name}.weight", scheme, spec, shape)
         count = layer.weight.numel()
         keep = None
@@ -517,7 +533,11 @@ def _restore_layer(name: str, layer: nn.Module, tensors: dict[str, np.ndarray],
         else:
             flat = unpack_bits(tensors[f"{name}.weight.codes"], spec.bits, count)
         codes = torch.from_numpy(flat).reshape(layer.weight.shape)
-        layer.weight.copy_(_decode_weight(scheme, codes, keep, params, spec.bits))
+        # a new parameter: a weight tied to another module (a language-model head tied to
+        # the embedding) keeps its float values there, as in the simulation
+        layer.weight = nn.Parameter(_decode_weight(scheme, codes, keep, params, spec.bits,
+                                                   wq.block_size),
+                                    requires_grad=layer.weight.requires_grad)
         wq._shape_hint = shape
         if scheme.range_based:
             wq._store(params)

@@ -109,7 +109,7 @@ def weight_qparams(layer: nn.Module) -> WeightQParams | None:
     ``scale · (q − zp)`` reproduces the simulated weight bit for bit.
     """
     wq = layer.weight_quantizer
-    if wq is None:
+    if wq is None or wq.block_size is not None:  # block-wise: see nbits_weight
         return None
     spec = wq.spec
     scheme = get_scheme(spec.scheme)
@@ -139,3 +139,77 @@ def weight_qparams(layer: nn.Module) -> WeightQParams | None:
     return WeightQParams(q.numpy().astype(dtype), flat_scale, flat_zp,
                          None if wq.axis is None else wq.axis % w_hat.dim(), spec.bits,
                          (qmin, qmax))
+
+
+#: bit widths ONNX Runtime's CPU ``MatMulNBits`` kernels run (codes packed LSB first)
+NBITS = (2, 4, 8)
+
+
+@dataclass
+class NBitsWeight:
+    """A block-wise Linear weight in ONNX Runtime's ``MatMulNBits`` layout.
+
+    ``packed``: uint8 ``(N, blocks, block · bits / 8)``; ``scales``: float32 ``(N · blocks,)``;
+    ``zero_points``: packed uint8 ``(N · ceil(blocks · bits / 8),)`` or ``None`` (ORT's default
+    ``2^(bits-1)``, used for symmetric grids). ``W[n, k] = scale · (code − zero_point)``.
+    """
+
+    packed: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray | None
+    k: int
+    n: int
+    bits: int
+    block: int
+
+
+def _pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack the last axis of ``codes`` (values < 2^bits) LSB first into uint8."""
+    per = 8 // bits
+    pad = (-codes.shape[-1]) % per
+    if pad:
+        codes = np.concatenate([codes, np.zeros((*codes.shape[:-1], pad), codes.dtype)], -1)
+    grouped = codes.reshape(*codes.shape[:-1], -1, per).astype(np.uint16)
+    shifts = (np.arange(per) * bits).astype(np.uint16)
+    return (grouped << shifts).sum(-1).astype(np.uint8)
+
+
+def nbits_weight(layer: nn.Module) -> NBitsWeight | None:
+    """The ``MatMulNBits`` form of a Linear layer's block-wise weight, or ``None`` when it has
+    none (not a Linear, not block-wise, a bit width ORT's CPU kernels lack, or levels off an
+    integer grid). Checked: the codes reproduce the simulated weight bit for bit."""
+    wq = layer.weight_quantizer
+    if (wq is None or wq.block_size is None or not isinstance(layer, nn.Linear)
+            or wq.spec.bits not in NBITS):
+        return None
+    from bitsmith.schemes.blocks import to_blocks
+
+    spec, block = wq.spec, wq.block_size
+    scheme = get_scheme(spec.scheme)
+    with torch.no_grad():
+        w_hat = to_blocks(layer.quantized_weight().detach().to(torch.float32), block)
+        params = (wq.params() if scheme.range_based
+                  else scheme.params_from_data(to_blocks(layer.weight.detach(), block),
+                                               spec.bits, 0))
+        lattice = scheme.lattice(params, spec.bits)
+        if lattice is None:
+            return None
+        scale, zp, qmin, qmax = lattice
+        scale = scale.to(torch.float32).reshape(-1, 1)
+        zp = torch.round(zp.to(torch.float32)).expand_as(scale)
+        q = torch.round(w_hat / scale) + zp
+        if not torch.equal((q - zp) * scale, w_hat):
+            return None
+    n, k = layer.weight.shape
+    top = 2 ** spec.bits - 1
+    if bool((zp == 0).all()) and qmin >= -(2 ** (spec.bits - 1)) and qmax <= top // 2:
+        codes, zero_points = q + 2 ** (spec.bits - 1), None  # ORT's default zero point
+    elif qmin >= 0 and qmax <= top and bool(((zp >= 0) & (zp <= top)).all()):
+        codes = q
+        per_channel = zp[:, 0].reshape(n, -1).numpy().astype(np.uint8)
+        zero_points = _pack_codes(per_channel, spec.bits).reshape(-1)
+    else:
+        return None
+    blocks = codes.numpy().astype(np.uint8).reshape(n, -1, block)
+    return NBitsWeight(_pack_codes(blocks, spec.bits), scale.reshape(-1).numpy(), zero_points,
+                       k, n, spec.bits, block)

@@ -1,7 +1,9 @@
 """QAG: automatic conversion of an arbitrary ``nn.Module`` into a quantizable one.
 
-``convert(model, example_inputs)`` copies the model, traces it with torch.fx,
-folds BatchNorm (optional) and builds the :class:`LayerTable`. When tracing
+``convert(model, example_inputs)`` copies the model, rewrites modules that hide their
+weights into equivalent quantizable ones (:mod:`bitsmith.graph.rewrite`: attention,
+transformer fast paths, Conv1D), traces it with torch.fx, folds BatchNorm (optional) and
+builds the :class:`LayerTable` (with the float ops and their reasons). When tracing
 fails it falls back to the eager model (module swapping still works on any
 model, because every quantized layer quantizes its own input) and says which
 construct could not be traced.
@@ -19,9 +21,11 @@ import torch
 from torch import fx, nn
 
 from bitsmith.errors import InputError
+from bitsmith.graph.float_ops import FloatOp, format_float_ops
 from bitsmith.graph.fold import fold_batchnorm
 from bitsmith.graph.layer_table import LayerTable
 from bitsmith.graph.qmodules import make_quantized
+from bitsmith.graph.rewrite import rewrite_modules
 from bitsmith.graph.trace import TraceFailure, try_trace
 from bitsmith.policy import Policy, PolicyError
 
@@ -45,6 +49,8 @@ class ConversionReport:
     quantized: list[str] = field(default_factory=list)
     kept_float: list[str] = field(default_factory=list)
     unused_layers: list[str] = field(default_factory=list)
+    rewritten: list[tuple[str, str]] = field(default_factory=list)
+    float_ops: list[FloatOp] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"{self.model}: {'traced with torch.fx' if self.traced else 'eager fallback'}"]
@@ -52,8 +58,14 @@ class ConversionReport:
             lines.append(self.trace_failure.message())
         lines.append(f"BatchNorm folded: {len(self.folded_bn)}; quantized layers: "
                      f"{len(self.quantized)}; kept in float: {len(self.kept_float)}")
+        if self.rewritten:
+            lines.append(f"rewritten to quantizable modules: {len(self.rewritten)} "
+                         f"({', '.join(sorted({what for _, what in self.rewritten}))})")
         if self.unused_layers:
             lines.append(f"layers never called in forward (not quantized): {self.unused_layers}")
+        if self.float_ops:
+            lines.append("parameterised ops that stay float:")
+            lines.append(format_float_ops(self.float_ops))
         return "\n".join(lines)
 
 
@@ -72,8 +84,10 @@ def convert(model: nn.Module, example_inputs: Any, fold_bn: bool = True,
         raise ConversionError(f"the example input is empty (shape {empty[0]}); give a batch "
                               "with at least one input")
     work = copy.deepcopy(model).eval()
+    rewritten = rewrite_modules(work)
     traced = try_trace(work, leaf_modules)
-    report = ConversionReport(model=type(model).__name__, traced=isinstance(traced, fx.GraphModule))
+    report = ConversionReport(model=type(model).__name__, traced=isinstance(traced, fx.GraphModule),
+                              rewritten=rewritten)
     if isinstance(traced, fx.GraphModule):
         work = traced
         if fold_bn:
@@ -87,6 +101,7 @@ def convert(model: nn.Module, example_inputs: Any, fold_bn: bool = True,
             f"{type(model).__name__} has no quantizable layer (Conv1d/2d/3d, ConvTranspose1d/2d "
             "or Linear) that runs in forward(); nothing to quantize")
     report.unused_layers = table.unused
+    report.float_ops = table.float_ops
     return work, table, report
 
 

@@ -2,9 +2,10 @@
 
 Built by running the model once on example inputs with forward hooks, so it
 works for any ``nn.Module`` (traceable or not) and lists layers in execution
-order. Layers that exist but never run in ``forward`` (e.g. the ``out_proj``
-of ``nn.MultiheadAttention``, whose weight is used functionally) are not
-quantizable and are listed in :attr:`LayerTable.unused`.
+order. Layers that exist but never run in ``forward`` are not quantizable and
+are listed in :attr:`LayerTable.unused`; every parameterised op that stays float
+(with its reason) is in :attr:`LayerTable.float_ops` (see
+:mod:`bitsmith.graph.float_ops`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from bitsmith.graph.float_ops import FloatOp, scan_float_ops
 
 QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear,
@@ -99,11 +102,12 @@ class LayerTable(Sequence[LayerInfo]):
     """Ordered (execution order) collection of :class:`LayerInfo`, indexable by position or name."""
 
     def __init__(self, layers: Sequence[LayerInfo], total_params: int,
-                 unused: Sequence[str] = ()) -> None:
+                 unused: Sequence[str] = (), float_ops: Sequence[FloatOp] = ()) -> None:
         self._layers = list(layers)
         self._by_name = {layer.name: layer for layer in self._layers}
         self.total_params = int(total_params)
         self.unused = list(unused)
+        self.float_ops = list(float_ops)
 
     def __getitem__(self, key):  # type: ignore[override]
         if isinstance(key, str):
@@ -151,9 +155,17 @@ class LayerTable(Sequence[LayerInfo]):
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
+    @property
+    def warned_float_ops(self) -> list[FloatOp]:
+        """Float ops one may expect to be quantized (functional weights, unused or bypassed
+        layers, recurrent and unsupported modules)."""
+        return [op for op in self.float_ops if op.warns]
+
     @classmethod
-    def from_model(cls, model: nn.Module, example_inputs: Any) -> LayerTable:
-        """Run ``model`` once on ``example_inputs`` (tensor or tuple) and record its layers."""
+    def from_model(cls, model: nn.Module, example_inputs: Any,
+                   scan_float: bool = True) -> LayerTable:
+        """Run ``model`` once on ``example_inputs`` (tensor or tuple) and record its layers;
+        with ``scan_float`` a second run lists the float ops (:func:`scan_float_ops`)."""
         records: dict[str, dict[str, Any]] = {}
         handles = []
 
@@ -209,4 +221,5 @@ class LayerTable(Sequence[LayerInfo]):
             ))
         unused = [n for n, _ in named if n not in records]
         total = sum(p.numel() for p in model.parameters())
-        return cls(layers, total, unused)
+        float_ops = scan_float_ops(model, example_inputs, records) if scan_float else []
+        return cls(layers, total, unused, float_ops)

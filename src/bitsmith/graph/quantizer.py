@@ -23,8 +23,9 @@ from torch import Tensor, nn
 
 from bitsmith.calibrate import TensorStats, compute_range
 from bitsmith.errors import BitsmithError
-from bitsmith.policy import QSpec
+from bitsmith.policy import QSpec, block_size
 from bitsmith.schemes.base import Params, broadcast_shape, get_scheme, grad_scale
+from bitsmith.schemes.blocks import from_blocks, to_blocks
 from bitsmith.schemes.uniform import effective_bits
 
 
@@ -54,7 +55,13 @@ class Quantizer(nn.Module):
         self.role = role
         if channel_axis is None:
             channel_axis = 0 if role == "weight" else 1
-        self.axis = channel_axis if spec.granularity == "channel" else None
+        self.block_size = block_size(spec.granularity)
+        if self.block_size is not None and role != "weight":
+            raise ValueError(f"{label or role}: block granularity ({spec.granularity}) is for "
+                             "weights; activations use 'tensor' or 'channel'")
+        # block mode quantizes the (groups, block) view of the weight per row (axis 0)
+        self.axis = (0 if self.block_size is not None
+                     else channel_axis if spec.granularity == "channel" else None)
         self.label = label or role
         self.stats: TensorStats | None = None
         self.calibrating = False
@@ -148,6 +155,8 @@ class Quantizer(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
+        if self.block_size is not None:
+            return self._blocked(x)
         if self.calibrating:
             self._remember_shape(x)
             self.stats.update(x.detach())
@@ -172,6 +181,21 @@ class Quantizer(nn.Module):
             params = {k: grad_scale(v, factor) if isinstance(v, nn.Parameter) else v
                       for k, v in params.items()}
         return self.scheme.quantize(x, params, bits)
+
+    def _blocked(self, w: Tensor) -> Tensor:
+        """Block-wise weight quantization on the ``(groups, block)`` view of ``w``."""
+        blocks = to_blocks(w, self.block_size)
+        bits = self.spec.bits
+        if not self.scheme.range_based:
+            params = self.scheme.params_from_data(blocks, bits, 0)
+        else:
+            fitted = self.spec.learnable and self._param_keys
+            if not fitted and self._fitted_version != (w.data_ptr(), w._version):
+                self._remember_shape(blocks)
+                self.set_range(*self._range_of(TensorStats.of(blocks.detach(), channel_axis=0)))
+                self._fitted_version = (w.data_ptr(), w._version)
+            params = self.params()
+        return from_blocks(self.scheme.quantize(blocks, params, bits), tuple(w.shape))
 
     def extra_repr(self) -> str:
         return f"{self.spec.short()}, role={self.role}, observer={self.spec.observer}"

@@ -38,7 +38,9 @@ class _LeafTracer(fx.Tracer):
         self._leaf_types = tuple(leaf_types)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if self._leaf_types and isinstance(m, self._leaf_types):
+        from bitsmith.graph.rewrite import ExplicitModule
+
+        if isinstance(m, ExplicitModule) or (self._leaf_types and isinstance(m, self._leaf_types)):
             return True
         return super().is_leaf_module(m, qualname)
 

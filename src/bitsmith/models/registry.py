@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from bitsmith.models.cifar_resnet import DEPTHS, cifar_resnet, load_pretrained_cifar_resnet
+from bitsmith.models.hf import hf_bert, hf_gpt2
 from bitsmith.models.small_cnn import SmallCNN
 
 TV_PREFIX = "torchvision:"
@@ -45,6 +46,8 @@ def _resnet_builder(depth: int) -> Callable[..., nn.Module]:
 for _d in DEPTHS:
     register_model(f"resnet{_d}")(_resnet_builder(_d))
 register_model("small_cnn")(SmallCNN)
+register_model("hf_bert")(hf_bert)  # optional dependency: transformers
+register_model("hf_gpt2")(hf_gpt2)
 
 
 def _torchvision_names() -> list[str]:

@@ -142,8 +142,9 @@ class Scheme(ABC):
             span = (f"{self.min_bits}" if self.min_bits == self.max_bits
                     else f"{self.min_bits}..{self.max_bits}")
             return f"scheme {self.name!r} supports bits={span}, got bits={spec.bits}"
-        if spec.granularity == "channel" and not self.per_channel:
-            return f"scheme {self.name!r} has no per-channel form; use granularity='tensor'"
+        if spec.granularity != "tensor" and not self.per_channel:
+            return (f"scheme {self.name!r} has no per-channel form (nor a block form); use "
+                    "granularity='tensor'")
         if spec.pow2_scale and not self.integer_grid:
             return f"pow2_scale needs an integer-grid scheme, {self.name!r} is not one"
         return None

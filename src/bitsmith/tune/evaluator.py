@@ -71,6 +71,8 @@ class Measurement:
         bitops, fp32_bitops: BitOPs per example.
         avg_weight_bits: weight-count-weighted mean bit width.
         latency_ms: per-batch latency on the runtime, if the backend measures it.
+        kernels: layers per kernel class (``integer``, ``weight_only``, ``float``) in the
+            runtime's optimised graph, if the backend reports them (ONNX Runtime does).
         seconds: wall time of the evaluation.
         pruned: stopped early after a stage.
         cached: served from the result cache.
@@ -87,6 +89,7 @@ class Measurement:
     fp32_bitops: int
     avg_weight_bits: float
     latency_ms: float | None = None
+    kernels: dict[str, int] | None = None
     seconds: float = 0.0
     pruned: bool = False
     cached: bool = False
@@ -402,6 +405,7 @@ class TorchEvaluator:
             compression=cost.compression, bitops=cost.bitops, fp32_bitops=cost.fp32_bitops,
             avg_weight_bits=cost.avg_weight_bits,
             latency_ms=None if pruned else self.backend.latency_ms(runner, example),
+            kernels=getattr(self.backend, "kernel_counts", lambda _r: None)(runner),
             seconds=time.perf_counter() - t0, pruned=pruned)
         if not pruned:
             self._results[key] = m

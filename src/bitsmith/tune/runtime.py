@@ -9,7 +9,10 @@
    calibration inputs, never on validation data),
 2. opens a session with :func:`bitsmith.export.ort.make_session` and runs the
    validation images through it: the **accuracy is the integer runtime's**,
-3. times one batch with :func:`bitsmith.export.ort.interleaved_latency` (median of
+3. reads from ONNX Runtime's optimised graph how many layers really run integer,
+   weight-only (``MatMulNBits``) and float kernels (``Measurement.kernels``; a policy whose
+   "quantized" layers run as float ``FusedConv`` shows it there, and its latency reflects it),
+4. times one batch with :func:`bitsmith.export.ort.interleaved_latency` (median of
    ``latency_runs`` runs after warm-up), which fills ``Measurement.latency_ms`` — the
    ``latency`` metric of an objective (``Objective("pareto", "latency")`` or
    ``Objective("min_cost", "latency", tolerance=...)``).
@@ -104,6 +107,14 @@ class OnnxRuntimeBackend:
             prev = self.work_dir / f"config-{self._count - 1}.onnx"
             prev.unlink(missing_ok=True)
         return OrtRunner(session, path, report)
+
+    def kernel_counts(self, runner: Callable[[Tensor], Tensor]) -> dict[str, int] | None:
+        """Layers per kernel class in ONNX Runtime's optimised graph of this configuration."""
+        if not isinstance(runner, OrtRunner):
+            return None
+        r = runner.report
+        return {"integer": r.integer_layers, "weight_only": r.weight_only_layers,
+                "float": r.float_layers}
 
     def latency_ms(self, runner: Callable[[Tensor], Tensor], example: Tensor) -> float | None:
         from bitsmith.export.ort import interleaved_latency

@@ -1,0 +1,95 @@
+"""Linear layers on inputs of any rank export to integer kernels (checked on ONNX Runtime's
+optimised graph); token-id models keep their input dtype in ONNX and the packed artifact."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import bitsmith
+from bitsmith import Policy, QSpec
+from bitsmith.export import compare_onnx, export_onnx, load_packed, save_packed
+from bitsmith.export.kernels import kernel_class, runtime_kernels
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+W8, A8 = QSpec("uniform_symmetric", 8, "channel"), QSpec("uniform_asymmetric", 8)
+
+
+class PointwiseBlock(nn.Module):
+    """ConvNeXt-style: depthwise conv, then Linear layers on (N, H, W, C)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.norm = nn.LayerNorm(8)
+        self.fc1, self.fc2 = nn.Linear(8, 32), nn.Linear(32, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dw(x).permute(0, 2, 3, 1)
+        h = self.fc2(nn.functional.gelu(self.fc1(self.norm(h)))).permute(0, 3, 1, 2)
+        return self.head((x + h).mean((2, 3)))
+
+
+def test_nd_linear_layers_run_integer_kernels(tmp_path):
+    model = PointwiseBlock().eval()
+    calib = [torch.randn(4, 8, 6, 6) for _ in range(2)]
+    names = bitsmith.prepare(model, calib[0])[1].names
+    q = bitsmith.quantize(model, Policy.uniform(names, W8, A8), calibration=calib)
+    path = tmp_path / "pw.onnx"
+    report = export_onnx(q, path, calib[0][:1], calibration=calib)
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    assert inits["fc1.weight.q"].shape == (8, 32)  # MatMul layout (in, out), int8
+    assert inits["fc1.weight.scale"].shape == (32,)  # per output channel (axis 1)
+    assert report.layers == {"dw": "QLinearConv", "fc1": "MatMulIntegerToFloat",
+                             "fc2": "MatMulIntegerToFloat", "head": "QGemm"}
+    assert report.integer_layers == 4 and report.float_layers == 0
+    # the same classification straight from ONNX Runtime's optimised graph
+    kernels = runtime_kernels(path, {n: "" for n in names})
+    assert all(kernel_class(op) == "integer" for op in kernels.layers.values())
+    agreement = compare_onnx(q, path, [torch.randn(16, 8, 6, 6)])
+    assert agreement.top1_agreement >= 90.0 and agreement.max_abs_error < 0.1
+
+
+def test_report_counts_float_kernels_when_ort_runs_float(tmp_path):
+    """A layer the Policy keeps in float is reported as a float kernel, not by intent."""
+    model = PointwiseBlock().eval()
+    calib = [torch.randn(4, 8, 6, 6)]
+    q = bitsmith.quantize(model, Policy.uniform(["dw", "fc1", "head"], W8, A8),
+                          calibration=calib)
+    report = export_onnx(q, tmp_path / "m.onnx", calib[0][:1], calibration=calib)
+    assert kernel_class(report.layers["fc2"]) == "float" and report.float_layers == 1
+    assert report.float_layer_names == ["fc2"]
+
+
+class TokenNet(nn.Module):
+    """Token ids -> embedding -> Linear per token -> logits per token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.fc = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 50)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.fc(self.embed(ids))))
+
+
+def test_token_id_model_exports_and_packs_with_long_inputs(tmp_path):
+    model = TokenNet().eval()
+    calib = [torch.randint(0, 50, (4, 12)) for _ in range(2)]
+    q = bitsmith.quantize(model, Policy.uniform(["fc", "out"], W8, A8), calibration=calib)
+    report = export_onnx(q, tmp_path / "t.onnx", calib[0][:1], calibration=calib)
+    graph = onnx.load(str(tmp_path / "t.onnx")).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert report.integer_layers == 2
+    test = torch.randint(0, 50, (3, 12))
+    agreement = compare_onnx(q, tmp_path / "t.onnx", [test])
+    assert agreement.count == 36 and agreement.top1_agreement >= 95.0  # one per token
+    save_packed(q, tmp_path / "t.safetensors", example_inputs=calib[0][:1])
+    loaded = load_packed(tmp_path / "t.safetensors", model=TokenNet())
+    with torch.no_grad():
+        assert torch.equal(loaded(test), q(test))
