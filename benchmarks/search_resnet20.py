@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS, write_result  # noqa: E402
+from benchmarks.common import RESULTS, write_result
 
 PARTIAL = RESULTS / "search_resnet20.partial.json"
 RUNS = Path("/tmp/bitsmith_search_runs")

@@ -140,7 +140,7 @@ def test_the_readme_python_block_runs_as_written(own, tmp_path, monkeypatch):
     Path("net.pt").write_bytes(Path(own["checkpoint"]).read_bytes())
     Path("photos").symlink_to(own["data"])
     namespace: dict = {}
-    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the docs' own code
+    exec(compile(block, "README.md", "exec"), namespace)  # the docs' own code
     result = namespace["result"]
     assert isinstance(result.model, nn.Module) and result.policy
     assert (tmp_path / "runs" / "mine" / "policy.yaml").is_file()

@@ -87,7 +87,7 @@ class BitsmithGroup(TyperGroup):
                   "check the path")
         except KeyboardInterrupt:
             _fail(ctx, EXIT_INTERRUPTED, "interrupted; run the same command again to resume")
-        except Exception as err:  # noqa: BLE001 - the boundary: nothing else escapes
+        except Exception as err:  # the boundary: nothing else escapes
             _fail(ctx, EXIT_ERROR, f"unexpected error: {type(err).__name__}: {err} "
                   "(run with --debug for the traceback)")
 

@@ -146,7 +146,7 @@ def add_test_numbers(result: Any, model: Any, test: Any, label: str) -> None:
 
 
 # ------------------------------------------------------------- model / data / metric
-def _opt(tp: Any, *names: str, help: str) -> Any:  # noqa: A002 - typer's keyword
+def _opt(tp: Any, *names: str, help: str) -> Any:  # typer's keyword
     return Annotated[tp, typer.Option(*names, help=help)]
 
 

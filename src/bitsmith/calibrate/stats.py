@@ -81,11 +81,6 @@ class _Hist:
     def clone(self) -> _Hist:
         return _Hist(self.counts.clone(), self.k0.clone(), self.w.clone())
 
-    def left_edges(self) -> Tensor:
-        """``(G, B)`` left bin edges."""
-        j = torch.arange(self.bins, dtype=torch.float64, device=self.device)
-        return (self.k0[:, None] + j) * self.w[:, None]
-
     def edges(self) -> Tensor:
         """``(G, B + 1)`` bin edges."""
         j = torch.arange(self.bins + 1, dtype=torch.float64, device=self.device)

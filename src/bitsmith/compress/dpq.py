@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -198,25 +198,6 @@ def install_dpq(qmodel: nn.Module, names: Iterable[str] | None = None, pseudo: b
     return chosen
 
 
-def weight_stats(w: Tensor) -> dict[str, float]:
-    """Distribution summary of the surviving weights of ``w``.
-
-    Keys: ``survivors`` (count), ``pseudo_mean`` (mean ``|w|``), ``std``, ``kurtosis``
-    (excess, of the signed survivors), ``outlier_share`` (fraction with ``|w| > 4·m̄``).
-    """
-    a = w.detach().float().reshape(-1)
-    s = a[a != 0]
-    if s.numel() < 2:
-        return {"survivors": float(s.numel()), "pseudo_mean": 0.0, "std": 0.0,
-                "kurtosis": 0.0, "outlier_share": 0.0}
-    m = s.abs().mean()
-    c = s - s.mean()
-    var = c.square().mean().clamp_min(1e-30)
-    return {"survivors": float(s.numel()), "pseudo_mean": float(m),
-            "std": float(var.sqrt()), "kurtosis": float(c.pow(4).mean() / var.square() - 3),
-            "outlier_share": float((s.abs() > 4 * m).float().mean())}
-
-
 def quantization_nsr(w: Tensor, bits: int, two_level: bool = True, pseudo: bool = True
                      ) -> float:
     """Noise-to-signal ratio ``‖w - ŵ‖² / ‖w‖²`` of DPQ quantization of ``w`` at ``bits``.
@@ -231,10 +212,3 @@ def quantization_nsr(w: Tensor, bits: int, two_level: bool = True, pseudo: bool 
     w_hat = torch.clamp(torch.round(wd / scale), -q, q) * scale
     return float((wd - w_hat).square().sum() / wd.square().sum().clamp_min(1e-30))
 
-
-def layer_weights(qmodel: nn.Module, names: Iterable[str] | None = None
-                  ) -> Mapping[str, nn.Parameter]:
-    """``name -> weight parameter`` of the quantized layers (all, or ``names``)."""
-    layers = quantized_layers(qmodel)
-    keys = list(names) if names is not None else list(layers)
-    return {n: layers[n].weight for n in keys}

@@ -146,7 +146,7 @@ def bench_command(
             raise OptionError(f"{path} does not exist; give ONNX files")
         try:
             graph = onnx.load(str(path), load_external_data=False).graph
-        except Exception as err:  # noqa: BLE001 - protobuf decode errors vary
+        except Exception as err:  # protobuf decode errors vary
             raise ExportError(f"{path} is not a readable ONNX model: {err}") from None
         dims = graph.input[0].type.tensor_type.shape.dim[1:]
         if any(not d.dim_value for d in dims):

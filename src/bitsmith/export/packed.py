@@ -354,7 +354,7 @@ def read_header(path: str | Path) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="np") as f:
             return dict(f.metadata() or {})
-    except Exception:  # noqa: BLE001 - safetensors raises several types
+    except Exception:  # safetensors raises several types
         return {}
 
 
@@ -376,7 +376,7 @@ def read_packed(path: str | Path, key: bytes | str | None = None
         with safe_open(str(path), framework="np") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types
+    except Exception as err:  # safetensors raises several types
         raise ArtifactError(f"{path} is not a readable safetensors file (truncated or "
                             f"corrupted?): {err}") from None
     if "bitsmith" not in header or "sha256" not in header:
@@ -417,7 +417,7 @@ def _rebuild(model: nn.Module, meta: dict[str, Any]
             warnings.simplefilter("ignore", ConversionWarning)
             try:
                 work, table, report = convert(model, zeros, fold_bn=conv["folded_bn"] > 0)
-            except Exception as err:  # noqa: BLE001 - the model may reject the inputs
+            except Exception as err:  # the model may reject the inputs
                 raise ArtifactError(f"the given model cannot run the artifact's input shapes "
                                     f"{meta['inputs']}: {err}") from None
         if report.traced != conv["traced"] or len(report.folded_bn) != conv["folded_bn"]:

@@ -29,7 +29,6 @@ cost of the derived Policy when ``p``, ``q`` are one-hot.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -186,10 +185,6 @@ def _mix(terms: Sequence[tuple[Tensor, nn.Module]], t: Tensor) -> Tensor:
     if out is None:
         raise RuntimeError("a searched layer received no candidate terms")
     return out
-
-
-def is_search_layer(m: nn.Module) -> bool:
-    return isinstance(m, SearchLayerMixin)
 
 
 @dataclass
@@ -428,7 +423,3 @@ def check_budget_feasible(net: Supernet, budget: Budget) -> None:
         if lowest > limit * (1 + 1e-12):
             raise InfeasibleBudgetError(kind, limit, lowest)
 
-
-def copy_model(net: Supernet) -> nn.Module:
-    """A deep copy of the supernet's model (for a reference multi-path measurement)."""
-    return copy.deepcopy(net.model)
