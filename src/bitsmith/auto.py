@@ -99,7 +99,11 @@ def _tune(model: nn.Module, calibration: Any, validation: Any, budget: Budget | 
         limit, metric = _tune_budget(model, calibration, budget)
         objective = {"objective": "max_accuracy", "metric": metric, "budget": limit}
     if method == "auto":
-        warm = _warm_starts(model, calibration, validation, budget)
+        from bitsmith.progress import stage
+
+        with stage("autoquantize: Fisher sensitivity and integer-program warm starts",
+                   progress):
+            warm = _warm_starts(model, calibration, validation, budget)
     cfg = TuneConfig(space=space, n_trials=trials, init_policies=tuple(warm),
                      progress=progress, **objective)
     result = tune(model, calibration, validation, evaluate=evaluate, config=cfg,

@@ -17,6 +17,7 @@ override it. Example config::
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import traceback
@@ -123,6 +124,7 @@ def demo(
     epochs: int = typer.Option(30, min=1, help="Training epochs for the digits CNN."),
     seed: int = typer.Option(0, help="Random seed."),
     tune_trials: int = typer.Option(16, min=0, help="Trials of the short auto-tune (0: skip)."),
+    progress: ProgressOption = True,
 ) -> None:
     """Digits CNN end to end: FP32 vs W8A8, W4A4, mixed and auto-tuned; writes the HTML report.
 
@@ -134,7 +136,8 @@ def demo(
     from bitsmith.demo import print_demo, run_demo
     from bitsmith.report import write_report
 
-    demo_run = run_demo(out, epochs=epochs, seed=seed, tune_trials=tune_trials)
+    demo_run = run_demo(out, epochs=epochs, seed=seed, tune_trials=tune_trials,
+                        progress=progress)
     print_demo(demo_run, console)
     done(f"results written to {out}/results.json")
     done(f"report written to {write_report(out)}")
@@ -247,9 +250,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:  # pragma: no cover - console-script wrapper
-    """Console script: ``sys.exit(main())``."""
+    """Console script: ``sys.exit(main())``. Standard output is line-buffered even off a
+    terminal (a log file, a pipe), so that each result line arrives when it is printed."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -189,6 +189,10 @@ class QuantInfo:
     layer_table: LayerTable
     report: ConversionReport
 
+    def attach(self, model: nn.Module) -> None:
+        """Make this ``model.bitsmith`` (read it back, typed, with :func:`quant_info`)."""
+        object.__setattr__(model, "bitsmith", self)  # plain data, not a parameter or module
+
 
 def quant_info(model: nn.Module) -> QuantInfo:
     """The :class:`QuantInfo` of a quantized model (``model.bitsmith``: policy, layer table,
@@ -258,5 +262,5 @@ def quantize(model: nn.Module, policy: Policy, *, example_inputs: Any = None,
         apply_stats(work, calibration)
     elif calibration is not None:
         calibrate(work, calibration, num_batches, multi_input)
-    work.bitsmith = QuantInfo(policy, table, report)
+    QuantInfo(policy, table, report).attach(work)
     return work

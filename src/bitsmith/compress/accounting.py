@@ -26,6 +26,7 @@ from bitsmith.cost import CostReport, MaskLayout, estimate, mask_layout, weight_
 from bitsmith.cost.sparse import survivors_of
 from bitsmith.graph import LayerTable, quantized_layers
 from bitsmith.policy import Policy
+from bitsmith.quantize import quant_info
 
 
 def mask_layouts(qmodel: nn.Module) -> dict[str, MaskLayout]:
@@ -48,7 +49,7 @@ def sync_sparsity(qmodel: nn.Module) -> Policy:
     ``ceil(m·b/8) + mask < ceil(n·b/8)``; otherwise its zeros are stored as zero codes
     (sparsity 0). Returns the updated Policy (also at ``qmodel.bitsmith.policy``).
     """
-    info = qmodel.bitsmith
+    info = quant_info(qmodel)
     updates = {}
     for name, layer in quantized_layers(qmodel).items():
         wspec = layer.layer_spec.weight
@@ -76,7 +77,7 @@ def compression_report(qmodel: nn.Module) -> CostReport:
     ``.size_bytes`` equals the packed artifact's payload (``PackedReport.tensor_bytes``);
     ``.compression`` is FP32 bytes / that.
     """
-    info = qmodel.bitsmith
+    info = quant_info(qmodel)
     return estimate(info.layer_table, info.policy, mask_layouts(qmodel))
 
 

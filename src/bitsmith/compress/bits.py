@@ -35,6 +35,7 @@ from bitsmith.cost import weight_bytes
 from bitsmith.cost.budget import Budget, InfeasibleBudgetError
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import LayerSpec
+from bitsmith.quantize import quant_info
 
 DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
 
@@ -101,7 +102,7 @@ def allocate_bits(qmodel: nn.Module, budget_bytes: float, bits: Sequence[int] = 
     if not names:
         raise CompressError("no DPQ layer to allocate bits for (call install_dpq first)")
     policy = sync_sparsity(qmodel)
-    info = qmodel.bitsmith
+    info = quant_info(qmodel)
     table = info.layer_table
     qlayers = quantized_layers(qmodel)
     masks = mask_layouts(qmodel)

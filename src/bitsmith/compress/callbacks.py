@@ -43,6 +43,7 @@ from bitsmith.compress.pruning import (
 from bitsmith.compress.rpc import RPC, RPCSchedule
 from bitsmith.cost import mask_layout
 from bitsmith.graph import quantized_layers
+from bitsmith.quantize import quant_info
 from bitsmith.training import Callback, TrainState
 
 
@@ -118,7 +119,7 @@ class DPQCallback(Callback):
         if self.schedule is None or self.sparsity >= final - 1e-9:
             return float(self.budget_bytes)
         report = compression_report(self.qmodel)
-        table = self.qmodel.bitsmith.layer_table
+        table = quant_info(self.qmodel).layer_table
         per_layer = {c.name: c.weight_bytes for c in report.layers}
         chosen = set(self.bit_layers)
         now = mask_layouts(self.qmodel)

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from bitsmith.graph import quantized_layers
 from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import LayerSpec, QSpec
+from bitsmith.quantize import quant_info
 
 CORRECTION_GRID = tuple(1.0 + j / 16.0 for j in (0, *[k for i in range(1, 9) for k in (-i, i)]))
 WEIGHT_SCHEME = "uniform_symmetric"
@@ -175,7 +176,7 @@ def set_layer_spec(qmodel: nn.Module, name: str, spec: LayerSpec, pseudo: bool =
             new.fit_weight(layer.weight)  # buffers exist now (state_dict / checkpoints)
         layer.weight_quantizer = new
     layer.layer_spec = spec
-    info = qmodel.bitsmith
+    info = quant_info(qmodel)
     info.policy = info.policy.with_layers({name: spec})
 
 

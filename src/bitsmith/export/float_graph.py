@@ -20,13 +20,14 @@ import copy
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
 
 from bitsmith.atomic import atomic_path
 from bitsmith.graph import quantized_layers
-from bitsmith.graph.qmodules import QuantLayerMixin
+from bitsmith.graph.qmodules import QuantizedLayer, QuantLayerMixin
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -52,7 +53,7 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def dequantized_copy(qmodel: nn.Module, matmul_layers: Iterable[str] = ()
-                     ) -> tuple[nn.Module, dict[str, nn.Module]]:
+                     ) -> tuple[nn.Module, dict[str, QuantizedLayer]]:
     """A float copy of ``qmodel`` whose quantized layers hold ``Q_w(W)``; plus the originals.
 
     Each quantized layer gets its own parameter (a weight tied to another module, e.g. a
@@ -75,11 +76,11 @@ def dequantized_copy(qmodel: nn.Module, matmul_layers: Iterable[str] = ()
             for attr in ("weight_quantizer", "input_quantizer"):
                 if attr in module._modules:
                     del module._modules[attr]
-            module.__class__ = base
+            cast(nn.Module, module).__class__ = base  # back to the plain torch class
         for name in matmul:  # quantized or kept float by the Policy
-            module = work.get_submodule(name)
-            if isinstance(module, nn.Linear):
-                _set_submodule(work, name, MatMulLinear(module))
+            linear = work.get_submodule(name)
+            if isinstance(linear, nn.Linear):
+                _set_submodule(work, name, MatMulLinear(linear))
     if hasattr(work, "bitsmith"):
         del work.bitsmith
     return work, layers

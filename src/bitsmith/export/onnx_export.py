@@ -31,6 +31,7 @@ from bitsmith.export.onnx_qdq import INT_OPS, LayerPlan, add_outputs, insert_qdq
 from bitsmith.export.ort import make_session, run, tensor_ranges
 from bitsmith.export.packed import _quant_info
 from bitsmith.export.qparams import act_qparams, nbits_weight, weight_qparams
+from bitsmith.quantize import quant_info
 
 
 @dataclass
@@ -97,7 +98,7 @@ def matmul_layers(qmodel: nn.Module) -> list[str]:
     on inputs that are not 2-D, those without bias (``Gemm`` needs one) and block-wise ones
     (``MatMulNBits`` replaces a ``MatMul``); exported as
     :class:`~bitsmith.export.float_graph.MatMulLinear`."""
-    table = qmodel.bitsmith.layer_table
+    table = quant_info(qmodel).layer_table
 
     def block_wise(name: str) -> bool:
         wq = getattr(qmodel.get_submodule(name), "weight_quantizer", None)
@@ -114,7 +115,7 @@ def _control_flow_note(qmodel: nn.Module, tracer_notes: list[str]) -> str | None
     A traced model's graph has no data-dependent Python control flow (fx refuses it); the
     exporter's own notes there come from shape checks inside leaf modules and are ignored.
     """
-    report = qmodel.bitsmith.report
+    report = quant_info(qmodel).report
     if report.traced:
         return None
     failure = report.trace_failure
@@ -234,7 +235,7 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
         integer_outputs=integer_outputs, integer_residuals=integer_residuals,
         intended={n: p.kernel for n, p in plans.items()},
         calibrated_points=sorted(result.calibrated))
-    _count_kernels(report, qmodel.bitsmith.layer_table.names, plans,
+    _count_kernels(report, quant_info(qmodel).layer_table.names, plans,
                    path if check_kernels else None)
     note = _control_flow_note(qmodel, tracer_notes)
     if note is not None:

@@ -75,6 +75,7 @@ from bitsmith.graph import (
     quantized_layers,
 )
 from bitsmith.graph.fold import fold_batchnorm
+from bitsmith.graph.qmodules import QuantizedLayer
 from bitsmith.graph.rewrite import rewrite_modules
 from bitsmith.graph.trace import try_trace
 from bitsmith.policy import Policy, PolicyError, QSpec
@@ -177,7 +178,8 @@ def _restore_params(tensors: dict[str, np.ndarray], prefix: str, scheme: Scheme,
 
 
 # --------------------------------------------------------------------------- save
-def _pack_weight(name: str, layer: nn.Module, tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+def _pack_weight(name: str, layer: QuantizedLayer,
+                 tensors: dict[str, np.ndarray]) -> dict[str, Any]:
     """Encode one layer's weight; verify that decoding reproduces the simulation exactly."""
     quantizer = layer.weight_quantizer
     spec = layer.layer_spec.weight
@@ -511,11 +513,11 @@ def load_packed(path: str | Path, model: nn.Module | None = None, *,
         for name, layer in layers.items():
             _restore_layer(name, layer, tensors, meta["sparse"].get(name), table[name])
     report.model = meta["model"]["class"]
-    work.bitsmith = QuantInfo(policy, table, report)
+    QuantInfo(policy, table, report).attach(work)
     return work
 
 
-def _restore_layer(name: str, layer: nn.Module, tensors: dict[str, np.ndarray],
+def _restore_layer(name: str, layer: QuantizedLayer, tensors: dict[str, np.ndarray],
                    sparse: dict[str, Any] | None, info: LayerInfo) -> None:
     wq = layer.weight_quantizer
     if wq is not None:

@@ -30,6 +30,7 @@ from bitsmith.export.onnx_export import (
 )
 from bitsmith.export.ort import interleaved_latency, make_session
 from bitsmith.export.packed import PackedReport, save_packed
+from bitsmith.quantize import quant_info
 
 
 @dataclass
@@ -201,7 +202,7 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
         notes.append(f"{len(onnx_report.calibrated_points)} extra uint8 points calibrated for "
                      "integer chains (the only deviations from the simulation besides int32 "
                      "bias rounding)")
-    info = qmodel.bitsmith
+    info = quant_info(qmodel)
     summary = ExportSummary(
         model=model_name or type(model).__name__,
         policy_fingerprint=info.policy.fingerprint(), avg_weight_bits=packed.avg_weight_bits,

@@ -35,10 +35,15 @@ class SpecLike(Protocol):
     """The fields of a :class:`bitsmith.policy.QSpec` that schemes read (schemes sit below
     the Policy, so they name the fields instead of importing the class)."""
 
-    bits: int
-    granularity: str
-    pow2_scale: bool
-    reduced_range: bool
+    @property
+    def bits(self) -> int: ...
+    @property
+    def granularity(self) -> str: ...
+    @property
+    def pow2_scale(self) -> bool: ...
+    @property
+    def reduced_range(self) -> bool: ...
+
 
 _REGISTRY: dict[str, Scheme] = {}
 

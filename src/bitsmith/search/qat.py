@@ -31,7 +31,7 @@ from bitsmith.graph.convert import ConversionReport, apply_policy, convert
 from bitsmith.graph.qmodules import quantized_layers
 from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import LayerSpec, Policy, QSpec
-from bitsmith.quantize import QuantInfo, calibrate
+from bitsmith.quantize import QuantInfo, calibrate, quant_info
 from bitsmith.schemes import get_scheme
 from bitsmith.search.supernet import SearchLayerMixin, Supernet
 from bitsmith.training import Callback, TrainConfig, TrainResult, train
@@ -118,7 +118,7 @@ def build_qat_model(net: Supernet, policy: Policy, calibration: Iterable | None 
         for m in qlayers.values():
             if m.weight_quantizer is not None and not m.weight_quantizer._param_keys:
                 m.weight_quantizer(m.weight)
-    model.bitsmith = QuantInfo(policy, net.table, report)
+    QuantInfo(policy, net.table, report).attach(model)
     return model
 
 
@@ -159,7 +159,7 @@ def save_result(qmodel: nn.Module, out_dir: str | Path, extra: dict[str, Any] | 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    info: QuantInfo = qmodel.bitsmith
+    info = quant_info(qmodel)
     policy_path = info.policy.save(out / "policy.yaml")
     tensors = {k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()}
     weights = out / "weights.safetensors"
@@ -196,5 +196,5 @@ def load_result(model: nn.Module, example_inputs: Tensor, out_dir: str | Path) -
                 q._shape_hint = tuple(first.shape)
                 q._store(params)
     work.load_state_dict(tensors, strict=True)
-    work.bitsmith = QuantInfo(policy, table, report)
+    QuantInfo(policy, table, report).attach(work)
     return work.eval()
