@@ -50,7 +50,7 @@ def _user_frame(err: BaseException) -> tuple[str, str]:
     frames = traceback.extract_tb(err.__traceback__)
     for frame in reversed(frames):
         if not frame.filename.startswith(_TORCH_DIR) and "bitsmith" not in frame.filename:
-            code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
+            code = (frame.line or linecache.getline(frame.filename, frame.lineno or 0)).strip()
             return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}", code
     return "", ""
 

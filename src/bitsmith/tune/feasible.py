@@ -54,7 +54,7 @@ class BudgetRepair:
         self.evaluator = evaluator
         self.objective = objective
         self.kind = BUDGET_KINDS[objective.metric]
-        self.budget = float(objective.budget)
+        self.budget = objective.max_cost
         self.table = evaluator.table
         self.names = list(evaluator.layer_names)
         self.dims = evaluator.space.dimensions(self.names)

@@ -49,9 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from bitsmith.atomic import atomic_path, atomic_write_text
-from bitsmith.tune.evaluator import Evaluator
+from bitsmith.tune.evaluator import Evaluator, Measurement
 from bitsmith.tune.objectives import cost_value
-from bitsmith.tune.results import TrialRecord, TuneResult, _measurement
+from bitsmith.tune.results import TrialRecord, TuneResult
 from bitsmith.tune.transfer import records_from_trials, save_transfer
 
 
@@ -180,7 +180,7 @@ class RunLog:
                                     > best.measurement["accuracy"])
         if not record.feasible or not record.values:
             return False
-        return best is None or self.objective.better(record.values[0], best.values[0])
+        return best is None or self.objective.better(record.value, best.value)
 
     def _add(self, writer: Any, record: TrialRecord, best: TrialRecord | None) -> None:
         policy = self.evaluator.policy(record.config)
@@ -244,7 +244,7 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
             and t.measurement.get("accuracy") is not None]
 
     def xy(ts: list[TrialRecord]) -> tuple[list[float], list[float]]:
-        return ([cost_value(_measurement(t.measurement), metric) * scale for t in ts],
+        return ([cost_value(Measurement.from_dict(t.measurement), metric) * scale for t in ts],
                 [t.measurement["accuracy"] for t in ts])
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
@@ -255,7 +255,7 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
         ax.scatter(*xy([result.best]), marker="*", s=180, color="C2", zorder=5, label="best")
     ax.axhline(result.fp32_accuracy, color="gray", ls="--", lw=1, label="FP32")
     if result.objective.kind == "min_cost":
-        ax.axhline(result.fp32_accuracy - float(result.objective.tolerance), color="gray",
+        ax.axhline(result.fp32_accuracy - result.objective.max_drop, color="gray",
                    ls=":", lw=1, label="tolerance")
     ax.set_xlabel(f"{metric} ({unit})")
     ax.set_ylabel("validation accuracy (%)")

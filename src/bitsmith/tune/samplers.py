@@ -233,7 +233,7 @@ class XGBoostSampler(BaseSampler):
         """Relative cost of the best feasible measured configuration (``min_cost`` only)."""
         if self.objective.kind != "min_cost" or self.cost_fn is None:
             return None
-        tol = float(self.objective.tolerance)
+        tol = self.objective.max_drop
         costs = [self._cost(t.params) for t in measured
                  if t.state == TrialState.COMPLETE and float(t.user_attrs[DROP_ATTR]) <= tol]
         return min((c / f for c, f in costs), default=None)
