@@ -24,7 +24,7 @@ from torch import nn
 
 from bitsmith.cost import CostReport, MaskLayout, estimate, mask_layout, weight_bytes
 from bitsmith.cost.sparse import survivors_of
-from bitsmith.graph import LayerTable, quantized_layers
+from bitsmith.graph import LayerTable, layer_weight, quantized_layers
 from bitsmith.policy import Policy
 from bitsmith.quantize import quant_info
 
@@ -97,7 +97,7 @@ def sparse_float_bytes(model: nn.Module, table: LayerTable, pruned: list[str]) -
     total = 4 * table.total_params
     for name in pruned:
         info = table[name]
-        weight = model.get_submodule(name).weight
+        weight = layer_weight(model, name)
         total += weight_bytes(info.weight_params, 32, mask=mask_layout(survivors_of(weight)))
         total -= 4 * info.weight_params
     return total

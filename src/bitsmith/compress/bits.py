@@ -118,11 +118,11 @@ def allocate_bits(qmodel: nn.Module, budget_bytes: float, bits: Sequence[int] = 
     # The solver charges masks as bitmasks; the real (cheaper or equal) masks save a fixed
     # number of bytes per layer, whatever the bits.
     saving = 0
-    for n, m in masks.items():
+    for n, mask in masks.items():
         info_n = table[n]
-        b = policy[n].weight.bits
+        b = policy[n].quantized_weight(n).bits
         saving += (weight_bytes(info_n.weight_params, b, policy[n].sparsity)
-                   - weight_bytes(info_n.weight_params, b, mask=m))
+                   - weight_bytes(info_n.weight_params, b, mask=mask))
     space = CandidateSpace(table, choices)
     try:
         alloc = allocate(space, scores, Budget(size_bytes=budget_bytes + saving), base=policy,
@@ -135,7 +135,7 @@ def allocate_bits(qmodel: nn.Module, budget_bytes: float, bits: Sequence[int] = 
     size = compression_report(qmodel).size_bytes
     if size > budget_bytes:  # pragma: no cover - guards the saving argument above
         raise AssertionError(f"allocated size {size} exceeds the budget {budget_bytes}")
-    chosen = {n: alloc.policy[n].weight.bits for n in names}
+    chosen = {n: alloc.policy[n].quantized_weight(n).bits for n in names}
     nsr = {n: quantization_nsr(qlayers[n].weight, chosen[n], two_level, pseudo) for n in names}
     return BitChoice(bits=chosen, nsr=nsr,
                      size_bytes=size, budget_bytes=float(budget_bytes), scores=scores)

@@ -42,7 +42,7 @@ from bitsmith.compress.pruning import (
 )
 from bitsmith.compress.rpc import RPC, RPCSchedule
 from bitsmith.cost import mask_layout
-from bitsmith.graph import quantized_layers
+from bitsmith.graph import layer_weight, quantized_layers
 from bitsmith.quantize import quant_info
 from bitsmith.training import Callback, TrainState
 
@@ -86,8 +86,8 @@ class DPQCallback(Callback):
         self.events: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ helpers
-    def _params(self) -> dict[str, nn.Parameter]:
-        return {n: self.qmodel.get_submodule(n).weight for n in self.prune_layers}
+    def _params(self) -> dict[str, torch.Tensor]:
+        return {n: layer_weight(self.qmodel, n) for n in self.prune_layers}
 
     def _sync(self) -> None:
         if hasattr(self.qmodel, "bitsmith"):  # a float model (pruning alone) has no Policy
@@ -208,8 +208,8 @@ class DPQCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         layers = quantized_layers(self.qmodel)
-        bits = {n: int(layers[n].layer_spec.weight.bits) for n in self.bit_layers
-                if n in layers and layers[n].layer_spec.weight is not None}
+        bits = {n: int(w.bits) for n in self.bit_layers
+                if n in layers and (w := layers[n].layer_spec.weight) is not None}
         return {"masks": {n: m.clone() for n, m in self.masks.items()}, "bits": bits,
                 "events": list(self.events)}
 

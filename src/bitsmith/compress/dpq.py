@@ -171,7 +171,7 @@ def set_layer_spec(qmodel: nn.Module, name: str, spec: LayerSpec, pseudo: bool =
         raise ValueError(f"{name}: set_layer_spec cannot change the activation spec")
     if spec.weight != layer.layer_spec.weight or not isinstance(layer.weight_quantizer,
                                                                  DPQWeightQuantizer):
-        new = DPQWeightQuantizer(spec.weight, f"{name}.weight", pseudo=pseudo)
+        new = DPQWeightQuantizer(spec.quantized_weight(name), f"{name}.weight", pseudo=pseudo)
         with torch.no_grad():
             new.fit_weight(layer.weight)  # buffers exist now (state_dict / checkpoints)
         layer.weight_quantizer = new
@@ -192,7 +192,8 @@ def install_dpq(qmodel: nn.Module, names: Iterable[str] | None = None, pseudo: b
         if m.layer_spec.weight is not None and m.layer_spec.weight.scheme == WEIGHT_SCHEME]
     for n in chosen:
         layer = layers[n]
-        quantizer = DPQWeightQuantizer(layer.layer_spec.weight, f"{n}.weight", pseudo=pseudo)
+        quantizer = DPQWeightQuantizer(layer.layer_spec.quantized_weight(n), f"{n}.weight",
+                                       pseudo=pseudo)
         with torch.no_grad():
             quantizer.fit_weight(layer.weight)  # buffers exist now (state_dict / checkpoints)
         layer.weight_quantizer = quantizer

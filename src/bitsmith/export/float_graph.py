@@ -20,14 +20,13 @@ import copy
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import cast
 
 import torch
 from torch import nn
 
 from bitsmith.atomic import atomic_path
 from bitsmith.graph import quantized_layers
-from bitsmith.graph.qmodules import QuantizedLayer, QuantLayerMixin
+from bitsmith.graph.qmodules import QuantizedLayer, QuantLayerMixin, untwin
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -71,12 +70,7 @@ def dequantized_copy(qmodel: nn.Module, matmul_layers: Iterable[str] = ()
         for name, module in quantized_layers(work).items():
             w_hat = layers[name].quantized_weight().detach().clone()
             module.weight = nn.Parameter(w_hat, requires_grad=False)
-            base = next(c for c in type(module).__mro__[1:]
-                        if issubclass(c, nn.Module) and not issubclass(c, QuantLayerMixin))
-            for attr in ("weight_quantizer", "input_quantizer"):
-                if attr in module._modules:
-                    del module._modules[attr]
-            cast(nn.Module, module).__class__ = base  # back to the plain torch class
+            untwin(module, QuantLayerMixin, ("weight_quantizer", "input_quantizer"))
         for name in matmul:  # quantized or kept float by the Policy
             linear = work.get_submodule(name)
             if isinstance(linear, nn.Linear):

@@ -181,8 +181,9 @@ def _restore_params(tensors: dict[str, np.ndarray], prefix: str, scheme: Scheme,
 def _pack_weight(name: str, layer: QuantizedLayer,
                  tensors: dict[str, np.ndarray]) -> dict[str, Any]:
     """Encode one layer's weight; verify that decoding reproduces the simulation exactly."""
-    quantizer = layer.weight_quantizer
-    spec = layer.layer_spec.weight
+    quantizer, spec = layer.weight_quantizer, layer.layer_spec.weight
+    if quantizer is None or spec is None:
+        raise ExportError(f"{name}: the weight is not quantized (nothing to pack)")
     scheme = _check_storable(f"{name}.weight", spec)
     bits = spec.bits
     w = layer.weight.detach()

@@ -18,6 +18,7 @@ from torch import nn
 
 from bitsmith.export.errors import ExportError
 from bitsmith.graph.qmodules import QuantizedLayer
+from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import QSpec
 from bitsmith.schemes import get_scheme
 
@@ -54,9 +55,9 @@ class ActQParams:
                 "qmax": self.qmax, "source": self.source}
 
 
-def act_qparams(where: str, quantizer: nn.Module) -> ActQParams:
+def act_qparams(where: str, quantizer: Quantizer) -> ActQParams:
     """The uint8 grid of a calibrated per-tensor activation quantizer; ExportError otherwise."""
-    spec: QSpec = quantizer.spec
+    spec = quantizer.spec
     scheme = get_scheme(spec.scheme)
     if not scheme.integer_grid:
         raise ExportError(

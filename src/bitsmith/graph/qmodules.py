@@ -11,6 +11,7 @@ operation. ``isinstance(m, nn.Conv2d)`` still holds.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeGuard, cast
 
 import torch.nn.functional as F
@@ -23,13 +24,13 @@ from bitsmith.policy import LayerSpec
 _CONV_T = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d}
 
 
-if TYPE_CHECKING:  # to the type checker a quantized layer is an nn.Module with these fields
-    _LayerBase = nn.Module
-else:  # at run time the mixin comes first in the twin class (mixin, Conv2d)
-    _LayerBase = object
+if TYPE_CHECKING:  # to the type checker a layer mixin is an nn.Module with its own fields
+    LayerMixinBase = nn.Module
+else:  # at run time the mixin comes first in the twin class (mixin, Conv2d): a plain class
+    LayerMixinBase = object
 
 
-class QuantLayerMixin(_LayerBase):
+class QuantLayerMixin(LayerMixinBase):
     """Forward of a quantized layer: ``op(input_q(x), weight_q(W), b)``.
 
     Also the static type of a quantized layer (:data:`QuantizedLayer`): an ``nn.Module``
@@ -88,6 +89,20 @@ def twin_class(mixin: type, cls: type[nn.Module], prefix: str) -> type[nn.Module
     if key not in _CLASS_CACHE:
         _CLASS_CACHE[key] = type(f"{prefix}{cls.__name__}", (mixin, cls), {})
     return _CLASS_CACHE[key]
+
+
+def untwin(module: nn.Module, mixin: type, children: Iterable[str] = (),
+           attrs: Iterable[str] = ()) -> nn.Module:
+    """Undo :func:`twin_class` in place: ``module`` becomes its plain torch class again,
+    without the mixin's child modules ``children`` and plain attributes ``attrs``."""
+    base = next(c for c in type(module).__mro__[1:]
+                if issubclass(c, nn.Module) and not issubclass(c, mixin))
+    for name in children:
+        module._modules.pop(name, None)
+    for name in attrs:
+        module.__dict__.pop(name, None)
+    module.__class__ = base
+    return module
 
 
 def is_quantized(module: nn.Module) -> TypeGuard[QuantizedLayer]:

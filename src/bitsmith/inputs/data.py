@@ -35,10 +35,10 @@ splits that share items are refused (:func:`bitsmith.inputs.splits.check_disjoin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -190,7 +190,7 @@ def _size(data: Any) -> int | None:
     if isinstance(data, _Lazy):
         return None
     try:
-        return len(data.dataset) if isinstance(data, DataLoader) else len(data)
+        return len(cast(Sized, data.dataset) if isinstance(data, DataLoader) else data)
     except TypeError:
         return None
 
@@ -245,7 +245,8 @@ def _describe_set(data: Any, label: str) -> str:
             f"{int(data.labels.max()) + 1} classes"
         return f"image folder {label!r} ({n:,} images, {classes}; {data.transform.describe()})"
     if isinstance(data, (InputDataset, ArrayImageDataset)):
-        shape = tuple(data[0][0].shape if data.labelled else data[0].shape)
+        first: Any = data[0]  # (x, y) when labelled, else x
+        shape = tuple(first[0].shape if data.labelled else first.shape)
         return f"{label} ({count}, inputs {shape}, {'labelled' if data.labelled else 'no labels'})"
     return f"{label} ({count})"
 

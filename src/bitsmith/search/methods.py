@@ -60,9 +60,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -288,7 +288,7 @@ class SearchMethod(Callback):
     def _arch_batch(self, state: TrainState) -> tuple[Tensor, Tensor]:
         assert self.arch_data is not None
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + state.step * 31 + state.rank)
-        idx = torch.randint(len(self.arch_data), (self.arch_bs,), generator=g).tolist()
+        idx = torch.randint(len(cast(Sized, self.arch_data)), (self.arch_bs,), generator=g).tolist()
         batch = default_collate([self.arch_data[i] for i in idx])
         return batch[0].to(state.device), batch[1].to(state.device)
 
@@ -360,7 +360,7 @@ class SearchMethod(Callback):
         self.arch_opt.load_state_dict(state["arch_opt"])
         self.step = int(state["step"])
 
-    def score(self) -> dict[str, list[list[float]]]:
+    def score(self) -> dict[str, list[float]]:
         """``layer -> (K_w · K_a) scores`` for the derivation: ``-log p_k - log q_j``."""
         pw, pa = self.probs()
         out = {}
@@ -533,7 +533,7 @@ class QPL(SearchMethod):
         return ([self._terms(p, i) for p, i in hw], [self._terms(p, i) for p, i in ha],
                 [p for p, _ in hw], [p for p, _ in ha])
 
-    def score(self) -> dict[str, list[list[float]]]:
+    def score(self) -> dict[str, list[float]]:
         """Derivation scores: squared distance of each candidate to the learned widths."""
         bw, ba = self.bits()
         bw, ba = [b.detach() for b in bw], [b.detach() for b in ba]

@@ -21,14 +21,14 @@ import copy
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from bitsmith.atomic import atomic_path, atomic_write_text
 from bitsmith.graph.convert import ConversionReport, apply_policy, convert
-from bitsmith.graph.qmodules import quantized_layers
+from bitsmith.graph.qmodules import quantized_layers, untwin
 from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import LayerSpec, Policy, QSpec
 from bitsmith.quantize import QuantInfo, calibrate, quant_info
@@ -57,14 +57,9 @@ def float_model_of(net: Supernet) -> nn.Module:
         for m, src in zip(net.layers(), sources):
             m.search_source = src
     for name in net.names:
-        m = model.get_submodule(name)
-        base = next(c for c in type(m).__mro__[1:] if not issubclass(c, SearchLayerMixin))
-        m.__class__ = base
-        for attr in ("weight_quantizers", "act_quantizers"):
-            if attr in m._modules:
-                del m._modules[attr]
-        for attr in ("search_index", "search_source", "search_path", "search_bypass"):
-            m.__dict__.pop(attr, None)
+        untwin(model.get_submodule(name), SearchLayerMixin,
+               ("weight_quantizers", "act_quantizers"),
+               ("search_index", "search_source", "search_path", "search_bypass"))
     return model
 
 
@@ -96,14 +91,14 @@ def build_qat_model(net: Supernet, policy: Policy, calibration: Iterable | None 
     missing = []
     for name, m in qlayers.items():
         if name in net.names:
-            src = net.model.get_submodule(name)
+            src = cast(SearchLayerMixin, net.model.get_submodule(name))
             spec = policy[name]
             k = _index(net.weight_specs, spec.weight)
             j = _index(net.act_specs, spec.act)
             if m.weight_quantizer is not None and k is not None:
-                _copy_quantizer(m.weight_quantizer, src.weight_quantizers[k])
+                _copy_quantizer(m.weight_quantizer, src.candidates("w")[k])
             if m.input_quantizer is not None and (j is None or not _copy_quantizer(
-                    m.input_quantizer, src.act_quantizers[j])):
+                    m.input_quantizer, src.candidates("a")[j])):
                 missing.append(name)
         elif m.input_quantizer is not None:
             missing.append(name)

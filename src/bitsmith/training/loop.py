@@ -488,8 +488,8 @@ def _wrap_ddp(model: nn.Module, callbacks: Sequence[Callback], device: torch.dev
         return model, ignored_params
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    if ignored:  # DDP reads this attribute (torch's own setter is private)
-        model._ddp_params_and_buffers_to_ignore = list(ignored)
+    if ignored:  # torch's documented (if underscored) way to exclude parameters from DDP
+        DDP._set_params_and_buffers_to_ignore_for_model(model, list(ignored))
         with torch.no_grad():  # DDP broadcasts the others from rank 0 itself
             for p in ignored_params:
                 torch.distributed.broadcast(p.data, src=0)

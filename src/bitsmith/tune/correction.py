@@ -21,6 +21,7 @@ by its Policy alone: the tuner saves the corrected state dict
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -84,7 +85,8 @@ def correct_bias(layer: nn.Module, shift: Tensor) -> None:
         if layer.bias is None:
             layer.bias = nn.Parameter(-shift.detach().clone())
         else:
-            layer.bias.data = layer.bias.data - shift.to(layer.bias)
+            bias = cast(nn.Parameter, layer.bias)
+            bias.data = bias.data - shift.to(bias)
 
 
 def bias_correct(qmodel: nn.Module, means: Mapping[str, Tensor],

@@ -81,7 +81,8 @@ class BudgetRepair:
         report = self.evaluator.cost(config)
         return float(report.size_bytes if self.kind == "size_bytes" else report.bitops)
 
-    def __call__(self, config: Choices, fixed: Mapping[str, Any] = ()) -> Choices | None:
+    def __call__(self, config: Choices, fixed: Mapping[str, Any] | None = None
+                 ) -> Choices | None:
         """``config`` if within budget; else its nearest repair; ``None`` if none exists."""
         if self.cost(config) <= self.budget:
             return config

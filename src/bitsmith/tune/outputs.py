@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from bitsmith.atomic import atomic_path, atomic_write_text
+from bitsmith.tune.errors import TuneError
 from bitsmith.tune.evaluator import Evaluator, Measurement
 from bitsmith.tune.objectives import cost_value
 from bitsmith.tune.results import TrialRecord, TuneResult
@@ -131,7 +132,7 @@ class RunLog:
         meta = dict(meta or {})
         model = getattr(evaluator, "model", None)
         images = getattr(evaluator, "bounds", [None])[-1]
-        self.kwargs = {
+        self.kwargs: dict[str, Any] = {
             "model": str(meta.get("model", type(model).__name__ if model is not None else "")),
             "dataset": str(meta.get("dataset", "")),
             "eval_set": str(meta.get("eval_set", f"validation ({images} images)" if images
@@ -151,7 +152,10 @@ class RunLog:
         from bitsmith.rundir import RunWriter
 
         writer = RunWriter(run_dir, fresh=fresh, **self.kwargs)
-        writer.write_layers(self.evaluator.table)
+        table = getattr(self.evaluator, "table", None)
+        if table is None:
+            raise TuneError("a run directory needs an evaluator with a LayerTable (.table)")
+        writer.write_layers(table)
         writer.set_fp32(self.fp32_accuracy)
         return writer
 

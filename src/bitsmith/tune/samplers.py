@@ -134,8 +134,9 @@ class XGBoostSampler(BaseSampler):
         if space.size(encoder.layer_names) <= enumerate_limit:
             self._all = list(space.grid(encoder.layer_names, limit=enumerate_limit))
         self._transfer_x = np.stack([
-            encoder.encode_foreign(r.config, r.descriptors, r.layer_names or encoder.layer_names,
-                                   r.weight_params) for r in transfer
+            encoder.encode_foreign(dict(r.config), r.descriptors,
+                                   r.layer_names or encoder.layer_names, r.weight_params)
+            for r in transfer
         ]) if transfer else np.zeros((0, len(encoder.columns)), dtype=np.float32)
         self._transfer_y = np.array([r.drop for r in transfer], dtype=np.float32)
         self._cost_cache: dict[str, tuple[float, float]] = {}
