@@ -52,6 +52,10 @@ def render_markdown(summary: dict[str, Any], figure_files: Mapping[str, str]) ->
     out += [f"- {md_text(k)}: **{md_text(v)}**" for k, v in tables.key_numbers(summary)]
     out += ["", "## Layers of the chosen policy", "", _md_table(tables.layer_table(summary)), "",
             f"![bits per layer]({figure_files['bits']})", ""]
+    if summary.get("reconstruction") is not None:
+        out += ["## Learned rounding (reconstruction)", "",
+                md_text(tables.reconstruction_note(summary)), "",
+                _md_table(tables.reconstruction_table(summary)), ""]
     if "sensitivity" in figure_files:
         out += ["## Per-layer sensitivity", "",
                 f"![per-layer sensitivity]({figure_files['sensitivity']})", "",
