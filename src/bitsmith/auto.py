@@ -38,7 +38,7 @@ from torch import nn
 
 from bitsmith.cost import Budget
 from bitsmith.errors import InputError
-from bitsmith.policy import ROUNDING_METHODS
+from bitsmith.policy import ROUNDING_METHODS, Rounding
 from bitsmith.result import QuantizationResult
 from bitsmith.scoring import EvaluateFn
 
@@ -50,8 +50,7 @@ def autoquantize(model: nn.Module, calibration: Any, validation: Any = None, *,
                  budget: Budget | None = None, tolerance: float = 1.0, method: str = "auto",
                  evaluate: EvaluateFn | None = None, out_dir: str | Path | None = None,
                  trials: int = 24, train_data: Any = None, progress: bool = False,
-                 rounding: str = "nearest", rounding_iterations: int = 1000
-                 ) -> QuantizationResult:
+                 rounding: str | Rounding = "nearest") -> QuantizationResult:
     """Quantize ``model`` with mixed precision: the policy, the quantized model, the numbers.
 
     Args:
@@ -68,8 +67,9 @@ def autoquantize(model: nn.Module, calibration: Any, validation: Any = None, *,
         trials: tuner trials (``auto`` and ``tune``).
         train_data: labelled training batches (``search``, ``compress``).
         progress: show progress.
-        rounding: ``nearest`` or a learned rounding method (``auto``, ``tune``, ``ilp``).
-        rounding_iterations: reconstruction steps per layer or block.
+        rounding: ``nearest`` or a learned rounding method (``auto``, ``tune``, ``ilp``):
+            its name (1,000 reconstruction steps per layer or block) or a
+            :class:`~bitsmith.policy.Rounding` (its method and ``iterations``).
 
     Returns:
         :class:`~bitsmith.result.QuantizationResult` (``.policy``, ``.model``,
@@ -80,6 +80,8 @@ def autoquantize(model: nn.Module, calibration: Any, validation: Any = None, *,
     if budget is not None and budget.latency is not None:
         raise InputError("autoquantize: a latency budget needs a latency table; use "
                          "bitsmith.search.search with SearchConfig(latency_table=...)")
+    rounding, rounding_iterations = ((rounding.method, rounding.iterations)
+                                     if isinstance(rounding, Rounding) else (rounding, 1000))
     if rounding not in ROUNDING_METHODS:
         raise InputError(f"rounding {rounding!r} is unknown; use one of "
                          f"{', '.join(ROUNDING_METHODS)}")
