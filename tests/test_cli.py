@@ -113,3 +113,18 @@ def test_heartbeat_lines_cover_a_long_step(capsys):
     err = capsys.readouterr().err
     assert err.count("export: still timing") >= 2 and "export: timing done in" in err
     assert err.count("train: 3/10 (30%) steps") >= 2 and "elapsed, loss 0.5" in err
+
+
+def test_library_log_lines_reach_stderr_off_a_terminal(monkeypatch, capsys):
+    """Reconstruction reports each layer / block through logging; the CLI shows it."""
+    import logging
+
+    from bitsmith.progress import show_library_log
+
+    monkeypatch.setenv("BITSMITH_PROGRESS", "plain")
+    show_library_log()
+    show_library_log()  # idempotent: one line per record, not two
+    logging.getLogger("bitsmith.reconstruct").info("reconstruct 1/3 conv1: loss 2 -> 1")
+    logging.getLogger("elsewhere").info("not ours")
+    err = capsys.readouterr().err
+    assert err.count("reconstruct 1/3 conv1: loss 2 -> 1") == 1 and "not ours" not in err

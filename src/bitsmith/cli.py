@@ -40,7 +40,7 @@ from bitsmith.cli_support import (
     with_model,
 )
 from bitsmith.errors import EXIT_ERROR, EXIT_OK, BitsmithError, InfeasibleError
-from bitsmith.progress import stage
+from bitsmith.progress import show_library_log, stage
 
 EXIT_BAD_INPUT, EXIT_INFEASIBLE, EXIT_INTERRUPTED = 2, 3, 130
 __all__ = ["EXIT_BAD_INPUT", "EXIT_ERROR", "EXIT_INFEASIBLE", "EXIT_OK", "app", "main"]
@@ -72,6 +72,7 @@ class BitsmithGroup(TyperGroup):
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         from bitsmith.scoring import ValidationWarning
 
+        show_library_log()  # e.g. reconstruction's line per layer / block
         warnings.showwarning = _one_line_warning
         warnings.filterwarnings("ignore", category=ValidationWarning)  # print_result says it
         try:

@@ -17,6 +17,7 @@ run silently (tests, notebooks). ``BITSMITH_PROGRESS=plain`` forces plain lines 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -63,6 +64,24 @@ def say(text: str, stream: TextIO | None = None) -> None:
     """Print one progress line to stderr (flushed: it must reach a log file now)."""
     out = stream or sys.stderr
     print(text, file=out, flush=True)
+
+
+class _LineHandler(logging.Handler):
+    """Library log records (``bitsmith.*``, INFO and up) as progress lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        say(self.format(record))
+
+
+def show_library_log() -> None:
+    """Print the ``bitsmith`` loggers' INFO records (e.g. one line per reconstructed
+    layer or block) as progress lines, unless progress is ``off``. Idempotent; the
+    command line calls it, a library user configures :mod:`logging` as they like."""
+    root = logging.getLogger("bitsmith")
+    if mode() == "off" or any(isinstance(h, _LineHandler) for h in root.handlers):
+        return
+    root.addHandler(_LineHandler())
+    root.setLevel(logging.INFO)
 
 
 def progress_columns(label: str = "{task.description}", suffix: str = "") -> list[ProgressColumn]:

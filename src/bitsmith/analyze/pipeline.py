@@ -29,6 +29,7 @@ from bitsmith.errors import InputError
 from bitsmith.graph import LayerTable
 from bitsmith.pareto import best_within
 from bitsmith.policy import FIRST_LAST_CHOICES, FLOAT, INT8, Policy, QSpec, Rounding
+from bitsmith.progress import stage
 from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quant_info, quantize
 from bitsmith.result import QuantizationResult, cost_summary, plain, validation_summary
 from bitsmith.scoring import EvaluateFn, Scorer, as_batches, check_validation
@@ -205,16 +206,17 @@ def analyze(model: nn.Module, calibration: Any, validation: Any = None, *,
                          "estimators measure on it")
     data = as_batches(validation)
     learned = cfg.rounding != "nearest"
-    stats = collect_stats(model, calibration, keep_inputs=learned)
     cache = Path(out_dir) / "reconstruction" if learned and out_dir is not None else None
-    _, table, _ = prepare(model, stats.example_inputs)
-    space, base = _space(table, cfg)
-    budgets, chosen_budget = _budgets(space, cfg, base)
-    zeros = {n: [0.0] * len(space[n]) for n in space}
-    for _, b in budgets:  # fail fast: an infeasible budget before the expensive analysis
-        allocate(space, zeros, b, base=base)
-    scorer = Scorer(validation, evaluate)
-    fp32 = scorer(model)
+    with stage("analyze: calibration statistics and the FP32 validation score", cfg.progress):
+        stats = collect_stats(model, calibration, keep_inputs=learned)
+        _, table, _ = prepare(model, stats.example_inputs)
+        space, base = _space(table, cfg)
+        budgets, chosen_budget = _budgets(space, cfg, base)
+        zeros = {n: [0.0] * len(space[n]) for n in space}
+        for _, b in budgets:  # fail fast: an infeasible budget before the expensive analysis
+            allocate(space, zeros, b, base=base)
+        scorer = Scorer(validation, evaluate)
+        fp32 = scorer(model)
     guard = check_validation(fp32, scorer.examples, None, scorer.is_top1, scorer.name)
     sens = _sensitivity(model, space, data, stats, cfg, base, log, cache)
     metric = cfg.score or ("measured_kl" if "measured_kl" in sens.metrics else sens.metrics[0])

@@ -11,6 +11,7 @@ from torch import nn
 
 from bitsmith.cost import estimate
 from bitsmith.errors import BitsmithError
+from bitsmith.progress import stage
 from bitsmith.quantize import quant_info
 from bitsmith.result import QuantizationResult, cost_summary, validation_summary
 from bitsmith.scoring import EvaluateFn, check_validation
@@ -56,10 +57,11 @@ def tune(model: nn.Module, calibration: Any, validation: Any = None, *,
         from bitsmith.tune.runtime import OnnxRuntimeBackend
 
         backend = OnnxRuntimeBackend()
-    evaluator = TorchEvaluator(model, calibration, validation, cfg.make_space(),
-                               stages=cfg.stages, backend=backend, evaluate=evaluate,
-                               cache=None if out_dir is None else Path(out_dir) /
-                               "reconstruction")
+    with stage("tune: calibration statistics and the FP32 validation score", cfg.progress):
+        evaluator = TorchEvaluator(model, calibration, validation, cfg.make_space(),
+                                   stages=cfg.stages, backend=backend, evaluate=evaluate,
+                                   cache=None if out_dir is None else Path(out_dir) /
+                                   "reconstruction")
     objective = cfg.make_objective()
     scorer = evaluator.scorer
     guard = check_validation(evaluator.fp32_accuracy, scorer.examples,
