@@ -219,15 +219,16 @@ def measure(key: str, model: torch.nn.Module, policy, data: Data, args: argparse
     from bitsmith.cost import estimate
 
     load0 = os.getloadavg()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     qmodel = bitsmith.quantize(model, policy, calibration=data.calibration(), cache=cache)
     seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - c0  # all threads of this process; load-independent-ish
     load1 = os.getloadavg()
     recon = qmodel.bitsmith.reconstruction
     table = qmodel.bitsmith.layer_table
     cost = estimate(table, policy)
-    row = {"key": key, **extra, "quantize_seconds": seconds, "locked": extra.get("locked",
-                                                                                 False),
+    row = {"key": key, **extra, "quantize_seconds": seconds, "cpu_seconds": cpu_seconds,
+           "locked": extra.get("locked", False),
            "loadavg_before": load0,
            "loadavg_after": load1, "threads": torch.get_num_threads(),
            "avg_weight_bits": cost.avg_weight_bits, "size_bytes": cost.size_bytes,
@@ -681,7 +682,9 @@ def _reference(group: list[dict], row: dict, method: str) -> dict | None:
 
 
 def _p(pair: dict | None) -> str:
-    return "" if pair is None else f"{pair['p']:.2g}"
+    if pair is None:
+        return ""
+    return "<1e-300" if pair["p"] == 0 else f"{pair['p']:.2g}"  # 0: below float range
 
 
 def _secs(r: dict) -> str:
