@@ -479,7 +479,7 @@ def summarize(rows: dict[str, dict], args: argparse.Namespace) -> None:
         uniform += _timed_only(timed, uniform)
         lines += _uniform_table(uniform, group, fp32, out_rows)
         lines += _timing_lines(timed, uniform, out_rows)
-        lines += _aimet_lines(uniform)
+        lines += _aimet_lines(uniform, timed)
         lines += _mixed_lines([r for r in group if r["config"].startswith("mixed")], fp32,
                               out_rows)
         exports = [r for r in group if r.get("export_only")]
@@ -536,11 +536,13 @@ def _timed_only(timed: list[dict], uniform: list[dict]) -> list[dict]:
     return [{**r, "method": _method(r)} for r in timed if _twin(r, uniform) is None]
 
 
-def _aimet_lines(uniform: list[dict]) -> list[str]:
+def _aimet_lines(uniform: list[dict], timed: list[dict]) -> list[str]:
     peers = [r for r in uniform if r["method"] == "aimet-adaround"]
     if not peers:
         return []
-    lines = ["AIMET AdaRound vs bitsmith on the same images and iterations:", "",
+    lines = ["AIMET AdaRound vs bitsmith on the same images and iterations (wall seconds: "
+             "a timed AIMET row is set beside bitsmith's timed run of the same configuration, "
+             "under the same lock):", "",
              "| config | AIMET test / val | AIMET s | bitsmith adaround test / val | s | "
              "best bitsmith (method) test / val | s | p (best vs AIMET, test / val) |",
              "|---|---|---:|---|---:|---|---:|---|"]
@@ -548,6 +550,9 @@ def _aimet_lines(uniform: list[dict]) -> list[str]:
         mine = [r for r in uniform if r["config"] == a["config"] and
                 r["method"] in METHODS[2:]]
         ada = next((r for r in mine if r["method"] == "adaround"), None)
+        if a.get("timed"):
+            ada = next((t for t in timed if t["config"] == a["config"]
+                        and t["method"] == "adaround"), ada)
         best = max(mine, key=lambda r: r["test"], default=None)
         cells = [f"{a['config']}", f"{a['test']:.2f} / {a['val']:.2f}", _secs(a)]
         for r, named in ((ada, False), (best, True)):
