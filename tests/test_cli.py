@@ -54,3 +54,77 @@ def test_layers_and_schemes_commands(capsys):
     assert "layer1.0.conv1" in out and "BatchNorm folded: 19" in out
     assert main(["schemes"]) == EXIT_OK
     assert "mu_l2q" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ the error boundary
+def test_errors_are_one_line_on_stderr_and_debug_shows_the_traceback(capsys):
+    assert main(["layers", "--model", "nope"]) == EXIT_BAD_INPUT
+    out = capsys.readouterr()
+    lines = [line for line in out.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: unknown model 'nope'")
+    assert "Traceback" not in out.err and out.out == ""
+    assert main(["--debug", "layers", "--model", "nope"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "unknown model 'nope'" in err
+
+
+def test_unexpected_errors_exit_1_and_interrupts_130(capsys, monkeypatch):
+    import bitsmith.schemes
+
+    def broken() -> list[str]:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(bitsmith.schemes, "available", broken)
+    assert main(["schemes"]) == 1
+    err = capsys.readouterr().err
+    assert "unexpected error: ZeroDivisionError: division by zero" in err
+    assert "--debug" in err and "Traceback" not in err
+
+    def interrupted() -> list[str]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bitsmith.schemes, "available", interrupted)
+    assert main(["schemes"]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ progress off a terminal
+def test_progress_off_a_terminal_prints_a_line_per_trial_with_elapsed_time(tmp_path, capsys):
+    assert main(["tune", "--model", "digits", "--epochs", "1", "--n-trials", "2",
+                 "--strategy", "random", "--out", str(tmp_path), "--tolerance", "3"]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "loading digits: done in" in err
+    assert "tune: 1/2 trials finished" in err and "tune: 2/2 trials finished" in err
+    assert all("elapsed" in line or "done in" in line for line in err.splitlines()
+               if line.startswith(("tune:", "loading")))
+
+
+def test_heartbeat_lines_cover_a_long_step(capsys):
+    import time
+
+    from bitsmith.progress import ProgressBar, Stages
+
+    with Stages("export", every=0.05) as step:
+        step("timing")
+        time.sleep(0.3)
+    with ProgressBar("train", 10, unit="steps", every=0.05) as bar:
+        bar.update(3, "loss 0.5")
+        time.sleep(0.3)
+    err = capsys.readouterr().err
+    assert err.count("export: still timing") >= 2 and "export: timing done in" in err
+    assert err.count("train: 3/10 (30%) steps") >= 2 and "elapsed, loss 0.5" in err
+
+
+def test_library_log_lines_reach_stderr_off_a_terminal(monkeypatch, capsys):
+    """Reconstruction reports each layer / block through logging; the CLI shows it."""
+    import logging
+
+    from bitsmith.progress import show_library_log
+
+    monkeypatch.setenv("BITSMITH_PROGRESS", "plain")
+    show_library_log()
+    show_library_log()  # idempotent: one line per record, not two
+    logging.getLogger("bitsmith.reconstruct").info("reconstruct 1/3 conv1: loss 2 -> 1")
+    logging.getLogger("elsewhere").info("not ours")
+    err = capsys.readouterr().err
+    assert err.count("reconstruct 1/3 conv1: loss 2 -> 1") == 1 and "not ours" not in err

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("torchvision")
 
-from test_export_torchvision import check_torchvision_export  # noqa: E402
+from test_export_torchvision import check_torchvision_export
 
 
 def test_mobilenet_v2_exports_and_runs(tmp_path):

@@ -176,3 +176,34 @@ def test_importing_the_package_root_from_below_is_caught(src_copy):
                         "    return bitsmith\n")
     found = violations(src_copy)
     assert len(found) == 1 and "export" in found[0] and "imports __init__" in found[0]
+
+
+def test_no_function_takes_more_than_12_parameters_outside_cli_commands():
+    """Knobs travel in config objects (``TuneConfig``, ``Timing``, ``ArchSchedule``...);
+    only the command-line signatures (``cli.py`` modules) list every option."""
+    too_many = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+                n = len(names) + bool(a.vararg) + bool(a.kwarg) - (names[:1] in (["self"],
+                                                                                  ["cls"]))
+                if n > 12:
+                    too_many.append(f"{path.relative_to(SRC.parent)}:{node.lineno} "
+                                    f"{node.name} ({n})")
+    assert too_many == []
+
+
+def test_the_overview_documents_these_layers():
+    """docs/overview.md's "Layers" table names the same packages in the same order."""
+    import re
+
+    text = (SRC.parents[1] / "docs" / "overview.md").read_text()
+    table = text.split("## Layers", 1)[1].split("| layer (bottom to top) |", 1)[1]
+    rows = table.split("\n\n", 1)[0].splitlines()[2:]
+    documented = [{"__init__" if n == "bitsmith" else n
+                   for n in re.findall(r"`([\w.]+)`", row.split("|")[2])} for row in rows]
+    assert documented == [pkgs - {"__main__"} for _, pkgs in LAYERS]

@@ -125,6 +125,21 @@ def test_distinct_sampler_never_repeats_a_configuration() -> None:
     assert CategoricalDistribution([1, 2, 3]) == study.trials[0].distributions["a"]
 
 
+def test_a_waiting_retry_ticket_holds_its_configuration() -> None:
+    # a killed trial's retry ticket (WAITING, its configuration enqueued) is popped after
+    # lower-numbered tickets: their fresh draws must not take that configuration
+    dims = {"a": (1, 2), "b": ("x",)}
+    study = optuna.create_study(sampler=DistinctSampler(_Constant(), dims, seed=0))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING))   # a plain ticket
+    study.enqueue_trial({"a": 1, "b": "x"})     # the retry ticket of a killed trial
+    plain = study.ask()                          # pops the plain ticket: a fresh draw
+    assert plain.number == 0
+    assert plain.suggest_categorical("a", [1, 2]) == 2   # not the retry's configuration
+    study.tell(plain, 0.0)
+    retry = study.ask()
+    assert retry.suggest_categorical("a", [1, 2]) == 1   # the retry runs it as given
+
+
 def test_budget_repair_moves_the_fewest_bits_into_the_budget() -> None:
     space = TuneSpace.mixed_precision()
     ev = TableEvaluator(space)

@@ -18,7 +18,7 @@ from bitsmith.quantize import (
 from bitsmith.result import QuantizationResult
 
 
-def load(path: str, model: object = None, *, key: bytes | str | None = None):  # noqa: ANN201
+def load(path: str, model: object = None, *, key: bytes | str | None = None):
     """Rebuild a quantized model from a packed artifact (see :func:`bitsmith.export.load_packed`).
 
     ``key``: the secret the artifact was signed with; the file's HMAC-SHA256 signature must

@@ -65,7 +65,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     except OSError as err:
         if is_disk_full(err):
-            raise DiskFullError(dest, err.errno) from err
+            raise DiskFullError(dest, err.errno or errno.ENOSPC) from err
         raise
     os.close(fd)
     tmp = Path(name)
@@ -131,7 +131,7 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, start)
             if is_disk_full(err):
-                raise DiskFullError(dest, err.errno) from err
+                raise DiskFullError(dest, err.errno or errno.ENOSPC) from err
             raise
     finally:
         os.close(fd)   # closing releases the lock

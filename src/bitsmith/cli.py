@@ -17,9 +17,11 @@ override it. Example config::
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,18 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from bitsmith.cli_support import Inputs, console, done, with_model
+from bitsmith.cli_support import (
+    Inputs,
+    ProgressOption,
+    add_test_numbers,
+    console,
+    done,
+    print_result,
+    with_inputs,
+    with_model,
+)
 from bitsmith.errors import EXIT_ERROR, EXIT_OK, BitsmithError, InfeasibleError
+from bitsmith.progress import show_library_log, stage
 
 EXIT_BAD_INPUT, EXIT_INFEASIBLE, EXIT_INTERRUPTED = 2, 3, 130
 __all__ = ["EXIT_BAD_INPUT", "EXIT_ERROR", "EXIT_INFEASIBLE", "EXIT_OK", "app", "main"]
@@ -42,6 +54,12 @@ def _fail(ctx: typer.Context, code: int, message: str) -> None:
     ctx.exit(code)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: Any = None, line: str | None = None) -> None:
+    """Warnings on the command line: ``warning: <message>``, one line on stderr."""
+    typer.echo(f"warning: {' '.join(str(message).split())}", err=True)
+
+
 class BitsmithGroup(TyperGroup):
     """The command line's one error boundary: maps exceptions to exit codes and lines.
 
@@ -52,6 +70,11 @@ class BitsmithGroup(TyperGroup):
     """
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
+        from bitsmith.scoring import ValidationWarning
+
+        show_library_log()  # e.g. reconstruction's line per layer / block
+        warnings.showwarning = _one_line_warning
+        warnings.filterwarnings("ignore", category=ValidationWarning)  # print_result says it
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):
@@ -66,7 +89,7 @@ class BitsmithGroup(TyperGroup):
                   "check the path")
         except KeyboardInterrupt:
             _fail(ctx, EXIT_INTERRUPTED, "interrupted; run the same command again to resume")
-        except Exception as err:  # noqa: BLE001 - the boundary: nothing else escapes
+        except Exception as err:  # the boundary: nothing else escapes
             _fail(ctx, EXIT_ERROR, f"unexpected error: {type(err).__name__}: {err} "
                   "(run with --debug for the traceback)")
 
@@ -102,6 +125,7 @@ def demo(
     epochs: int = typer.Option(30, min=1, help="Training epochs for the digits CNN."),
     seed: int = typer.Option(0, help="Random seed."),
     tune_trials: int = typer.Option(16, min=0, help="Trials of the short auto-tune (0: skip)."),
+    progress: ProgressOption = True,
 ) -> None:
     """Digits CNN end to end: FP32 vs W8A8, W4A4, mixed and auto-tuned; writes the HTML report.
 
@@ -113,7 +137,8 @@ def demo(
     from bitsmith.demo import print_demo, run_demo
     from bitsmith.report import write_report
 
-    demo_run = run_demo(out, epochs=epochs, seed=seed, tune_trials=tune_trials)
+    demo_run = run_demo(out, epochs=epochs, seed=seed, tune_trials=tune_trials,
+                        progress=progress)
     print_demo(demo_run, console)
     done(f"results written to {out}/results.json")
     done(f"report written to {write_report(out)}")
@@ -155,6 +180,49 @@ def layers(
     console.print(table.format())
 
 
+@app.command("autoquantize")
+@with_inputs
+def autoquantize_command(
+    inputs: Inputs,
+    avg_bits: float | None = typer.Option(None, help="Budget: mean weight bits."),
+    size_kib: float | None = typer.Option(None, help="Budget: model size in KiB."),
+    bitops: float | None = typer.Option(None, help="Budget: BitOPs per example."),
+    tolerance: float = typer.Option(1.0, help="Without a budget: the smallest policy within "
+                                    "this many points of FP32 on the validation data."),
+    method: str = typer.Option("auto", help="auto (sensitivity + integer program warm start, "
+                               "then a short tune), tune, ilp, search, compress."),
+    trials: int = typer.Option(24, min=1, help="Tuner trials (auto, tune)."),
+    out: Path = typer.Option(Path("runs/autoquantize"), help="Run directory."),
+    progress: ProgressOption = True,
+) -> None:
+    """One command: quantize a model with mixed precision under a budget (or a tolerance).
+
+    The result is chosen on the validation data by the stated rule; test accuracy is
+    reported, never chosen on (docs/overview.md, "One contract").
+
+    Example: bitsmith autoquantize --model net.py:build --checkpoint net.pt --data photos/
+    --avg-bits 4 --out runs/mine
+    """
+    from bitsmith.auto import autoquantize
+    from bitsmith.cost import Budget
+
+    limits = {"avg_weight_bits": avg_bits, "bitops": bitops,
+              "size_bytes": None if size_kib is None else size_kib * 1024}
+    budget = Budget(**limits) if any(v is not None for v in limits.values()) else None
+    with stage(f"loading {inputs.model}", progress):
+        work = inputs.load()
+    train = (work.loader("train", 64, shuffle=True, seed=inputs.seed, drop_last=True)
+             if method in ("search", "compress") else None)
+    result = autoquantize(work.model, work.data.calibration, work.data.validation,
+                          budget=budget, tolerance=tolerance, method=method,
+                          evaluate=inputs.evaluate(work), out_dir=out, trials=trials,
+                          train_data=train, progress=progress)
+    if work.test is not None:
+        with stage("scoring on the test set", progress):
+            add_test_numbers(result, work.model, work.test, work.eval_set)
+    print_result(result)
+
+
 def _register_subcommands() -> None:
     """Add the sub-commands that live next to their method (tune, analyze, export, ...)."""
     from bitsmith.analyze.cli import register as register_analyze
@@ -183,9 +251,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:  # pragma: no cover - console-script wrapper
-    """Console script: ``sys.exit(main())``."""
+    """Console script: ``sys.exit(main())``. Standard output is line-buffered even off a
+    terminal (a log file, a pipe), so that each result line arrives when it is printed."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     sys.exit(main())
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -146,7 +146,7 @@ def add_test_numbers(result: Any, model: Any, test: Any, label: str) -> None:
 
 
 # ------------------------------------------------------------- model / data / metric
-def _opt(tp: Any, *names: str, help: str) -> Any:  # noqa: A002 - typer's keyword
+def _opt(tp: Any, *names: str, help: str) -> Any:  # typer's keyword
     return Annotated[tp, typer.Option(*names, help=help)]
 
 
@@ -230,7 +230,8 @@ class Inputs:
 
         floats = {k: parse_list(v, f"--{k}", float, "numbers")
                   for k, v in (("mean", self.mean), ("std", self.std)) if v is not None}
-        options = {"calibration": self.calibration_data, "validation": self.validation_data,
+        options: dict[str, Any] = {
+                   "calibration": self.calibration_data, "validation": self.validation_data,
                    "test": self.test_data, "train": self.train_data,
                    "data_kwargs": self.data_kwargs, "preset": self.preset,
                    "image_size": self.image_size, "resize": self.resize,

@@ -121,78 +121,96 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _union(value: Any, args: tuple, where: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return coerce(value, arg, where)
+        except ConfigError as err:
+            errors.append(str(err))
+    raise ConfigError(errors[0] if len(errors) == 1 else
+                      f"{where}: {value!r} is not one of "
+                      f"{' | '.join(_type_name(a) for a in args)}")
+
+
+def _literal(value: Any, args: tuple, where: str) -> Any:
+    if any(value == a and type(value) is type(a) for a in args):
+        return value
+    raise ConfigError(f"{where}: {value!r} is not allowed; use one of "
+                      f"{', '.join(repr(a) for a in args)}")
+
+
+def _scalar(value: Any, tp: type, where: str) -> Any:
+    """``bool``, ``int``, ``float``, ``str`` and ``Path`` values, strictly."""
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, str):
+        return value
+    if tp is Path and isinstance(value, (str, Path)):
+        return Path(value)
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                Path: "a path"}[tp]
+    raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+
+
+def _sequence(value: Any, origin: Any, args: tuple, where: str) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+        items = [coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+    else:
+        item_tp = args[0] if args else Any
+        items = [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _mapping(value: Any, args: tuple, where: str) -> Any:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    key_tp, val_tp = args if args else (Any, Any)
+    return {coerce(k, key_tp, f"{where} key"): coerce(v, val_tp, f"{where}.{k}")
+            for k, v in value.items()}
+
+
+def _instance(value: Any, tp: type, where: str) -> Any:
+    if issubclass(tp, Config) and not isinstance(value, tp):
+        return tp.from_dict(value, where=where)
+    if isinstance(value, tp):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the type hint ``tp`` strictly and convert containers.
 
     Lists become tuples for ``tuple[...]`` fields, strings become ``Path`` for ``Path``
-    fields, integers are accepted for ``float``; nothing else is converted.
+    fields, integers are accepted for ``float``, mappings become nested :class:`Config`
+    objects; nothing else is converted.
     """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return coerce(value, arg, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"{where}: {value!r} is not one of "
-                          f"{' | '.join(_type_name(a) for a in args)}")
+        return _union(value, args, where)
     if origin is typing.Literal:
-        if any(value == a and type(value) is type(a) for a in args):
-            return value
-        raise ConfigError(f"{where}: {value!r} is not allowed; use one of "
-                          f"{', '.join(repr(a) for a in args)}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if tp is Path:
-        if isinstance(value, (str, Path)):
-            return Path(value)
-        raise ConfigError(f"{where}: expected a path, got {value!r}")
+        return _literal(value, args, where)
+    if tp in (bool, int, float, str, Path):
+        return _scalar(value, tp, where)
     if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            items = [coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
-        else:
-            item_tp = args[0] if args else Any
-            items = [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _sequence(value, origin, args, where)
     if origin in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        key_tp, val_tp = args if args else (Any, Any)
-        return {coerce(k, key_tp, f"{where} key"): coerce(v, val_tp, f"{where}.{k}")
-                for k, v in value.items()}
-    if isinstance(tp, type) and issubclass(tp, Config):
-        if isinstance(value, tp):
-            return value
-        return tp.from_dict(value, where=where)
+        return _mapping(value, args, where)
     if isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return _instance(value, tp, where)
     return value
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from bitsmith.engine import evaluate, fit
 from bitsmith.models import SmallCNN
 from bitsmith.pareto import cheapest_within, pareto_front
 from bitsmith.policy import LayerSpec, Policy, QSpec, build_policy
+from bitsmith.progress import ProgressBar, stage
 from bitsmith.quantize import collect_stats, prepare, quantize
 
 TOLERANCE = 1.5  # points of validation top-1: 5.4 of the 360 validation images
@@ -71,49 +71,61 @@ def demo_policies(layer_names: list[str]) -> dict[str, Policy]:
         "FP32": Policy({}),
         "W8A8": Policy.uniform(layer_names, w8, a8),
         "W4A4": Policy.uniform(layer_names, w4, a4),
-        "mixed W" + "/".join(str(mixed[n].weight.bits) for n in layer_names): mixed,
+        "mixed W" + "/".join(_bits(mixed[n]) for n in layer_names): mixed,
     }
 
 
+def _bits(spec: LayerSpec) -> str:
+    return "f" if spec.weight is None else str(spec.weight.bits)
+
+
 def run_demo(out_dir: str | Path | None = None, epochs: int = 30, seed: int = 0,
-             log: Callable[[str], None] = print, tune_trials: int = 16) -> DemoRun:
+             tune_trials: int = 16, progress: bool = False) -> DemoRun:
     """Train, quantize, evaluate, choose; optionally write a run directory to ``out_dir``.
 
     ``out_dir`` receives ``results.json``, one ``policy_<name>.yaml`` per row and the
     ``bitsmith.run/1`` files the HTML report reads; with ``tune_trials > 0``
     :func:`bitsmith.autoquantize` runs (its own run directory: ``out_dir/tune``).
+    ``progress``: a bar per epoch and a line per step (see :mod:`bitsmith.progress`).
     """
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     splits = digits_splits(seed=seed)
     model = SmallCNN()
-    fit(model, make_loader(splits.train, batch_size=64, shuffle=True, seed=seed),
-        epochs=epochs, lr=3e-3, weight_decay=1e-4)
-    log(f"trained SmallCNN on {len(splits.train)} digits in {time.perf_counter() - t0:.1f} s")
+    with ProgressBar(f"train SmallCNN on {len(splits.train)} digits", epochs,
+                     enabled=progress, unit="epochs") as bar:
+        fit(model, make_loader(splits.train, batch_size=64, shuffle=True, seed=seed),
+            epochs=epochs, lr=3e-3, weight_decay=1e-4,
+            on_epoch=lambda e, loss: bar.update(e + 1, f"loss {loss:.3f}"))
     calibration = Subset(splits.train, range(CALIBRATION))
     val, test = make_loader(splits.val, batch_size=256), make_loader(splits.test, batch_size=256)
-    stats = collect_stats(model, make_loader(calibration, batch_size=128))  # reused by all
-    _, table, _ = prepare(model, stats.example_inputs)
-    policies = demo_policies(table.names)
-    models = {name: quantize(model, policy, calibration=stats)
-              for name, policy in policies.items()}
+    with stage("calibrate and quantize FP32, W8A8, W4A4, mixed", progress):
+        stats = collect_stats(model, make_loader(calibration, batch_size=128))  # reused by all
+        _, table, _ = prepare(model, stats.example_inputs)
+        policies = demo_policies(table.names)
+        models = {name: quantize(model, policy, calibration=stats)
+                  for name, policy in policies.items()}
     if tune_trials > 0 and out_dir is not None:
         from bitsmith.auto import autoquantize
 
         auto = autoquantize(model, calibration, splits.val, tolerance=TOLERANCE,
-                            trials=tune_trials, out_dir=Path(out_dir) / "tune", progress=True)
+                            trials=tune_trials, out_dir=Path(out_dir) / "tune",
+                            progress=progress)
         policies["autoquantize"], models["autoquantize"] = auto.policy, auto.model
-    rows = []
-    for name, policy in policies.items():
-        qmodel = models[name]
-        cost = estimate(table, policy)
-        rows.append(DemoRow(name, evaluate(qmodel, val).accuracy, evaluate(qmodel, test).accuracy,
-                            cost.size_bytes, cost.compression, cost.bitops,
-                            cost.avg_weight_bits))
+    with stage("evaluate every policy on validation and test", progress):
+        rows = [_row(name, models[name], policy, table, val, test)
+                for name, policy in policies.items()]
     run = _choose(rows, time.perf_counter() - t0)
     if out_dir is not None:
         _write_run(Path(out_dir), table, policies, run, len(splits.val), len(splits.test))
     return run
+
+
+def _row(name: str, qmodel: torch.nn.Module, policy: Policy, table: Any, val: Any,
+         test: Any) -> DemoRow:
+    cost = estimate(table, policy)
+    return DemoRow(name, evaluate(qmodel, val).accuracy, evaluate(qmodel, test).accuracy,
+                   cost.size_bytes, cost.compression, cost.bitops, cost.avg_weight_bits)
 
 
 def _choose(rows: list[DemoRow], seconds: float) -> DemoRun:

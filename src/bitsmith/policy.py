@@ -220,6 +220,13 @@ class LayerSpec:
     def is_float(self) -> bool:
         return self.weight is None and self.act is None
 
+    def quantized_weight(self, where: str = "") -> QSpec:
+        """The weight's QSpec, for code that only handles quantized weights (PolicyError if
+        the weight is kept in float)."""
+        if self.weight is None:
+            raise PolicyError(f"{where + ': ' if where else ''}the weight is not quantized")
+        return self.weight
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "weight": None if self.weight is None else self.weight.to_dict(),

@@ -17,6 +17,7 @@ run silently (tests, notebooks). ``BITSMITH_PROGRESS=plain`` forces plain lines 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -32,6 +33,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -64,6 +66,24 @@ def say(text: str, stream: TextIO | None = None) -> None:
     print(text, file=out, flush=True)
 
 
+class _LineHandler(logging.Handler):
+    """Library log records (``bitsmith.*``, INFO and up) as progress lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        say(self.format(record))
+
+
+def show_library_log() -> None:
+    """Print the ``bitsmith`` loggers' INFO records (e.g. one line per reconstructed
+    layer or block) as progress lines, unless progress is ``off``. Idempotent; the
+    command line calls it, a library user configures :mod:`logging` as they like."""
+    root = logging.getLogger("bitsmith")
+    if mode() == "off" or any(isinstance(h, _LineHandler) for h in root.handlers):
+        return
+    root.addHandler(_LineHandler())
+    root.setLevel(logging.INFO)
+
+
 def progress_columns(label: str = "{task.description}", suffix: str = "") -> list[ProgressColumn]:
     """Columns of every bitsmith bar: label, bar, done/total, elapsed, ETA, optional suffix."""
     columns: list[ProgressColumn] = [TextColumn(label), BarColumn(), MofNCompleteColumn(),
@@ -74,7 +94,56 @@ def progress_columns(label: str = "{task.description}", suffix: str = "") -> lis
     return columns
 
 
-class ProgressBar:
+class _Display:
+    """What a :class:`ProgressBar` and :class:`Stages` share: the mode, the clock, a rich
+    display on a terminal, a heartbeat thread off it (``heartbeat_line`` every ``every`` s)
+    and a closing line when the block ends without an error."""
+
+    def __init__(self, label: str, enabled: bool, every: float) -> None:
+        self.label, self.every = label, every
+        self.mode = mode() if enabled else "off"
+        self._t0 = time.monotonic()
+        self._rich: Progress | None = None
+        self._task: TaskID | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _rich_display(self) -> Progress:
+        raise NotImplementedError
+
+    def heartbeat_line(self) -> str:
+        raise NotImplementedError
+
+    def closing_line(self) -> str:
+        raise NotImplementedError
+
+    def _open(self) -> None:
+        self._t0 = time.monotonic()
+        if self.mode == "rich":
+            self._rich = self._rich_display()
+            self._rich.start()
+        elif self.mode == "plain":
+            self._thread = threading.Thread(target=self._beat, daemon=True)
+            self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            with self._lock:
+                say(self.heartbeat_line())
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._rich is not None:
+            self._rich.stop()
+        elif self.mode == "plain" and exc_type is None:
+            say(self.closing_line())
+
+
+class ProgressBar(_Display):
     """Progress of one counted loop (context manager); see the module docstring.
 
     Args:
@@ -88,15 +157,9 @@ class ProgressBar:
 
     def __init__(self, label: str, total: int | None = None, enabled: bool = True,
                  unit: str = "", every: float = HEARTBEAT_S, completed: int = 0) -> None:
-        self.label, self.total, self.unit, self.every = label, total, unit, every
-        self.mode = mode() if enabled else "off"
+        super().__init__(label, enabled, every)
+        self.total, self.unit = total, unit
         self.completed, self.info = completed, ""
-        self._t0 = time.monotonic()
-        self._rich: Progress | None = None
-        self._task = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
 
     def status(self) -> str:
         """The plain line of the current state."""
@@ -107,23 +170,21 @@ class ProgressBar:
         info = f", {self.info}" if self.info else ""
         return f"{self.label}: {count}{unit}, {elapsed(time.monotonic() - self._t0)} elapsed{info}"
 
-    def __enter__(self) -> ProgressBar:
-        self._t0 = time.monotonic()
-        if self.mode == "rich":
-            self._rich = Progress(*progress_columns(f"[bold]{self.label}", "{task.fields[info]}"),
-                                  console=Console(stderr=True), transient=False)
-            self._rich.start()
-            self._task = self._rich.add_task(self.label, total=self.total,
-                                             completed=self.completed, info="")
-        elif self.mode == "plain":
-            self._thread = threading.Thread(target=self._heartbeat, daemon=True)
-            self._thread.start()
-        return self
+    heartbeat_line = status
 
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.every):
-            with self._lock:
-                say(self.status())
+    def closing_line(self) -> str:
+        return self.status() + " (done)"
+
+    def _rich_display(self) -> Progress:
+        bar = Progress(*progress_columns(f"[bold]{self.label}", "{task.fields[info]}"),
+                       console=Console(stderr=True), transient=False)
+        self._task = bar.add_task(self.label, total=self.total, completed=self.completed,
+                                  info="")
+        return bar
+
+    def __enter__(self) -> ProgressBar:
+        self._open()
+        return self
 
     def update(self, completed: int, info: str = "") -> None:
         """Record progress: ``completed`` items so far, a short ``info`` (e.g. the loss)."""
@@ -139,18 +200,8 @@ class ProgressBar:
         elif self.mode == "plain":
             say(f"{self.label}: {text} ({elapsed(time.monotonic() - self._t0)} elapsed)")
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self._rich is not None:
-            self._rich.stop()
-        elif self.mode == "plain" and exc_type is None:
-            say(self.status() + " (done)")
 
-
-class Stages:
+class Stages(_Display):
     """A sequence of named, uncounted steps (context manager); calling it starts the next.
 
     On a terminal: a spinner with the current step and the elapsed time. Off it: one line
@@ -164,33 +215,30 @@ class Stages:
     """
 
     def __init__(self, label: str, enabled: bool = True, every: float = HEARTBEAT_S) -> None:
-        self.label, self.every = label, every
-        self.mode = mode() if enabled else "off"
+        super().__init__(label, enabled, every)
         self.current = ""
-        self._t0 = self._ts = time.monotonic()
-        self._rich: Progress | None = None
-        self._task = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ts = self._t0
+
+    def _rich_display(self) -> Progress:
+        spinner = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                           TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        self._task = spinner.add_task(self.label, total=None)
+        return spinner
+
+    def heartbeat_line(self) -> str:
+        now = time.monotonic()
+        return (f"{self.label}: still {self.current or 'running'}, "
+                f"{elapsed(now - self._ts)} in this step, {elapsed(now - self._t0)} elapsed")
+
+    def closing_line(self) -> str:
+        now = time.monotonic()
+        last = f"{self.current} done in {elapsed(now - self._ts)}; " if self.current else ""
+        return f"{self.label}: {last}{'all ' if last else ''}done in {elapsed(now - self._t0)}"
 
     def __enter__(self) -> Stages:
-        self._t0 = self._ts = time.monotonic()
-        if self.mode == "rich":
-            self._rich = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                                  TimeElapsedColumn(), console=Console(stderr=True),
-                                  transient=True)
-            self._rich.start()
-            self._task = self._rich.add_task(self.label, total=None)
-        elif self.mode == "plain":
-            self._thread = threading.Thread(target=self._heartbeat, daemon=True)
-            self._thread.start()
+        self._open()
+        self._ts = self._t0
         return self
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.every):
-            now = time.monotonic()
-            say(f"{self.label}: still {self.current or 'running'}, "
-                f"{elapsed(now - self._ts)} in this step, {elapsed(now - self._t0)} elapsed")
 
     def __call__(self, name: str) -> None:
         """Start step ``name`` (ends the previous one: one line with its duration)."""
@@ -200,19 +248,6 @@ class Stages:
         elif self._rich is not None and self._task is not None:
             self._rich.update(self._task, description=f"{self.label}: {name}")
         self.current, self._ts = name, now
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self._rich is not None:
-            self._rich.stop()
-        elif self.mode == "plain" and exc_type is None:
-            now = time.monotonic()
-            last = f"{self.current} done in {elapsed(now - self._ts)}; " if self.current else ""
-            say(f"{self.label}: {last}{'all ' if last else ''}done in "
-                f"{elapsed(now - self._t0)}")
 
 
 @contextlib.contextmanager

@@ -248,6 +248,24 @@ class QuantInfo:
     report: ConversionReport
     reconstruction: Any = None
 
+    def attach(self, model: nn.Module) -> None:
+        """Make this ``model.bitsmith`` (read it back, typed, with :func:`quant_info`)."""
+        object.__setattr__(model, "bitsmith", self)  # plain data, not a parameter or module
+
+
+def quant_info(model: nn.Module) -> QuantInfo:
+    """The :class:`QuantInfo` of a quantized model (``model.bitsmith``: policy, layer table,
+    conversion report).
+
+    Raises:
+        InputError: ``model`` is not a model made by :func:`quantize`.
+    """
+    info = getattr(model, "bitsmith", None)
+    if not isinstance(info, QuantInfo):
+        raise InputError(f"{type(model).__name__} is not a quantized model (no .bitsmith "
+                         "info); make it with bitsmith.quantize(model, policy, ...)")
+    return info
+
 
 def _warn_float_ops(table: LayerTable) -> None:
     """One warning listing the parameterised ops one may expect quantized that stay float."""
@@ -327,9 +345,11 @@ def quantize(model: nn.Module, policy: Policy, *, example_inputs: Any = None,
     if policy.rounding.learned:
         from bitsmith.reconstruct import reconstruct
 
+        assert float_model is not None  # needs_float
         recon = reconstruct(work, float_model, _calibration_inputs(stats, batches, policy),
                             policy.rounding, cache=cache, progress=progress)
     if policy.bias_correction:
+        assert float_model is not None  # needs_float
         if stats is not None:
             means = stats.means
         elif batches is not None:
@@ -341,7 +361,7 @@ def quantize(model: nn.Module, policy: Policy, *, example_inputs: Any = None,
         bias_correct(work, means, float_weights={
             n: m.weight.detach() for n, m in float_model.named_modules() if n in means
             and hasattr(m, "weight")})
-    work.bitsmith = QuantInfo(policy, table, report, recon)
+    QuantInfo(policy, table, report, recon).attach(work)
     return work
 
 

@@ -151,9 +151,10 @@ def check_validation(fp32: float, examples: int | None, tolerance: float | None,
     if saturated:
         problems.append(
             f"the float model scores {fp32:.2f}% top-1 on the validation data (>= "
-            f"{SATURATED_TOP1}%): it has (nearly) memorised it, so an accuracy drop cannot "
-            "show. Use held-out images the model was not trained on (for CIFAR-10 the JPEG "
-            "validation split), not training images")
+            f"{SATURATED_TOP1}%): an accuracy drop cannot show there (images it has "
+            "memorised, or a set too easy to tell policies apart). Use held-out images the "
+            "model was not trained on (for CIFAR-10 the JPEG validation split), not "
+            "training images")
     if too_small and examples is not None and tolerance is not None:
         need = math.ceil(100.0 * MIN_EXAMPLES / tolerance)
         problems.append(

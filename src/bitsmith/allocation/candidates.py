@@ -129,7 +129,8 @@ def bit_candidates(
     wbits = sorted(set(bits))
     if not wbits:
         raise PolicyError("bit_candidates needs at least one weight bit width")
-    abits: list[int | None] = [None] if act_bits is None or act is None else sorted(set(act_bits))
+    abits: list[int | None] = ([None] if act_bits is None or act is None
+                               else list(sorted(set(act_bits))))
     names = table.names if layers is None else list(layers)
     specs = []
     for b in wbits:

@@ -118,12 +118,13 @@ def _latency_of(latency: LatencyLookup, name: str, i: int, spec: LayerSpec) -> f
 
 def _scores(space: CandidateSpace, sensitivity: Sensitivity | Mapping[str, Sequence[float]],
             metric: str | None) -> tuple[np.ndarray, str]:
+    values: Mapping[str, Sequence[float]]
     if isinstance(sensitivity, Sensitivity):
         metric = metric or sensitivity.metrics[0]
         values = sensitivity.get(metric)
     else:
         values, metric = sensitivity, metric or "scores"
-    out = []
+    out: list[float] = []
     for n in space:
         if n not in values or len(values[n]) != len(space[n]):
             raise ValueError(f"sensitivity {metric!r}: layer {n!r} needs {len(space[n])} values")

@@ -59,11 +59,12 @@ def analyze_command(
     """
     from bitsmith.analyze.pipeline import AnalyzeConfig, analyze
 
-    cfg = AnalyzeConfig(bits=parse_ints(bits, "--bits"), methods=parse_names(methods, "--methods"),
-                        avg_bits=tuple(avg_bits), score=score or None, first_last=first_last,
-                        rounding=choice(rounding, "--rounding", ROUNDING_METHODS),
-                        rounding_iterations=rounding_iterations,
-                        hessian_iters=hessian_iters, progress=progress)
+    cfg = AnalyzeConfig.from_dict({
+        "bits": parse_ints(bits, "--bits"), "methods": parse_names(methods, "--methods"),
+        "avg_bits": tuple(avg_bits), "score": score or None, "first_last": first_last,
+        "rounding": choice(rounding, "--rounding", ROUNDING_METHODS),
+        "rounding_iterations": rounding_iterations,
+        "hessian_iters": hessian_iters, "progress": progress}, where="analyze")
     with stage(f"loading {inputs.model}", progress):
         work = inputs.load(calibration_size=512, validation_size=1000, epochs=epochs)
     cfg = cfg.replace(labels={"model": work.name, "dataset": work.dataset},

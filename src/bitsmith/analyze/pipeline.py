@@ -29,7 +29,8 @@ from bitsmith.errors import InputError
 from bitsmith.graph import LayerTable
 from bitsmith.pareto import best_within
 from bitsmith.policy import FIRST_LAST_CHOICES, FLOAT, INT8, Policy, QSpec, Rounding
-from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quantize
+from bitsmith.progress import stage
+from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quant_info, quantize
 from bitsmith.result import QuantizationResult, cost_summary, plain, validation_summary
 from bitsmith.scoring import EvaluateFn, Scorer, as_batches, check_validation
 from bitsmith.sensitivity import estimate_fisher, estimate_hessian, measure_sensitivity
@@ -145,7 +146,7 @@ def _sensitivity(model: nn.Module, space: CandidateSpace, data: Any, stats: Cali
     parts = []
     if "measured" in cfg.methods:
         rounding = cfg.make_rounding(for_sensitivity=True)
-        how = "" if rounding == "nearest" else f", each reconstructed ({rounding.short()})"
+        how = "" if isinstance(rounding, str) else f", each reconstructed ({rounding.short()})"
         log(f"measured sensitivity: {space.size} (layer, bits) pairs{how}")
         parts.append(measure_sensitivity(model, space, data, calibration=stats,
                                          base=base.with_options(rounding=rounding),
@@ -208,16 +209,17 @@ def analyze(model: nn.Module, calibration: Any, validation: Any = None, *,
                          "estimators measure on it")
     data = as_batches(validation)
     learned = cfg.rounding != "nearest"
-    stats = collect_stats(model, calibration, keep_inputs=learned)
     cache = Path(out_dir) / "reconstruction" if learned and out_dir is not None else None
-    _, table, _ = prepare(model, stats.example_inputs)
-    space, base = _space(table, cfg)
-    budgets, chosen_budget = _budgets(space, cfg, base)
-    zeros = {n: [0.0] * len(space[n]) for n in space}
-    for _, b in budgets:  # fail fast: an infeasible budget before the expensive analysis
-        allocate(space, zeros, b, base=base)
-    scorer = Scorer(validation, evaluate)
-    fp32 = scorer(model)
+    with stage("analyze: calibration statistics and the FP32 validation score", cfg.progress):
+        stats = collect_stats(model, calibration, keep_inputs=learned)
+        _, table, _ = prepare(model, stats.example_inputs)
+        space, base = _space(table, cfg)
+        budgets, chosen_budget = _budgets(space, cfg, base)
+        zeros = {n: [0.0] * len(space[n]) for n in space}
+        for _, b in budgets:  # fail fast: an infeasible budget before the expensive analysis
+            allocate(space, zeros, b, base=base)
+        scorer = Scorer(validation, evaluate)
+        fp32 = scorer(model)
     guard = check_validation(fp32, scorer.examples, None, scorer.is_top1, scorer.name)
     sens = _sensitivity(model, space, data, stats, cfg, base, log, cache)
     metric = cfg.score or ("measured_kl" if "measured_kl" in sens.metrics else sens.metrics[0])
@@ -257,7 +259,7 @@ def analyze(model: nn.Module, calibration: Any, validation: Any = None, *,
         "guard": guard.to_dict(), "allocation_metric": metric,
         "scores": {n: scores[n] for n in names}, "seconds": time.perf_counter() - t0}
     qmodel = quantize(model, policy, calibration=stats, cache=cache).eval()
-    recon = qmodel.bitsmith.reconstruction
+    recon = quant_info(qmodel).reconstruction
     if recon is not None:
         summary["reconstruction"] = recon.summary()
     if out_dir is not None:

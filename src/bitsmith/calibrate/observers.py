@@ -107,6 +107,7 @@ def compute_range(stats: TensorStats, method: str, bits: int, *, symmetric: bool
         return cached
 
     mn, mx = (stats.ch_min, stats.ch_max) if per_channel else (stats.min, stats.max)
+    assert mn is not None and mx is not None  # the statistics are not empty (checked above)
     out_device = mn.device
     if method == "minmax":
         lo, hi = mn.clone(), mx.clone()
@@ -328,6 +329,7 @@ class _Moments:
         lo, hi = qmin * scale, qmax * scale
         a0, a1, a2 = self.at(lo)
         b0, b1, b2 = self.at(hi)
+        assert a2 is not None and b2 is not None  # second moments were asked for
         below = a2 - 2 * lo * a1 + lo * lo * a0
         above = (self.t2 - b2) - 2 * hi * (self.t1 - b1) + hi * hi * (self.t0 - b0)
         return below + above + scale * scale / 12 * (b0 - a0)

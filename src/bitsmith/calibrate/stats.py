@@ -81,11 +81,6 @@ class _Hist:
     def clone(self) -> _Hist:
         return _Hist(self.counts.clone(), self.k0.clone(), self.w.clone())
 
-    def left_edges(self) -> Tensor:
-        """``(G, B)`` left bin edges."""
-        j = torch.arange(self.bins, dtype=torch.float64, device=self.device)
-        return (self.k0[:, None] + j) * self.w[:, None]
-
     def edges(self) -> Tensor:
         """``(G, B + 1)`` bin edges."""
         j = torch.arange(self.bins + 1, dtype=torch.float64, device=self.device)
@@ -286,19 +281,35 @@ class TensorStats:
             x = x.to(self.min.device)
         xc = self._observe_extrema(x)
         dev = _hist_device(x.device)
-        lo, hi = _f64(self.min, dev).view(1), _f64(self.max, dev).view(1)
+        mn, mx = self._extrema()
+        lo, hi = _f64(mn, dev).view(1), _f64(mx, dev).view(1)
         self._hist = _Hist.covering(lo, hi, self.bins) if self._hist is None \
             else self._hist.grown(lo, hi)
         self._hist.add_(x.reshape(1, -1))
-        if self.keep_channel_hist:
-            lo, hi = _f64(self.ch_min, dev), _f64(self.ch_max, dev)
+        if self.keep_channel_hist and xc is not None:
+            cmn, cmx = self._channel_extrema()
+            lo, hi = _f64(cmn, dev), _f64(cmx, dev)
             self._ch_hist = _Hist.covering(lo, hi, self.bins) if self._ch_hist is None \
                 else self._ch_hist.grown(lo, hi)
             self._ch_hist.add_(xc)
 
+    def _extrema(self) -> tuple[Tensor, Tensor]:
+        """``(min, max)``, ``()`` each; ValueError while empty."""
+        if self.min is None or self.max is None:
+            raise ValueError("no data was observed: the TensorStats is empty")
+        return self.min, self.max
+
+    def _channel_extrema(self) -> tuple[Tensor, Tensor]:
+        """``(ch_min, ch_max)``, ``(C,)`` each; ValueError without them."""
+        if self.ch_min is None or self.ch_max is None:
+            raise ValueError("no per-channel statistics (no channel_axis, or no data yet)")
+        return self.ch_min, self.ch_max
+
     def _channels(self, x: Tensor) -> Tensor:
         """``x`` as ``(C, M)``, channels along ``channel_axis``."""
         axis = self.channel_axis
+        if axis is None:
+            raise ValueError("per-channel statistics need a channel_axis")
         if x.dim() == 0 or not -x.dim() <= axis < x.dim():
             raise ValueError(f"channel_axis={axis} is out of range for a tensor of shape "
                              f"{tuple(x.shape)}")
@@ -327,6 +338,8 @@ class TensorStats:
         return xc
 
     def _raw_tensor(self) -> Tensor:
+        if self._raw is None:
+            raise RuntimeError("no TensorStats.of() tensor is pending")
         x, version = self._raw
         if x._version != version:
             raise RuntimeError(
@@ -349,7 +362,7 @@ class TensorStats:
         if per_channel:
             if self._ch_hist is None and self._raw is not None and self.keep_channel_hist:
                 xc = self._channels(self._raw_tensor())
-                self._ch_hist = _Hist.of_data(xc, self.ch_min, self.ch_max, self.bins)
+                self._ch_hist = _Hist.of_data(xc, *self._channel_extrema(), self.bins)
             if self._ch_hist is None:
                 raise ValueError(
                     "per-channel histogram-based ranges need per-channel histograms: create "
@@ -358,7 +371,8 @@ class TensorStats:
             return self._ch_hist
         if self._hist is None and self._raw is not None:
             x = self._raw_tensor().reshape(1, -1)
-            self._hist = _Hist.of_data(x, self.min.view(1), self.max.view(1), self.bins)
+            mn, mx = self._extrema()
+            self._hist = _Hist.of_data(x, mn.view(1), mx.view(1), self.bins)
         if self._hist is None:
             raise ValueError("no data was observed: the TensorStats is empty")
         return self._hist
@@ -394,18 +408,20 @@ class TensorStats:
                 self._ch_hist = None
             self._cache = {}
             return self
-        dev = self.min.device
-        self.min = torch.minimum(self.min, other.min.to(dev))
-        self.max = torch.maximum(self.max, other.max.to(dev))
+        (mn, mx), (omn, omx) = self._extrema(), other._extrema()
+        dev = mn.device
+        self.min, self.max = torch.minimum(mn, omn.to(dev)), torch.maximum(mx, omx.to(dev))
         if self.channel_axis is not None:
-            self.ch_min = torch.minimum(self.ch_min, other.ch_min.to(dev))
-            self.ch_max = torch.maximum(self.ch_max, other.ch_max.to(dev))
+            (cmn, cmx), (ocmn, ocmx) = self._channel_extrema(), other._channel_extrema()
+            self.ch_min = torch.minimum(cmn, ocmn.to(dev))
+            self.ch_max = torch.maximum(cmx, ocmx.to(dev))
         self.count += other.count
         self.batches += other.batches
-        self._hist = self._merge_hist(self._hist, other._hist, self.min.view(1), self.max.view(1))
+        self._hist = self._merge_hist(self._hist_for(False), other._hist_for(False),
+                                      self.min.view(1), self.max.view(1))
         self.keep_channel_hist = keep
-        self._ch_hist = (self._merge_hist(self._ch_hist, other._ch_hist, self.ch_min, self.ch_max)
-                         if keep else None)
+        self._ch_hist = (self._merge_hist(self._hist_for(True), other._hist_for(True),
+                                          *self._channel_extrema()) if keep else None)
         self._cache.clear()
         return self
 
@@ -439,7 +455,8 @@ class TensorStats:
     def __repr__(self) -> str:
         if self.is_empty:
             return f"TensorStats(empty, channel_axis={self.channel_axis}, bins={self.bins})"
+        mn, mx = self._extrema()
         return (f"TensorStats(count={self.count}, batches={self.batches}, "
-                f"min={float(self.min):.4g}, max={float(self.max):.4g}, "
+                f"min={float(mn):.4g}, max={float(mx):.4g}, "
                 f"channel_axis={self.channel_axis}, channels={self.num_channels}, "
                 f"bins={self.bins})")

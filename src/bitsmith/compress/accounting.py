@@ -24,8 +24,9 @@ from torch import nn
 
 from bitsmith.cost import CostReport, MaskLayout, estimate, mask_layout, weight_bytes
 from bitsmith.cost.sparse import survivors_of
-from bitsmith.graph import LayerTable, quantized_layers
+from bitsmith.graph import LayerTable, layer_weight, quantized_layers
 from bitsmith.policy import Policy
+from bitsmith.quantize import quant_info
 
 
 def mask_layouts(qmodel: nn.Module) -> dict[str, MaskLayout]:
@@ -48,7 +49,7 @@ def sync_sparsity(qmodel: nn.Module) -> Policy:
     ``ceil(m·b/8) + mask < ceil(n·b/8)``; otherwise its zeros are stored as zero codes
     (sparsity 0). Returns the updated Policy (also at ``qmodel.bitsmith.policy``).
     """
-    info = qmodel.bitsmith
+    info = quant_info(qmodel)
     updates = {}
     for name, layer in quantized_layers(qmodel).items():
         wspec = layer.layer_spec.weight
@@ -76,7 +77,7 @@ def compression_report(qmodel: nn.Module) -> CostReport:
     ``.size_bytes`` equals the packed artifact's payload (``PackedReport.tensor_bytes``);
     ``.compression`` is FP32 bytes / that.
     """
-    info = qmodel.bitsmith
+    info = quant_info(qmodel)
     return estimate(info.layer_table, info.policy, mask_layouts(qmodel))
 
 
@@ -96,7 +97,7 @@ def sparse_float_bytes(model: nn.Module, table: LayerTable, pruned: list[str]) -
     total = 4 * table.total_params
     for name in pruned:
         info = table[name]
-        weight = model.get_submodule(name).weight
+        weight = layer_weight(model, name)
         total += weight_bytes(info.weight_params, 32, mask=mask_layout(survivors_of(weight)))
         total -= 4 * info.weight_params
     return total

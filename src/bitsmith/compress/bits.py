@@ -35,6 +35,7 @@ from bitsmith.cost import weight_bytes
 from bitsmith.cost.budget import Budget, InfeasibleBudgetError
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import LayerSpec
+from bitsmith.quantize import quant_info
 
 DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
 
@@ -101,7 +102,7 @@ def allocate_bits(qmodel: nn.Module, budget_bytes: float, bits: Sequence[int] = 
     if not names:
         raise CompressError("no DPQ layer to allocate bits for (call install_dpq first)")
     policy = sync_sparsity(qmodel)
-    info = qmodel.bitsmith
+    info = quant_info(qmodel)
     table = info.layer_table
     qlayers = quantized_layers(qmodel)
     masks = mask_layouts(qmodel)
@@ -117,11 +118,11 @@ def allocate_bits(qmodel: nn.Module, budget_bytes: float, bits: Sequence[int] = 
     # The solver charges masks as bitmasks; the real (cheaper or equal) masks save a fixed
     # number of bytes per layer, whatever the bits.
     saving = 0
-    for n, m in masks.items():
+    for n, mask in masks.items():
         info_n = table[n]
-        b = policy[n].weight.bits
+        b = policy[n].quantized_weight(n).bits
         saving += (weight_bytes(info_n.weight_params, b, policy[n].sparsity)
-                   - weight_bytes(info_n.weight_params, b, mask=m))
+                   - weight_bytes(info_n.weight_params, b, mask=mask))
     space = CandidateSpace(table, choices)
     try:
         alloc = allocate(space, scores, Budget(size_bytes=budget_bytes + saving), base=policy,
@@ -134,7 +135,7 @@ def allocate_bits(qmodel: nn.Module, budget_bytes: float, bits: Sequence[int] = 
     size = compression_report(qmodel).size_bytes
     if size > budget_bytes:  # pragma: no cover - guards the saving argument above
         raise AssertionError(f"allocated size {size} exceeds the budget {budget_bytes}")
-    chosen = {n: alloc.policy[n].weight.bits for n in names}
+    chosen = {n: alloc.policy[n].quantized_weight(n).bits for n in names}
     nsr = {n: quantization_nsr(qlayers[n].weight, chosen[n], two_level, pseudo) for n in names}
     return BitChoice(bits=chosen, nsr=nsr,
                      size_bytes=size, budget_bytes=float(budget_bytes), scores=scores)

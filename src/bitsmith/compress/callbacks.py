@@ -42,7 +42,8 @@ from bitsmith.compress.pruning import (
 )
 from bitsmith.compress.rpc import RPC, RPCSchedule
 from bitsmith.cost import mask_layout
-from bitsmith.graph import quantized_layers
+from bitsmith.graph import layer_weight, quantized_layers
+from bitsmith.quantize import quant_info
 from bitsmith.training import Callback, TrainState
 
 
@@ -61,7 +62,6 @@ class DPQCallback(Callback):
             and at epoch ends).
         rpc: RPC schedule (``None``: activations always fully quantized).
         two_level, pseudo: DPQ scale options (see :mod:`bitsmith.compress.dpq`).
-        seed: RPC random stream seed.
     """
 
     def __init__(self, qmodel: nn.Module, prune_layers: Sequence[str],
@@ -69,7 +69,7 @@ class DPQCallback(Callback):
                  structured: bool = False, budget_bytes: float | None = None,
                  bits: Sequence[int] = DEFAULT_BITS, bit_layers: Sequence[str] | None = None,
                  realloc_every: int = 0, rpc: RPCSchedule | None = None,
-                 two_level: bool = True, pseudo: bool = True, seed: int = 0) -> None:
+                 two_level: bool = True, pseudo: bool = True) -> None:
         self.qmodel = qmodel
         self.prune_layers = list(prune_layers)
         self.schedule = schedule
@@ -80,15 +80,14 @@ class DPQCallback(Callback):
         self.realloc_every = realloc_every
         self.rpc_schedule = rpc
         self.two_level, self.pseudo = two_level, pseudo
-        self.seed = seed
         self.masks: dict[str, torch.Tensor] = {}
         self.rpc: RPC | None = None
         self.last_choice: BitChoice | None = None
         self.events: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ helpers
-    def _params(self) -> dict[str, nn.Parameter]:
-        return {n: self.qmodel.get_submodule(n).weight for n in self.prune_layers}
+    def _params(self) -> dict[str, torch.Tensor]:
+        return {n: layer_weight(self.qmodel, n) for n in self.prune_layers}
 
     def _sync(self) -> None:
         if hasattr(self.qmodel, "bitsmith"):  # a float model (pruning alone) has no Policy
@@ -120,7 +119,7 @@ class DPQCallback(Callback):
         if self.schedule is None or self.sparsity >= final - 1e-9:
             return float(self.budget_bytes)
         report = compression_report(self.qmodel)
-        table = self.qmodel.bitsmith.layer_table
+        table = quant_info(self.qmodel).layer_table
         per_layer = {c.name: c.weight_bytes for c in report.layers}
         chosen = set(self.bit_layers)
         now = mask_layouts(self.qmodel)
@@ -174,7 +173,7 @@ class DPQCallback(Callback):
             self._sync()
         if self.rpc_schedule is not None and self.rpc is None:
             self.rpc = RPC(self.qmodel, self.rpc_schedule.at(state.step, state.total_steps),
-                           seed=self.seed)
+                           seed=self.rpc_schedule.seed)
 
     def on_step_start(self, state: TrainState) -> None:
         if self.rpc is not None and self.rpc_schedule is not None:
@@ -209,8 +208,8 @@ class DPQCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         layers = quantized_layers(self.qmodel)
-        bits = {n: int(layers[n].layer_spec.weight.bits) for n in self.bit_layers
-                if n in layers and layers[n].layer_spec.weight is not None}
+        bits = {n: int(w.bits) for n in self.bit_layers
+                if n in layers and (w := layers[n].layer_spec.weight) is not None}
         return {"masks": {n: m.clone() for n, m in self.masks.items()}, "bits": bits,
                 "events": list(self.events)}
 

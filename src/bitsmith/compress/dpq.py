@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from bitsmith.graph import quantized_layers
 from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import LayerSpec, QSpec
+from bitsmith.quantize import quant_info
 
 CORRECTION_GRID = tuple(1.0 + j / 16.0 for j in (0, *[k for i in range(1, 9) for k in (-i, i)]))
 WEIGHT_SCHEME = "uniform_symmetric"
@@ -170,12 +171,12 @@ def set_layer_spec(qmodel: nn.Module, name: str, spec: LayerSpec, pseudo: bool =
         raise ValueError(f"{name}: set_layer_spec cannot change the activation spec")
     if spec.weight != layer.layer_spec.weight or not isinstance(layer.weight_quantizer,
                                                                  DPQWeightQuantizer):
-        new = DPQWeightQuantizer(spec.weight, f"{name}.weight", pseudo=pseudo)
+        new = DPQWeightQuantizer(spec.quantized_weight(name), f"{name}.weight", pseudo=pseudo)
         with torch.no_grad():
             new.fit_weight(layer.weight)  # buffers exist now (state_dict / checkpoints)
         layer.weight_quantizer = new
     layer.layer_spec = spec
-    info = qmodel.bitsmith
+    info = quant_info(qmodel)
     info.policy = info.policy.with_layers({name: spec})
 
 
@@ -191,30 +192,12 @@ def install_dpq(qmodel: nn.Module, names: Iterable[str] | None = None, pseudo: b
         if m.layer_spec.weight is not None and m.layer_spec.weight.scheme == WEIGHT_SCHEME]
     for n in chosen:
         layer = layers[n]
-        quantizer = DPQWeightQuantizer(layer.layer_spec.weight, f"{n}.weight", pseudo=pseudo)
+        quantizer = DPQWeightQuantizer(layer.layer_spec.quantized_weight(n), f"{n}.weight",
+                                       pseudo=pseudo)
         with torch.no_grad():
             quantizer.fit_weight(layer.weight)  # buffers exist now (state_dict / checkpoints)
         layer.weight_quantizer = quantizer
     return chosen
-
-
-def weight_stats(w: Tensor) -> dict[str, float]:
-    """Distribution summary of the surviving weights of ``w``.
-
-    Keys: ``survivors`` (count), ``pseudo_mean`` (mean ``|w|``), ``std``, ``kurtosis``
-    (excess, of the signed survivors), ``outlier_share`` (fraction with ``|w| > 4·m̄``).
-    """
-    a = w.detach().float().reshape(-1)
-    s = a[a != 0]
-    if s.numel() < 2:
-        return {"survivors": float(s.numel()), "pseudo_mean": 0.0, "std": 0.0,
-                "kurtosis": 0.0, "outlier_share": 0.0}
-    m = s.abs().mean()
-    c = s - s.mean()
-    var = c.square().mean().clamp_min(1e-30)
-    return {"survivors": float(s.numel()), "pseudo_mean": float(m),
-            "std": float(var.sqrt()), "kurtosis": float(c.pow(4).mean() / var.square() - 3),
-            "outlier_share": float((s.abs() > 4 * m).float().mean())}
 
 
 def quantization_nsr(w: Tensor, bits: int, two_level: bool = True, pseudo: bool = True
@@ -231,10 +214,3 @@ def quantization_nsr(w: Tensor, bits: int, two_level: bool = True, pseudo: bool 
     w_hat = torch.clamp(torch.round(wd / scale), -q, q) * scale
     return float((wd - w_hat).square().sum() / wd.square().sum().clamp_min(1e-30))
 
-
-def layer_weights(qmodel: nn.Module, names: Iterable[str] | None = None
-                  ) -> Mapping[str, nn.Parameter]:
-    """``name -> weight parameter`` of the quantized layers (all, or ``names``)."""
-    layers = quantized_layers(qmodel)
-    keys = list(names) if names is not None else list(layers)
-    return {n: layers[n].weight for n in keys}

@@ -36,7 +36,7 @@ from bitsmith.errors import InputError
 from bitsmith.graph import quantized_layers
 from bitsmith.inputs import MetricError
 from bitsmith.policy import LayerSpec, Policy, QSpec
-from bitsmith.quantize import iter_batches, prepare, quantize
+from bitsmith.quantize import iter_batches, prepare, quant_info, quantize
 from bitsmith.result import QuantizationResult, cost_summary, plain, validation_summary
 from bitsmith.scoring import EvaluateFn, Scorer, check_validation
 from bitsmith.training import TrainConfig, TrainResult, train
@@ -273,7 +273,7 @@ def compress(model: nn.Module, calibration: Any, validation: Any = None, *,
         warnings.warn(f"the compressed model could not be scored: {err}", RuntimeWarning,
                       stacklevel=2)
         error = str(err)
-    policy = res.model.bitsmith.policy
+    policy = quant_info(res.model).policy
     rule = ("the one policy DPQ produced: bits re-chosen under the size budget by the "
             "integer program as pruning advanced, then fine-tuned")
     summary = {
@@ -289,6 +289,11 @@ def compress(model: nn.Module, calibration: Any, validation: Any = None, *,
     return QuantizationResult(policy, res.model, summary, run_dir, res)
 
 
+def _failed(error: str | None) -> dict[str, Any]:
+    """The extra trial fields of a trial whose metric failed (none otherwise)."""
+    return {"state": "FAIL", "error": error} if error else {}
+
+
 def _write_run(out: Path, res: CompressResult, fp32: float, score: float | None,
                summary: dict[str, Any], cfg: CompressConfig, model: nn.Module) -> Path:
     from bitsmith.compress.accounting import mask_layouts
@@ -300,14 +305,13 @@ def _write_run(out: Path, res: CompressResult, fp32: float, score: float | None,
                     eval_set=f"validation: {summary['validation']['metric']}",
                     producer="bitsmith compress", guard=summary["guard"],
                     notes={"config": summary["config"]})
-    run.write_layers(qmodel.bitsmith.layer_table)
+    run.write_layers(quant_info(qmodel).layer_table)
     run.set_fp32(accuracy=fp32, size_bytes=res.cost.fp32_bytes)
     run.add_trial("dpq", accuracy=score if score is not None else float("nan"),
-                  policy=qmodel.bitsmith.policy, source="dpq", size_bytes=res.cost.size_bytes,
+                  policy=quant_info(qmodel).policy, source="dpq", size_bytes=res.cost.size_bytes,
                   compression=res.cost.compression, avg_weight_bits=res.cost.avg_weight_bits,
                   sparsity=res.sparsity,
-                  **({"state": "FAIL", "error": summary["metric_error"]}
-                     if summary["metric_error"] else {}))
+                  **_failed(summary["metric_error"]))
     run.choose("dpq", rule=summary["rule"])
     run.write_masks(mask_layouts(qmodel))
     return out

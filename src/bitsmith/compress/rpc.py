@@ -27,11 +27,13 @@ class RPCSchedule:
     """Quantized fraction ``p(t)`` of activation elements at training step ``t``.
 
     ``p`` rises linearly from ``start`` at step 0 to 1 at ``full_at`` (a fraction of the
-    planned steps, e.g. 0.8 = the last 20% of training run fully quantized).
+    planned steps, e.g. 0.8 = the last 20% of training run fully quantized). ``seed`` seeds
+    the random stream that picks the quantized elements.
     """
 
     start: float = 0.5
     full_at: float = 0.8
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.start <= 1.0:

@@ -59,7 +59,7 @@ def quantizer_overhead_bytes(spec: QSpec | None, channels: int, inputs: int = 1)
     return groups * (4 * float_params_of(spec) + scheme.zero_point_bytes)
 
 
-def weight_bytes(n_weights: int, bits: int, sparsity: float = 0.0,
+def weight_bytes(n_weights: int, bits: float, sparsity: float = 0.0,
                  mask: MaskLayout | None = None) -> int:
     """Packed bytes of ``n_weights`` at ``bits`` each; sparse layers add their mask.
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 
@@ -313,7 +312,3 @@ def cifar10_protocol(n_val: int = 5000, seed: int = 0, n_calib: int | None = Non
     return Cifar10Protocol(n_val=n_val, seed=seed, n_calib=n_calib,
                            augment_finetune=augment_finetune, cache=cache)
 
-
-def cifar10_data_dir() -> Path:
-    """The ``cifar10`` folder inside the data root."""
-    return data_file(TEST_FILE).parent

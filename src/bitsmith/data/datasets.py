@@ -192,7 +192,8 @@ def concat_datasets(parts: Sequence[ArrayImageDataset], augment: bool | None = N
             raise ValueError("concat_datasets: datasets use different normalisations")
         if p.labelled != p0.labelled:
             raise ValueError("concat_datasets: cannot mix labelled and unlabelled datasets")
-    labels = torch.cat([p.labels for p in parts]) if p0.labels is not None else None
+    labels = (torch.cat([p.labels for p in parts if p.labels is not None])
+              if p0.labels is not None else None)
     return ArrayImageDataset(
         torch.cat([p.images for p in parts]), labels,
         p0.mean.flatten().tolist(), p0.std.flatten().tolist(),

@@ -13,8 +13,8 @@ from bitsmith.data.paths import data_file
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: uint8, 3 dims
 IDX_LABELS_MAGIC = 2049  # 0x00000801: uint8, 1 dim
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
-               0x0E: ">f8"}
+_IDX_DTYPES = {code: np.dtype(name) for code, name in
+               {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.items()}
 
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -57,7 +57,7 @@ def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
     if len(raw) < header:
         raise ValueError(f"{path}: truncated IDX header")
     dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[tcode])
+    dtype = _IDX_DTYPES[tcode]
     n = int(np.prod(dims)) if dims else 0
     need = header + n * dtype.itemsize
     if len(raw) != need:

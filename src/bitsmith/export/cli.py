@@ -98,7 +98,7 @@ def export_command(
     Writes fp32.onnx, quantized.onnx, model.safetensors, summary.json and summary.md.
     Example: bitsmith export --model resnet20 --policy runs/tune/policy.yaml --out runs/r20
     """
-    from bitsmith.export.pipeline import deploy
+    from bitsmith.export.pipeline import Timing, deploy
     from bitsmith.quantize import collect_stats, prepare, quantize
 
     key = read_key_file(key_file)
@@ -118,7 +118,7 @@ def export_command(
                           else stats)
         summary = deploy(net, qmodel, out, example_inputs=stats.example_inputs,
                          calibration=work.calibration, evaluation=evaluation,
-                         batches=batch, runs=runs, runs_large=runs_large, threads=threads,
+                         timing=Timing(tuple(batch), runs, runs_large, threads),
                          integer_residuals=integer_residuals, log=step, key=key,
                          **packed_model_args(inputs))
     console.print(summary.to_markdown())
@@ -148,7 +148,7 @@ def bench_command(
             raise OptionError(f"{path} does not exist; give ONNX files")
         try:
             graph = onnx.load(str(path), load_external_data=False).graph
-        except Exception as err:  # noqa: BLE001 - protobuf decode errors vary
+        except Exception as err:  # protobuf decode errors vary
             raise ExportError(f"{path} is not a readable ONNX model: {err}") from None
         dims = graph.input[0].type.tensor_type.shape.dim[1:]
         if any(not d.dim_value for d in dims):

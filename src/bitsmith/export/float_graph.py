@@ -26,7 +26,7 @@ from torch import nn
 
 from bitsmith.atomic import atomic_path
 from bitsmith.graph import quantized_layers
-from bitsmith.graph.qmodules import QuantLayerMixin
+from bitsmith.graph.qmodules import QuantizedLayer, QuantLayerMixin, untwin
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -52,7 +52,7 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def dequantized_copy(qmodel: nn.Module, matmul_layers: Iterable[str] = ()
-                     ) -> tuple[nn.Module, dict[str, nn.Module]]:
+                     ) -> tuple[nn.Module, dict[str, QuantizedLayer]]:
     """A float copy of ``qmodel`` whose quantized layers hold ``Q_w(W)``; plus the originals.
 
     Each quantized layer gets its own parameter (a weight tied to another module, e.g. a
@@ -70,16 +70,11 @@ def dequantized_copy(qmodel: nn.Module, matmul_layers: Iterable[str] = ()
         for name, module in quantized_layers(work).items():
             w_hat = layers[name].quantized_weight().detach().clone()
             module.weight = nn.Parameter(w_hat, requires_grad=False)
-            base = next(c for c in type(module).__mro__[1:]
-                        if issubclass(c, nn.Module) and not issubclass(c, QuantLayerMixin))
-            for attr in ("weight_quantizer", "input_quantizer"):
-                if attr in module._modules:
-                    del module._modules[attr]
-            module.__class__ = base
+            untwin(module, QuantLayerMixin, ("weight_quantizer", "input_quantizer"))
         for name in matmul:  # quantized or kept float by the Policy
-            module = work.get_submodule(name)
-            if isinstance(module, nn.Linear):
-                _set_submodule(work, name, MatMulLinear(module))
+            linear = work.get_submodule(name)
+            if isinstance(linear, nn.Linear):
+                _set_submodule(work, name, MatMulLinear(linear))
     if hasattr(work, "bitsmith"):
         del work.bitsmith
     return work, layers

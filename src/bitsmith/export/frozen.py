@@ -14,6 +14,8 @@ weights.
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import nn
 
 from bitsmith.graph import quantized_layers
@@ -25,7 +27,8 @@ __all__ = ["FrozenWeightQuantizer", "freeze", "thaw_weights"]
 def thaw_weights(model: nn.Module) -> nn.Module:
     """Make every frozen weight quantizer of ``model`` an ordinary :class:`Quantizer` again."""
     for layer in quantized_layers(model).values():
-        if isinstance(layer.weight_quantizer, FrozenWeightQuantizer):
-            layer.weight_quantizer.__class__ = Quantizer
-            layer.weight_quantizer._fitted_version = None
+        quantizer = layer.weight_quantizer
+        if isinstance(quantizer, FrozenWeightQuantizer):
+            cast(Quantizer, quantizer).__class__ = Quantizer
+            quantizer._fitted_version = None
     return model

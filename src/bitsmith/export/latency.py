@@ -30,7 +30,7 @@ import platform
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 from torch import nn
@@ -72,6 +72,8 @@ def _nbits_key(spec: LayerSpec) -> str | None:
     from bitsmith.policy import block_size
 
     w, a = spec.weight, spec.act
+    if w is None:
+        return None
     block = block_size(w.granularity)
     if block is None or w.bits not in NBITS or not get_scheme(w.scheme).integer_grid:
         return None
@@ -118,13 +120,15 @@ def geometry_from_model(model: nn.Module, table: LayerTable) -> list[LayerGeomet
     """Exact geometry of each layer of ``table`` from the modules of ``model``."""
     out = []
     for info in table:
-        m = model.get_submodule(info.name)
+        module = model.get_submodule(info.name)
         if info.type == "Linear":
+            linear = cast(nn.Linear, module)
             out.append(LayerGeometry(info.name, "Gemm", tuple(info.input_shape[1:]),
-                                     tuple(m.weight.shape), bias=m.bias is not None))
+                                     tuple(linear.weight.shape), bias=linear.bias is not None))
             continue
+        m = cast(nn.Conv2d, module)  # any Conv / ConvTranspose: the fields below are shared
         n = m.weight.dim() - 2
-        pad = m.padding
+        pad: str | tuple[int, ...] = m.padding
         if isinstance(pad, str):  # 'same' / 'valid'
             pad = tuple((k - 1) * d // 2 for k, d in zip(m.kernel_size, _tuple(m.dilation, n))
                         ) if pad == "same" else (0,) * n
@@ -246,7 +250,7 @@ def one_layer_model(geometry: LayerGeometry, key: str, batch: int):
             inits.append(numpy_helper.from_array(np.zeros(out_ch, np.float32), "b"))
             ins.append("b")
         nodes.append(helper.make_node(g.op, ins, ["y"], **attrs))
-        x = rng.standard_normal(x_shape).astype(np.float32)
+        x: np.ndarray = rng.standard_normal(x_shape).astype(np.float32)
         in_type, out_type = TensorProto.FLOAT, TensorProto.FLOAT
     else:
         w_bits, a_bits = _bits_of(key)
@@ -424,8 +428,8 @@ def measure_latency_table(model_or_table: nn.Module | LayerTable,
             raise ValueError("measuring a model needs example_inputs")
         from bitsmith.quantize import prepare
 
-        float_model, table, _ = prepare(model_or_table, example_inputs)
-        geoms = geometry_from_model(float_model, table)
+        float_model, layer_table, _ = prepare(model_or_table, example_inputs)
+        geoms = geometry_from_model(float_model, layer_table)
     else:
         raise TypeError("model_or_table must be an nn.Module or a LayerTable")
     keys = sorted({precision_key(c) for c in candidates})

@@ -118,7 +118,7 @@ def from_blobs(blobs: Mapping[str, np.ndarray], slots: list[Slot]) -> dict[str, 
         start = offsets.get(s.blob, 0)
         if s.count and (data is None or start + s.count > data.size):
             raise ValueError(f"{s.name} lies beyond the stored {s.blob!r} data")
-        out[s.name] = (data.reshape(-1)[start:start + s.count] if s.count
+        out[s.name] = (data.reshape(-1)[start:start + s.count] if s.count and data is not None
                        else np.zeros(0, BLOB_DTYPES.get(s.blob, np.float32)))
         offsets[s.blob] = start + s.count
     for blob, data in blobs.items():

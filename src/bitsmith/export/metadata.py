@@ -92,10 +92,13 @@ def compact_table(table: LayerTable) -> dict[str, Any]:
             "total_params": table.total_params, "unused": table.unused}
 
 
+def _fields(names: list[str], row: list[Any]) -> dict[str, Any]:
+    return {f: tuple(v) if isinstance(v, list) else v for f, v in zip(names, row)}
+
+
 def table_from(data: dict[str, Any]) -> LayerTable:
     """Inverse of :func:`compact_table`."""
-    rows = [LayerInfo(**{f: tuple(v) if isinstance(v, list) else v
-                         for f, v in zip(data["fields"], row)}) for row in data["rows"]]
+    rows = [LayerInfo(**_fields(data["fields"], row)) for row in data["rows"]]
     return LayerTable(rows, data["total_params"], data["unused"])
 
 

@@ -31,6 +31,7 @@ from bitsmith.export.onnx_qdq import INT_OPS, LayerPlan, add_outputs, insert_qdq
 from bitsmith.export.ort import make_session, run, tensor_ranges
 from bitsmith.export.packed import _quant_info
 from bitsmith.export.qparams import act_qparams, nbits_weight, weight_qparams
+from bitsmith.quantize import quant_info
 
 
 @dataclass
@@ -97,7 +98,7 @@ def matmul_layers(qmodel: nn.Module) -> list[str]:
     on inputs that are not 2-D, those without bias (``Gemm`` needs one) and block-wise ones
     (``MatMulNBits`` replaces a ``MatMul``); exported as
     :class:`~bitsmith.export.float_graph.MatMulLinear`."""
-    table = qmodel.bitsmith.layer_table
+    table = quant_info(qmodel).layer_table
 
     def block_wise(name: str) -> bool:
         wq = getattr(qmodel.get_submodule(name), "weight_quantizer", None)
@@ -114,7 +115,7 @@ def _control_flow_note(qmodel: nn.Module, tracer_notes: list[str]) -> str | None
     A traced model's graph has no data-dependent Python control flow (fx refuses it); the
     exporter's own notes there come from shape checks inside leaf modules and are ignored.
     """
-    report = qmodel.bitsmith.report
+    report = quant_info(qmodel).report
     if report.traced:
         return None
     failure = report.trace_failure
@@ -226,21 +227,22 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
     model = result.model
     model.producer_name = "bitsmith"
     onnx.checker.check_model(model)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
+    out = Path(path)
+    with atomic_path(out) as part:
+        onnx.save(model, str(part))
     report = OnnxExportReport(
-        path=str(path), file_bytes=path.stat().st_size, opset=opset,
+        path=str(out), file_bytes=out.stat().st_size, opset=opset,
         integer_outputs=integer_outputs, integer_residuals=integer_residuals,
         intended={n: p.kernel for n, p in plans.items()},
         calibrated_points=sorted(result.calibrated))
-    _count_kernels(report, qmodel.bitsmith.layer_table.names, plans,
-                   path if check_kernels else None)
+    _count_kernels(report, quant_info(qmodel).layer_table.names, plans,
+                   out if check_kernels else None)
     note = _control_flow_note(qmodel, tracer_notes)
     if note is not None:
         warnings.warn(note, ExportWarning, stacklevel=2)
         report.notes.append(note)
-    full_range = [n for n, p in plans.items() if p.integer and p.weight.q.dtype == np.int8
+    full_range = [n for n, p in plans.items() if p.integer and p.weight is not None
+                  and p.weight.q.dtype == np.int8
                   and max(abs(p.weight.lattice[0]), p.weight.lattice[1]) > 63]
     if full_range and not _cpu_has_vnni():
         note = (f"{len(full_range)} layers use the full int8 weight range; AVX2 u8s8 kernels "

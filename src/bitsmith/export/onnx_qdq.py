@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -156,9 +157,10 @@ class _Points:
     int_layers: set[str] = field(default_factory=set)
 
 
-def plan_points(g: _Graph, plans: dict[str, LayerPlan], nodes: dict[str, onnx.NodeProto],
-                integer_outputs: bool, ranges: dict[str, tuple[float, float]] | None,
-                int_ops: frozenset[str] = INT_OPS) -> _Points:
+def plan_points(  # noqa: C901 - one case per ONNX op kind (named in pyproject.toml)
+        g: _Graph, plans: dict[str, LayerPlan], nodes: dict[str, onnx.NodeProto],
+        integer_outputs: bool, ranges: dict[str, tuple[float, float]] | None,
+        int_ops: frozenset[str] = INT_OPS) -> _Points:
     """Decide the Q/DQ points (see :class:`_Points`).
 
     ``int_ops`` are the non-layer ops run in int8 when all their inputs are quantized;
@@ -284,7 +286,7 @@ class _Builder:
         self.init(f"{stem}.q", q)
         self.init(f"{stem}.scale", scale)
         self.init(f"{stem}.zero_point", zp)
-        attrs = {} if axis is None or scale.ndim == 0 else {"axis": axis}
+        attrs: dict[str, Any] = {} if axis is None or scale.ndim == 0 else {"axis": axis}
         self.nodes.append(helper.make_node(
             "DequantizeLinear", [f"{stem}.q", f"{stem}.scale", f"{stem}.zero_point"],
             [f"{stem}.dq"], name=f"{stem}/DQ", **attrs))
@@ -295,6 +297,8 @@ def _rewrite_nbits(b: _Builder, node: onnx.NodeProto, plan: LayerPlan,
                    accuracy_level: int) -> set[str]:
     """``MatMul(x, W^T)`` -> ``MatMulNBits(x, packed W, scales[, zero points])``."""
     nb = plan.nbits
+    if nb is None:
+        raise ExportError(f"{plan.name}: no MatMulNBits weight to write")
     stem = f"{plan.name}.weight"
     inputs = [node.input[0], b.init(f"{stem}.q", nb.packed), b.init(f"{stem}.scale", nb.scales)]
     if nb.zero_points is not None:
@@ -502,7 +506,7 @@ def _kernel(plan: LayerPlan) -> str:
         nb = plan.nbits
         return (f"MatMulNBits ({nb.bits}-bit weights, blocks of {nb.block}, float "
                 "activations)")
-    if plan.integer:
+    if plan.integer and plan.weight is not None:
         w = plan.weight
         return f"int8 (weights {w.bits}-bit grid in {w.q.dtype}, activations uint8)"
     if plan.act is not None:

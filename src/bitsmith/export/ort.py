@@ -49,7 +49,7 @@ def run(session, inputs: Sequence[np.ndarray], outputs: list[str] | None = None
         ) -> list[np.ndarray]:
     """Run ``session`` on positional ``inputs``, each cast to the dtype its input declares
     (float32 images, int64 token ids, ...)."""
-    feed = {i.name: np.ascontiguousarray(x, dtype=input_dtype(i))
+    feed: dict[str, np.ndarray] = {i.name: np.ascontiguousarray(x, dtype=input_dtype(i))
             for i, x in zip(session.get_inputs(), inputs)}
     return session.run(outputs, feed)
 

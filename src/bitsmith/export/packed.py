@@ -75,6 +75,7 @@ from bitsmith.graph import (
     quantized_layers,
 )
 from bitsmith.graph.fold import fold_batchnorm
+from bitsmith.graph.qmodules import QuantizedLayer
 from bitsmith.graph.rewrite import rewrite_modules
 from bitsmith.graph.trace import try_trace
 from bitsmith.policy import Policy, PolicyError, QSpec
@@ -177,10 +178,12 @@ def _restore_params(tensors: dict[str, np.ndarray], prefix: str, scheme: Scheme,
 
 
 # --------------------------------------------------------------------------- save
-def _pack_weight(name: str, layer: nn.Module, tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+def _pack_weight(name: str, layer: QuantizedLayer,
+                 tensors: dict[str, np.ndarray]) -> dict[str, Any]:
     """Encode one layer's weight; verify that decoding reproduces the simulation exactly."""
-    quantizer = layer.weight_quantizer
-    spec = layer.layer_spec.weight
+    quantizer, spec = layer.weight_quantizer, layer.layer_spec.weight
+    if quantizer is None or spec is None:
+        raise ExportError(f"{name}: the weight is not quantized (nothing to pack)")
     scheme = _check_storable(f"{name}.weight", spec)
     bits = spec.bits
     w = layer.weight.detach()
@@ -354,7 +357,7 @@ def read_header(path: str | Path) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="np") as f:
             return dict(f.metadata() or {})
-    except Exception:  # noqa: BLE001 - safetensors raises several types
+    except Exception:  # safetensors raises several types
         return {}
 
 
@@ -376,7 +379,7 @@ def read_packed(path: str | Path, key: bytes | str | None = None
         with safe_open(str(path), framework="np") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types
+    except Exception as err:  # safetensors raises several types
         raise ArtifactError(f"{path} is not a readable safetensors file (truncated or "
                             f"corrupted?): {err}") from None
     if "bitsmith" not in header or "sha256" not in header:
@@ -417,7 +420,7 @@ def _rebuild(model: nn.Module, meta: dict[str, Any]
             warnings.simplefilter("ignore", ConversionWarning)
             try:
                 work, table, report = convert(model, zeros, fold_bn=conv["folded_bn"] > 0)
-            except Exception as err:  # noqa: BLE001 - the model may reject the inputs
+            except Exception as err:  # the model may reject the inputs
                 raise ArtifactError(f"the given model cannot run the artifact's input shapes "
                                     f"{meta['inputs']}: {err}") from None
         if report.traced != conv["traced"] or len(report.folded_bn) != conv["folded_bn"]:
@@ -511,11 +514,11 @@ def load_packed(path: str | Path, model: nn.Module | None = None, *,
         for name, layer in layers.items():
             _restore_layer(name, layer, tensors, meta["sparse"].get(name), table[name])
     report.model = meta["model"]["class"]
-    work.bitsmith = QuantInfo(policy, table, report)
+    QuantInfo(policy, table, report).attach(work)
     return work
 
 
-def _restore_layer(name: str, layer: nn.Module, tensors: dict[str, np.ndarray],
+def _restore_layer(name: str, layer: QuantizedLayer, tensors: dict[str, np.ndarray],
                    sparse: dict[str, Any] | None, info: LayerInfo) -> None:
     wq = layer.weight_quantizer
     if wq is not None:

@@ -30,6 +30,7 @@ from bitsmith.export.onnx_export import (
 )
 from bitsmith.export.ort import interleaved_latency, make_session
 from bitsmith.export.packed import PackedReport, save_packed
+from bitsmith.quantize import quant_info
 
 
 @dataclass
@@ -135,12 +136,21 @@ def time_models(paths: Sequence[str | Path], input_shape: Sequence[int], batches
     return out
 
 
+@dataclass(frozen=True)
+class Timing:
+    """The latency protocol of :func:`deploy`: interleaved medians of ``runs`` rounds at
+    batch sizes up to 8 and ``runs_large`` above, ``threads`` ONNX Runtime threads."""
+
+    batches: tuple[int, ...] = (1, 64)
+    runs: int = 200
+    runs_large: int = 30
+    threads: int = 2
+
+
 def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_inputs: Any,
            calibration: Any, evaluation: Any, model_name: str | None = None,
-           model_kwargs: dict[str, Any] | None = None, batches: Sequence[int] = (1, 64),
-           runs: int = 200, runs_large: int = 30, threads: int = 2,
-           integer_residuals: bool = True,
-           log: Callable[[str], None] | None = None,
+           model_kwargs: dict[str, Any] | None = None, timing: Timing = Timing(),
+           integer_residuals: bool = True, log: Callable[[str], None] | None = None,
            key: bytes | str | None = None) -> ExportSummary:
     """Export ``qmodel`` (ONNX + packed), check it against the simulation, time it vs FP32.
 
@@ -152,7 +162,7 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
         example_inputs: one example batch (its shape without batch is the timed input).
         calibration: data for the ONNX export's extra quantization points.
         evaluation: ``(inputs, labels)`` batches for agreement and accuracy.
-        batches, runs, runs_large, threads: latency protocol (interleaved medians).
+        timing: the latency protocol (:class:`Timing`).
         key: secret key: sign the packed artifact with HMAC-SHA256 (see ``save_packed``).
     """
     say = log or (lambda _m: None)
@@ -170,11 +180,11 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
                                        example_inputs=example[:1], model_name=model_name,
                                        model_kwargs=model_kwargs, key=key)
     say("comparing ONNX Runtime with the PyTorch simulation")
-    agreement: Agreement = compare_onnx(qmodel, onnx_report.path, evaluation, threads)
+    agreement: Agreement = compare_onnx(qmodel, onnx_report.path, evaluation, timing.threads)
     fp32_acc = _accuracy(model, evaluation)
     say("timing FP32 vs quantized (interleaved medians)")
-    timings = time_models([fp32_path, onnx_report.path], tuple(example.shape[1:]), batches,
-                          runs, threads, runs_large)
+    timings = time_models([fp32_path, onnx_report.path], tuple(example.shape[1:]),
+                          timing.batches, timing.runs, timing.threads, timing.runs_large)
     latency = {str(b): {"fp32": t[0], "quantized": t[1],
                         "speedup": t[0]["median_ms"] / t[1]["median_ms"]}
                for b, t in timings.items()}
@@ -192,7 +202,7 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
         notes.append(f"{len(onnx_report.calibrated_points)} extra uint8 points calibrated for "
                      "integer chains (the only deviations from the simulation besides int32 "
                      "bias rounding)")
-    info = qmodel.bitsmith
+    info = quant_info(qmodel)
     summary = ExportSummary(
         model=model_name or type(model).__name__,
         policy_fingerprint=info.policy.fingerprint(), avg_weight_bits=packed.avg_weight_bits,

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from bitsmith.export.errors import ExportError
+from bitsmith.graph.qmodules import QuantizedLayer
+from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import QSpec
 from bitsmith.schemes import get_scheme
 
@@ -53,9 +55,9 @@ class ActQParams:
                 "qmax": self.qmax, "source": self.source}
 
 
-def act_qparams(where: str, quantizer: nn.Module) -> ActQParams:
+def act_qparams(where: str, quantizer: Quantizer) -> ActQParams:
     """The uint8 grid of a calibrated per-tensor activation quantizer; ExportError otherwise."""
-    spec: QSpec = quantizer.spec
+    spec = quantizer.spec
     scheme = get_scheme(spec.scheme)
     if not scheme.integer_grid:
         raise ExportError(
@@ -101,7 +103,7 @@ class WeightQParams:
     lattice: tuple[int, int]  # (qmin, qmax) used by the scheme
 
 
-def weight_qparams(layer: nn.Module) -> WeightQParams | None:
+def weight_qparams(layer: QuantizedLayer) -> WeightQParams | None:
     """The exact 8-bit integer form of a quantized layer's weight, or ``None`` if it has none.
 
     Uses the scheme's :meth:`~bitsmith.schemes.Scheme.lattice` (integer-grid schemes, and
@@ -174,7 +176,7 @@ def _pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     return (grouped << shifts).sum(-1).astype(np.uint8)
 
 
-def nbits_weight(layer: nn.Module) -> NBitsWeight | None:
+def nbits_weight(layer: QuantizedLayer) -> NBitsWeight | None:
     """The ``MatMulNBits`` form of a Linear layer's block-wise weight, or ``None`` when it has
     none (not a Linear, not block-wise, a bit width ORT's CPU kernels lack, or levels off an
     integer grid). Checked: the codes reproduce the simulated weight bit for bit."""

@@ -7,11 +7,11 @@ from bitsmith.graph.convert import (
     apply_policy,
     convert,
 )
-from bitsmith.graph.layer_table import LayerInfo, LayerTable, is_quantizable
+from bitsmith.graph.layer_table import LayerInfo, LayerTable, is_quantizable, layer_weight
 from bitsmith.graph.qmodules import is_quantized, make_quantized, quantized_layers
 
 __all__ = [
     "ConversionError", "ConversionReport", "ConversionWarning", "LayerInfo", "LayerTable",
-    "apply_policy", "convert", "is_quantizable", "is_quantized", "make_quantized",
-    "quantized_layers",
+    "apply_policy", "convert", "is_quantizable", "is_quantized", "layer_weight",
+    "make_quantized", "quantized_layers",
 ]

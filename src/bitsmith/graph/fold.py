@@ -20,9 +20,15 @@ _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspo
              nn.Linear)
 
 
+Foldable = (nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.ConvTranspose1d | nn.ConvTranspose2d
+            | nn.Linear)
+
+
 @torch.no_grad()
-def fold_bn_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+def fold_bn_into(layer: Foldable, bn: nn.modules.batchnorm._BatchNorm) -> None:
     """Fold ``bn`` (eval statistics) into ``layer``'s weight and bias, in place."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("a BatchNorm without running statistics cannot be folded")
     inv_std = torch.rsqrt(bn.running_var + bn.eps)
     gamma = bn.weight if bn.affine else torch.ones_like(inv_std)
     beta = bn.bias if bn.affine else torch.zeros_like(inv_std)
@@ -43,7 +49,7 @@ def fold_bn_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
 
 
 def _get(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    return gm.get_submodule(node.target) if node.op == "call_module" else None
+    return gm.get_submodule(str(node.target)) if node.op == "call_module" else None
 
 
 def fold_batchnorm(gm: fx.GraphModule) -> list[tuple[str, str]]:
@@ -52,7 +58,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> list[tuple[str, str]]:
     users_of_layer: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
-            users_of_layer[node.target] = users_of_layer.get(node.target, 0) + 1
+            users_of_layer[str(node.target)] = users_of_layer.get(str(node.target), 0) + 1
     for node in list(gm.graph.nodes):
         bn = _get(gm, node)
         if not isinstance(bn, _BN) or bn.training or not bn.track_running_stats:
@@ -62,9 +68,9 @@ def fold_batchnorm(gm: fx.GraphModule) -> list[tuple[str, str]]:
             continue
         layer = _get(gm, src)
         # A module called at several places shares its weight: folding would change the others.
-        if not isinstance(layer, _FOLDABLE) or users_of_layer.get(src.target, 0) != 1:
+        if not isinstance(layer, _FOLDABLE) or users_of_layer.get(str(src.target), 0) != 1:
             continue
-        if users_of_layer.get(node.target, 0) != 1:
+        if users_of_layer.get(str(node.target), 0) != 1:
             continue
         out_channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
         if out_channels != bn.num_features:
@@ -73,7 +79,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> list[tuple[str, str]]:
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
         _replace_with_identity(gm, node.target)
-        folded.append((src.target, node.target))
+        folded.append((str(src.target), str(node.target)))
     gm.graph.lint()
     gm.recompile()
     return folded

@@ -30,6 +30,18 @@ def is_quantizable(module: nn.Module) -> bool:
     return isinstance(module, QUANTIZABLE_TYPES)
 
 
+def layer_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The weight of the layer ``name`` of ``model`` (a LayerTable layer: it has one)."""
+    return _weight_of(model.get_submodule(name), name)
+
+
+def _weight_of(module: nn.Module, name: str) -> torch.Tensor:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"layer {name!r} has no weight tensor")
+    return weight
+
+
 def base_type_name(module: nn.Module) -> str:
     """Name of the torch.nn base class, e.g. ``"Conv2d"`` for a subclass of Conv2d."""
     for cls in type(module).__mro__:
@@ -88,7 +100,7 @@ class LayerInfo:
 def _macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
     """Multiply-accumulates per example for one call."""
     batch = inp.shape[0] if inp.dim() > 1 else 1
-    w = module.weight
+    w = _weight_of(module, type(module).__name__)
     if isinstance(module, nn.Linear):
         return out.numel() // batch * module.in_features
     if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d)):

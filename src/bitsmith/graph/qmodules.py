@@ -11,6 +11,9 @@ operation. ``isinstance(m, nn.Conv2d)`` still holds.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TypeGuard, cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -21,13 +24,27 @@ from bitsmith.policy import LayerSpec
 _CONV_T = {nn.ConvTranspose1d: F.conv_transpose1d, nn.ConvTranspose2d: F.conv_transpose2d}
 
 
-class QuantLayerMixin:
-    """Forward of a quantized layer: ``op(input_q(x), weight_q(W), b)``."""
+if TYPE_CHECKING:  # to the type checker a layer mixin is an nn.Module with its own fields
+    LayerMixinBase = nn.Module
+else:  # at run time the mixin comes first in the twin class (mixin, Conv2d): a plain class
+    LayerMixinBase = object
 
+
+class QuantLayerMixin(LayerMixinBase):
+    """Forward of a quantized layer: ``op(input_q(x), weight_q(W), b)``.
+
+    Also the static type of a quantized layer (:data:`QuantizedLayer`): an ``nn.Module``
+    with a ``weight`` (and ``bias``) and the fields below, which :func:`make_quantized`
+    attaches.
+    """
+
+    weight: Tensor
+    bias: Tensor | None
     weight_quantizer: Quantizer | None
     input_quantizer: Quantizer | None
     layer_spec: LayerSpec
     layer_name: str
+    bypass_weight_quantizer: bool  # set during calibration: statistics of the float model
 
     def quantized_weight(self) -> Tensor:
         w = self.weight
@@ -41,6 +58,9 @@ class QuantLayerMixin:
         return layer_op(self, x, self.quantized_weight(), output_size)
 
 
+QuantizedLayer = QuantLayerMixin  # the type of a layer that make_quantized swapped
+
+
 def layer_op(layer: nn.Module, x: Tensor, weight: Tensor,
              output_size: list[int] | None = None) -> Tensor:
     """Run ``layer``'s own operation (linear, conv, transposed conv) with ``weight`` instead of
@@ -50,11 +70,14 @@ def layer_op(layer: nn.Module, x: Tensor, weight: Tensor,
     for base, op in _CONV_T.items():
         if isinstance(layer, base):
             n = 1 if base is nn.ConvTranspose1d else 2
-            pad = layer._output_padding(x, output_size, layer.stride, layer.padding,
-                                        layer.kernel_size, n, layer.dilation)
-            return op(x, weight, layer.bias, layer.stride, layer.padding, pad, layer.groups,
-                      layer.dilation)
-    return layer._conv_forward(x, weight, layer.bias)
+            conv = cast(nn.ConvTranspose2d, layer)  # the 1-D and 2-D classes share the fields
+            padding = cast(tuple[int, ...], conv.padding)  # never a string when transposed
+            pad = conv._output_padding(x, output_size, list(conv.stride), list(padding),
+                                       list(conv.kernel_size), n, list(conv.dilation))
+            return op(x, weight, conv.bias, conv.stride, padding, pad, conv.groups,
+                      conv.dilation)
+    conv2d = cast(nn.Conv2d, layer)  # Conv1d/2d/3d share _conv_forward(x, weight, bias)
+    return conv2d._conv_forward(x, weight, conv2d.bias)
 
 
 _CLASS_CACHE: dict[tuple[type, type], type] = {}
@@ -68,7 +91,22 @@ def twin_class(mixin: type, cls: type[nn.Module], prefix: str) -> type[nn.Module
     return _CLASS_CACHE[key]
 
 
-def is_quantized(module: nn.Module) -> bool:
+def untwin(module: nn.Module, mixin: type, children: Iterable[str] = (),
+           attrs: Iterable[str] = ()) -> nn.Module:
+    """Undo :func:`twin_class` in place: ``module`` becomes its plain torch class again,
+    without the mixin's child modules ``children`` and plain attributes ``attrs``."""
+    base = next(c for c in type(module).__mro__[1:]
+                if issubclass(c, nn.Module) and not issubclass(c, mixin))
+    for name in children:
+        module._modules.pop(name, None)
+    for name in attrs:
+        module.__dict__.pop(name, None)
+    module.__class__ = base
+    return module
+
+
+def is_quantized(module: nn.Module) -> TypeGuard[QuantizedLayer]:
+    """True for a layer :func:`make_quantized` swapped (its quantizers are typed after it)."""
     return isinstance(module, QuantLayerMixin)
 
 
@@ -80,16 +118,17 @@ def make_quantized(module: nn.Module, spec: LayerSpec, name: str, weight_axis: i
     if is_quantized(module):
         raise ValueError(f"{name}: layer is already quantized")
     module.__class__ = twin_class(QuantLayerMixin, type(module), "Quant")
-    module.layer_spec = spec
-    module.layer_name = name
-    module.bypass_weight_quantizer = False  # set during calibration: statistics of the float model
-    module.weight_quantizer = (None if spec.weight is None else
-                               Quantizer(spec.weight, "weight", weight_axis, f"{name}.weight"))
-    module.input_quantizer = (None if spec.act is None else
-                              Quantizer(spec.act, "act", act_axis, f"{name}.input"))
-    return module
+    layer = cast(QuantizedLayer, module)
+    layer.layer_spec = spec
+    layer.layer_name = name
+    layer.bypass_weight_quantizer = False
+    layer.weight_quantizer = (None if spec.weight is None else
+                              Quantizer(spec.weight, "weight", weight_axis, f"{name}.weight"))
+    layer.input_quantizer = (None if spec.act is None else
+                             Quantizer(spec.act, "act", act_axis, f"{name}.input"))
+    return layer
 
 
-def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+def quantized_layers(model: nn.Module) -> dict[str, QuantizedLayer]:
     """``name -> module`` for every quantized layer of ``model``."""
     return {n: m for n, m in model.named_modules() if is_quantized(m)}

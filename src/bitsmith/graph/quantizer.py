@@ -159,6 +159,9 @@ class Quantizer(nn.Module):
             return self._blocked(x)
         if self.calibrating:
             self._remember_shape(x)
+            if self.stats is None:
+                raise RuntimeError(f"{self.label}: calibrating without statistics "
+                                   "(call start_calibration first)")
             self.stats.update(x.detach())
             return x
         bits = self.spec.bits
@@ -184,6 +187,7 @@ class Quantizer(nn.Module):
 
     def _blocked(self, w: Tensor) -> Tensor:
         """Block-wise weight quantization on the ``(groups, block)`` view of ``w``."""
+        assert self.block_size is not None  # only called for block-wise quantizers
         blocks = to_blocks(w, self.block_size)
         bits = self.spec.bits
         if not self.scheme.range_based:

@@ -224,17 +224,19 @@ def _is_hf_conv1d(module: nn.Module) -> bool:
 
 def _linear_from_conv1d(conv: nn.Module) -> nn.Linear:
     """Hugging Face ``Conv1D`` (``y = x @ W + b``, ``W`` of shape ``(in, out)``) as Linear."""
-    n_in, n_out = conv.weight.shape
-    lin = nn.Linear(n_in, n_out, bias=conv.bias is not None, device=conv.weight.device,
-                    dtype=conv.weight.dtype)
+    weight: torch.Tensor = conv.weight  # type: ignore[assignment]
+    bias: torch.Tensor | None = conv.bias  # type: ignore[assignment]
+    n_in, n_out = weight.shape
+    lin = nn.Linear(n_in, n_out, bias=bias is not None, device=weight.device,
+                    dtype=weight.dtype)
     with torch.no_grad():
-        lin.weight.copy_(conv.weight.t())
-        if conv.bias is not None:
-            lin.bias.copy_(conv.bias)
+        lin.weight.copy_(weight.t())
+        if bias is not None:
+            lin.bias.copy_(bias)
     return lin
 
 
-def _swin_attention_types() -> tuple[type, ...]:
+def _swin_attention_types() -> tuple[type[nn.Module], ...]:
     try:
         from torchvision.models import swin_transformer as swin
     except ImportError:  # torchvision is optional

@@ -50,7 +50,7 @@ def _user_frame(err: BaseException) -> tuple[str, str]:
     frames = traceback.extract_tb(err.__traceback__)
     for frame in reversed(frames):
         if not frame.filename.startswith(_TORCH_DIR) and "bitsmith" not in frame.filename:
-            code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
+            code = (frame.line or linecache.getline(frame.filename, frame.lineno or 0)).strip()
             return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}", code
     return "", ""
 
@@ -62,7 +62,7 @@ def try_trace(model: nn.Module, leaf_modules: Sequence[type[nn.Module]] = ()
     try:
         graph = tracer.trace(model)
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
-    except Exception as err:  # noqa: BLE001 - any tracing failure means: fall back
+    except Exception as err:  # any tracing failure means: fall back
         location, code = _user_frame(err)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return TraceFailure(type(model).__name__, f"{type(err).__name__}: {first}", location, code)

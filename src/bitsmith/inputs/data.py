@@ -35,10 +35,10 @@ splits that share items are refused (:func:`bitsmith.inputs.splits.check_disjoin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -190,7 +190,7 @@ def _size(data: Any) -> int | None:
     if isinstance(data, _Lazy):
         return None
     try:
-        return len(data.dataset) if isinstance(data, DataLoader) else len(data)
+        return len(cast(Sized, data.dataset) if isinstance(data, DataLoader) else data)
     except TypeError:
         return None
 
@@ -245,7 +245,8 @@ def _describe_set(data: Any, label: str) -> str:
             f"{int(data.labels.max()) + 1} classes"
         return f"image folder {label!r} ({n:,} images, {classes}; {data.transform.describe()})"
     if isinstance(data, (InputDataset, ArrayImageDataset)):
-        shape = tuple(data[0][0].shape if data.labelled else data[0].shape)
+        first: Any = data[0]  # (x, y) when labelled, else x
+        shape = tuple(first[0].shape if data.labelled else first.shape)
         return f"{label} ({count}, inputs {shape}, {'labelled' if data.labelled else 'no labels'})"
     return f"{label} ({count})"
 
@@ -510,35 +511,111 @@ def _seeded_order(data: Any, seed: int) -> Any:
     return subset(data, order, name=getattr(data, "name", None))
 
 
+IMAGE_OPTIONS = ("preset", "image_size", "resize", "channels", "mean", "std")
+SIZE_OPTIONS = ("calibration_size", "validation_size")
+
+
+def _options(options: Mapping[str, Any]) -> tuple[ImageTransform | None, tuple[Any, Any]]:
+    """``(image transform or None, (calibration_size, validation_size))`` of
+    :func:`resolve_data`'s keyword options; an unknown option names the valid ones."""
+    from bitsmith.config import check_keys
+
+    check_keys(options, IMAGE_OPTIONS + SIZE_OPTIONS, "resolve_data")
+    image = {k: options.get(k) for k in IMAGE_OPTIONS}
+    transform = None
+    if any(v is not None for v in image.values()):
+        preset = image.pop("preset")
+        image["size"] = image.pop("image_size")
+        transform = image_transform(preset, **image)
+    return transform, (options.get("calibration_size"), options.get("validation_size"))
+
+
+@dataclass
+class _Parts:
+    """The splits as :func:`resolve_data` assembles them."""
+
+    parts: dict[str, Any]
+    info: dict[str, SplitInfo]
+    rules: list[str]
+    classes: Any = None
+
+
+def _explicit(parts: _Parts, roles: Mapping[str, Any], common: dict[str, Any], seed: int
+              ) -> None:
+    """Add the roles given explicitly (``calibration=`` ...), one set each."""
+    for role, spec in roles.items():
+        if spec is None:
+            continue
+        src = _load(spec, role=role, **common)
+        if src.single is None:
+            raise DataSpecError(f"{role} data {spec!r} holds several splits; give one set "
+                                "for it")
+        parts.parts[role] = _seeded_order(src.single, seed)
+        parts.info[role] = _infos({role: parts.parts[role]}, src.label)[role]
+        parts.classes = parts.classes or src.classes
+        parts.rules.append(f"{role}: {src.label}")
+
+
+def _cut(parts: _Parts, single: _Source, fractions: dict[str, float], seed: int) -> None:
+    """Cut one source into the rule's roles still missing."""
+    missing = [r for r in RULE_ROLES if r not in parts.parts and fractions[r] > 0]
+    if not missing:
+        raise DataSpecError(f"data {single.label} is not used: calibration, validation and "
+                            "test were all given separately; drop one of them")
+    made, made_info, rule = _rule_split(single.single, single.label, missing, fractions, seed)
+    parts.parts.update(made)
+    parts.info.update(made_info)
+    parts.rules.append(rule)
+
+
+def _apply_caps(parts: _Parts, sizes: tuple[Any, Any], seed: int) -> None:
+    """Cap the calibration and validation splits (stratified, seeded subsets)."""
+    for role, cap in zip(("calibration", "validation"), sizes):
+        value = parts.parts.get(role)
+        if cap is not None and value is not None and not isinstance(value, _Lazy) \
+                and _size(value) is not None and cap < _size(value):  # type: ignore[operator]
+            parts.parts[role] = _cap(value, cap, seed, role)
+            old = parts.info[role]
+            parts.info[role] = SplitInfo(role, cap, old.labelled, old.source,
+                                         f"{cap:,} (stratified, seed {seed}) of "
+                                         f"{old.description}")
+
+
+def _check_labels(info: Mapping[str, SplitInfo]) -> None:
+    for role in ("validation", "test"):
+        if role in info and not info[role].labelled:
+            raise DataSpecError(
+                f"the {role} data ({info[role].source}) has no labels, but top-1 accuracy "
+                "needs them; give a labelled set (image folder: FOLDER/<class>/<image>; "
+                "tensors file: a y array) or a metric function that needs no labels "
+                "(--metric file.py:function)")
+
+
 def resolve_data(data: Any = None, *, calibration: Any = None, validation: Any = None,
-                 test: Any = None, train: Any = None, preset: str | None = None,
-                 image_size: int | Sequence[int] | None = None, resize: int | None = None,
-                 channels: int | None = None, mean: Sequence[float] | float | None = None,
-                 std: Sequence[float] | float | None = None,
+                 test: Any = None, train: Any = None,
                  split: Sequence[float] | str | Mapping[str, float] | None = None,
-                 seed: int = 0, calibration_size: int | None = None,
-                 validation_size: int | None = None,
-                 data_kwargs: str | Path | Mapping[str, Any] | None = None,
-                 require_labels: bool = True, check_overlap: bool = True) -> DataSplits:
+                 seed: int = 0, data_kwargs: str | Path | Mapping[str, Any] | None = None,
+                 require_labels: bool = True, check_overlap: bool = True,
+                 **options: Any) -> DataSplits:
     """Resolve data specs into calibration / validation / test / train splits.
 
     Args:
         data: one source (see the module docstring); optional when ``calibration`` is given.
         calibration, validation, test, train: explicit specs per role (override ``data``).
-        preset: image preset ``cifar10`` / ``imagenet`` / ``mnist`` (size, channels,
-            mean/std) for folders and uint8 tensors files.
-        image_size, resize, channels, mean, std: override the preset (see
-            :class:`bitsmith.inputs.folder.ImageTransform`).
         split: fractions (calibration, validation, test) of the split rule, as a sequence,
             ``"0.2,0.4,0.4"`` or a mapping; default 0.2 / 0.4 / 0.4.
         seed: seed of the split rule, of the seeded orders and of the built-ins' draws.
-        calibration_size, validation_size: cap those splits (a stratified, seeded subset; for
-            ``cifar10`` the validation cap is a prefix of the protocol's fixed order).
         data_kwargs: keyword arguments of a data factory (mapping, YAML/JSON file, inline).
         require_labels: validation and test must be labelled (top-1 needs labels; a metric
             function may not).
         check_overlap: refuse splits that share items (only turn off for data you split
             yourself on purpose, e.g. a smoke test).
+        **options: image options ``preset`` (``cifar10`` / ``imagenet`` / ``mnist``: size,
+            channels, mean/std for folders and uint8 tensors files), ``image_size``,
+            ``resize``, ``channels``, ``mean``, ``std`` (override the preset, see
+            :class:`bitsmith.inputs.folder.ImageTransform`); ``calibration_size``,
+            ``validation_size``: cap those splits (a stratified, seeded subset; for
+            ``cifar10`` the validation cap is a prefix of the protocol's fixed order).
 
     Returns:
         :class:`DataSplits`.
@@ -546,81 +623,45 @@ def resolve_data(data: Any = None, *, calibration: Any = None, validation: Any =
     Raises:
         DataSpecError: see :mod:`bitsmith.inputs.folder`, :mod:`bitsmith.inputs.tensorfile`;
             no calibration data; unlabelled validation/test with ``require_labels``;
-            overlapping splits; a set too small to split.
+            overlapping splits; a set too small to split. ConfigError: an unknown option.
     """
-    image_opts = dict(size=image_size, resize=resize, channels=channels, mean=mean, std=std)
-    transform = None
-    if preset is not None or any(v is not None for v in image_opts.values()):
-        transform = image_transform(preset, **image_opts)  # type: ignore[arg-type]
+    transform, sizes = _options(options)
     kwargs = load_mapping(data_kwargs, what="data keyword arguments (--data-kwargs)",
                           error=DataSpecError)
     fractions = _fractions(split)
     common = dict(transform=transform, kwargs=kwargs, seed=seed, fractions=fractions,
-                  sizes=(calibration_size, validation_size))
-    parts: dict[str, Any] = {}
-    info: dict[str, SplitInfo] = {}
-    rules: list[str] = []
-    classes = None
+                  sizes=sizes)
+    parts = _Parts({}, {}, [])
     single: _Source | None = None
     if data is not None:
         src = _load(data, role=None, **common)  # type: ignore[arg-type]
-        classes = src.classes
+        parts.classes = src.classes
         if src.single is not None:
             single = src
         else:
-            parts.update(src.parts or {})
-            info.update(src.info or {})
-            rules.append(src.rule)
-    for role, spec in (("calibration", calibration), ("validation", validation),
-                       ("test", test), ("train", train)):
-        if spec is None:
-            continue
-        src = _load(spec, role=role, **common)  # type: ignore[arg-type]
-        if src.single is None:
-            raise DataSpecError(f"{role} data {spec!r} holds several splits; give one set "
-                                "for it")
-        parts[role] = _seeded_order(src.single, seed)
-        info[role] = _infos({role: parts[role]}, src.label)[role]
-        classes = classes or src.classes
-        rules.append(f"{role}: {src.label}")
+            parts.parts.update(src.parts or {})
+            parts.info.update(src.info or {})
+            parts.rules.append(src.rule)
+    _explicit(parts, {"calibration": calibration, "validation": validation, "test": test,
+                      "train": train}, common, seed)
     if single is not None:
-        missing = [r for r in RULE_ROLES if r not in parts and fractions[r] > 0]
-        if not missing:
-            raise DataSpecError(f"data {single.label} is not used: calibration, validation and "
-                                "test were all given separately; drop one of them")
-        made, made_info, rule = _rule_split(single.single, single.label, missing, fractions,
-                                            seed)
-        parts.update(made)
-        info.update(made_info)
-        rules.append(rule)
-    if "calibration" not in parts:
+        _cut(parts, single, fractions, seed)
+    if "calibration" not in parts.parts:
         raise DataSpecError("no calibration data: give a data source (--data) or calibration "
                             "data (--calibration-data)")
-    for role, cap in (("calibration", calibration_size), ("validation", validation_size)):
-        value = parts.get(role)
-        if cap is not None and value is not None and not isinstance(value, _Lazy) \
-                and _size(value) is not None and cap < _size(value):  # type: ignore[operator]
-            parts[role] = _cap(value, cap, seed, role)
-            old = info[role]
-            info[role] = SplitInfo(role, cap, old.labelled, old.source,
-                                   f"{cap:,} (stratified, seed {seed}) of {old.description}")
-    if "train" not in parts:
-        parts["train"] = parts["calibration"]
-        cal = info["calibration"]
-        info["train"] = SplitInfo("train", cal.size, cal.labelled, cal.source,
-                                  f"the calibration data ({cal.description})")
+    _apply_caps(parts, sizes, seed)
+    if "train" not in parts.parts:
+        parts.parts["train"] = parts.parts["calibration"]
+        cal = parts.info["calibration"]
+        parts.info["train"] = SplitInfo("train", cal.size, cal.labelled, cal.source,
+                                        f"the calibration data ({cal.description})")
     if require_labels:
-        for role in ("validation", "test"):
-            if role in info and not info[role].labelled:
-                raise DataSpecError(
-                    f"the {role} data ({info[role].source}) has no labels, but top-1 accuracy "
-                    "needs them; give a labelled set (image folder: FOLDER/<class>/<image>; "
-                    "tensors file: a y array) or a metric function that needs no labels "
-                    "(--metric file.py:function)")
-    out = DataSplits(parts, info, rule="; ".join(r for r in rules if r), classes=classes)
+        _check_labels(parts.info)
+    out = DataSplits(parts.parts, parts.info, rule="; ".join(r for r in parts.rules if r),
+                     classes=parts.classes)
     if check_overlap:  # built-in CIFAR-10 / MNIST parts stay lazy: disjoint by construction
-        check_disjoint({r: v for r, v in parts.items() if not isinstance(v, _Lazy)},
-                       {r: info[r].source for r in info})
+        check_disjoint({r: v for r, v in parts.parts.items() if not isinstance(v, _Lazy)},
+                       {r: parts.info[r].source for r in parts.info})
     return out
 
 

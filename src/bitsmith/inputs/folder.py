@@ -157,8 +157,8 @@ class FolderScan:
         return self.labels is not None
 
 
-def _visible(p: Path) -> bool:
-    return not p.name.startswith(".")
+def _visible(p: Path | str) -> bool:
+    return not Path(p).name.startswith(".")
 
 
 def _images_under(folder: Path) -> list[Path]:
@@ -234,11 +234,12 @@ def decode_image(path: Path, transform: ImageTransform) -> np.ndarray:
                 if transform.resize is not None:
                     scale = transform.resize / min(im.size)
                     im = im.resize((max(w, round(im.size[0] * scale)),
-                                    max(h, round(im.size[1] * scale))), Image.BILINEAR)
+                                    max(h, round(im.size[1] * scale))),
+                                   Image.Resampling.BILINEAR)
                     left, top = (im.size[0] - w) // 2, (im.size[1] - h) // 2
                     im = im.crop((left, top, left + w, top + h))
                 elif im.size != (w, h):
-                    im = im.resize((w, h), Image.BILINEAR)
+                    im = im.resize((w, h), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise DataSpecError(f"image {str(path)!r} cannot be read ({one_line(err)}); replace or "

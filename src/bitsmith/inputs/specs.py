@@ -64,7 +64,7 @@ def describe_exception(err: BaseException, path: Path | None = None) -> str:
     if isinstance(err, SyntaxError) and err.lineno is not None:
         where = f" ({Path(err.filename or str(path)).name} line {err.lineno})"
         return f"SyntaxError: {one_line(err.msg)}{where}"
-    frames = traceback.extract_tb(err.__traceback__)
+    frames: list[traceback.FrameSummary] = list(traceback.extract_tb(err.__traceback__))
     if path is not None:
         target = str(path.resolve())
         frames = [f for f in frames if str(Path(f.filename).resolve()) == target] or frames
@@ -154,7 +154,8 @@ def load_callable(spec: str, *, what: str, error: type[InputError]
         path: Path | None = Path(target).expanduser().resolve()
     else:
         module = import_module(target, what=what, error=error)
-        path = Path(module.__file__).resolve() if getattr(module, "__file__", None) else None
+        file = getattr(module, "__file__", None)
+        path = Path(file).resolve() if file else None
     obj: Any = module
     for piece in attr.split("."):
         if not hasattr(obj, piece):

@@ -50,7 +50,8 @@ def apportion(n: int, fractions: Sequence[float]) -> list[int]:
     return counts
 
 
-def split_indices(n: int, fractions: Sequence[float], *, labels: Sequence[int] | None = None,
+def split_indices(n: int, fractions: Sequence[float], *,
+                  labels: Sequence[int] | np.ndarray | None = None,
                   seed: int = 0) -> list[np.ndarray]:
     """Cut ``range(n)`` into ``len(fractions)`` disjoint parts (see the module docstring).
 
@@ -133,7 +134,8 @@ def fingerprints(data: Any, limit: int = MAX_CHECKED) -> dict[bytes | str, str] 
         rows, name = enumerate(stored[0]), stored[1]
     elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
         n = len(data)
-        picks = np.unique(np.linspace(0, n - 1, num=min(n, limit)).astype(int)) if n else []
+        picks: Sequence[int] = (
+            np.unique(np.linspace(0, n - 1, num=min(n, limit)).astype(int)).tolist() if n else [])
         rows = ((int(i), t) for i in picks if (t := _input_of(data[int(i)])) is not None)
         name = getattr(data, "name", type(data).__name__)
     else:

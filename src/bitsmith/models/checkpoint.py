@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import Tensor, nn
 
 from bitsmith.errors import one_line
 from bitsmith.safeload import SAVE_HINT, CheckpointError, read_weights_file
+
+M = TypeVar("M", bound=nn.Module)
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
@@ -104,8 +106,8 @@ def state_dict_mismatch(model: nn.Module, state: Mapping[str, Tensor]) -> str | 
     return "; ".join(parts) or None
 
 
-def load_state(model: nn.Module, state: Mapping[str, Tensor], *, source: str,
-               model_name: str = "the model") -> nn.Module:
+def load_state(model: M, state: Mapping[str, Tensor], *, source: str,
+               model_name: str = "the model") -> M:
     """Strip prefixes, check, and load ``state`` strictly into ``model``; eval mode.
 
     Raises:

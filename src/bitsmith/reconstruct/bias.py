@@ -23,6 +23,7 @@ gathered in the same pass as the ranges) or from :func:`input_means`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -104,7 +105,8 @@ def correct_bias(layer: nn.Module, shift: Tensor) -> None:
         if layer.bias is None:
             layer.bias = nn.Parameter(-shift.detach().clone())
         else:
-            layer.bias.data = layer.bias.data - shift.to(layer.bias)
+            bias = cast(nn.Parameter, layer.bias)
+            bias.data = bias.data - shift.to(bias)
 
 
 def bias_correct(qmodel: nn.Module, means: Mapping[str, Tensor],

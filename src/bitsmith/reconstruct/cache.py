@@ -105,7 +105,7 @@ class ReconstructionCache:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
             if meta.get("format") != FORMAT or meta.get("key") != key:
                 raise ValueError("not a reconstruction-cache entry for this key")
-        except Exception as err:  # noqa: BLE001 - any damage means: recompute
+        except Exception as err:
             log.warning("ignoring unreadable reconstruction cache file %s: %s", path, err)
             self.misses += 1
             return None

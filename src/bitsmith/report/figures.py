@@ -10,6 +10,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 DPI = 110
 
@@ -89,20 +90,46 @@ def pareto_figure(trials: Sequence[Mapping[str, Any]], front: Sequence[int],
                    edgecolors="black", zorder=6, label=f"chosen: {t['name']}")
     if fp32_accuracy is not None:
         ax.axhline(fp32_accuracy, ls="--", color="black", lw=1, label="FP32")
-    by_name = len(trials) <= 12
-    for i, t in enumerate(trials):  # every point labelled; crowded plots by table number
-        ax.annotate(t["name"] if by_name else f"#{i}", (t["size_bytes"] / 1024, t["accuracy"]),
-                    fontsize=7, xytext=(5, -3), textcoords="offset points")
     sizes = [t["size_bytes"] for t in trials]
     if max(sizes) > 4 * min(sizes):
         ax.set_xscale("log")
+        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis(FuncFormatter(lambda v, _: f"{v:g}"))  # 6, 10, 20 (not 6x10^0)
+    ax.margins(x=0.12, y=0.15)  # room for the labels of the outermost points
     ax.set_xlabel("model size (KiB)" + (", log scale" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel(f"{role} accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # never over a point
+    by_name = len(trials) <= 12  # every point labelled; crowded plots by table number
+    _place_labels(fig, ax, [(t["size_bytes"] / 1024, t["accuracy"]) for t in trials],
+                  [t["name"] if by_name else f"#{i}" for i, t in enumerate(trials)])
     ax.set_title(f"{role} accuracy vs size of every policy tried"
                  + ("" if by_name else " (labels: # in the trials table)"))
     return _png(fig)
+
+
+# offsets (points) tried in turn for a label: right, above, below, left of its point
+_LABEL_OFFSETS = ((6, -3, "left"), (6, 6, "left"), (6, -12, "left"), (-6, -3, "right"),
+                  (-6, 6, "right"), (-6, -12, "right"), (0, 10, "center"), (0, -16, "center"))
+
+
+def _place_labels(fig: Figure, ax: Any, points: Sequence[tuple[float, float]],
+                  texts: Sequence[str]) -> None:
+    """Annotate each point with its text at the first offset whose box overlaps no label
+    placed before it (else the first offset): labels of close points stay readable."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    taken: list[Any] = []
+    for (x, y), text in zip(points, texts):
+        for k, (dx, dy, ha) in enumerate(_LABEL_OFFSETS):
+            ann = ax.annotate(text, (x, y), fontsize=7, xytext=(dx, dy),
+                              textcoords="offset points", ha=ha,
+                              bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none",
+                                    "alpha": 0.8})
+            box = ann.get_window_extent(renderer)
+            if not any(box.overlaps(b) for b in taken) or k == len(_LABEL_OFFSETS) - 1:
+                break
+            ann.remove()
+        taken.append(box)
 
 
 def bits_figure(layers: Sequence[str], weight_bits: Sequence[float],

@@ -7,16 +7,8 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
-from bitsmith.report.tables import (
-    Table,
-    export_table,
-    key_numbers,
-    layer_table,
-    reconstruction_note,
-    reconstruction_table,
-    sensitivity_cost_table,
-    trials_table,
-)
+from bitsmith.report import tables
+from bitsmith.report.tables import Table
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;
@@ -71,26 +63,26 @@ def render_html(summary: dict[str, Any], figures: Mapping[str, bytes]) -> str:
                      f"{html.escape(guard.get('message', ''))}</p>")
     parts.append("<div class='cards'>" + "".join(
         f"<div class='card'><div class='v'>{html.escape(v)}</div>"
-        f"<div class='l'>{html.escape(k)}</div></div>" for k, v in key_numbers(summary))
+        f"<div class='l'>{html.escape(k)}</div></div>" for k, v in tables.key_numbers(summary))
         + "</div>")
-    parts += ["<h2>Layers of the chosen policy</h2>", _table(layer_table(summary)),
+    parts += ["<h2>Layers of the chosen policy</h2>", _table(tables.layer_table(summary)),
               _img(figures["bits"], "bits per layer")]
     if summary.get("reconstruction") is not None:
         parts += ["<h2>Learned rounding (reconstruction)</h2>",
-                  f"<p class='note'>{html.escape(reconstruction_note(summary))}</p>",
-                  _table(reconstruction_table(summary))]
+                  f"<p class='note'>{html.escape(tables.reconstruction_note(summary))}</p>",
+                  _table(tables.reconstruction_table(summary))]
     if "sensitivity" in figures:
         parts += ["<h2>Per-layer sensitivity</h2>",
                   "<p class='note'>Each layer quantized alone with each candidate; larger is "
                   "more damaging. Black rings: the chosen policy's candidates.</p>",
                   _img(figures["sensitivity"], "per-layer sensitivity"),
-                  _table(sensitivity_cost_table(summary))]
+                  _table(tables.sensitivity_cost_table(summary))]
     parts += ["<h2>Accuracy vs size of every policy tried</h2>",
               _img(figures["pareto"], "Pareto front"),
-              _table(trials_table(summary), chosen_col=-1)]
+              _table(tables.trials_table(summary), chosen_col=-1)]
     if "search" in figures:
         parts += ["<h2>Search curves</h2>", _img(figures["search"], "search curves")]
     if summary["export"] is not None:
-        parts += ["<h2>Export</h2>", _table(export_table(summary))]
+        parts += ["<h2>Export</h2>", _table(tables.export_table(summary))]
     parts.append("</body></html>")
     return "\n".join(parts)

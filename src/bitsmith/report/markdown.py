@@ -7,16 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from bitsmith.report.tables import (
-    Table,
-    export_table,
-    key_numbers,
-    layer_table,
-    reconstruction_note,
-    reconstruction_table,
-    sensitivity_cost_table,
-    trials_table,
-)
+from bitsmith.report import tables
+from bitsmith.report.tables import Table
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~])")
 
@@ -57,21 +49,22 @@ def render_markdown(summary: dict[str, Any], figure_files: Mapping[str, str]) ->
     guard = summary.get("guard") or {}
     if guard.get("fired"):
         out += [f"> **Validation guard:** {md_text(guard.get('message', ''))}", ""]
-    out += [f"- {md_text(k)}: **{md_text(v)}**" for k, v in key_numbers(summary)]
-    out += ["", "## Layers of the chosen policy", "", _md_table(layer_table(summary)), "",
+    out += [f"- {md_text(k)}: **{md_text(v)}**" for k, v in tables.key_numbers(summary)]
+    out += ["", "## Layers of the chosen policy", "", _md_table(tables.layer_table(summary)), "",
             f"![bits per layer]({figure_files['bits']})", ""]
     if summary.get("reconstruction") is not None:
-        out += ["## Learned rounding (reconstruction)", "", md_text(reconstruction_note(summary)),
-                "", _md_table(reconstruction_table(summary)), ""]
+        out += ["## Learned rounding (reconstruction)", "",
+                md_text(tables.reconstruction_note(summary)), "",
+                _md_table(tables.reconstruction_table(summary)), ""]
     if "sensitivity" in figure_files:
         out += ["## Per-layer sensitivity", "",
                 f"![per-layer sensitivity]({figure_files['sensitivity']})", "",
-                _md_table(sensitivity_cost_table(summary)), ""]
+                _md_table(tables.sensitivity_cost_table(summary)), ""]
     out += ["## Accuracy vs size of every policy tried", "",
             f"![Pareto front]({figure_files['pareto']})", "",
-            _md_table(trials_table(summary), chosen_col=-1), ""]
+            _md_table(tables.trials_table(summary), chosen_col=-1), ""]
     if "search" in figure_files:
         out += ["## Search curves", "", f"![search curves]({figure_files['search']})", ""]
     if summary["export"] is not None:
-        out += ["## Export", "", _md_table(export_table(summary)), ""]
+        out += ["## Export", "", _md_table(tables.export_table(summary)), ""]
     return "\n".join(out)

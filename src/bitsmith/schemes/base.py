@@ -35,10 +35,15 @@ class SpecLike(Protocol):
     """The fields of a :class:`bitsmith.policy.QSpec` that schemes read (schemes sit below
     the Policy, so they name the fields instead of importing the class)."""
 
-    bits: int
-    granularity: str
-    pow2_scale: bool
-    reduced_range: bool
+    @property
+    def bits(self) -> int: ...
+    @property
+    def granularity(self) -> str: ...
+    @property
+    def pow2_scale(self) -> bool: ...
+    @property
+    def reduced_range(self) -> bool: ...
+
 
 _REGISTRY: dict[str, Scheme] = {}
 
@@ -225,3 +230,12 @@ class Scheme(ABC):
         it, so that an integer runtime can run them exactly.
         """
         return self.grid(params, bits) if self.integer_grid else None
+
+
+class TwoStatisticScheme(Scheme):
+    """Base of the data-driven, asymmetric schemes with two float statistics per group
+    (``mu_l2q``: mean and std; ``zoomq``: min and max)."""
+
+    range_based = False
+    symmetric = False
+    float_params = 2

@@ -64,12 +64,7 @@ class Binary(Scheme):
 
     name = "binary"
     min_bits, max_bits = 1, 1
-    per_channel = True
     range_based = False
-    integer_grid = False
-    symmetric = True
-    float_params = 1
-    zero_point_bytes = 0
 
     def params_from_data(self, x: Tensor, bits: int, axis: int | None) -> Params:
         """``{"alpha": mean |x|}`` per group, keepdim (shape ``broadcast_shape(x, axis)``)."""
@@ -106,12 +101,7 @@ class Ternary(Scheme):
 
     name = "ternary"
     min_bits, max_bits = 2, 2
-    per_channel = True
     range_based = False
-    integer_grid = False
-    symmetric = True
-    float_params = 1
-    zero_point_bytes = 0
 
     #: TWN's approximation of the optimal threshold, ``Δ ≈ 0.7 · E|x|``.
     threshold_factor = 0.7
@@ -184,6 +174,12 @@ def _sign_patterns(bits: int, like: Tensor) -> Tensor:
     return bit.to(like.dtype) * 2 - 1
 
 
+def _ungroup(t: Tensor, axis: int | None, grouped: torch.Size) -> Tensor:
+    """Inverse of the ``(G, M)`` grouping: back to the input's layout."""
+    out = t.reshape(grouped)
+    return out if axis is None else out.movedim(0, axis)
+
+
 def _channel_axis(x: Tensor, p: Tensor) -> int | None:
     """The axis of ``x`` on which the broadcastable parameter ``p`` varies, or ``None``."""
     if p.numel() == 1:
@@ -205,13 +201,8 @@ class ResidualBinary(Scheme):
     """
 
     name = "resq"
-    min_bits, max_bits = 1, 8
-    per_channel = True
     range_based = False
-    integer_grid = False
-    symmetric = True
     float_params = 0  # depends on the bit width: use float_params_for(bits)
-    zero_point_bytes = 0
 
     def float_params_for(self, bits: int) -> int:
         """One float scale per binary base."""
@@ -230,7 +221,7 @@ class ResidualBinary(Scheme):
         to ``x`` for ``|x| <= Σ α_i`` (zero outside), and to each ``α_i``
         through the chosen codeword.
         """
-        axis, moved, xg, a, values = self._sorted_codebook(x, params, bits)
+        axis, grouped, xg, a, values = self._sorted_codebook(x, params, bits)
         bounds = ((values[:, 1:] + values[:, :-1]) / 2).detach().contiguous()
         # right=True: a value on a midpoint goes up (x = 0 -> +α at b = 1, as sign(0) = +1).
         idx = torch.searchsorted(bounds, xg.detach().contiguous(), right=True)
@@ -238,29 +229,30 @@ class ResidualBinary(Scheme):
         limit = a.sum(dim=1, keepdim=True).detach()
         xc = torch.maximum(torch.minimum(xg, limit), -limit)
         out = hard + (xc - xc.detach())
-        if axis is None:
-            return out.reshape(x.shape)
-        return out.reshape(moved.shape).movedim(0, axis)
+        return _ungroup(out, axis, grouped)
 
     def _sorted_codebook(self, x: Tensor, params: Params, bits: int
-                         ) -> tuple[int | None, Tensor | None, Tensor, Tensor, Tensor]:
-        """``(axis, moved, xg, a, values)``: ``x`` grouped as ``(G, M)``, scales ``(G, b)``
-        and each group's ``2^b`` codewords sorted ascending, ``(G, 2^b)``."""
+                         ) -> tuple[int | None, torch.Size, Tensor, Tensor, Tensor]:
+        """``(axis, grouped, xg, a, values)``: ``x`` grouped as ``(G, M)`` (``grouped``:
+        the shape to undo it with, see :func:`_ungroup`), scales ``(G, b)`` and each group's
+        ``2^b`` codewords sorted ascending, ``(G, 2^b)``."""
         alphas = [params[f"alpha{i}"] for i in range(bits)]
         axis = _channel_axis(x, alphas[0])
-        moved = None
         if axis is None:
+            grouped = x.shape
             xg = x.reshape(1, -1)
             a = torch.stack([al.reshape(1) for al in alphas], dim=1)  # (1, b)
         else:
             moved = x.movedim(axis, 0)
+            grouped = moved.shape
             xg = moved.reshape(moved.shape[0], -1)  # (C, M)
             a = torch.stack([al.reshape(-1) for al in alphas], dim=1)  # (C, b)
         signs = _sign_patterns(bits, a)  # (K, b)
         # Elementwise sum (not a matmul) so that the codebook is exactly symmetric.
-        codebook = sum(a[:, i:i + 1] * signs[:, i] for i in range(bits))  # (G, K)
+        terms = [a[:, i:i + 1] * signs[:, i] for i in range(bits)]
+        codebook = sum(terms[1:], terms[0])  # (G, K)
         values, _ = torch.sort(codebook, dim=1)
-        return axis, moved, xg, a, values
+        return axis, grouped, xg, a, values
 
     def stored_params(self, bits: int) -> tuple[str, ...]:
         return tuple(f"alpha{i}" for i in range(bits))
@@ -268,18 +260,14 @@ class ResidualBinary(Scheme):
     def encode(self, x: Tensor, params: Params, bits: int) -> Tensor:
         """Index of the nearest codeword in the group's sorted codebook, ``[0, 2^b)``."""
         with torch.no_grad():
-            axis, moved, xg, _, values = self._sorted_codebook(x.detach(), params, bits)
+            axis, grouped, xg, _, values = self._sorted_codebook(x.detach(), params, bits)
             bounds = ((values[:, 1:] + values[:, :-1]) / 2).contiguous()
             idx = torch.searchsorted(bounds, xg.contiguous(), right=True)
-        if axis is None:
-            return idx.reshape(x.shape)
-        return idx.reshape(moved.shape).movedim(0, axis)
+        return _ungroup(idx, axis, grouped)
 
     def decode(self, codes: Tensor, params: Params, bits: int) -> Tensor:
         """The codewords the codes index (the values :meth:`quantize` gathers)."""
         with torch.no_grad():
-            axis, moved, cg, _, values = self._sorted_codebook(codes, params, bits)
+            axis, grouped, cg, _, values = self._sorted_codebook(codes, params, bits)
             out = torch.gather(values.to(torch.float32), 1, cg)
-        if axis is None:
-            return out.reshape(codes.shape)
-        return out.reshape(moved.shape).movedim(0, axis)
+        return _ungroup(out, axis, grouped)

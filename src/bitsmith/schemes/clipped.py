@@ -40,12 +40,7 @@ class ClipQ(Scheme):
 
     name = "clipq"
     min_bits, max_bits = 2, 8
-    per_channel = True
-    range_based = True
     integer_grid = True
-    symmetric = True
-    float_params = 1
-    zero_point_bytes = 0
 
     def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: SpecLike) -> Params:
         """``{"alpha": max(|lo|, |hi|), "qmax": Q}`` (shape of ``lo``)."""

@@ -36,12 +36,7 @@ class FixedPoint(Scheme):
 
     name = "fixed_point"
     min_bits, max_bits = 2, 8
-    per_channel = True
-    range_based = True
     integer_grid = True
-    symmetric = True
-    float_params = 1
-    zero_point_bytes = 0
 
     def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: SpecLike) -> Params:
         """``{"scale", "qmax"}`` for the range ``[lo, hi]`` (shape of ``lo``)."""

@@ -47,12 +47,6 @@ class PowerOfTwo(Scheme):
 
     name = "pot"
     min_bits, max_bits = 2, 8
-    per_channel = True
-    range_based = True
-    integer_grid = False
-    symmetric = True
-    float_params = 1
-    zero_point_bytes = 0
 
     def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: SpecLike) -> Params:
         """``{"alpha": max(|lo|, |hi|)}`` (shape of ``lo``)."""

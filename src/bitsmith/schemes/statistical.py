@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from bitsmith.schemes._common import TINY, compute_dtype, upcast
-from bitsmith.schemes.base import Params, Scheme, reduce_dims, register
+from bitsmith.schemes.base import Params, TwoStatisticScheme, reduce_dims, register
 
 
 def gaussian_uniform_mse(step: float, bits: int) -> float:
@@ -83,20 +83,13 @@ def gaussian_optimal_step(bits: int) -> float:
 
 
 @register
-class MuL2Q(Scheme):
+class MuL2Q(TwoStatisticScheme):
     """Gaussian-optimal uniform quantizer on ``(x - μ) / σ`` (``mu_l2q``, 1..8 bits).
 
     Params: ``mu`` and ``sigma`` per group, each of shape ``broadcast_shape(x, axis)``.
     """
 
     name = "mu_l2q"
-    min_bits, max_bits = 1, 8
-    per_channel = True
-    range_based = False
-    integer_grid = False
-    symmetric = False
-    float_params = 2
-    zero_point_bytes = 0
 
     def params_from_data(self, x: Tensor, bits: int, axis: int | None) -> Params:
         """``{"mu": mean, "sigma": population std}`` per group, keepdim."""

@@ -42,8 +42,6 @@ class UniformSymmetric(Scheme):
     name = "uniform_symmetric"
     min_bits, max_bits = 2, 16
     integer_grid = True
-    symmetric = True
-    float_params = 1
 
     def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: SpecLike) -> Params:
         # max(.., 1): 2 bits with reduced_range would leave qmax = 0 (scale = inf / NaN).
@@ -80,7 +78,6 @@ class UniformAsymmetric(Scheme):
     min_bits, max_bits = 1, 16
     integer_grid = True
     symmetric = False
-    float_params = 1
     zero_point_bytes = 1
 
     def params_from_range(self, lo: Tensor, hi: Tensor, bits: int, spec: SpecLike) -> Params:

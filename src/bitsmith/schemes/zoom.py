@@ -27,11 +27,17 @@ import torch
 from torch import Tensor
 
 from bitsmith.schemes._common import TINY, compute_dtype, upcast
-from bitsmith.schemes.base import Params, Scheme, reduce_dims, register, round_ste
+from bitsmith.schemes.base import (
+    Params,
+    TwoStatisticScheme,
+    reduce_dims,
+    register,
+    round_ste,
+)
 
 
 @register
-class ZoomQ(Scheme):
+class ZoomQ(TwoStatisticScheme):
     """Asymmetric min–max uniform quantizer with a float offset (``zoomq``, 1..8 bits).
 
     Params: ``lo`` (group minimum ``m``) and ``hi`` (group maximum ``M``), each
@@ -39,13 +45,6 @@ class ZoomQ(Scheme):
     """
 
     name = "zoomq"
-    min_bits, max_bits = 1, 8
-    per_channel = True
-    range_based = False
-    integer_grid = False
-    symmetric = False
-    float_params = 2
-    zero_point_bytes = 0
 
     def params_from_data(self, x: Tensor, bits: int, axis: int | None) -> Params:
         """``{"lo": min, "hi": max}`` per group, keepdim."""

@@ -51,7 +51,7 @@ def uniform_within_budget(net: Supernet, budget: Budget, latency: Any = None,
             if not within_budget(cost, budget, lat_total):
                 continue
             used = budget_values(cost, lat_total)
-            rank = (sum(float(used[kind]) / limit for kind, limit in budget.items()),
+            rank = (sum(float(used[kind] or 0.0) / limit for kind, limit in budget.items()),
                     a_spec.bits, w_spec.bits)
             if best is None or rank > best[0]:
                 best = (rank, policy)

@@ -121,10 +121,10 @@ def search_command(
     space.weight_specs()
     space.act_specs()
     seed = inputs.seed
-    common = dict(lr=lr, weight_decay=0.0, grad_clip=10.0, seed=seed, progress=progress,
-                  resume=resume, checkpoint_every=50)
+    common: dict[str, Any] = dict(lr=lr, weight_decay=0.0, grad_clip=10.0, seed=seed,
+                                  progress=progress, resume=resume, checkpoint_every=50)
     cfg = SearchConfig(
-        method=method, budget=budget, space=space,
+        method=method, budget=budget, space=space,  # type: ignore[arg-type]  # choice()d
         search=TrainConfig(max_steps=search_steps, log_every=10, **common),
         qat=TrainConfig(max_steps=max(qat_steps, 1), distill_weight=kd, log_every=20,
                         **common),

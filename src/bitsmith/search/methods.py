@@ -58,14 +58,17 @@ updated jointly from the training loss. Under DDP the architecture gradients are
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Sequence, Sized
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
+from bitsmith.config import check_keys
 from bitsmith.cost.budget import Budget
 from bitsmith.policy import Policy
 from bitsmith.search.supernet import Supernet, SupernetSpaceError, check_budget_feasible
@@ -118,6 +121,38 @@ def gumbel_like(x: Tensor) -> Tensor:
     return -torch.log(-torch.log(u))
 
 
+@dataclass(frozen=True)
+class ArchSchedule:
+    """When and how the architecture parameters learn (the keyword options of
+    :class:`SearchMethod` besides the budget, the penalty and the warm start).
+
+    Attributes:
+        arch_batch_size: batch size of the held-out architecture updates.
+        arch_every: update the architecture every this many weight steps.
+        warmup_steps: steps of weight-only training before architecture updates (and
+            fixing, for SSPS).
+        tau0, tau_min: Gumbel-softmax temperature schedule (exponential decay over the run).
+        seed: seed of the held-out batch draws.
+        two_sided: penalise an expected cost *below* the budget too,
+            ``λ·max(0, 1 - E/B)``, so that the relaxation sits at the budget (SSPS default:
+            its decisions are irreversible).
+    """
+
+    arch_batch_size: int = 64
+    arch_every: int = 1
+    warmup_steps: int = 0
+    tau0: float = 5.0
+    tau_min: float = 0.5
+    seed: int = 0
+    two_sided: bool = False
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> ArchSchedule:
+        """From keyword options; an unknown one names the valid ones (and the closest)."""
+        check_keys(options, [f.name for f in dataclasses.fields(cls)], "search method option")
+        return cls(**options)
+
+
 class SearchMethod(Callback):
     """Common machinery: architecture parameters, constraint loss, arch updates, logging.
 
@@ -128,18 +163,11 @@ class SearchMethod(Callback):
         penalty: ``λ`` of the constraint loss.
         arch_lr: Adam learning rate of the architecture parameters.
         arch_data: held-out dataset for alternate architecture updates (``None`` = joint).
-        arch_batch_size: batch size of those updates.
-        arch_every: update the architecture every this many weight steps.
-        warmup_steps: steps of weight-only training before architecture updates (and
-            fixing, for SSPS).
-        tau0, tau_min: Gumbel-softmax temperature schedule (exponential decay over the run).
-        seed: seed of the held-out batch draws.
-        two_sided: penalise an expected cost *below* the budget too,
-            ``λ·max(0, 1 - E/B)``, so that the relaxation sits at the budget (SSPS default:
-            its decisions are irreversible).
         init_policy: warm start (a Policy over the searched layers, e.g. the ILP allocation
             from sensitivities, :func:`bitsmith.search.warmstart.ilp_warm_start`).
         init_strength: logit advantage ``s`` of the warm-start candidate (QSS/SSPS).
+        **schedule: the :class:`ArchSchedule` options (``arch_batch_size``, ``arch_every``,
+            ``warmup_steps``, ``tau0``, ``tau_min``, ``seed``, ``two_sided``).
     """
 
     name = "base"
@@ -147,10 +175,9 @@ class SearchMethod(Callback):
 
     def __init__(self, net: Supernet, budget: Budget, *, act_budget_bytes: float | None = None,
                  penalty: float = 2.0, arch_lr: float = 0.01, arch_data: Dataset | None = None,
-                 arch_batch_size: int = 64, arch_every: int = 1, warmup_steps: int = 0,
-                 tau0: float = 5.0, tau_min: float = 0.5, seed: int = 0,
-                 two_sided: bool = False, init_policy: Policy | None = None,
-                 init_strength: float = 3.0) -> None:
+                 init_policy: Policy | None = None, init_strength: float = 3.0,
+                 **schedule: Any) -> None:
+        sched = ArchSchedule.from_options(schedule)
         if not budget.items() and act_budget_bytes is None:
             raise ValueError("the search needs a budget (size_bytes, bitops, avg_weight_bits, "
                              "latency or act_budget_bytes)")
@@ -163,9 +190,10 @@ class SearchMethod(Callback):
                 raise InfeasibleBudgetError("act_bytes", act_budget_bytes, lowest)
         self.net, self.budget, self.act_budget = net, budget, act_budget_bytes
         self.penalty, self.arch_lr = float(penalty), float(arch_lr)
-        self.arch_data, self.arch_bs, self.arch_every = arch_data, arch_batch_size, arch_every
-        self.warmup, self.tau0, self.tau_min, self.seed = warmup_steps, tau0, tau_min, seed
-        self.two_sided = two_sided
+        self.arch_data, self.arch_bs, self.arch_every = arch_data, sched.arch_batch_size, \
+            sched.arch_every
+        self.warmup, self.tau0, self.tau_min = sched.warmup_steps, sched.tau0, sched.tau_min
+        self.seed, self.two_sided = sched.seed, sched.two_sided
         self.kw, self.ka = len(net.weight_specs), len(net.act_specs)
         self.n = len(net.names)
         self.step = 0
@@ -260,7 +288,7 @@ class SearchMethod(Callback):
     def _arch_batch(self, state: TrainState) -> tuple[Tensor, Tensor]:
         assert self.arch_data is not None
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + state.step * 31 + state.rank)
-        idx = torch.randint(len(self.arch_data), (self.arch_bs,), generator=g).tolist()
+        idx = torch.randint(len(cast(Sized, self.arch_data)), (self.arch_bs,), generator=g).tolist()
         batch = default_collate([self.arch_data[i] for i in idx])
         return batch[0].to(state.device), batch[1].to(state.device)
 
@@ -332,7 +360,7 @@ class SearchMethod(Callback):
         self.arch_opt.load_state_dict(state["arch_opt"])
         self.step = int(state["step"])
 
-    def score(self) -> dict[str, list[list[float]]]:
+    def score(self) -> dict[str, list[float]]:
         """``layer -> (K_w · K_a) scores`` for the derivation: ``-log p_k - log q_j``."""
         pw, pa = self.probs()
         out = {}
@@ -505,7 +533,7 @@ class QPL(SearchMethod):
         return ([self._terms(p, i) for p, i in hw], [self._terms(p, i) for p, i in ha],
                 [p for p, _ in hw], [p for p, _ in ha])
 
-    def score(self) -> dict[str, list[list[float]]]:
+    def score(self) -> dict[str, list[float]]:
         """Derivation scores: squared distance of each candidate to the learned widths."""
         bw, ba = self.bits()
         bw, ba = [b.detach() for b in bw], [b.detach() for b in ba]

@@ -30,6 +30,7 @@ from bitsmith.cost import Budget, estimate
 from bitsmith.errors import InputError
 from bitsmith.inputs import MetricError
 from bitsmith.policy import Policy
+from bitsmith.progress import stage
 from bitsmith.result import QuantizationResult, cost_summary, plain, validation_summary
 from bitsmith.scoring import EvaluateFn, Scorer, check_validation
 from bitsmith.search.baseline import uniform_within_budget
@@ -237,8 +238,10 @@ def _search(model: nn.Module, calibration: Any, train_data: Iterable, scorer: Sc
     """Supernet, warm start, search, derivation, QAT, scoring (and the uniform baseline)."""
     arch_data = _arch_dataset(scorer.validation) if cfg.arch_updates == "validation" else None
     calib = calibration if calibration is not None else train_data
-    net = build_supernet(model, _first_inputs(calib), cfg.space, calib, fold_bn=cfg.fold_bn,
-                         latency=latency)
+    show = cfg.search.progress and dist_info()[0] == 0  # rank 0 speaks, as in train()
+    with stage("search: supernet, every candidate quantizer calibrated", show):
+        net = build_supernet(model, _first_inputs(calib), cfg.space, calib,
+                             fold_bn=cfg.fold_bn, latency=latency)
     tw = time.perf_counter()
     warm = resolve_warm_start(cfg, model, net, train_data, arch_data, latency,
                               calibration=calibration)
@@ -253,8 +256,9 @@ def _search(model: nn.Module, calibration: Any, train_data: Iterable, scorer: Sc
                                                    find_unused_parameters=True),
                  callbacks=[method])
     search_s = time.perf_counter() - t0
-    derivation = derive_policy(method, latency=latency)
-    qmodel = build_qat_model(net, derivation.policy, calib)
+    with stage("search: deriving the policy (integer program), the fine-tuning model", show):
+        derivation = derive_policy(method, latency=latency)
+        qmodel = build_qat_model(net, derivation.policy, calib)
     qres, teacher, t1 = None, None, time.perf_counter()
     if cfg.run_qat:
         # Keyed by the policy: a resumed run whose derivation changed starts QAT afresh.
@@ -263,9 +267,10 @@ def _search(model: nn.Module, calibration: Any, train_data: Iterable, scorer: Sc
         qres = train(qmodel, train_data, qcfg, teacher=teacher)
     qat_s = time.perf_counter() - t1
     qmodel.eval()
-    fp32 = scorer(model.to(device))
-    guard = check_validation(fp32, scorer.examples, None, scorer.is_top1, scorer.name)
-    acc, error = _score(scorer, qmodel)
+    with stage("search: FP32 and searched policy scored on the validation data", show):
+        fp32 = scorer(model.to(device))
+        guard = check_validation(fp32, scorer.examples, None, scorer.is_top1, scorer.name)
+        acc, error = _score(scorer, qmodel)
     baseline = None
     if cfg.uniform_baseline and cfg.run_qat:
         baseline = _uniform_baseline(cfg, net, train_data, calibration, scorer, out, teacher,
@@ -284,6 +289,11 @@ def _score(scorer: Scorer, qmodel: nn.Module) -> tuple[float | None, str | None]
         warnings.warn(f"the searched policy could not be scored: {err}", RuntimeWarning,
                       stacklevel=3)
         return None, str(err)
+
+
+def _failed(error: str | None) -> dict[str, Any]:
+    """The extra trial fields of a trial whose metric failed (none otherwise)."""
+    return {"state": "FAIL", "error": error} if error else {}
 
 
 _RULE = ("the policy the search derived: the most probable candidates of the learned "
@@ -398,7 +408,7 @@ def _write_run(o: SearchOutcome, out: Path, cfg: SearchConfig, scorer: Scorer,
                   policy=o.policy, source=f"search:{o.method.name}",
                   repaired=o.derivation.repaired, search_seconds=o.search_seconds,
                   qat_seconds=o.qat_seconds,
-                  **({"state": "FAIL", "error": o.metric_error} if o.metric_error else {}))
+                  **_failed(o.metric_error))
     b = o.baseline
     if b is not None and b.get("policy") is not None:
         run.add_trial("uniform-baseline", accuracy=b["accuracy"] if b["accuracy"] is not None

@@ -21,17 +21,17 @@ import copy
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from bitsmith.atomic import atomic_path, atomic_write_text
 from bitsmith.graph.convert import ConversionReport, apply_policy, convert
-from bitsmith.graph.qmodules import quantized_layers
+from bitsmith.graph.qmodules import quantized_layers, untwin
 from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import LayerSpec, Policy, QSpec
-from bitsmith.quantize import QuantInfo, calibrate
+from bitsmith.quantize import QuantInfo, calibrate, quant_info
 from bitsmith.schemes import get_scheme
 from bitsmith.search.supernet import SearchLayerMixin, Supernet
 from bitsmith.training import Callback, TrainConfig, TrainResult, train
@@ -57,14 +57,9 @@ def float_model_of(net: Supernet) -> nn.Module:
         for m, src in zip(net.layers(), sources):
             m.search_source = src
     for name in net.names:
-        m = model.get_submodule(name)
-        base = next(c for c in type(m).__mro__[1:] if not issubclass(c, SearchLayerMixin))
-        m.__class__ = base
-        for attr in ("weight_quantizers", "act_quantizers"):
-            if attr in m._modules:
-                del m._modules[attr]
-        for attr in ("search_index", "search_source", "search_path", "search_bypass"):
-            m.__dict__.pop(attr, None)
+        untwin(model.get_submodule(name), SearchLayerMixin,
+               ("weight_quantizers", "act_quantizers"),
+               ("search_index", "search_source", "search_path", "search_bypass"))
     return model
 
 
@@ -96,14 +91,14 @@ def build_qat_model(net: Supernet, policy: Policy, calibration: Iterable | None 
     missing = []
     for name, m in qlayers.items():
         if name in net.names:
-            src = net.model.get_submodule(name)
+            src = cast(SearchLayerMixin, net.model.get_submodule(name))
             spec = policy[name]
             k = _index(net.weight_specs, spec.weight)
             j = _index(net.act_specs, spec.act)
             if m.weight_quantizer is not None and k is not None:
-                _copy_quantizer(m.weight_quantizer, src.weight_quantizers[k])
+                _copy_quantizer(m.weight_quantizer, src.candidates("w")[k])
             if m.input_quantizer is not None and (j is None or not _copy_quantizer(
-                    m.input_quantizer, src.act_quantizers[j])):
+                    m.input_quantizer, src.candidates("a")[j])):
                 missing.append(name)
         elif m.input_quantizer is not None:
             missing.append(name)
@@ -118,7 +113,7 @@ def build_qat_model(net: Supernet, policy: Policy, calibration: Iterable | None 
         for m in qlayers.values():
             if m.weight_quantizer is not None and not m.weight_quantizer._param_keys:
                 m.weight_quantizer(m.weight)
-    model.bitsmith = QuantInfo(policy, net.table, report)
+    QuantInfo(policy, net.table, report).attach(model)
     return model
 
 
@@ -159,7 +154,7 @@ def save_result(qmodel: nn.Module, out_dir: str | Path, extra: dict[str, Any] | 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    info: QuantInfo = qmodel.bitsmith
+    info = quant_info(qmodel)
     policy_path = info.policy.save(out / "policy.yaml")
     tensors = {k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()}
     weights = out / "weights.safetensors"
@@ -196,5 +191,5 @@ def load_result(model: nn.Module, example_inputs: Tensor, out_dir: str | Path) -
                 q._shape_hint = tuple(first.shape)
                 q._store(params)
     work.load_state_dict(tensors, strict=True)
-    work.bitsmith = QuantInfo(policy, table, report)
+    QuantInfo(policy, table, report).attach(work)
     return work.eval()

@@ -29,10 +29,9 @@ cost of the derived Policy when ``p``, ``q`` are one-hot.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +42,7 @@ from bitsmith.cost.budget import Budget, InfeasibleBudgetError, latency_function
 from bitsmith.errors import InputError
 from bitsmith.graph.convert import ConversionError, convert
 from bitsmith.graph.layer_table import QUANTIZABLE_TYPES, LayerTable
-from bitsmith.graph.qmodules import layer_op, twin_class
+from bitsmith.graph.qmodules import LayerMixinBase, layer_op, twin_class
 from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import FIRST_LAST_CHOICES, FLOAT, INT8, LayerSpec, PolicyError, QSpec
 from bitsmith.schemes import available, get_scheme
@@ -142,9 +141,11 @@ class TermSource(Protocol):
     def terms(self, layer: int, kind: str, training: bool) -> list[tuple[int, Tensor]]: ...
 
 
-class SearchLayerMixin:
-    """Forward of a searched layer (see the module docstring)."""
+class SearchLayerMixin(LayerMixinBase):
+    """Forward of a searched layer (see the module docstring); also its static type (an
+    ``nn.Module`` with a ``weight`` and the fields below, attached by :func:`build_supernet`)."""
 
+    weight: Tensor
     weight_quantizers: nn.ModuleList
     act_quantizers: nn.ModuleList
     search_index: int
@@ -152,33 +153,39 @@ class SearchLayerMixin:
     search_path: str
     search_bypass: bool
 
+    def candidates(self, kind: str) -> list[Quantizer]:
+        """The weight (``"w"``) or activation (``"a"``) candidate quantizers, in order."""
+        return cast(list[Quantizer],
+                    list(self.weight_quantizers if kind == "w" else self.act_quantizers))
+
     def _op(self, x: Tensor, w: Tensor, output_size: list[int] | None) -> Tensor:
         return layer_op(self, x, w, output_size)
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        acts, weights = self.candidates("a"), self.candidates("w")
         if self.search_bypass or self.search_source is None:
-            for q in self.act_quantizers:  # records statistics while calibrating
-                if q.calibrating:
-                    q(x)
+            for quantizer in acts:  # records statistics while calibrating
+                if quantizer.calibrating:
+                    quantizer(x)
             return self._op(x, self.weight, output_size)
         wt = self.search_source.terms(self.search_index, "w", self.training)
         at = self.search_source.terms(self.search_index, "a", self.training)
         if self.search_path == "multipath":
-            xs = [(q, self.act_quantizers[j](x)) for j, q in at]
-            ws = [(p, self.weight_quantizers[k](self.weight)) for k, p in wt]
-            out = None
+            xs = [(q, acts[j](x)) for j, q in at]
+            ws = [(p, weights[k](self.weight)) for k, p in wt]
+            out: Tensor | None = None
             for q, xq in xs:
                 for p, wq in ws:
                     y = (p * q) * self._op(xq, wq, output_size)
                     out = y if out is None else out + y
             assert out is not None
             return out
-        xq = _mix([(q, self.act_quantizers[j]) for j, q in at], x)
-        wq = _mix([(p, self.weight_quantizers[k]) for k, p in wt], self.weight)
+        xq = _mix([(q, acts[j]) for j, q in at], x)
+        wq = _mix([(p, weights[k]) for k, p in wt], self.weight)
         return self._op(xq, wq, output_size)
 
 
-def _mix(terms: Sequence[tuple[Tensor, nn.Module]], t: Tensor) -> Tensor:
+def _mix(terms: Sequence[tuple[Tensor, Quantizer]], t: Tensor) -> Tensor:
     out = None
     for c, q in terms:
         y = c * q(t)
@@ -186,10 +193,6 @@ def _mix(terms: Sequence[tuple[Tensor, nn.Module]], t: Tensor) -> Tensor:
     if out is None:
         raise RuntimeError("a searched layer received no candidate terms")
     return out
-
-
-def is_search_layer(m: nn.Module) -> bool:
-    return isinstance(m, SearchLayerMixin)
 
 
 @dataclass
@@ -221,8 +224,8 @@ class Supernet:
     act_bytes: list[Tensor] = field(default_factory=list)
     fixed_act_bytes: float = 0.0
 
-    def layers(self) -> list[nn.Module]:
-        return [self.model.get_submodule(n) for n in self.names]
+    def layers(self) -> list[SearchLayerMixin]:
+        return [cast(SearchLayerMixin, self.model.get_submodule(n)) for n in self.names]
 
     def set_source(self, source: TermSource | None) -> None:
         """Let ``source`` (a search method) decide every layer's mixture."""
@@ -311,6 +314,7 @@ def build_supernet(model: nn.Module, example_inputs: Tensor, space: SupernetSpac
         if not isinstance(m, QUANTIZABLE_TYPES):
             raise ConversionError(f"{name}: {type(m).__name__} is not a quantizable layer")
         m.__class__ = twin_class(SearchLayerMixin, type(m), "Search")
+        m = cast(SearchLayerMixin, m)
         m.weight_quantizers = nn.ModuleList(
             Quantizer(s, "weight", info.weight_channel_axis, f"{name}.weight[{s.short()}]")
             for s in wspecs)
@@ -336,7 +340,7 @@ def _compute_costs(net: Supernet, latency: Any) -> None:
         const["bitops"] += c.bitops
         const["avg_weight_bits"] += c.weight_bits * table[name].weight_params / n_total
         net.fixed_act_bytes = max(net.fixed_act_bytes, c.activation_bytes)
-        if latency is not None:
+        if lat is not None:
             const["latency"] += float(lat(name, spec))
     costs: dict[str, list[Tensor]] = {k: [] for k in COST_KINDS}
     kw, ka = len(net.weight_specs), len(net.act_specs)
@@ -374,7 +378,7 @@ def _init_quantizers(net: Supernet, example: Tensor, calibration: Iterable | Non
     model.eval()
     for m in layers:
         m.search_bypass = True
-        for q in m.act_quantizers:
+        for q in m.candidates("a"):
             q.start_calibration()
     batches: list[Tensor] = []
     if calibration is not None:
@@ -391,12 +395,12 @@ def _init_quantizers(net: Supernet, example: Tensor, calibration: Iterable | Non
     finally:
         for m in layers:
             m.search_bypass = False
-            for q in m.act_quantizers:
+            for q in m.candidates("a"):
                 q.calibrating = False
     for m in layers:
-        for q in m.act_quantizers:
+        for q in m.candidates("a"):
             q.finish_calibration()
-        for q in m.weight_quantizers:
+        for q in m.candidates("w"):
             q(m.weight)  # fits range-based parameters (and creates LSQ parameters)
     model.train(was)
 
@@ -428,7 +432,3 @@ def check_budget_feasible(net: Supernet, budget: Budget) -> None:
         if lowest > limit * (1 + 1e-12):
             raise InfeasibleBudgetError(kind, limit, lowest)
 
-
-def copy_model(net: Supernet) -> nn.Module:
-    """A deep copy of the supernet's model (for a reference multi-path measurement)."""
-    return copy.deepcopy(net.model)

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from bitsmith.allocation.candidates import CandidateSpace
 from bitsmith.allocation.scores import Sensitivity
+from bitsmith.graph import layer_weight
 from bitsmith.progress import track
 from bitsmith.quantize import prepare
 from bitsmith.sensitivity.batches import fixed_batches
@@ -84,7 +85,7 @@ def estimate_fisher(model: nn.Module, space: CandidateSpace, data: Iterable, *,
     float_model.eval()
     deltas = weight_perturbations(float_model, space)
     keys = {n: f"{n}.weight" for n in space}
-    weights = {keys[n]: float_model.get_submodule(n).weight.detach() for n in space}
+    weights = {keys[n]: layer_weight(float_model, n).detach() for n in space}
     flat_d = {n: torch.stack([d.reshape(-1) for d in deltas[n]]) for n in space}  # (C, n_l)
     quad = {n: torch.zeros(len(space[n]), dtype=torch.float64) for n in space}
     diag = {n: torch.zeros(space.table[n].weight_params, dtype=torch.float64) for n in space}

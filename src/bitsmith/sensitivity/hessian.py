@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from bitsmith.allocation.candidates import CandidateSpace
 from bitsmith.allocation.scores import Sensitivity
+from bitsmith.graph import layer_weight
 from bitsmith.progress import track
 from bitsmith.quantize import prepare
 from bitsmith.sensitivity.batches import fixed_batches
@@ -51,26 +52,26 @@ def hutchinson_traces(float_model: nn.Module, layer_names: Sequence[str],
     """
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
-    params = [float_model.get_submodule(n).weight for n in layer_names]
+    params = [layer_weight(float_model, n) for n in layer_names]
     saved = [p.requires_grad for p in float_model.parameters()]
     for p in float_model.parameters():
         p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
+    for w in params:
+        w.requires_grad_(True)
     float_model.eval()
     gen = torch.Generator().manual_seed(seed)
     total = sum(len(y) for _, y in batches)
     samples = torch.zeros(n_iter, len(params), dtype=torch.float64)
     steps = ((b, i) for b in range(len(batches)) for i in range(n_iter))
     try:
-        grads = None
+        grads: tuple[torch.Tensor, ...] = ()
         for b, i in track(steps, "Hessian trace (Hutchinson)", len(batches) * n_iter, progress):
             x, y = batches[b]
             if i == 0:
                 loss = F.cross_entropy(float_model(x), y)
                 grads = torch.autograd.grad(loss, params, create_graph=True)
             vs = [torch.randint(0, 2, p.shape, generator=gen).to(p.dtype) * 2 - 1 for p in params]
-            gv = sum((g * v).sum() for g, v in zip(grads, vs))
+            gv = sum(((g * v).sum() for g, v in zip(grads, vs)), torch.zeros(()))
             hvs = torch.autograd.grad(gv, params, retain_graph=i < n_iter - 1)
             weight = len(y) / total
             samples[i] += torch.tensor([float((hv * v).sum()) * weight for hv, v in zip(hvs, vs)],

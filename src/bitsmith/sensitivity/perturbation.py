@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from bitsmith.allocation.candidates import CandidateSpace
+from bitsmith.graph import layer_weight
 from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import QSpec
 
@@ -40,7 +41,7 @@ def weight_perturbations(float_model: nn.Module, space: CandidateSpace
     """
     out: dict[str, list[Tensor]] = {}
     for name, specs in space.items():
-        w = float_model.get_submodule(name).weight
+        w = layer_weight(float_model, name)
         axis = space.table[name].weight_channel_axis
         out[name] = [quantization_error(w, s.weight, axis) for s in specs]
     return out

@@ -8,7 +8,7 @@
 See the module docstring of :mod:`bitsmith.training.loop` and ``docs/search.md``.
 """
 
-from bitsmith.training.loop import (  # noqa: F401 - re-exported helpers
+from bitsmith.training.loop import (  # re-exported helpers
     Callback,
     NonFiniteLossError,
     TrainConfig,

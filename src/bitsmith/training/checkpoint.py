@@ -26,7 +26,7 @@ CHECKPOINT_FORMAT = "bitsmith.train/1"
 
 def rng_state() -> dict[str, Any]:
     """Every RNG's state as plain tensors, numbers and tuples."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # a tuple (the stub says dict)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),

@@ -329,7 +329,8 @@ def distill_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor
 
 def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two groups: weight decay on trainable tensors with ``ndim > 1``, none on the rest."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
@@ -387,7 +388,7 @@ class _Batches:
             self.sampler = DistributedSampler(dl.dataset, num_replicas=world, rank=rank,
                                               shuffle=shuffle, seed=seed)
             n = len(self.sampler)
-            bs = dl.batch_size
+            bs = int(dl.batch_size)  # type: ignore[arg-type]  # checked in self.rebuild
             self.per_epoch = n // bs if dl.drop_last else math.ceil(n / bs)
         else:
             try:
@@ -487,8 +488,8 @@ def _wrap_ddp(model: nn.Module, callbacks: Sequence[Callback], device: torch.dev
         return model, ignored_params
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    if ignored:  # DDP reads this attribute (torch's own setter is private)
-        model._ddp_params_and_buffers_to_ignore = list(ignored)
+    if ignored:  # torch's documented (if underscored) way to exclude parameters from DDP
+        DDP._set_params_and_buffers_to_ignore_for_model(model, list(ignored))
         with torch.no_grad():  # DDP broadcasts the others from rank 0 itself
             for p in ignored_params:
                 torch.distributed.broadcast(p.data, src=0)
@@ -647,7 +648,8 @@ class _Loop:
         if st.step % cfg.log_every == 0 or st.step == st.total_steps:
             st.history.append({"step": st.step, "epoch": st.epoch,
                                "loss": float(np.mean(self.recent)),
-                               "task_loss": float(st.task_loss.detach()),
+                               "task_loss": float(st.task_loss.detach())
+                               if st.task_loss is not None else math.nan,
                                "lr": float(st.optimizer.param_groups[0]["lr"]), **st.metrics})
             st.metrics = {}
         if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:

@@ -11,6 +11,8 @@ from torch import nn
 
 from bitsmith.cost import estimate
 from bitsmith.errors import BitsmithError, InfeasibleError
+from bitsmith.progress import stage
+from bitsmith.quantize import quant_info
 from bitsmith.result import QuantizationResult, cost_summary, validation_summary
 from bitsmith.scoring import EvaluateFn, check_validation
 from bitsmith.tune.config import TuneConfig
@@ -55,10 +57,11 @@ def tune(model: nn.Module, calibration: Any, validation: Any = None, *,
         from bitsmith.tune.runtime import OnnxRuntimeBackend
 
         backend = OnnxRuntimeBackend()
-    evaluator = TorchEvaluator(model, calibration, validation, cfg.make_space(),
-                               stages=cfg.stages, backend=backend, evaluate=evaluate,
-                               cache=None if out_dir is None else Path(out_dir) /
-                               "reconstruction")
+    with stage("tune: calibration statistics and the FP32 validation score", cfg.progress):
+        evaluator = TorchEvaluator(model, calibration, validation, cfg.make_space(),
+                                   stages=cfg.stages, backend=backend, evaluate=evaluate,
+                                   cache=None if out_dir is None else Path(out_dir) /
+                                   "reconstruction")
     objective = cfg.make_objective()
     scorer = evaluator.scorer
     guard = check_validation(evaluator.fp32_accuracy, scorer.examples,
@@ -87,7 +90,7 @@ def _result(evaluator: TorchEvaluator, study: TuneResult, cfg: TuneConfig,
                             f"({len(failed)} failed); see trials.csv for their errors")
     policy = evaluator.policy(pick.config)
     qmodel = evaluator.quantized_model(pick.config).eval()
-    recon = qmodel.bitsmith.reconstruction
+    recon = quant_info(qmodel).reconstruction
     if recon is not None and out_dir is not None:  # the chosen policy's learned rounding
         from bitsmith.rundir import write_reconstruction
 

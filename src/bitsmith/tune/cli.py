@@ -87,12 +87,13 @@ def tune_command(
         {"preset": space_preset})
     if rounding:
         space_obj = dataclasses.replace(space_obj, rounding=parse_names(rounding, "--rounding"))
-    cfg = TuneConfig(
-        space=space_obj,
-        objective=kind, metric=cost, tolerance=tolerance, budget=budget, strategy=strategy,
-        n_trials=n_trials, timeout=timeout, storage=storage, study_name=study, seed=inputs.seed,
-        prune=prune, backend=backend, init_policies=tuple(init_policy or ()),
-        transfer=tuple(transfer or ()), progress=progress)
+    cfg = TuneConfig.from_dict({  # strict: the option names its bad value
+        "space": space_obj,
+        "objective": kind, "metric": cost, "tolerance": tolerance, "budget": budget,
+        "strategy": strategy, "n_trials": n_trials, "timeout": timeout, "storage": storage,
+        "study_name": study, "seed": inputs.seed, "prune": prune, "backend": backend,
+        "init_policies": tuple(init_policy or ()), "transfer": tuple(transfer or ()),
+        "progress": progress}, where="tune")
     if storage is not None:
         open_storage(storage)           # fail fast, before loading the model
     for path in cfg.transfer:

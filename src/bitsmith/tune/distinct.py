@@ -61,15 +61,20 @@ def fingerprint(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(config_key(config).encode()).hexdigest()[:16]
 
 
-def _holds(t: FrozenTrial, names: Sequence[str]) -> bool:
-    """Whether ``t`` holds its configuration: complete parameters, and running, finished, or
-    failed in its own evaluation (a killed trial's configuration is retried by its ticket;
-    a handed-back duplicate held nothing)."""
-    if not t.params or any(n not in t.params for n in names):
-        return False
-    if t.state in HOLDING:
-        return True
-    return t.state == TrialState.FAIL and ERROR_ATTR in t.user_attrs
+def _held(t: FrozenTrial, names: Sequence[str]) -> Mapping[str, Any] | None:
+    """The configuration ``t`` holds, or ``None``: complete parameters, and running, finished,
+    failed in its own evaluation, or waiting with the whole configuration enqueued (a warm
+    start, or the retry ticket of a killed trial: without it a fresh draw could take the
+    killed trial's configuration between the kill and the retry); a handed-back duplicate
+    and a killed trial (its retry ticket holds the configuration) hold nothing."""
+    params: Mapping[str, Any] = t.params
+    if t.state == TrialState.WAITING:
+        params = t.system_attrs.get("fixed_params") or {}
+    if not params or any(n not in params for n in names):
+        return None
+    if t.state in HOLDING or t.state == TrialState.WAITING:
+        return params
+    return params if t.state == TrialState.FAIL and ERROR_ATTR in t.user_attrs else None
 
 
 def taken(study: Study, names: Sequence[str], exclude: int | None = None) -> dict[str, int]:
@@ -77,8 +82,9 @@ def taken(study: Study, names: Sequence[str], exclude: int | None = None) -> dic
     number when several trials hold one), except by trial ``exclude``."""
     out: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
-        if t.number != exclude and _holds(t, names):
-            out.setdefault(config_key(t.params), t.number)
+        params = _held(t, names) if t.number != exclude else None
+        if params is not None:
+            out.setdefault(config_key(params), t.number)
     return out
 
 

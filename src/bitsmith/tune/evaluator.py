@@ -32,6 +32,7 @@ on the model the backend receives, for exporters).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -42,12 +43,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from bitsmith.calibrate import TensorStats
 from bitsmith.cost import estimate
 from bitsmith.cost.model import CostReport
 from bitsmith.engine import evaluate as engine_evaluate
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import Policy
-from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quantize
+from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quant_info, quantize
 from bitsmith.reconstruct.bias import correct_bias, output_shift
 from bitsmith.scoring import EvaluateFn, Scorer
 from bitsmith.tune.errors import TuneError
@@ -98,6 +100,12 @@ class Measurement:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Measurement:
+        """Inverse of :meth:`to_dict` for a stored record (a missing value is NaN)."""
+        values: dict[str, Any] = {k: (math.nan if v is None else v) for k, v in data.items()}
+        return cls(**values)
 
 
 @runtime_checkable
@@ -209,6 +217,11 @@ def _batches(x: Tensor, y: Tensor | None, batch_size: int) -> list:
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in idx]
 
 
+def _signed(stats: TensorStats) -> bool:
+    """Whether a calibrated input took negative values."""
+    return stats.min is not None and bool(stats.min < 0)
+
+
 def stage_bounds(n: int, stages: Sequence[float | int]) -> list[int]:
     """Cumulative image counts of the evaluation stages.
 
@@ -282,7 +295,7 @@ class TorchEvaluator:
         self.layer_names: list[str] = self.table.names
         self.descriptors = descriptors_of(work, self.table)
         self.weight_params = {i.name: i.weight_params for i in self.table}
-        self.signed_inputs = {n: bool(ref[n].min < 0) for n in self.layer_names}
+        self.signed_inputs = {n: _signed(ref[n]) for n in self.layer_names}
         self.bounds = (stage_bounds(len(self._val_x), stages) if evaluate is None
                        else [self.scorer.examples or 0])
         attach = getattr(self.backend, "attach", None)
@@ -349,7 +362,7 @@ class TorchEvaluator:
         qmodel = quantize(self.model, policy.with_options(bias_correction=False),
                           calibration=self.stats(n_calib))
         self._prepare_layers(qmodel, n_calib, policy.bias_correction, bake)
-        qmodel.bitsmith.policy = policy
+        quant_info(qmodel).policy = policy
         return qmodel
 
     def state_dict(self, config: Choices) -> dict[str, Tensor]:
@@ -380,13 +393,16 @@ class TorchEvaluator:
                     if skey not in self._shifts:
                         self._shifts[skey] = output_shift(m, wq - m.weight.detach(),
                                                           means[name])
-                    if self._shifts[skey] is not None:
-                        correct_bias(m, self._shifts[skey])
+                    shift = self._shifts[skey]
+                    if shift is not None:
+                        correct_bias(m, shift)
                 if bake:
                     m.weight.data = wq
                     m.weight_quantizer = None
 
     def _count_correct(self, fn: Callable[[Tensor], Tensor], start: int, end: int) -> int:
+        if self._val_y is None:  # only evaluate=f runs have no labels, and they never count
+            raise TuneError("top-1 needs labelled validation data")
         batches = _batches(self._val_x[start:end], self._val_y[start:end], self.batch_size)
         res = engine_evaluate(_Runner(fn), batches)
         return int(round(res.accuracy * res.count / 100.0))

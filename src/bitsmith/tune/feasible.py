@@ -54,7 +54,7 @@ class BudgetRepair:
         self.evaluator = evaluator
         self.objective = objective
         self.kind = BUDGET_KINDS[objective.metric]
-        self.budget = float(objective.budget)
+        self.budget = objective.max_cost
         self.table = evaluator.table
         self.names = list(evaluator.layer_names)
         self.dims = evaluator.space.dimensions(self.names)
@@ -81,7 +81,8 @@ class BudgetRepair:
         report = self.evaluator.cost(config)
         return float(report.size_bytes if self.kind == "size_bytes" else report.bitops)
 
-    def __call__(self, config: Choices, fixed: Mapping[str, Any] = ()) -> Choices | None:
+    def __call__(self, config: Choices, fixed: Mapping[str, Any] | None = None
+                 ) -> Choices | None:
         """``config`` if within budget; else its nearest repair; ``None`` if none exists."""
         if self.cost(config) <= self.budget:
             return config

@@ -71,13 +71,27 @@ class Objective:
         if self.metric not in METRICS:
             raise TuneError(f"metric {self.metric!r} is unknown; use one of {METRICS}")
         if self.kind == "min_cost":
-            if self.tolerance is None or not math.isfinite(float(self.tolerance)):
+            if self.tolerance is None or not math.isfinite(self.max_drop):
                 raise TuneError("min_cost needs a finite accuracy tolerance in points")
-            if float(self.tolerance) < 0:
+            if self.max_drop < 0:
                 raise TuneError(f"tolerance must be >= 0 points, got {self.tolerance}")
         if self.kind == "max_accuracy":
-            if self.budget is None or not float(self.budget) > 0:
+            if self.budget is None or not self.max_cost > 0:
                 raise TuneError(f"max_accuracy needs a positive cost budget, got {self.budget}")
+
+    @property
+    def max_drop(self) -> float:
+        """The tolerance in points (a ``min_cost`` objective always has one)."""
+        if self.tolerance is None:
+            raise TuneError(f"a {self.kind} objective has no accuracy tolerance")
+        return float(self.tolerance)
+
+    @property
+    def max_cost(self) -> float:
+        """The budget in the metric's unit (a ``max_accuracy`` objective always has one)."""
+        if self.budget is None:
+            raise TuneError(f"a {self.kind} objective has no cost budget")
+        return float(self.budget)
 
     # ---------------------------------------------------------------- optuna
     @property
@@ -117,14 +131,14 @@ class Objective:
     def needs_accuracy(self, m: Measurement) -> bool:
         """False when the configuration is rejected on cost alone (over a budget)."""
         return not (self.kind == "max_accuracy" and self.metric != "latency"
-                    and cost_value(m, self.metric) > float(self.budget))
+                    and cost_value(m, self.metric) > self.max_cost)
 
     def violation(self, m: Measurement) -> float:
         """Constraint value: ``<= 0`` feasible (points of drop, or relative over-budget)."""
         if self.kind == "min_cost":
-            return float(m.drop) - float(self.tolerance)
+            return float(m.drop) - self.max_drop
         if self.kind == "max_accuracy":
-            return cost_value(m, self.metric) / float(self.budget) - 1.0
+            return cost_value(m, self.metric) / self.max_cost - 1.0
         return 0.0
 
     def feasible(self, m: Measurement) -> bool:
@@ -139,10 +153,10 @@ class Objective:
     def score(self, accuracy: float, drop: float, cost: float, fp32: float) -> float:
         """Single-objective value from accuracy (%), drop (points) and cost (metric unit)."""
         if self.kind == "min_cost":
-            excess = drop - float(self.tolerance)
+            excess = drop - self.max_drop
             return cost / fp32 if excess <= 0 else 1.0 + excess
         if self.kind == "max_accuracy":
-            over = cost / float(self.budget) - 1.0
+            over = cost / self.max_cost - 1.0
             return accuracy if over <= 0 else -100.0 * over
         raise TuneError("a Pareto objective has two values, not one score")
 
@@ -159,7 +173,7 @@ class Objective:
         """
         if self.kind == "pareto":
             return weight * (accuracy_ref - pred_drop) / 100.0 - (1 - weight) * cost / fp32
-        if self.kind == "max_accuracy" and cost > float(self.budget):
+        if self.kind == "max_accuracy" and cost > self.max_cost:
             return -math.inf
         value = self.score(accuracy_ref - pred_drop, pred_drop, cost, fp32)
         return -value if self.kind == "min_cost" else value

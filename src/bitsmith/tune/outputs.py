@@ -49,9 +49,10 @@ from pathlib import Path
 from typing import Any
 
 from bitsmith.atomic import atomic_path, atomic_write_text
-from bitsmith.tune.evaluator import Evaluator
+from bitsmith.tune.errors import TuneError
+from bitsmith.tune.evaluator import Evaluator, Measurement
 from bitsmith.tune.objectives import cost_value
-from bitsmith.tune.results import TrialRecord, TuneResult, _measurement
+from bitsmith.tune.results import TrialRecord, TuneResult
 from bitsmith.tune.transfer import records_from_trials, save_transfer
 
 
@@ -131,7 +132,7 @@ class RunLog:
         meta = dict(meta or {})
         model = getattr(evaluator, "model", None)
         images = getattr(evaluator, "bounds", [None])[-1]
-        self.kwargs = {
+        self.kwargs: dict[str, Any] = {
             "model": str(meta.get("model", type(model).__name__ if model is not None else "")),
             "dataset": str(meta.get("dataset", "")),
             "eval_set": str(meta.get("eval_set", f"validation ({images} images)" if images
@@ -151,7 +152,10 @@ class RunLog:
         from bitsmith.rundir import RunWriter
 
         writer = RunWriter(run_dir, fresh=fresh, **self.kwargs)
-        writer.write_layers(self.evaluator.table)
+        table = getattr(self.evaluator, "table", None)
+        if table is None:
+            raise TuneError("a run directory needs an evaluator with a LayerTable (.table)")
+        writer.write_layers(table)
         writer.set_fp32(self.fp32_accuracy)
         return writer
 
@@ -180,7 +184,7 @@ class RunLog:
                                     > best.measurement["accuracy"])
         if not record.feasible or not record.values:
             return False
-        return best is None or self.objective.better(record.values[0], best.values[0])
+        return best is None or self.objective.better(record.value, best.value)
 
     def _add(self, writer: Any, record: TrialRecord, best: TrialRecord | None) -> None:
         policy = self.evaluator.policy(record.config)
@@ -244,7 +248,7 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
             and t.measurement.get("accuracy") is not None]
 
     def xy(ts: list[TrialRecord]) -> tuple[list[float], list[float]]:
-        return ([cost_value(_measurement(t.measurement), metric) * scale for t in ts],
+        return ([cost_value(Measurement.from_dict(t.measurement), metric) * scale for t in ts],
                 [t.measurement["accuracy"] for t in ts])
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
@@ -255,7 +259,7 @@ def plot_pareto(result: TuneResult, path: Path) -> Path:
         ax.scatter(*xy([result.best]), marker="*", s=180, color="C2", zorder=5, label="best")
     ax.axhline(result.fp32_accuracy, color="gray", ls="--", lw=1, label="FP32")
     if result.objective.kind == "min_cost":
-        ax.axhline(result.fp32_accuracy - float(result.objective.tolerance), color="gray",
+        ax.axhline(result.fp32_accuracy - result.objective.max_drop, color="gray",
                    ls=":", lw=1, label="tolerance")
     ax.set_xlabel(f"{metric} ({unit})")
     ax.set_ylabel("validation accuracy (%)")

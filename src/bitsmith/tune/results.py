@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bitsmith.pareto import pareto_front
 from bitsmith.tune.distinct import is_duplicate
+from bitsmith.tune.errors import TuneError
 from bitsmith.tune.evaluator import Measurement
 from bitsmith.tune.objectives import Objective, cost_value
 
@@ -35,15 +36,24 @@ class TrialRecord:
     values: list[float] | None
     violation: float | None
     seconds: float | None
+    error: str | None = None  # why a failed trial failed (e.g. the metric raised)
 
     @property
     def feasible(self) -> bool:
         return self.violation is not None and self.violation <= 0
 
+    @property
+    def value(self) -> float:
+        """The (first) objective value; a trial without one is an error here."""
+        if not self.values:
+            raise TuneError(f"trial {self.number} ({self.state}) has no objective value")
+        return self.values[0]
+
     def to_dict(self) -> dict[str, Any]:
         return {"number": self.number, "state": self.state, "config": self.config,
                 "values": self.values, "violation": self.violation, "feasible": self.feasible,
-                "seconds": self.seconds, **{f"m.{k}": v for k, v in self.measurement.items()}}
+                "seconds": self.seconds, "error": self.error,
+                **{f"m.{k}": v for k, v in self.measurement.items()}}
 
 
 def record_of(t: FrozenTrial, objective: Objective) -> TrialRecord:
@@ -51,18 +61,15 @@ def record_of(t: FrozenTrial, objective: Objective) -> TrialRecord:
     m = t.user_attrs.get(MEASUREMENT_ATTR, {})
     violation = None
     if m and t.state == TrialState.COMPLETE:
-        v = objective.violation(_measurement(m))
+        v = objective.violation(Measurement.from_dict(m))
         violation = None if math.isnan(v) else v
     seconds = None
     if t.datetime_start and t.datetime_complete:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds()
     state = "DUPLICATE" if is_duplicate(t) else t.state.name   # handed back, not evaluated
     return TrialRecord(t.number, state, dict(t.params), dict(m),
-                       list(t.values) if t.values is not None else None, violation, seconds)
-
-
-def _measurement(m: dict[str, Any]) -> Measurement:
-    return Measurement(**{k: (math.nan if v is None else v) for k, v in m.items()})
+                       list(t.values) if t.values is not None else None, violation, seconds,
+                       t.user_attrs.get("error"))
 
 
 @dataclass
@@ -144,14 +151,14 @@ def summarize(study: optuna.Study, objective: Objective, budget: int, stopped: s
 
 def _best_single(records: Sequence[TrialRecord], objective: Objective) -> TrialRecord:
     def key(r: TrialRecord) -> tuple[float, float]:
-        v = r.values[0]
+        v = r.value
         if objective.kind == "min_cost":  # ties (equal cost) broken by accuracy
             return (v, -r.measurement["accuracy"])
         # ties (equal accuracy) broken by cost: the pick stays on the Pareto front
-        return (-v, cost_value(_measurement(r.measurement), objective.metric))
+        return (-v, cost_value(Measurement.from_dict(r.measurement), objective.metric))
     return min(records, key=key)
 
 
 def _front(records: Sequence[TrialRecord], objective: Objective) -> list[TrialRecord]:
-    costs = [cost_value(_measurement(r.measurement), objective.metric) for r in records]
+    costs = [cost_value(Measurement.from_dict(r.measurement), objective.metric) for r in records]
     return [records[i] for i in pareto_front(costs, [r.measurement["accuracy"] for r in records])]

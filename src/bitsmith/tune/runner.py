@@ -10,6 +10,7 @@ The producer contract on top is :func:`bitsmith.tune.tune` (:mod:`bitsmith.tune.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -67,7 +68,7 @@ def _pruner(objective: Objective, margin: float, prune: bool) -> optuna.pruners.
     if not prune or objective.kind == "pareto":
         return optuna.pruners.NopPruner()
     if objective.kind == "min_cost":
-        return optuna.pruners.ThresholdPruner(upper=float(objective.tolerance) + margin)
+        return optuna.pruners.ThresholdPruner(upper=objective.max_drop + margin)
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
 
 
@@ -131,8 +132,7 @@ class _TrialRunner:
             raise DuplicateConfig(twin)          # handed back: re-drawn, not counted
         prev = self._previous(config, trial.number)
         if prev is not None:
-            m = Measurement(**{k: (math.nan if v is None else v) for k, v in prev.items()})
-            m = Measurement(**{**m.to_dict(), "cached": True, "seconds": 0.0})
+            m = dataclasses.replace(Measurement.from_dict(prev), cached=True, seconds=0.0)
         else:
             m = evaluator_cost(self.evaluator, config)
             if self.objective.needs_accuracy(m):
@@ -244,9 +244,9 @@ def _check_feasible(evaluator: Evaluator, objective: Objective) -> None:
     if objective.kind != "max_accuracy" or objective.metric == "latency":
         return
     cfg, m = cheapest(evaluator, objective)
-    if cost_value(m, objective.metric) > float(objective.budget):
+    if cost_value(m, objective.metric) > objective.max_cost:
         raise InfeasibleBudgetError(
-            BUDGET_KIND[objective.metric], float(objective.budget),
+            BUDGET_KIND[objective.metric], objective.max_cost,
             cost_value(m, objective.metric), " of the search space",
             hint=f"raise the budget or add cheaper choices; closest configuration: {cfg}",
             closest=cfg, measurement=m)

@@ -134,8 +134,9 @@ class XGBoostSampler(BaseSampler):
         if space.size(encoder.layer_names) <= enumerate_limit:
             self._all = list(space.grid(encoder.layer_names, limit=enumerate_limit))
         self._transfer_x = np.stack([
-            encoder.encode_foreign(r.config, r.descriptors, r.layer_names or encoder.layer_names,
-                                   r.weight_params) for r in transfer
+            encoder.encode_foreign(dict(r.config), r.descriptors,
+                                   r.layer_names or encoder.layer_names, r.weight_params)
+            for r in transfer
         ]) if transfer else np.zeros((0, len(encoder.columns)), dtype=np.float32)
         self._transfer_y = np.array([r.drop for r in transfer], dtype=np.float32)
         self._cost_cache: dict[str, tuple[float, float]] = {}
@@ -233,7 +234,7 @@ class XGBoostSampler(BaseSampler):
         """Relative cost of the best feasible measured configuration (``min_cost`` only)."""
         if self.objective.kind != "min_cost" or self.cost_fn is None:
             return None
-        tol = float(self.objective.tolerance)
+        tol = self.objective.max_drop
         costs = [self._cost(t.params) for t in measured
                  if t.state == TrialState.COMPLETE and float(t.user_attrs[DROP_ATTR]) <= tol]
         return min((c / f for c, f in costs), default=None)

@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 import sqlalchemy.exc
 from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from bitsmith.tune.errors import StorageError, TuneError
@@ -126,7 +127,8 @@ def create_or_load(storage: BaseStorage, name: str, directions: Sequence[str],
     if n_trials < 1:
         raise TuneError(f"n_trials must be >= 1, got {n_trials}")
     try:
-        study = optuna.create_study(storage=storage, study_name=name, directions=list(directions),
+        study = optuna.create_study(storage=storage, study_name=name,
+                                    directions=[StudyDirection[d.upper()] for d in directions],
                                     sampler=sampler, pruner=pruner, load_if_exists=False)
         created = True
     except optuna.exceptions.DuplicatedStudyError:
