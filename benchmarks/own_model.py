@@ -123,8 +123,9 @@ def accuracies(path: Path, splits) -> dict[str, float]:
     that no producer chose on (``UNSEEN_FROM`` onwards)."""
     test = onnx_correct(path, splits, "test")
     val = onnx_correct(path, splits, "validation")
-    return {"test_accuracy_onnx": 100.0 * test.mean(), "val_jpeg_accuracy_onnx":
-            100.0 * val.mean(), "val_jpeg_unseen_accuracy_onnx": 100.0 * val[UNSEEN_FROM:].mean()}
+    return {"test_accuracy_onnx": 100.0 * float(test.mean()), "val_jpeg_accuracy_onnx":
+            100.0 * float(val.mean()),
+            "val_jpeg_unseen_accuracy_onnx": 100.0 * float(val[UNSEEN_FROM:].mean())}
 
 
 def exported_row(label: str, folder: Path, splits, policy_from: str) -> dict[str, Any]:
