@@ -219,15 +219,16 @@ def measure(key: str, model: torch.nn.Module, policy, data: Data, args: argparse
     from bitsmith.cost import estimate
 
     load0 = os.getloadavg()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     qmodel = bitsmith.quantize(model, policy, calibration=data.calibration(), cache=cache)
     seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - c0  # all threads of this process; load-independent-ish
     load1 = os.getloadavg()
     recon = qmodel.bitsmith.reconstruction
     table = qmodel.bitsmith.layer_table
     cost = estimate(table, policy)
-    row = {"key": key, **extra, "quantize_seconds": seconds, "locked": extra.get("locked",
-                                                                                 False),
+    row = {"key": key, **extra, "quantize_seconds": seconds, "cpu_seconds": cpu_seconds,
+           "locked": extra.get("locked", False),
            "loadavg_before": load0,
            "loadavg_after": load1, "threads": torch.get_num_threads(),
            "avg_weight_bits": cost.avg_weight_bits, "size_bytes": cost.size_bytes,
@@ -478,7 +479,7 @@ def summarize(rows: dict[str, dict], args: argparse.Namespace) -> None:
         uniform += _timed_only(timed, uniform)
         lines += _uniform_table(uniform, group, fp32, out_rows)
         lines += _timing_lines(timed, uniform, out_rows)
-        lines += _aimet_lines(uniform)
+        lines += _aimet_lines(uniform, timed)
         lines += _mixed_lines([r for r in group if r["config"].startswith("mixed")], fp32,
                               out_rows)
         exports = [r for r in group if r.get("export_only")]
@@ -535,11 +536,13 @@ def _timed_only(timed: list[dict], uniform: list[dict]) -> list[dict]:
     return [{**r, "method": _method(r)} for r in timed if _twin(r, uniform) is None]
 
 
-def _aimet_lines(uniform: list[dict]) -> list[str]:
+def _aimet_lines(uniform: list[dict], timed: list[dict]) -> list[str]:
     peers = [r for r in uniform if r["method"] == "aimet-adaround"]
     if not peers:
         return []
-    lines = ["AIMET AdaRound vs bitsmith on the same images and iterations:", "",
+    lines = ["AIMET AdaRound vs bitsmith on the same images and iterations (wall seconds: "
+             "a timed AIMET row is set beside bitsmith's timed run of the same configuration, "
+             "under the same lock):", "",
              "| config | AIMET test / val | AIMET s | bitsmith adaround test / val | s | "
              "best bitsmith (method) test / val | s | p (best vs AIMET, test / val) |",
              "|---|---|---:|---|---:|---|---:|---|"]
@@ -547,6 +550,9 @@ def _aimet_lines(uniform: list[dict]) -> list[str]:
         mine = [r for r in uniform if r["config"] == a["config"] and
                 r["method"] in METHODS[2:]]
         ada = next((r for r in mine if r["method"] == "adaround"), None)
+        if a.get("timed"):
+            ada = next((t for t in timed if t["config"] == a["config"]
+                        and t["method"] == "adaround"), ada)
         best = max(mine, key=lambda r: r["test"], default=None)
         cells = [f"{a['config']}", f"{a['test']:.2f} / {a['val']:.2f}", _secs(a)]
         for r, named in ((ada, False), (best, True)):
@@ -681,7 +687,9 @@ def _reference(group: list[dict], row: dict, method: str) -> dict | None:
 
 
 def _p(pair: dict | None) -> str:
-    return "" if pair is None else f"{pair['p']:.2g}"
+    if pair is None:
+        return ""
+    return "<1e-300" if pair["p"] == 0 else f"{pair['p']:.2g}"  # 0: below float range
 
 
 def _secs(r: dict) -> str:
