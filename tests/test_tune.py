@@ -300,3 +300,24 @@ def test_timeout_stops_gracefully_and_resume_finishes(tmp_path: Path,
     second = run_study(evaluator, TuneConfig(**kw))
     assert second.stopped == "budget"
     assert sum(second.counts().get(s, 0) for s in ("COMPLETE", "PRUNED")) == 4
+
+
+def test_every_trial_pruned_is_infeasible_and_says_what_to_do() -> None:
+    """Trials stopped after the first stage have no full measurement: with no finished
+    trial the run is infeasible (exit 3) and the message names the ways out."""
+    from bitsmith.errors import InfeasibleError
+    from bitsmith.tune.api import _result
+    from bitsmith.tune.results import TrialRecord, TuneResult
+
+    pruned = [TrialRecord(i, "PRUNED", {}, {"accuracy": 40.0, "drop": 50.0}, [50.0], None, 1.0)
+              for i in range(3)]
+    study = TuneResult("s", None, Objective(tolerance=1.0), 90.0, pruned, None, None, [], 3,
+                       "n_trials")
+    with pytest.raises(InfeasibleError, match="all 3 trials .* were pruned.*--no-prune"):
+        _result(None, study, TuneConfig(), {}, None, 0.0)  # type: ignore[arg-type]
+
+
+def test_zero_tolerance_passes_the_validation_guard() -> None:
+    from bitsmith.scoring import check_validation
+
+    assert not check_validation(90.0, 96, 0.0).fired  # no division by the zero tolerance

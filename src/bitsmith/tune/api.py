@@ -10,7 +10,7 @@ import optuna
 from torch import nn
 
 from bitsmith.cost import estimate
-from bitsmith.errors import BitsmithError
+from bitsmith.errors import BitsmithError, InfeasibleError
 from bitsmith.progress import stage
 from bitsmith.quantize import quant_info
 from bitsmith.result import QuantizationResult, cost_summary, validation_summary
@@ -78,9 +78,16 @@ def _result(evaluator: TorchEvaluator, study: TuneResult, cfg: TuneConfig,
             ) -> QuantizationResult:
     pick = study.best or study.closest
     if pick is None:
-        failed = [t for t in study.trials if t.state == "FAIL"]
+        counts = study.counts()
+        if counts.get("PRUNED", 0) and not counts.get("FAIL", 0):
+            raise InfeasibleError(
+                f"all {counts['PRUNED']} trials of study {study.study_name!r} were pruned: "
+                "their accuracy drop on the first validation stage was above the tolerance "
+                f"({study.objective.describe()}); run more trials, allow a larger drop, or "
+                "turn pruning off (--no-prune / TuneConfig(prune=False))")
         raise BitsmithError(f"no trial of study {study.study_name!r} finished "
-                            f"({len(failed)} failed); see trials.csv for their errors")
+                            f"({counts.get('FAIL', 0)} failed); see trials.csv for their "
+                            "errors")
     policy = evaluator.policy(pick.config)
     qmodel = evaluator.quantized_model(pick.config).eval()
     recon = quant_info(qmodel).reconstruction
