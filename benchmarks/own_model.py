@@ -135,7 +135,7 @@ def exported_row(label: str, folder: Path, splits, policy_from: str) -> dict[str
     t0 = time.perf_counter()
     scores = accuracies(folder / "quantized.onnx", splits)
     sizes = summary["sizes"]
-    return {"config": label, "policy": policy_from, "export_dir": str(folder),
+    return {"config": label, "policy": policy_from, "export_dir": str(folder.relative_to(ROOT)),
             "avg_weight_bits": summary["avg_weight_bits"],
             "packed_bytes": sizes["packed"], "quantized_onnx_bytes": sizes["quantized_onnx"],
             "compression_vs_fp32_state_dict": sizes["fp32_state_dict"] / sizes["packed"],

@@ -263,30 +263,6 @@ def test_zero_tolerance_unmet_reports_closest(evaluator: TorchEvaluator) -> None
     assert res.closest.measurement["drop"] > 0 and "INFEASIBLE" in res.summary()
 
 
-def test_guard_takes_a_zero_tolerance() -> None:
-    """``--tolerance 0`` ("no drop") once divided by zero in the guard's size rule."""
-    from bitsmith.scoring import check_validation
-
-    guard = check_validation(87.0, 200, 0.0)
-    assert not guard.too_small and not guard.fired
-    assert check_validation(87.0, 200, 1.0).too_small     # 2 examples: the rule still fires
-
-
-def test_every_trial_pruned_is_infeasible_with_the_fix() -> None:
-    """All trials stopped after the first stage: exit 3 and what to change, not exit 1 and
-    'see trials.csv for their errors' (there are none)."""
-    from bitsmith.errors import EXIT_INFEASIBLE, exit_code_of
-    from bitsmith.tune.api import _result
-    from bitsmith.tune.results import TrialRecord, TuneResult
-
-    pruned = [TrialRecord(n, "PRUNED", {}, {"drop": 18.0}, None, None, 1.0) for n in range(3)]
-    study = TuneResult("s", None, Objective("min_cost", "size", tolerance=1.0), 90.0, pruned,
-                       best=None, closest=None, front=[], budget=3, stopped="budget")
-    with pytest.raises(Exception, match="--no-prune") as info:
-        _result(None, study, TuneConfig(), {}, None, 1.0)  # type: ignore[arg-type]
-    assert exit_code_of(info.value) == EXIT_INFEASIBLE and "3 finished" in str(info.value)
-
-
 @pytest.mark.parametrize("url", ["not a url", "nosuchdb://x/y",
                                  "sqlite:////nonexistent-dir/sub/study.db"])
 def test_storage_that_cannot_be_opened(url: str) -> None:
@@ -344,3 +320,24 @@ def test_timeout_stops_gracefully_and_resume_finishes(tmp_path: Path,
     second = run_study(evaluator, TuneConfig(**kw))
     assert second.stopped == "budget"
     assert sum(second.counts().get(s, 0) for s in ("COMPLETE", "PRUNED")) == 4
+
+
+def test_every_trial_pruned_is_infeasible_and_says_what_to_do() -> None:
+    """Trials stopped after the first stage have no full measurement: with no finished
+    trial the run is infeasible (exit 3) and the message names the ways out."""
+    from bitsmith.errors import InfeasibleError
+    from bitsmith.tune.api import _result
+    from bitsmith.tune.results import TrialRecord, TuneResult
+
+    pruned = [TrialRecord(i, "PRUNED", {}, {"accuracy": 40.0, "drop": 50.0}, [50.0], None, 1.0)
+              for i in range(3)]
+    study = TuneResult("s", None, Objective(tolerance=1.0), 90.0, pruned, None, None, [], 3,
+                       "n_trials")
+    with pytest.raises(InfeasibleError, match="all 3 trials .* were pruned.*--no-prune"):
+        _result(None, study, TuneConfig(), {}, None, 0.0)  # type: ignore[arg-type]
+
+
+def test_zero_tolerance_passes_the_validation_guard() -> None:
+    from bitsmith.scoring import check_validation
+
+    assert not check_validation(90.0, 96, 0.0).fired  # no division by the zero tolerance

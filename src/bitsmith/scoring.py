@@ -142,11 +142,13 @@ def check_validation(fp32: float, examples: int | None, tolerance: float | None,
         fp32: the float model's score on the validation data (top-1 in percent when
             ``is_top1``).
         examples: validation examples (``None``: unknown, the size rule is skipped).
-        tolerance: the accuracy drop the run allows, in points (``None``: no tolerance).
+        tolerance: the accuracy drop the run allows, in points (``None`` or ``0``: the
+            size rule is skipped).
     """
     saturated = is_top1 and fp32 >= SATURATED_TOP1
     too_small = (is_top1 and examples is not None and tolerance is not None
-                 and tolerance > 0 and examples * tolerance / 100.0 < MIN_EXAMPLES)
+                 and tolerance > 0  # a zero tolerance refuses any drop: nothing to resolve
+                 and examples * tolerance / 100.0 < MIN_EXAMPLES)
     problems = []
     if saturated:
         problems.append(

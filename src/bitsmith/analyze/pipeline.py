@@ -29,7 +29,7 @@ from bitsmith.errors import InputError
 from bitsmith.graph import LayerTable
 from bitsmith.pareto import best_within
 from bitsmith.policy import FIRST_LAST_CHOICES, FLOAT, INT8, Policy, QSpec, Rounding
-from bitsmith.progress import stage
+from bitsmith.progress import ProgressBar, stage
 from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quant_info, quantize
 from bitsmith.result import QuantizationResult, cost_summary, plain, validation_summary
 from bitsmith.scoring import EvaluateFn, Scorer, as_batches, check_validation
@@ -238,10 +238,13 @@ def analyze(model: nn.Module, calibration: Any, validation: Any = None, *,
     rounding = cfg.make_rounding()
     trials = {n: p if n == "FP32" else p.with_options(rounding=rounding)
               for n, p in trials.items()}
-    for name, policy in trials.items():
-        scores[name] = fp32 if name == "FP32" else scorer(
-            quantize(model, policy, calibration=stats, cache=cache))
-        log(f"  {name}: {scores[name]:.2f} (validation)")
+    with ProgressBar("analyze: policies scored on the validation data", len(trials),
+                     enabled=cfg.progress, unit="policies") as bar:
+        for k, (name, policy) in enumerate(trials.items()):
+            scores[name] = fp32 if name == "FP32" else scorer(
+                quantize(model, policy, calibration=stats, cache=cache))
+            log(f"  {name}: {scores[name]:.2f} (validation)")
+            bar.update(k + 1)
     details.accuracies = scores
     names = list(trials)
     sizes = [estimate(table, trials[n]).size_bytes for n in names]

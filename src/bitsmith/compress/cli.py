@@ -96,7 +96,8 @@ def compress_command(
         sparsity=sparsity, ratio=ratio,
         budget_bytes=None if budget_kib is None else budget_kib * 1024,
         bits=parse_ints(bits, "--bits"), act_bits=act_bits, scope=scope, structured=structured,
-        two_level=two_level, pseudo_mean=pseudo_mean, rpc=rpc, train=train_cfg)
+        two_level=two_level, pseudo_mean=pseudo_mean, rpc=rpc, train=train_cfg,
+        progress=progress)
     set_threads(threads)
     with stage(f"loading {inputs.model}", progress):
         work = inputs.load(calibration_size=512, validation_size=1000)

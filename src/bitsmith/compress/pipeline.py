@@ -36,6 +36,7 @@ from bitsmith.errors import InputError
 from bitsmith.graph import quantized_layers
 from bitsmith.inputs import MetricError
 from bitsmith.policy import LayerSpec, Policy, QSpec
+from bitsmith.progress import stage
 from bitsmith.quantize import iter_batches, prepare, quant_info, quantize
 from bitsmith.result import QuantizationResult, cost_summary, plain, validation_summary
 from bitsmith.scoring import EvaluateFn, Scorer, check_validation
@@ -70,6 +71,8 @@ class CompressConfig(Config):
         train: the fine-tuning loop's :class:`TrainConfig` (``None``: one shot, no
             fine-tuning: prune to the target and choose bits at once).
         labels: names shown in the run directory and report (``model``, ``dataset``).
+        progress: a line per set-up and scoring step (:mod:`bitsmith.progress`); the
+            fine-tuning loop's own bar is ``train.progress``.
     """
 
     sparsity: float = 0.75
@@ -92,6 +95,7 @@ class CompressConfig(Config):
     calib_batches: int | None = 8
     train: TrainConfig | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    progress: bool = False
 
     def __post_init__(self) -> None:
         self.check()
@@ -184,12 +188,13 @@ def compress_model(model: nn.Module, calib_data: Any, train_loader: Any,
             be met at this sparsity even at the lowest bits (raised before any training).
     """
     config.check()
-    example = next(iter_batches(calib_data, 1))
-    _, table, _ = prepare(model, example)
-    policy = initial_policy(table.names, config)
-    qmodel = quantize(model, policy, example_inputs=example, calibration=calib_data,
-                      num_batches=config.calib_batches)
-    install_dpq(qmodel, pseudo=config.pseudo_mean)
+    with stage("compress: calibration and DPQ quantizers", config.progress):
+        example = next(iter_batches(calib_data, 1))
+        _, table, _ = prepare(model, example)
+        policy = initial_policy(table.names, config)
+        qmodel = quantize(model, policy, example_inputs=example, calibration=calib_data,
+                          num_batches=config.calib_batches)
+        install_dpq(qmodel, pseudo=config.pseudo_mean)
     fp32 = compression_report(qmodel).fp32_bytes
     budget = config.budget_bytes
     if budget is None and config.ratio is not None:
@@ -264,15 +269,17 @@ def compress(model: nn.Module, calibration: Any, validation: Any = None, *,
     scorer = Scorer(validation, evaluate)
     t0 = time.perf_counter()
     res = compress_model(model, calibration, train_data, cfg, cfg.train)
-    fp32 = scorer(model)
-    guard = check_validation(fp32, scorer.examples, None, scorer.is_top1, scorer.name)
-    score, error = None, None
-    try:
-        score = scorer(res.model)
-    except MetricError as err:
-        warnings.warn(f"the compressed model could not be scored: {err}", RuntimeWarning,
-                      stacklevel=2)
-        error = str(err)
+    with stage("compress: FP32 and compressed model scored on the validation data",
+               cfg.progress):
+        fp32 = scorer(model)
+        guard = check_validation(fp32, scorer.examples, None, scorer.is_top1, scorer.name)
+        score, error = None, None
+        try:
+            score = scorer(res.model)
+        except MetricError as err:
+            warnings.warn(f"the compressed model could not be scored: {err}", RuntimeWarning,
+                          stacklevel=2)
+            error = str(err)
     policy = quant_info(res.model).policy
     rule = ("the one policy DPQ produced: bits re-chosen under the size budget by the "
             "integer program as pruning advanced, then fine-tuned")

@@ -77,17 +77,17 @@ def _result(evaluator: TorchEvaluator, study: TuneResult, cfg: TuneConfig,
             guard: dict[str, Any], out_dir: str | Path | None, seconds: float
             ) -> QuantizationResult:
     pick = study.best or study.closest
-    pruned = [t for t in study.trials if t.state == "PRUNED"]
-    if pick is None and pruned:
-        raise InfeasibleError(
-            f"all {len(pruned)} finished trials of study {study.study_name!r} were stopped "
-            "after the first validation stage, their drop far above the tolerance; none met "
-            "it: allow a larger --tolerance, more --n-trials, or --no-prune to measure them "
-            "in full")
     if pick is None:
-        failed = [t for t in study.trials if t.state == "FAIL"]
+        counts = study.counts()
+        if counts.get("PRUNED", 0) and not counts.get("FAIL", 0):
+            raise InfeasibleError(
+                f"all {counts['PRUNED']} trials of study {study.study_name!r} were pruned: "
+                "their accuracy drop on the first validation stage was above the tolerance "
+                f"({study.objective.describe()}); run more trials, allow a larger drop, or "
+                "turn pruning off (--no-prune / TuneConfig(prune=False))")
         raise BitsmithError(f"no trial of study {study.study_name!r} finished "
-                            f"({len(failed)} failed); see trials.csv for their errors")
+                            f"({counts.get('FAIL', 0)} failed); see trials.csv for their "
+                            "errors")
     policy = evaluator.policy(pick.config)
     qmodel = evaluator.quantized_model(pick.config).eval()
     recon = quant_info(qmodel).reconstruction
