@@ -651,6 +651,7 @@ def _checks(uniform: list[dict], group: list[dict], timed: list[dict]) -> dict:
             "timed_method": None if fastest is None else fastest["method"],
             "timed_wall_s": None if fastest is None else fastest["quantize_seconds"],
             "timed_test": None if fastest is None else fastest["test"],
+            "timed_load_before": None if fastest is None else fastest["loadavg_before"][0],
             "wall_met": None if limit is None or fastest is None
             else fastest["quantize_seconds"] <= limit}
     rtn8 = next((r for r in uniform if r["config"] == "W8A8" and r["method"] == "rtn"), None)
