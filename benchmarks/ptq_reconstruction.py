@@ -301,6 +301,8 @@ def part_mixed(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
                       rounding_of(args.mixed_method, 8, args)),
         }
         for variant, (space, sens_base, final_rounding) in variants.items():
+            if variant not in args.mixed_variants:
+                continue
             t0 = time.perf_counter()
             sens = measure_sensitivity(model, space, data.sens, calibration=stats,
                                        base=sens_base, cache=cache)
@@ -651,6 +653,7 @@ def _checks(uniform: list[dict], group: list[dict], timed: list[dict]) -> dict:
             "timed_method": None if fastest is None else fastest["method"],
             "timed_wall_s": None if fastest is None else fastest["quantize_seconds"],
             "timed_test": None if fastest is None else fastest["test"],
+            "timed_load_before": None if fastest is None else fastest["loadavg_before"][0],
             "wall_met": None if limit is None or fastest is None
             else fastest["quantize_seconds"] <= limit}
     rtn8 = next((r for r in uniform if r["config"] == "W8A8" and r["method"] == "rtn"), None)
@@ -708,6 +711,8 @@ def main() -> None:
                         choices=list(CONFIGS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--mixed-method", default="qdrop", choices=METHODS[2:])
+    parser.add_argument("--mixed-variants", nargs="+", default=["rtn", "recon"],
+                        choices=["rtn", "recon"], help="fronts without / with reconstruction")
     parser.add_argument("--mixed-bits", nargs="+", type=int, default=[1, 2, 3, 4, 8])
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--iterations-for", nargs="*", default=["W2A8=2000"],
