@@ -93,3 +93,32 @@ def test_token_id_model_exports_and_packs_with_long_inputs(tmp_path):
     loaded = load_packed(tmp_path / "t.safetensors", model=TokenNet())
     with torch.no_grad():
         assert torch.equal(loaded(test), q(test))
+
+
+class UnusedOutput(nn.Module):
+    """A layer that runs in forward but whose output reaches no model output (like the pooler
+    of a Hugging Face encoder wrapped to return its token states)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.pooler = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        self.pooler(h[:, 0])  # computed, never returned
+        return h
+
+
+def test_layer_removed_by_the_exporter_is_reported_absent(tmp_path):
+    model = UnusedOutput().eval()
+    calib = [torch.randn(4, 3, 8) for _ in range(2)]
+    q = bitsmith.quantize(model, Policy.uniform(["fc", "pooler"], W8, A8), calibration=calib)
+    path = tmp_path / "unused.onnx"
+    report = export_onnx(q, path, calib[0][:1], calibration=calib)
+    assert report.absent_layers == ["pooler"] and report.layers["pooler"] == "absent"
+    assert report.integer_layers == 1 and report.float_layers == 0
+    assert report.float_layer_names == []
+    assert any("pooler" in note and "reach no model output" in note for note in report.notes)
+    agreement = compare_onnx(q, path, [torch.randn(8, 3, 8)])
+    assert agreement.max_abs_error < 0.1

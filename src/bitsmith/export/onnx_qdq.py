@@ -132,6 +132,16 @@ def _layer_nodes(g: _Graph, plans: dict[str, LayerPlan]) -> dict[str, onnx.NodeP
     return found
 
 
+def absent_layers(model: onnx.ModelProto, names: Iterable[str]) -> list[str]:
+    """Layers of ``names`` whose weight initializer the exported graph does not use at all:
+    the exporter removed them because their output reaches no model output."""
+    used = {i for node in model.graph.node for i in node.input}
+    for node in model.graph.node:  # the exporter's Identity(initializer) de-duplication
+        if node.op_type == "Identity":
+            used.add(node.output[0])
+    return [n for n in names if f"{n}.weight" not in used]
+
+
 def _node_names(model: onnx.ModelProto) -> None:
     for i, node in enumerate(model.graph.node):
         if not node.name:
