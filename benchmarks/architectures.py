@@ -295,18 +295,37 @@ def _compare_float(model: nn.Module, qmodel: nn.Module, batches: list) -> dict[s
 
 
 @torch.no_grad()
-def _relative_error(qmodel: nn.Module, onnx_path: Path, batches: list) -> float:
-    """RMS of (ONNX Runtime - simulation) logits over the RMS of the simulation's logits
-    (centred per example: a constant offset does not change any decision)."""
+def _ort_detail(qmodel: nn.Module, onnx_path: Path, batches: list) -> dict[str, float]:
+    """How ONNX Runtime's logits differ from the simulation's, and how many decisions are
+    near ties at that error.
+
+    ``relative_rms_error``: RMS of (ONNX Runtime - simulation) logits over the RMS of the
+    simulation's logits (centred per example: a constant offset changes no decision).
+    ``median_max_error``: median over examples of max |ORT - simulation| logit.
+    ``near_tie_share``: share of examples whose simulation top-1/top-2 margin is below twice
+    that median error (an argmax a typical export error can flip); ``flip_margins``: the
+    simulation margins of the examples whose argmax ONNX Runtime changes.
+    """
     session = make_session(onnx_path, torch.get_num_threads())
     err = ref_sq = 0.0
+    max_err, margins, flips = [], [], []
     for batch in batches:
         x = _inputs(batch)
         ref = qmodel(x).float()
         out = torch.from_numpy(run(session, [x.numpy()])[0]).float()
         err += float((out - ref).pow(2).sum())
         ref_sq += float((ref - ref.mean(-1, keepdim=True)).pow(2).sum())
-    return (err / max(ref_sq, 1e-30)) ** 0.5
+        ref2, out2 = ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1])
+        top2 = ref2.topk(2, dim=-1).values
+        margin = top2[:, 0] - top2[:, 1]
+        max_err += (out2 - ref2).abs().amax(-1).tolist()
+        margins += margin.tolist()
+        flips += margin[ref2.argmax(-1) != out2.argmax(-1)].tolist()
+    typical = float(np.median(max_err))
+    return {"relative_rms_error": (err / max(ref_sq, 1e-30)) ** 0.5,
+            "median_max_error": typical,
+            "near_tie_share": 100.0 * float(np.mean(np.asarray(margins) < 2 * typical)),
+            "flip_margins": sorted(round(m, 5) for m in flips)}
 
 
 def run_model(name: str, setup: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -321,7 +340,7 @@ def run_model(name: str, setup: dict[str, Any], workdir: Path) -> dict[str, Any]
         export = export_onnx(qmodel, onnx_path, setup["example"], calibration=setup["calib"])
     floats = _compare_float(model, qmodel, setup["eval"])
     agreement = compare_onnx(qmodel, onnx_path, setup["eval"])
-    rel_error = _relative_error(qmodel, onnx_path, setup["eval"])
+    detail = _ort_detail(qmodel, onnx_path, setup["eval"])
     # the same model exported with the simulation's own Q/DQ points only (no integer chains)
     exact = export_onnx(qmodel, onnx_path, setup["example"], integer_outputs=False)
     exact_agreement = compare_onnx(qmodel, onnx_path, setup["eval"])
@@ -337,7 +356,8 @@ def run_model(name: str, setup: dict[str, Any], workdir: Path) -> dict[str, Any]
         "float_ops_warned": [f"{op.name} ({op.kind})" for op in table.warned_float_ops],
         "float_ops_quiet": len(table.float_ops) - len(table.warned_float_ops),
         **floats,
-        "ort_vs_sim": agreement.to_dict(), "ort_relative_rms_error": rel_error,
+        "ort_vs_sim": agreement.to_dict(), "ort_relative_rms_error": detail["relative_rms_error"],
+        "ort_detail": detail,
         "ort_vs_sim_simulation_points_only": {
             **exact_agreement.to_dict(), "integer_layers": exact.integer_layers,
             "float_layers": exact.float_layers},
@@ -363,13 +383,15 @@ def _markdown(rows: list[dict[str, Any]]) -> list[str]:
         "(integer / float; `absent`: removed by the exporter, output unused) and every compute "
         "kernel of the graph (attention's activation-by-activation MatMuls are float). "
         "ORT rel. error: RMS of (ONNX Runtime - simulation) logits over the RMS of the "
-        "simulation's centred logits; margin: median top-1 minus top-2 logit of the simulation.",
+        "simulation's centred logits; margin: median top-1 minus top-2 logit of the simulation; "
+        "near ties: share of examples whose margin is below twice the median per-example "
+        "max |ORT - simulation| logit error (argmaxes a typical export error can flip).",
         "",
         "| model | input | fit | layers | Linear | attn proj | quantized | warned float ops | "
         "FP32 / W8A8 / ORT acc | cosine mean (min) | sim vs FP32 top-1 | ORT vs sim argmax | "
-        "ORT rel. error | margin | ORT layers int/float/absent | ORT kernels int/float | "
-        "sim-points-only export: argmax |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "ORT rel. error | margin | near ties | ORT layers int/float/absent | "
+        "ORT kernels int/float | sim-points-only export: argmax |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         a, k, lay = r["ort_vs_sim"], r["ort_kernels"], r["ort_layers"]
@@ -382,6 +404,7 @@ def _markdown(rows: list[dict[str, Any]]) -> list[str]:
             f"{_pct(a['onnx_accuracy'])} | {r['cosine_mean']:.4f} ({r['cosine_min']:.4f}) | "
             f"{r['sim_vs_float_top1']:.1f}% | {a['top1_agreement']:.1f}% of {a['count']} | "
             f"{r['ort_relative_rms_error']:.3f} | {r['median_margin']:.3g} | "
+            f"{_pct(r.get('ort_detail', {}).get('near_tie_share'))} | "
             f"{lay['integer']}/{lay['float']}/{len(lay.get('absent', []))} | "
             f"{k.get('integer', 0)}/{k.get('float', 0)} | {e['top1_agreement']:.1f}% |")
     return lines
@@ -389,7 +412,8 @@ def _markdown(rows: list[dict[str, Any]]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="", help="comma-separated subset")
+    parser.add_argument("--models", default="",
+                        help="comma-separated subset, run in this order")
     parser.add_argument("--eval", type=int, default=200, help="evaluation images")
     parser.add_argument("--fit-steps", type=int, default=100,
                         help="supervised fitting steps of the torchvision models (0: BN "
@@ -400,7 +424,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    wanted = set(args.models.split(",")) if args.models else set(ORDER)
+    wanted = args.models.split(",") if args.models else ORDER
+    unknown = sorted(set(wanted) - set(ORDER))
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {ORDER}")
     path = RESULTS / f"{NAME}.json"
     done = {}
     if path.is_file() and not args.redo:
@@ -409,7 +436,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     sizes = {n: (s, kw) for n, s, kw in TORCHVISION}
     seqs = dict(TRANSFORMERS)
-    for name in [n for n in ORDER if n in wanted and n not in done]:
+    for name in [n for n in wanted if n not in done]:  # in the order asked
         print(f"{name} ...", flush=True)
         if name in sizes:
             setup = _setup_torchvision(name, *sizes[name], args.eval, args.fit_steps,
