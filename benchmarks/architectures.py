@@ -9,16 +9,24 @@ to the logits' RMS), the median top-1/top-2 logit margin (how far an argmax is f
 and the integer / float kernels of ONNX Runtime's optimised graph (per layer and in total).
 
 **Real margins, no downloads.** A random network's logits are near ties and, with BatchNorm
-statistics re-estimated on data, the network is chaotic (a 1e-3 input perturbation grows
-~20x by the logits): any rounding flips argmaxes, so agreement would measure the random
+statistics re-estimated on data, the network is often chaotic (small input perturbations
+grow through the layers): any rounding flips argmaxes, so agreement would measure the random
 weights, not the export. So each torchvision model (``num_classes=10``) gets a short
 supervised fit on CIFAR-10 (``--fit-steps`` AdamW steps of ``--fit-batch`` JPEG training
 images, random crop + flip, resized to the model's input size; label smoothing 0.1,
 one-cycle schedule), then its BatchNorm statistics are re-estimated on 128 other fitting
-images (BatchNorm alone in train mode: no dropout or stochastic depth). The FP32 accuracy of
-the fitted model on the evaluation images is reported next to the agreement: it shows the
-margins are real. MaxViT-T needs 224-pixel inputs (its 7x7 partitions), too slow to fit
-here: it gets BN re-estimation and a ridge-regression head only (``fit`` column).
+images (BatchNorm alone in train mode: no dropout or stochastic depth; SqueezeNet fits at a
+lower learning rate, see ``FIT_LR``). The FP32 accuracy of the fitted model on the evaluation
+images is reported next to the agreement: it shows the logits carry signal. MaxViT-T needs
+224-pixel inputs (its 7x7 partitions), too slow to fit here: it gets BN re-estimation and a
+ridge-regression head only (``fit`` column).
+
+Controls per model: the export with the simulation's own Q/DQ points only; the near-tie share
+and the margins of the flipped examples (:func:`_ort_detail`); and the self-agreement of the
+float model and of the simulation under 1e-4 relative input noise
+(:func:`_perturbed_agreement`): where the simulation disagrees with itself as often as ONNX
+Runtime disagrees with it, the export is as exact as the quantized model's own stability
+allows.
 
 Data (``shared/data/SOURCES.md`` protocol): fitting on JPEG training images outside the
 validation split and the lossless images; calibration on 64 lossless training images;
@@ -32,9 +40,10 @@ skipped when absent), on 64-token windows of this repository's ``docs/*.md``; it
 are 20 x the cosine similarities of a window's mean-pooled embedding to 128 other windows
 (nearest-neighbour retrieval: argmax = the retrieved window).
 
-Run: ``python -m benchmarks.architectures [--models a,b] [--eval 200] [--fit-steps 100]``;
-results are written after every model (the run resumes: finished models are kept unless
-``--redo``; runs with different ``--models`` can share the result file).
+Run: ``python -m benchmarks.architectures [--models a,b] [--eval 200] [--fit-steps 100]
+[--name architectures]``; results are written after every model (the run resumes: finished
+models are kept unless ``--redo``; runs with different ``--models`` can share the result
+file); ``--report-only`` rewrites the Markdown from the JSON.
 """
 
 from __future__ import annotations
