@@ -39,6 +39,7 @@ def quiet_tuning(threads: int) -> None:
 def write_result(name: str, payload: dict[str, Any], summary_lines: list[str]) -> Path:
     """Write ``results/<name>.json`` and ``results/<name>.md``; print the summary."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+
     payload = {"benchmark": name, "environment": environment(), **payload}
     path = RESULTS / f"{name}.json"
     atomic_write_text(path, json.dumps(payload, indent=2))
@@ -46,3 +47,25 @@ def write_result(name: str, payload: dict[str, Any], summary_lines: list[str]) -
     atomic_write_text(RESULTS / f"{name}.md", text)
     print(text)
     return path
+
+
+@torch.no_grad()
+def correct_string(model: torch.nn.Module, batches) -> str:
+    """Per-image correctness over ``(inputs, labels)`` batches as a '0'/'1' string (for the
+    paired McNemar test)."""
+    model.eval()
+    out = []
+    for x, y in batches:
+        out += ["1" if c else "0" for c in (model(x).argmax(1) == y).tolist()]
+    return "".join(out)
+
+
+def mcnemar_counts(a: str, b: str) -> tuple[int, int, float]:
+    """Exact two-sided McNemar test of two per-image correctness strings:
+    ``(only a right, only b right, p)``."""
+    from scipy.stats import binomtest
+
+    only_a = sum(x == "1" and y == "0" for x, y in zip(a, b))
+    only_b = sum(x == "0" and y == "1" for x, y in zip(a, b))
+    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return only_a, only_b, float(p)

@@ -39,7 +39,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import RESULTS, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    correct_string,
+    mcnemar_counts,
+    write_result,
+)
 
 PARTIAL = RESULTS / "search_resnet20.partial.json"
 RUNS = Path("/tmp/bitsmith_search_runs")
@@ -142,7 +147,7 @@ def run_part(part: str, args) -> dict:
                within_budget=within_budget(o.derivation.cost, budget),
                uniform_w3a4={"size_bytes": u3.size_bytes, "bitops": u3.bitops,
                              "avg_weight_bits": u3.avg_weight_bits},
-               correct=_correct_string(o.qmodel, test),
+               correct=correct_string(o.qmodel, test),
                val_accuracy=_val_accuracy(o.qmodel, proto))
     return res
 
@@ -156,25 +161,11 @@ def _val_accuracy(model, proto) -> float:
     return evaluate(model, make_loader(proto.val, batch_size=250)).accuracy
 
 
-@torch.no_grad()
-def _correct_string(model, loader) -> str:
-    """Per-test-image correctness as a '0'/'1' string (for the paired McNemar test)."""
-    model.eval()
-    out = []
-    for x, y in loader:
-        out += ["1" if c else "0" for c in (model(x).argmax(1) == y).tolist()]
-    return "".join(out)
-
-
 def mcnemar(a: str, b: str) -> dict:
     """Exact two-sided McNemar test of two per-image correctness strings."""
-    from scipy.stats import binomtest
-
-    only_a = sum(x == "1" and y == "0" for x, y in zip(a, b))
-    only_b = sum(x == "0" and y == "1" for x, y in zip(a, b))
-    p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    only_a, only_b, p = mcnemar_counts(a, b)
     return {"only_searched_right": only_a, "only_uniform_right": only_b,
-            "mcnemar_exact_p": float(p)}
+            "mcnemar_exact_p": p}
 
 
 def mem_child(path: str, steps: int, batch: int) -> dict:

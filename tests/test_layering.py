@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("plain data", {"config", "schemes", "calibrate", "data", "engine"}),
     ("policy, models", {"policy", "models"}),
     ("conversion, result", {"graph", "result"}),
+    ("reconstruction", {"reconstruct"}),
     ("cost, quantize", {"cost", "quantize"}),
     ("shared primitives", {"allocation", "training", "inputs"}),
     ("run directory, estimators, scoring", {"rundir", "sensitivity", "scoring"}),

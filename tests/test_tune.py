@@ -101,8 +101,10 @@ def test_boolean_knobs_map_to_policy_and_keep_presets() -> None:
     assert not sp.to_policy(base, names)["a"].weight.reduced_range
     rr = sp.to_policy({**base, "reduced_range": True}, names)
     assert rr["a"].weight.reduced_range and not rr["a"].act.reduced_range
-    # bias correction is not a Policy property: same policy, different configuration
-    assert sp.to_policy({**base, "bias_correction": False}, names) == sp.to_policy(base, names)
+    # bias correction changes the model, so it is part of the Policy
+    assert sp.to_policy(base, names).bias_correction
+    assert not sp.to_policy({**base, "bias_correction": False}, names).bias_correction
+    assert sp.to_policy(base, names).calib_size == base["calib_size"]
 
 
 def test_grid_refuses_huge_space() -> None:

@@ -10,8 +10,8 @@ import torch
 from conftest import tune_problem
 
 from bitsmith.graph import quantized_layers
+from bitsmith.reconstruct.bias import input_means, output_shift
 from bitsmith.tune import TorchEvaluator, TuneConfig, TuneSpace, run_study
-from bitsmith.tune.correction import input_means, output_shift
 
 pytest.importorskip("onnxruntime")
 

@@ -19,7 +19,11 @@ the honest JPEG validation split in ``benchmarks/results/own_model.md``).
 
 With a budget (size in bytes, BitOPs, or average weight bits, converted to the size of
 that width) the tuner maximises the validation score within it; without one it minimises
-size within ``tolerance`` points. Other methods: ``"tune"`` (the tuner alone), ``"ilp"``
+size within ``tolerance`` points. ``rounding`` (``nearest``, or a learned rounding:
+``adaround``, ``brecq``, ``qdrop``, see ``docs/reconstruction.md``) is given to every
+policy the post-training methods evaluate; with ``ilp`` the measured sensitivities are
+then taken after reconstruction. Learned rounding costs minutes per evaluated policy.
+Other methods: ``"tune"`` (the tuner alone), ``"ilp"``
 (sensitivity + integer program, :func:`bitsmith.analyze.analyze`), and the training
 producers ``"search"`` and ``"compress"`` (they need ``train_data``).
 """
@@ -33,6 +37,7 @@ from torch import nn
 
 from bitsmith.cost import Budget
 from bitsmith.errors import InputError
+from bitsmith.policy import ROUNDING_METHODS
 from bitsmith.result import QuantizationResult
 from bitsmith.scoring import EvaluateFn
 
@@ -43,7 +48,8 @@ AUTO_BITS = (2, 3, 4, 5, 6, 8)
 def autoquantize(model: nn.Module, calibration: Any, validation: Any = None, *,
                  budget: Budget | None = None, tolerance: float = 1.0, method: str = "auto",
                  evaluate: EvaluateFn | None = None, out_dir: str | Path | None = None,
-                 trials: int = 24, train_data: Any = None, progress: bool = False
+                 trials: int = 24, train_data: Any = None, progress: bool = False,
+                 rounding: str = "nearest", rounding_iterations: int = 1000
                  ) -> QuantizationResult:
     """Quantize ``model`` with mixed precision: the policy, the quantized model, the numbers.
 
@@ -61,6 +67,8 @@ def autoquantize(model: nn.Module, calibration: Any, validation: Any = None, *,
         trials: tuner trials (``auto`` and ``tune``).
         train_data: labelled training batches (``search``, ``compress``).
         progress: show progress.
+        rounding: ``nearest`` or a learned rounding method (``auto``, ``tune``, ``ilp``).
+        rounding_iterations: reconstruction steps per layer or block.
 
     Returns:
         :class:`~bitsmith.result.QuantizationResult` (``.policy``, ``.model``,
@@ -71,27 +79,36 @@ def autoquantize(model: nn.Module, calibration: Any, validation: Any = None, *,
     if budget is not None and budget.latency is not None:
         raise InputError("autoquantize: a latency budget needs a latency table; use "
                          "bitsmith.search.search with SearchConfig(latency_table=...)")
+    if rounding not in ROUNDING_METHODS:
+        raise InputError(f"rounding {rounding!r} is unknown; use one of "
+                         f"{', '.join(ROUNDING_METHODS)}")
     if method in ("search", "compress"):
+        if rounding != "nearest":
+            raise InputError(f"method {method!r} trains its weights; rounding="
+                             f"{rounding!r} applies to the post-training methods only")
         return _training(model, calibration, validation, budget, method, evaluate, out_dir,
                          train_data, progress)
     if method == "ilp":
         from bitsmith.analyze import AnalyzeConfig, analyze
 
         cfg = AnalyzeConfig(methods=("fisher",), budget=budget or Budget(avg_weight_bits=4.0),
-                            avg_bits=(), progress=progress)
+                            avg_bits=(), progress=progress, rounding=rounding,
+                            rounding_iterations=rounding_iterations)
         return analyze(model, calibration, validation, evaluate=evaluate, config=cfg,
                        out_dir=out_dir)
     return _tune(model, calibration, validation, budget, tolerance, method, evaluate,
-                 out_dir, trials, progress)
+                 out_dir, trials, progress, (rounding, rounding_iterations))
 
 
 def _tune(model: nn.Module, calibration: Any, validation: Any, budget: Budget | None,
           tolerance: float, method: str, evaluate: EvaluateFn | None,
-          out_dir: str | Path | None, trials: int, progress: bool) -> QuantizationResult:
+          out_dir: str | Path | None, trials: int, progress: bool,
+          rounding: tuple[str, int] = ("nearest", 1000)) -> QuantizationResult:
     from bitsmith.tune import TuneConfig, TuneSpace, tune
 
     space = TuneSpace.mixed_precision(weight_bits=AUTO_BITS).to_dict()
-    space.update(bias_correction=[False, True], calib_size=[min(1000, _count(calibration))])
+    space.update(bias_correction=[False, True], calib_size=[min(1000, _count(calibration))],
+                 rounding=[rounding[0]], rounding_iterations=rounding[1])
     objective: dict[str, Any] = {"objective": "min_cost", "tolerance": tolerance}
     warm: list[Any] = []
     if budget is not None:

@@ -15,6 +15,9 @@ File format ``bitsmith.policy/2`` (YAML or JSON)::
     format: bitsmith.policy/2
     layer_count: 20                 # number of entries under ``layers``
     checksum: sha256:<64 hex>       # of the canonical JSON of ``layers`` (optional)
+    rounding: {method: adaround, iterations: 2000, ...}   # optional, see Rounding
+    bias_correction: true                                # optional
+    calib_size: 1024                                     # optional
     layers: {name: {weight: QSpec | null, act: QSpec | null, sparsity: float} | null}
 
 The header comes first, so a file cut short (a full disk, a copy interrupted) keeps it
@@ -40,7 +43,8 @@ from bitsmith.errors import InputError
 
 FORMAT = "bitsmith.policy/2"
 LEGACY_FORMATS = ("bitsmith.policy/1",)
-FILE_KEYS = ("format", "layer_count", "checksum", "layers")
+OPTION_KEYS = ("rounding", "bias_correction", "calib_size")
+FILE_KEYS = ("format", "layer_count", "checksum", *OPTION_KEYS, "layers")
 GRANULARITIES = ("tensor", "channel", "block<N>")
 
 
@@ -246,16 +250,179 @@ class LayerSpec:
 FLOAT = LayerSpec(weight=None, act=None)
 
 
+# ----------------------------------------------------------------------------- rounding
+# How a Policy rounds its weights (a model-wide choice).
+ROUNDING_METHODS = ("nearest", "adaround", "brecq", "qdrop")
+RECONSTRUCTION_INPUTS = ("quantized", "float")
+# Weight schemes whose values are scale · (q − zero_point) with integer q: learned rounding
+# chooses q, so it applies to exactly these (checked against the registry by the Policy).
+GRID_SCHEMES_DOC = "uniform_symmetric, uniform_asymmetric, fixed_point, clipq"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """The weight-rounding method of a Policy and its reconstruction hyper-parameters.
+
+    ``method="nearest"`` (the default) rounds every weight to the nearest point of its
+    scheme's grid. The reconstruction methods learn, per weight, whether to round down or
+    up so that each layer's (``adaround``) or each block's (``brecq``; ``qdrop`` also drops
+    activation quantization at random while learning) output stays close to the float
+    model's on unlabelled calibration data (:mod:`bitsmith.reconstruct`,
+    ``docs/reconstruction.md``). Every field changes the resulting model, so all of them
+    are stored in the Policy: ``bitsmith.quantize(model, policy, calibration=data)``
+    rebuilds the same integer codes for the same data, seed and thread count. Learned
+    rounding applies to uniform integer-grid weight schemes only (``uniform_symmetric``,
+    ``uniform_asymmetric``, ``fixed_point``, ``clipq``; per tensor or per channel); the
+    Policy refuses other weight schemes.
+
+    Attributes:
+        method: ``"nearest"``, ``"adaround"``, ``"brecq"`` or ``"qdrop"`` (module docstring).
+        iterations: optimisation steps per unit (one layer for ``adaround``, one block
+            otherwise).
+        batch_size: calibration samples per step.
+        lr: Adam learning rate of the rounding variables ``V``.
+        reg_weight: ``λ``, weight of the rounding regulariser ``Σ 1 − |2h(V) − 1|^β``.
+        beta_start, beta_end: the regulariser's exponent ``β``, annealed from
+            ``beta_start`` to ``beta_end`` (cosine) after the warm-up.
+        warmup: fraction of ``iterations`` run without the regulariser.
+        inputs: ``"quantized"`` (each unit sees the quantized model's input, with every
+            earlier unit already reconstructed: AdaRound's asymmetric reconstruction,
+            as in AIMET, BRECQ and QDrop) or ``"float"`` (the float model's input, the
+            AdaRound paper's first variant; units are then independent of each other).
+        drop_prob: ``qdrop`` only: probability of replacing an element of an activation
+            quantizer's output (and of the block input) by its float value, in [0, 1).
+        learn_act: learn the activation step sizes of the unit's input quantizers jointly
+            (LSQ); ``None`` takes the method's default (``False`` for ``adaround``,
+            ``True`` for ``brecq`` / ``qdrop``) and is stored resolved.
+        act_lr: Adam learning rate of the learned activation step sizes.
+        fisher: weight the output error by the squared (``|g| + 1``) gradient of the
+            KL divergence between the quantized and float model outputs (BRECQ's
+            Fisher-diagonal loss; one extra backward pass over the calibration data).
+        seed: seed of the mini-batch sampling and of QDrop's masks (one stream per unit,
+            so a resumed run draws the same numbers as an uninterrupted one).
+    """
+
+    method: str = "nearest"
+    iterations: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    reg_weight: float = 0.01
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    warmup: float = 0.2
+    inputs: str = "quantized"
+    drop_prob: float = 0.5
+    learn_act: bool | None = None
+    act_lr: float = 4e-5
+    fisher: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.learn_act is None:
+            object.__setattr__(self, "learn_act", self.method in ("brecq", "qdrop"))
+        self.check()
+
+    def check(self, where: str = "rounding") -> None:
+        """Raise :class:`~bitsmith.policy.PolicyError` naming ``where`` and the bad field."""
+        def bad(field: str, rule: str) -> Exception:
+            return PolicyError(f"{where}.{field}={getattr(self, field)!r} {rule}")
+
+        if self.method not in ROUNDING_METHODS:
+            raise bad("method", f"is unknown; use one of {ROUNDING_METHODS}")
+        for name in ("iterations", "batch_size"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise bad(name, "must be a positive integer")
+        for name in ("lr", "act_lr", "beta_start", "beta_end"):
+            value = getattr(self, name)
+            if not _is_number(value) or not value > 0:
+                raise bad(name, "must be a positive number")
+        if not _is_number(self.reg_weight) or self.reg_weight < 0:
+            raise bad("reg_weight", "must be a number >= 0")
+        if self.beta_end > self.beta_start:
+            raise bad("beta_end", f"must not exceed beta_start={self.beta_start}")
+        if not _is_number(self.warmup) or not 0 <= self.warmup < 1:
+            raise bad("warmup", "must be a fraction in [0, 1)")
+        if self.inputs not in RECONSTRUCTION_INPUTS:
+            raise bad("inputs", f"is unknown; use one of {RECONSTRUCTION_INPUTS}")
+        if not _is_number(self.drop_prob) or not 0 <= self.drop_prob < 1:
+            raise bad("drop_prob", "must be a probability in [0, 1)")
+        for name in ("learn_act", "fisher"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise bad("seed", "must be an integer >= 0")
+
+    @property
+    def learned(self) -> bool:
+        """True for the reconstruction methods (anything but ``nearest``)."""
+        return self.method != "nearest"
+
+    @property
+    def blockwise(self) -> bool:
+        """True when units are blocks (``brecq``, ``qdrop``) rather than single layers."""
+        return self.method in ("brecq", "qdrop")
+
+    def replace(self, **changes: Any) -> Rounding:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | str, where: str = "rounding") -> Rounding:
+        """From a mapping of fields, or a bare method name (``rounding: adaround``)."""
+        if isinstance(data, str):
+            data = {"method": data}
+        if not isinstance(data, Mapping):
+            raise PolicyError(f"{where}: expected a method name or a mapping of rounding "
+                                f"fields, got {data!r}")
+        _unknown_fields(data, [f.name for f in dataclasses.fields(cls)], where, "rounding")
+        try:
+            return cls(**dict(data))
+        except TypeError as err:  # e.g. a field given as a list
+            raise PolicyError(f"{where}: {err}") from None
+
+    def short(self) -> str:
+        """Compact label, e.g. ``"qdrop 2000it"`` (``"nearest"`` for the default)."""
+        if not self.learned:
+            return "nearest"
+        extra = " +act" if self.learn_act else ""
+        return f"{self.method} {self.iterations}it{extra}"
+
+
+NEAREST = Rounding()
+
+
 class Policy(Mapping[str, LayerSpec]):
-    """An immutable, ordered mapping ``layer name -> LayerSpec``.
+    """An immutable, ordered mapping ``layer name -> LayerSpec``, plus model-wide choices.
 
     Layers absent from a Policy stay in float. Construct directly from a dict,
     from a LayerTable with :meth:`uniform`, or load with :meth:`load`.
+
+    Model-wide choices (keyword-only; each changes the model, so each is validated,
+    serialised and part of the fingerprint; files without them load with the defaults):
+
+    * ``rounding``: a :class:`~bitsmith.policy.Rounding` (or a method name):
+      ``"nearest"`` (default), or learned rounding by reconstruction
+      (``"adaround"``, ``"brecq"``, ``"qdrop"``) with its hyper-parameters;
+    * ``bias_correction``: after rounding, shift each quantized layer's bias by the
+      mean output error of its weights on the calibration data (empirical bias
+      correction, :mod:`bitsmith.reconstruct.bias`);
+    * ``calib_size``: use only the first ``calib_size`` calibration inputs (ranges,
+      bias correction and reconstruction); ``None`` uses all that are given.
     """
 
-    __slots__ = ("_layers", "_hash")
+    __slots__ = ("_layers", "_hash", "_rounding", "_bias_correction", "_calib_size")
 
-    def __init__(self, layers: Mapping[str, LayerSpec] | Iterable[tuple[str, LayerSpec]] = ()):
+    def __init__(self, layers: Mapping[str, LayerSpec] | Iterable[tuple[str, LayerSpec]] = (),
+                 *, rounding: Rounding | str = NEAREST, bias_correction: bool = False,
+                 calib_size: int | None = None):
         items = layers.items() if isinstance(layers, Mapping) else layers
         checked: dict[str, LayerSpec] = {}
         for name, spec in items:
@@ -266,6 +433,64 @@ class Policy(Mapping[str, LayerSpec]):
             checked[name] = spec
         self._layers = checked
         self._hash: int | None = None
+        self._rounding = Rounding(rounding) if isinstance(rounding, str) else rounding
+        self._bias_correction = bias_correction
+        self._calib_size = calib_size
+        self._check_options()
+
+    def _check_options(self) -> None:
+        if not isinstance(self._rounding, Rounding):
+            raise PolicyError(f"rounding must be a Rounding or a method name, got "
+                              f"{self._rounding!r}")
+        if not isinstance(self._bias_correction, bool):
+            raise PolicyError(f"bias_correction={self._bias_correction!r} must be true or false")
+        size = self._calib_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise PolicyError(f"calib_size={size!r} must be a positive integer (or null: all)")
+        if self._rounding.learned:
+            from bitsmith.schemes import get_scheme
+
+            for name, spec in self._layers.items():
+                w = spec.weight
+                if w is not None and not (get_scheme(w.scheme).integer_grid
+                                          and get_scheme(w.scheme).range_based):
+                    raise PolicyError(
+                        f"{name}.weight: rounding={self._rounding.method!r} learns the rounding "
+                        f"of a uniform integer grid ({GRID_SCHEMES_DOC}); scheme "
+                        f"{w.scheme!r} has none. Use rounding='nearest' or a uniform weight "
+                        "scheme for this layer")
+                if w is not None and w.granularity not in ("tensor", "channel"):
+                    raise PolicyError(
+                        f"{name}.weight: rounding={self._rounding.method!r} learns per-tensor "
+                        f"or per-channel grids; granularity={w.granularity!r} is not one. Use "
+                        "rounding='nearest' or granularity 'channel' for this layer")
+
+    # Model-wide choices -------------------------------------------------------
+    @property
+    def rounding(self) -> Rounding:
+        return self._rounding
+
+    @property
+    def bias_correction(self) -> bool:
+        return self._bias_correction
+
+    @property
+    def calib_size(self) -> int | None:
+        return self._calib_size
+
+    def options(self) -> dict[str, Any]:
+        """The model-wide choices as keyword arguments of the constructor."""
+        return {"rounding": self._rounding, "bias_correction": self._bias_correction,
+                "calib_size": self._calib_size}
+
+    def with_options(self, **changes: Any) -> Policy:
+        """A copy with some model-wide choices changed (``rounding=``, ``bias_correction=``,
+        ``calib_size=``), validated."""
+        unknown = sorted(set(changes) - set(self.options()))
+        if unknown:
+            raise PolicyError(f"unknown policy option(s) {unknown}; known: "
+                              f"{sorted(self.options())}")
+        return Policy(self._layers, **{**self.options(), **changes})
 
     # Mapping protocol -------------------------------------------------------
     def __getitem__(self, name: str) -> LayerSpec:
@@ -280,7 +505,7 @@ class Policy(Mapping[str, LayerSpec]):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Policy):
             return NotImplemented
-        return self._layers == other._layers
+        return self._layers == other._layers and self.options() == other.options()
 
     def __hash__(self) -> int:
         if self._hash is None:
@@ -297,16 +522,18 @@ class Policy(Mapping[str, LayerSpec]):
         layer_names: Iterable[str],
         weight: QSpec | None = QSpec(),
         act: QSpec | None = QSpec(scheme="uniform_asymmetric"),
+        **options: Any,
     ) -> Policy:
-        """Every named layer gets the same weight / activation spec."""
+        """Every named layer gets the same weight / activation spec (``options``: the
+        model-wide choices, see the class docstring)."""
         spec = LayerSpec(weight=weight, act=act)
-        return cls((name, spec) for name in layer_names)
+        return cls(((name, spec) for name in layer_names), **options)
 
     def with_layers(self, updates: Mapping[str, LayerSpec]) -> Policy:
-        """A copy in which ``updates`` replace (or add) layers."""
+        """A copy in which ``updates`` replace (or add) layers (model-wide choices kept)."""
         merged = dict(self._layers)
         merged.update(updates)
-        return Policy(merged)
+        return Policy(merged, **self.options())
 
     def override(self, pattern: str, spec: LayerSpec, layer_types: Mapping[str, str] | None = None
                  ) -> Policy:
@@ -335,10 +562,24 @@ class Policy(Mapping[str, LayerSpec]):
 
     # Serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The ``bitsmith.policy/2`` file content (see the module docstring)."""
+        """The ``bitsmith.policy/2`` file content (see the module docstring).
+
+        The model-wide choices appear only when they differ from the defaults, between
+        the header and the layers."""
         layers = {n: s.to_dict() for n, s in self._layers.items()}
         return {"format": FORMAT, "layer_count": len(layers), "checksum": _checksum(layers),
-                "layers": layers}
+                **self._options_dict(), "layers": layers}
+
+    def _options_dict(self) -> dict[str, Any]:
+        """The model-wide choices that differ from the defaults, as plain data."""
+        out: dict[str, Any] = {}
+        if self._rounding != NEAREST:
+            out["rounding"] = self._rounding.to_dict()
+        if self._bias_correction:
+            out["bias_correction"] = True
+        if self._calib_size is not None:
+            out["calib_size"] = self._calib_size
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "policy") -> Policy:
@@ -358,8 +599,11 @@ class Policy(Mapping[str, LayerSpec]):
         _check_header(data, layers, source)
         try:
             policy = cls(
-                (name, FLOAT if spec is None else LayerSpec.from_dict(spec, str(name)))
-                for name, spec in layers.items()
+                ((name, FLOAT if spec is None else LayerSpec.from_dict(spec, str(name)))
+                 for name, spec in layers.items()),
+                rounding=Rounding.from_dict(data.get("rounding", {})),
+                bias_correction=data.get("bias_correction", False),
+                calib_size=data.get("calib_size"),
             )
         except PolicyError as err:
             raise PolicyError(f"{source}: {err}") from None
@@ -412,9 +656,11 @@ class Policy(Mapping[str, LayerSpec]):
         return cls.from_dict(data, f"policy file {path}")
 
     def fingerprint(self) -> str:
-        """SHA-256 of the canonical JSON of the layers: equal policies have equal fingerprints
-        (the same value as format 1 computed, so stored fingerprints stay valid)."""
-        canon = json.dumps({"format": "bitsmith.policy/1",
+        """SHA-256 of the canonical JSON of the layers (and of the model-wide choices that
+        differ from the defaults): equal policies have equal fingerprints (a policy with
+        default choices keeps the value format 1 computed, so stored fingerprints stay
+        valid)."""
+        canon = json.dumps({"format": "bitsmith.policy/1", **self._options_dict(),
                             "layers": {n: s.to_dict() for n, s in self._layers.items()}},
                            sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
@@ -440,7 +686,12 @@ class Policy(Mapping[str, LayerSpec]):
                 f"{spec.sparsity:.2f}",
             ))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        if self._rounding != NEAREST or self._bias_correction or self._calib_size is not None:
+            lines.append(f"rounding: {self._rounding.short()}; bias correction: "
+                         f"{'on' if self._bias_correction else 'off'}; calibration inputs: "
+                         f"{'all' if self._calib_size is None else self._calib_size}")
+        return "\n".join(lines)
 
 
 def _checksum(layers: Mapping[str, Any]) -> str:
@@ -509,6 +760,7 @@ def build_policy(
     first_last: str = "same",
     overrides: Mapping[str, LayerSpec] | None = None,
     layer_types: Mapping[str, str] | None = None,
+    **options: Any,
 ) -> Policy:
     """A Policy for ``layer_names`` (in execution order) with the usual knobs.
 
@@ -520,13 +772,15 @@ def build_policy(
         overrides: ``pattern -> LayerSpec`` applied in order after the above;
             patterns are globs over names or ``"type:<Module>"``
             (needs ``layer_types``).
+        options: the Policy's model-wide choices (``rounding=``, ``bias_correction=``,
+            ``calib_size=``).
     """
     names = list(layer_names)
     if not names:
         raise PolicyError("the model has no quantizable layers to build a policy for")
     if first_last not in FIRST_LAST_CHOICES:
         raise PolicyError(f"first_last={first_last!r} is unknown; use one of {FIRST_LAST_CHOICES}")
-    policy = Policy.uniform(names, weight, act)
+    policy = Policy.uniform(names, weight, act, **options)
     if first_last != "same":
         edge = INT8 if first_last == "int8" else FLOAT
         policy = policy.with_layers({names[0]: edge, names[-1]: edge})

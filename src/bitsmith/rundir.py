@@ -68,6 +68,8 @@ RUN_JSON, LAYERS_JSON, TRIALS_JSONL, POLICY_YAML = (
     "run.json", "layers.json", "trials.jsonl", "policy.yaml")
 SENSITIVITY_JSON, SEARCH_JSONL, EXPORT_JSON = "sensitivity.json", "search.jsonl", "export.json"
 MASKS_JSON, SEARCH_LAYERS_JSON = "masks.json", "search_layers.json"
+RECONSTRUCTION_JSON, RECONSTRUCTION_FORMAT = "reconstruction.json", "bitsmith.reconstruction/1"
+UNIT_FIELDS = ("name", "layers", "iterations", "loss_before", "loss_after", "seconds", "cached")
 REQUIRED = (RUN_JSON, LAYERS_JSON, TRIALS_JSONL, POLICY_YAML)
 TRIAL_REQUIRED = ("name", "accuracy", "size_bytes")
 
@@ -249,6 +251,10 @@ class RunWriter:
             name: dataclasses.asdict(layout) for name, layout in layouts.items()}}, indent=2))
         return path
 
+    def write_reconstruction(self, report: Any) -> Path:
+        """``reconstruction.json`` (see :func:`write_reconstruction`)."""
+        return write_reconstruction(self.dir, report)
+
     def write_search_layers(self, method: str, rows: Sequence[Mapping[str, Any]]) -> Path:
         """``search_layers.json``: one record per searched layer (``"layer"`` plus e.g.
         ``"w_prob"``, the probability of the chosen candidate, and ``"fixed_step"``, the
@@ -257,6 +263,16 @@ class RunWriter:
         atomic_write_text(path, json.dumps({"format": SEARCH_LAYERS_FORMAT, "method": method,
                                         "layers": [dict(r) for r in rows]}, indent=1))
         return path
+
+
+def write_reconstruction(run_dir: str | Path, report: Any) -> Path:
+    """``reconstruction.json``: how the chosen policy's rounding was learned (a
+    :class:`bitsmith.reconstruct.ReconstructionReport`: method, settings, wall time and one
+    record per layer or block with its iterations and loss before / after)."""
+    path = Path(run_dir) / RECONSTRUCTION_JSON
+    atomic_write_text(path, json.dumps({"format": RECONSTRUCTION_FORMAT, **report.to_dict()},
+                                       indent=1))
+    return path
 
 
 def write_export(run_dir: str | Path, artifacts: Sequence[Mapping[str, Any]]) -> Path:
@@ -293,6 +309,7 @@ class RunData:
     export: dict[str, Any] | None = None
     masks: dict[str, MaskLayout] = field(default_factory=dict)
     search_layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reconstruction: dict[str, Any] | None = None
 
     @property
     def chosen(self) -> dict[str, Any] | None:
@@ -475,7 +492,28 @@ def load_run(run_dir: str | Path) -> RunData:
     masks = _read_masks(d / MASKS_JSON, table) if (d / MASKS_JSON).is_file() else {}
     search_layers = (_read_search_layers(d / SEARCH_LAYERS_JSON, table)
                      if (d / SEARCH_LAYERS_JSON).is_file() else {})
-    return RunData(d, run, table, trials, policy, sens, search, export, masks, search_layers)
+    recon = (_read_reconstruction(d / RECONSTRUCTION_JSON, table)
+             if (d / RECONSTRUCTION_JSON).is_file() else None)
+    return RunData(d, run, table, trials, policy, sens, search, export, masks, search_layers,
+                   recon)
+
+
+def _read_reconstruction(path: Path, table: LayerTable) -> dict[str, Any]:
+    """``reconstruction.json``, checked: its format, one record per unit with every field,
+    only layers of the run's table."""
+    data = _read_json(path)
+    if not isinstance(data, dict) or data.get("format") != RECONSTRUCTION_FORMAT or \
+            not isinstance(data.get("units"), list):
+        raise RunDirError(f"{path}: expected {{'format': {RECONSTRUCTION_FORMAT!r}, 'units': "
+                          "[...]}")
+    for i, unit in enumerate(data["units"], 1):
+        missing = [f for f in UNIT_FIELDS if not isinstance(unit, dict) or f not in unit]
+        if missing:
+            raise RunDirError(f"{path}: unit {i} lacks {', '.join(missing)}")
+        unknown = [n for n in unit["layers"] if n not in table]
+        if unknown:
+            raise RunDirError(f"{path}: unit {i} names layers not in the model: {unknown[:3]}")
+    return data
 
 
 def _check_search_point(path: Path, line: int, point: Mapping[str, Any]) -> None:

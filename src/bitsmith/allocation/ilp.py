@@ -174,7 +174,8 @@ def allocate(space: CandidateSpace, sensitivity: Sensitivity | Mapping[str, Sequ
             its first) or a plain ``layer -> [score per candidate]`` mapping.
         budget: the limits (size bytes / BitOPs / average weight bits / latency).
         base: specs of the layers the space does not decide (default float); they
-            count as constants in every budget.
+            count as constants in every budget. Its model-wide choices (rounding, bias
+            correction, calibration size) carry over to the allocated Policy.
         latency: per-layer per-candidate latency, ``layer -> [value per candidate]``
             or ``f(layer, spec) -> value``; needed for ``budget.latency``.
         latency_offset: latency of everything outside the decided layers.
@@ -221,7 +222,7 @@ def allocate(space: CandidateSpace, sensitivity: Sensitivity | Mapping[str, Sequ
              if n in chosen or n in base}
     totals = {k: prob.const[k] + float(prob.cost[k] @ x) for k in KINDS}
     return Allocation(
-        policy=Policy(specs), choices=choices, objective=float(scores @ x),
+        policy=Policy(specs, **base.options()), choices=choices, objective=float(scores @ x),
         size_bytes=int(round(totals["size_bytes"])), bitops=int(round(totals["bitops"])),
         avg_weight_bits=totals["avg_weight_bits"],
         latency=totals["latency"] if latency is not None else None, metric=metric,

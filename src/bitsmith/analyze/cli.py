@@ -15,12 +15,14 @@ from bitsmith.cli_support import (
     Inputs,
     ProgressOption,
     add_test_numbers,
+    choice,
     done,
     parse_ints,
     parse_names,
     print_result,
     with_inputs,
 )
+from bitsmith.policy import ROUNDING_METHODS
 from bitsmith.progress import stage
 
 
@@ -37,6 +39,12 @@ def analyze_command(
     score: str = typer.Option("", help="Sensitivity score the allocation minimises (default "
                                        "measured_kl)."),
     first_last: FirstLastOption = "same",
+    rounding: str = typer.Option("nearest", help="Rounding of every policy: nearest, or "
+                                 "learned by reconstruction (adaround, brecq, qdrop); the measured "
+                                 "sensitivities are then taken after reconstruction "
+                                 "(docs/reconstruction.md)."),
+    rounding_iterations: int = typer.Option(1000, min=1, help="Reconstruction steps per layer "
+                                            "or block (learned rounding)."),
     hessian_iters: int = typer.Option(32, min=1, help="Hutchinson iterations."),
     epochs: int = typer.Option(30, min=1, help="Training epochs (digits only)."),
     progress: ProgressOption = True,
@@ -53,6 +61,8 @@ def analyze_command(
 
     cfg = AnalyzeConfig(bits=parse_ints(bits, "--bits"), methods=parse_names(methods, "--methods"),
                         avg_bits=tuple(avg_bits), score=score or None, first_last=first_last,
+                        rounding=choice(rounding, "--rounding", ROUNDING_METHODS),
+                        rounding_iterations=rounding_iterations,
                         hessian_iters=hessian_iters, progress=progress)
     with stage(f"loading {inputs.model}", progress):
         work = inputs.load(calibration_size=512, validation_size=1000, epochs=epochs)

@@ -28,7 +28,7 @@ from bitsmith.cost import Budget, estimate
 from bitsmith.errors import InputError
 from bitsmith.graph import LayerTable
 from bitsmith.pareto import best_within
-from bitsmith.policy import FIRST_LAST_CHOICES, FLOAT, INT8, Policy, QSpec
+from bitsmith.policy import FIRST_LAST_CHOICES, FLOAT, INT8, Policy, QSpec, Rounding
 from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quantize
 from bitsmith.result import QuantizationResult, cost_summary, plain, validation_summary
 from bitsmith.scoring import EvaluateFn, Scorer, as_batches, check_validation
@@ -52,6 +52,13 @@ class AnalyzeConfig(Config):
         weight_scheme, granularity: the weight quantizer of every candidate.
         act_bits: input-activation bits of every candidate (0 = float).
         first_last: ``same`` (decided like the rest), ``int8`` or ``float`` (kept fixed).
+        rounding: ``nearest``, or a learned rounding (``adaround``, ``brecq``, ``qdrop``;
+            ``docs/reconstruction.md``) given to every policy (uniform and allocated).
+            The measured sensitivity then quantizes each (layer, bits) candidate *with*
+            reconstruction: the layer alone, AdaRound on its float input (independent of
+            the other layers, so every candidate is learned once and cached in
+            ``OUT/reconstruction``); the Hessian and Fisher estimates stay analytic.
+        rounding_iterations: reconstruction steps per layer or block.
         hessian_iters, hessian_examples: Hutchinson iterations and examples.
         sensitivity_examples: validation examples the estimators use.
         progress: show progress.
@@ -68,6 +75,8 @@ class AnalyzeConfig(Config):
     granularity: Literal["tensor", "channel"] = "channel"
     act_bits: int = 8
     first_last: Literal["same", "int8", "float"] = "same"
+    rounding: Literal["nearest", "adaround", "brecq", "qdrop"] = "nearest"
+    rounding_iterations: int = 1000
     hessian_iters: int = 32
     hessian_examples: int = 256
     sensitivity_examples: int = 1000
@@ -82,9 +91,21 @@ class AnalyzeConfig(Config):
                               f"{', '.join(METHODS)}")
         if not self.avg_bits and self.budget is None:
             raise ConfigError("AnalyzeConfig: give avg_bits or a budget")
+        if isinstance(self.rounding_iterations, bool) or self.rounding_iterations < 1:
+            raise ConfigError(f"AnalyzeConfig.rounding_iterations must be >= 1, got "
+                              f"{self.rounding_iterations}")
         if self.first_last not in FIRST_LAST_CHOICES:
             raise ConfigError(f"AnalyzeConfig.first_last {self.first_last!r}: use one of "
                               f"{', '.join(FIRST_LAST_CHOICES)}")
+
+    def make_rounding(self, for_sensitivity: bool = False) -> Rounding | str:
+        """The Policy's rounding (``for_sensitivity``: the per-layer AdaRound on float
+        inputs that measures each candidate)."""
+        if self.rounding == "nearest":
+            return "nearest"
+        if for_sensitivity:
+            return Rounding("adaround", iterations=self.rounding_iterations, inputs="float")
+        return Rounding(self.rounding, iterations=self.rounding_iterations)
 
     def weight(self) -> QSpec:
         return QSpec(self.weight_scheme, max(self.bits), self.granularity)
@@ -116,13 +137,17 @@ def _space(table: LayerTable, cfg: AnalyzeConfig) -> tuple[CandidateSpace, Polic
 
 
 def _sensitivity(model: nn.Module, space: CandidateSpace, data: Any, stats: CalibrationStats,
-                 cfg: AnalyzeConfig, base: Policy, log: Callable[[str], None]) -> Sensitivity:
+                 cfg: AnalyzeConfig, base: Policy, log: Callable[[str], None],
+                 cache: Path | None) -> Sensitivity:
     parts = []
     if "measured" in cfg.methods:
-        log(f"measured sensitivity: {space.size} (layer, bits) pairs")
-        parts.append(measure_sensitivity(model, space, data, calibration=stats, base=base,
+        rounding = cfg.make_rounding(for_sensitivity=True)
+        how = "" if rounding == "nearest" else f", each reconstructed ({rounding.short()})"
+        log(f"measured sensitivity: {space.size} (layer, bits) pairs{how}")
+        parts.append(measure_sensitivity(model, space, data, calibration=stats,
+                                         base=base.with_options(rounding=rounding),
                                          max_examples=cfg.sensitivity_examples,
-                                         progress=cfg.progress))
+                                         progress=cfg.progress, cache=cache))
     if "hessian" in cfg.methods:
         parts.append(estimate_hessian(model, space, data, n_iter=cfg.hessian_iters,
                                       max_examples=cfg.hessian_examples, progress=cfg.progress))
@@ -179,7 +204,9 @@ def analyze(model: nn.Module, calibration: Any, validation: Any = None, *,
         raise InputError("analyze needs labelled validation data: the sensitivity "
                          "estimators measure on it")
     data = as_batches(validation)
-    stats = collect_stats(model, calibration)
+    learned = cfg.rounding != "nearest"
+    stats = collect_stats(model, calibration, keep_inputs=learned)
+    cache = Path(out_dir) / "reconstruction" if learned and out_dir is not None else None
     _, table, _ = prepare(model, stats.example_inputs)
     space, base = _space(table, cfg)
     budgets, chosen_budget = _budgets(space, cfg, base)
@@ -189,7 +216,7 @@ def analyze(model: nn.Module, calibration: Any, validation: Any = None, *,
     scorer = Scorer(validation, evaluate)
     fp32 = scorer(model)
     guard = check_validation(fp32, scorer.examples, None, scorer.is_top1, scorer.name)
-    sens = _sensitivity(model, space, data, stats, cfg, base, log)
+    sens = _sensitivity(model, space, data, stats, cfg, base, log, cache)
     metric = cfg.score or ("measured_kl" if "measured_kl" in sens.metrics else sens.metrics[0])
     trials: dict[str, Policy] = {"FP32": Policy({})}
     details = AnalysisResult(None if out_dir is None else Path(out_dir), sens)
@@ -203,9 +230,12 @@ def analyze(model: nn.Module, calibration: Any, validation: Any = None, *,
         details.allocations[bits if bits is not None else 0.0] = alloc
         trials[f"ILP {label} ({metric})"] = alloc.policy
     scores = {}
+    rounding = cfg.make_rounding()
+    trials = {n: p if n == "FP32" else p.with_options(rounding=rounding)
+              for n, p in trials.items()}
     for name, policy in trials.items():
         scores[name] = fp32 if name == "FP32" else scorer(
-            quantize(model, policy, calibration=stats))
+            quantize(model, policy, calibration=stats, cache=cache))
         log(f"  {name}: {scores[name]:.2f} (validation)")
     details.accuracies = scores
     names = list(trials)
@@ -223,16 +253,19 @@ def analyze(model: nn.Module, calibration: Any, validation: Any = None, *,
         "cost": cost_summary(estimate(table, policy)), "budget": chosen_budget.to_dict(),
         "guard": guard.to_dict(), "allocation_metric": metric,
         "scores": {n: scores[n] for n in names}, "seconds": time.perf_counter() - t0}
+    qmodel = quantize(model, policy, calibration=stats, cache=cache).eval()
+    recon = qmodel.bitsmith.reconstruction
+    if recon is not None:
+        summary["reconstruction"] = recon.summary()
     if out_dir is not None:
         details.report = _write_run(Path(out_dir), table, sens, trials, scores, chosen, rule,
-                                    summary, cfg, type(model).__name__)
-    qmodel = quantize(model, policy, calibration=stats).eval()
+                                    summary, cfg, type(model).__name__, recon)
     return QuantizationResult(policy, qmodel, summary, details.run_dir, details)
 
 
 def _write_run(out: Path, table: LayerTable, sens: Sensitivity, trials: dict[str, Policy],
                scores: dict[str, float], chosen: str, rule: str, summary: dict[str, Any],
-               cfg: AnalyzeConfig, model_name: str) -> Path | None:
+               cfg: AnalyzeConfig, model_name: str, recon: Any = None) -> Path | None:
     from bitsmith.rundir import RunWriter
 
     run = RunWriter(out, model=cfg.labels.get("model", model_name),
@@ -248,6 +281,8 @@ def _write_run(out: Path, table: LayerTable, sens: Sensitivity, trials: dict[str
         run.add_trial(name, policy=policy, accuracy=scores[name],
                       source="float" if name == "FP32" else name.split(" ")[0].lower())
     run.choose(chosen, rule=rule)
+    if recon is not None:
+        run.write_reconstruction(recon)
     if not cfg.report:
         return None
     from bitsmith.report import write_report

@@ -4,7 +4,8 @@ A loaded layer's ``weight`` already holds the dequantized values of its codes
 (bit-identical to what the simulation's weight quantizer produced), so its
 weight quantizer must not quantize again: for data-driven schemes (binary,
 ternary, resq, μL2Q, ZoomQ) re-fitting the parameters on the quantized values
-would move them. :class:`FrozenWeightQuantizer` keeps the parameters (so
+would move them. :class:`FrozenWeightQuantizer` (defined with the Quantizer, as
+learned rounding freezes weights too) keeps the parameters (so
 ``.params()`` still reports them) and passes the weight through.
 :func:`thaw_weights` turns the layers back into ordinary fake-quantized layers
 (for fine-tuning); their parameters are then re-fitted from the dequantized
@@ -13,26 +14,12 @@ weights.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from bitsmith.graph import quantized_layers
-from bitsmith.graph.quantizer import Quantizer
+from bitsmith.graph.quantizer import FrozenWeightQuantizer, Quantizer, freeze
 
-
-class FrozenWeightQuantizer(Quantizer):
-    """A weight quantizer whose input is already quantized: ``forward(w) = w``."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + ", frozen"
-
-
-def freeze(quantizer: Quantizer) -> FrozenWeightQuantizer:
-    """Turn ``quantizer`` into a :class:`FrozenWeightQuantizer` in place (class swap)."""
-    quantizer.__class__ = FrozenWeightQuantizer
-    return quantizer  # type: ignore[return-value]
+__all__ = ["FrozenWeightQuantizer", "freeze", "thaw_weights"]
 
 
 def thaw_weights(model: nn.Module) -> nn.Module:

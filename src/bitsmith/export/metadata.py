@@ -124,10 +124,14 @@ def compact_policy(policy: Policy) -> dict[str, Any]:
             index[key] = len(specs)
             specs.append(d)
         layers[name] = index[key]
-    return {"specs": specs, "layers": layers}
+    # model-wide choices (rounding, bias correction, calibration size) when not default
+    options = {k: v for k, v in policy.to_dict().items() if k not in ("format", "layers")}
+    return {"specs": specs, "layers": layers, **options}
 
 
 def policy_from(data: dict[str, Any]) -> Policy:
     """Inverse of :func:`compact_policy` (validated by ``Policy.from_dict``)."""
     specs = data["specs"]
-    return Policy.from_dict({"layers": {n: specs[i] for n, i in data["layers"].items()}})
+    options = {k: v for k, v in data.items() if k not in ("specs", "layers")}
+    return Policy.from_dict({**options,
+                             "layers": {n: specs[i] for n, i in data["layers"].items()}})

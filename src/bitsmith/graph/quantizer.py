@@ -199,3 +199,25 @@ class Quantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.spec.short()}, role={self.role}, observer={self.spec.observer}"
+
+
+class FrozenWeightQuantizer(Quantizer):
+    """A weight quantizer whose input is already quantized: ``forward(w) = w``.
+
+    The layer's ``weight`` holds the dequantized values of its integer codes (a model
+    loaded from a packed artifact, or one whose rounding was learned by reconstruction),
+    so the quantizer must not quantize again; it keeps its parameters, so ``.params()``
+    still reports the grid the codes live on.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", frozen"
+
+
+def freeze(quantizer: Quantizer) -> FrozenWeightQuantizer:
+    """Turn ``quantizer`` into a :class:`FrozenWeightQuantizer` in place (class swap)."""
+    quantizer.__class__ = FrozenWeightQuantizer
+    return quantizer  # type: ignore[return-value]

@@ -12,6 +12,8 @@ from bitsmith.report.tables import (
     export_table,
     key_numbers,
     layer_table,
+    reconstruction_note,
+    reconstruction_table,
     sensitivity_cost_table,
     trials_table,
 )
@@ -73,6 +75,10 @@ def render_html(summary: dict[str, Any], figures: Mapping[str, bytes]) -> str:
         + "</div>")
     parts += ["<h2>Layers of the chosen policy</h2>", _table(layer_table(summary)),
               _img(figures["bits"], "bits per layer")]
+    if summary.get("reconstruction") is not None:
+        parts += ["<h2>Learned rounding (reconstruction)</h2>",
+                  f"<p class='note'>{html.escape(reconstruction_note(summary))}</p>",
+                  _table(reconstruction_table(summary))]
     if "sensitivity" in figures:
         parts += ["<h2>Per-layer sensitivity</h2>",
                   "<p class='note'>Each layer quantized alone with each candidate; larger is "

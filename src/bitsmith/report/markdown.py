@@ -12,6 +12,8 @@ from bitsmith.report.tables import (
     export_table,
     key_numbers,
     layer_table,
+    reconstruction_note,
+    reconstruction_table,
     sensitivity_cost_table,
     trials_table,
 )
@@ -58,6 +60,9 @@ def render_markdown(summary: dict[str, Any], figure_files: Mapping[str, str]) ->
     out += [f"- {md_text(k)}: **{md_text(v)}**" for k, v in key_numbers(summary)]
     out += ["", "## Layers of the chosen policy", "", _md_table(layer_table(summary)), "",
             f"![bits per layer]({figure_files['bits']})", ""]
+    if summary.get("reconstruction") is not None:
+        out += ["## Learned rounding (reconstruction)", "", md_text(reconstruction_note(summary)),
+                "", _md_table(reconstruction_table(summary)), ""]
     if "sensitivity" in figure_files:
         out += ["## Per-layer sensitivity", "",
                 f"![per-layer sensitivity]({figure_files['sensitivity']})", "",

@@ -46,7 +46,9 @@ def build_summary(data: RunData) -> dict[str, Any]:
     Keys: ``run`` (run.json), ``chosen`` (trial record or None), ``cost`` (the chosen
     policy's CostReport as a dict), ``layers`` (one row per layer with the chosen
     scheme/bits/sparsity, bytes, MACs and sensitivity of the chosen candidate; with a
-    training-time search also ``searched``, ``search_prob`` and ``fixed_step``),
+    training-time search also ``searched``, ``search_prob`` and ``fixed_step``; with a
+    learned rounding ``rounding`` and ``recon_unit``), ``reconstruction`` (the run's
+    ``reconstruction.json``) or None,
     ``trials`` (with ``pareto`` flags), ``pareto`` (trial indices), ``sensitivity``
     (scores, seconds) or None, ``search`` (points), ``export`` or None.
     """
@@ -77,6 +79,13 @@ def build_summary(data: RunData) -> dict[str, Any]:
     front = pareto_front([t["size_bytes"] for t in trials], [t["accuracy"] for t in trials])
     for i, t in enumerate(trials):
         t["pareto"] = i in front
+    recon = data.reconstruction
+    if recon is not None:
+        unit_of = {n: u for u in recon["units"] for n in u["layers"]}
+        for row in rows:
+            unit = unit_of.get(row["name"])
+            row["rounding"] = recon["method"] if unit else "nearest"
+            row["recon_unit"] = None if unit is None else unit["name"]
     chosen = data.chosen
     role = data.run.get("eval_role") or "validation"
     out: dict[str, Any] = {
@@ -84,7 +93,7 @@ def build_summary(data: RunData) -> dict[str, Any]:
         "layers": rows, "trials": trials, "pareto": front, "search": data.search,
         "export": data.export, "sensitivity": None, "rule": data.run.get("rule"),
         "guard": data.run.get("guard"), "eval_role": role,
-        "data_note": _data_note(data.run, role)}
+        "data_note": _data_note(data.run, role), "reconstruction": recon}
     if sens is not None:
         out["sensitivity"] = {"primary": metric, "metrics": sens.metrics,
                               "seconds": sens.seconds, "layers": sens.space.names,

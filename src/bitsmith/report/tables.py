@@ -55,6 +55,9 @@ def layer_table(summary: dict[str, Any]) -> Table:
         heads.append(f"sensitivity ({sens['primary']})")
     if searched:
         heads += ["p(choice)", "fixed at step"]
+    recon = summary.get("reconstruction") is not None
+    if recon:
+        heads += ["rounding", "reconstructed in"]
     rows = []
     for i, r in enumerate(summary["layers"]):
         scheme = r["weight_scheme"] + (f"/{r['weight_granularity']}" if r["weight_granularity"]
@@ -69,8 +72,32 @@ def layer_table(summary: dict[str, Any]) -> Table:
             fixed = ("" if not r.get("searched") else "end" if r.get("fixed_step") is None
                      else str(r["fixed_step"]))
             row += [_num(r.get("search_prob")), fixed]
+        if recon:
+            row += [r.get("rounding", ""), r.get("recon_unit") or ""]
         rows.append(row)
     return heads, rows
+
+
+def reconstruction_table(summary: dict[str, Any]) -> Table:
+    """One row per reconstructed unit (a layer or a block) of the chosen policy: its layers,
+    iterations, reconstruction loss with round-to-nearest and learned, wall time."""
+    recon = summary["reconstruction"]
+    heads = ["unit", "layers", "iterations", "loss (nearest)", "loss (learned)", "ratio",
+             "seconds", "from cache"]
+    rows = [[u["name"], ", ".join(u["layers"]), str(u["iterations"]),
+             _num(u["loss_before"], "{:.4g}"), _num(u["loss_after"], "{:.4g}"),
+             _num(u["loss_before"] / u["loss_after"] if u["loss_after"] else None, "{:.2f}x"),
+             _num(u["seconds"], "{:.1f}"), "yes" if u["cached"] else ""]
+            for u in recon["units"]]
+    return heads, rows
+
+
+def reconstruction_note(summary: dict[str, Any]) -> str:
+    """One sentence: method, units, calibration samples, wall time."""
+    r = summary["reconstruction"]
+    return (f"Rounding learned with {r['method']} ({r['settings'].get('iterations')} "
+            f"iterations per unit, {r['samples']} calibration samples, "
+            f"{len(r['units'])} units) in {r['seconds']:.1f} s wall.")
 
 
 def trials_table(summary: dict[str, Any]) -> Table:

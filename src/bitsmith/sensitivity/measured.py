@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,8 +68,8 @@ def _needs_calibration(space: CandidateSpace, base: Policy) -> bool:
 def measure_sensitivity(model: nn.Module, space: CandidateSpace, data: Iterable, *,
                         calibration: CalibrationStats | Iterable | None = None,
                         base: Policy | None = None, max_batches: int | None = None,
-                        max_examples: int | None = 1000, progress: bool = False
-                        ) -> Sensitivity:
+                        max_examples: int | None = 1000, progress: bool = False,
+                        cache: str | Path | None = None) -> Sensitivity:
     """Quantize each layer alone with each candidate and measure the change of the outputs.
 
     Args:
@@ -81,8 +82,13 @@ def measure_sensitivity(model: nn.Module, space: CandidateSpace, data: Iterable,
             gathered once here). Needed when candidates quantize activations
             with a range-based scheme.
         base: spec of every other layer (default: all float). Scores are relative
-            to the model quantized with ``base``.
+            to the model quantized with ``base``. Its model-wide choices apply to every
+            candidate: with a learned ``rounding`` each layer's sensitivity is measured
+            *after reconstruction* (``calibration`` must then hold the inputs:
+            ``collect_stats(..., keep_inputs=True)``; use ``inputs="float"`` so that every
+            layer is reconstructed independently of the others and reused from ``cache``).
         progress: show a rich progress bar with ETA.
+        cache: reconstruction cache folder (learned rounding only).
 
     Returns:
         :class:`Sensitivity` with ``measured_kl``, ``measured_loss`` and
@@ -106,7 +112,8 @@ def measure_sensitivity(model: nn.Module, space: CandidateSpace, data: Iterable,
     fast = channels_last(batches)
 
     def run(policy: Policy) -> torch.Tensor:
-        qmodel = quantize(model, policy, example_inputs=example, calibration=calibration)
+        qmodel = quantize(model, policy, example_inputs=example, calibration=calibration,
+                          cache=cache)
         return _logits(qmodel.to(memory_format=torch.channels_last), fast)
 
     ref = run(base)
@@ -118,5 +125,6 @@ def measure_sensitivity(model: nn.Module, space: CandidateSpace, data: Iterable,
     seconds = time.perf_counter() - t0
     meta: dict[str, Any] = {"measured_examples": int(labels.numel()),
                             "measured_evaluations": space.size + 1,
-                            "measured_base_policy": base.fingerprint()[:12]}
+                            "measured_base_policy": base.fingerprint()[:12],
+                            "measured_rounding": base.rounding.short()}
     return Sensitivity(space, scores, {m: seconds for m in MEASURED}, meta)

@@ -56,7 +56,9 @@ def tune(model: nn.Module, calibration: Any, validation: Any = None, *,
 
         backend = OnnxRuntimeBackend()
     evaluator = TorchEvaluator(model, calibration, validation, cfg.make_space(),
-                               stages=cfg.stages, backend=backend, evaluate=evaluate)
+                               stages=cfg.stages, backend=backend, evaluate=evaluate,
+                               cache=None if out_dir is None else Path(out_dir) /
+                               "reconstruction")
     objective = cfg.make_objective()
     scorer = evaluator.scorer
     guard = check_validation(evaluator.fp32_accuracy, scorer.examples,
@@ -78,6 +80,15 @@ def _result(evaluator: TorchEvaluator, study: TuneResult, cfg: TuneConfig,
                             f"({len(failed)} failed); see trials.csv for their errors")
     policy = evaluator.policy(pick.config)
     qmodel = evaluator.quantized_model(pick.config).eval()
+    recon = qmodel.bitsmith.reconstruction
+    if recon is not None and out_dir is not None:  # the chosen policy's learned rounding
+        from bitsmith.rundir import write_reconstruction
+
+        write_reconstruction(out_dir, recon)
+        if (Path(out_dir) / "report.html").is_file():
+            from bitsmith.report import write_report
+
+            write_report(out_dir)
     objective = study.objective
     summary = {
         "producer": "tune", "chosen": f"trial {pick.number}", "rule": objective.rule(),
@@ -89,5 +100,7 @@ def _result(evaluator: TorchEvaluator, study: TuneResult, cfg: TuneConfig,
                    "tolerance": objective.tolerance},
         "guard": guard, "trials": study.counts(), "stopped": study.stopped,
         "config": pick.config, "seconds": seconds}
+    if recon is not None:
+        summary["reconstruction"] = recon.summary()
     return QuantizationResult(policy, qmodel, summary,
                               Path(out_dir) if out_dir is not None else None, study)

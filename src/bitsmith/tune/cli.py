@@ -7,6 +7,7 @@ Exit codes (the error boundary of :mod:`bitsmith.cli`): 0 success, 2 bad input, 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from bitsmith.cli_support import (
     ProgressOption,
     add_test_numbers,
     choice,
+    parse_names,
     print_result,
     with_inputs,
 )
@@ -54,6 +56,10 @@ def tune_command(
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Early stopping of "
                                "hopeless configurations after the first validation stage."),
     progress: ProgressOption = True,
+    rounding: str = typer.Option("", help="Rounding methods the tuner chooses among "
+                                 "(comma list of nearest, adaround, brecq, qdrop; default: the "
+                                 "space's, nearest). Learned ones take minutes per configuration "
+                                 "(docs/reconstruction.md)."),
     epochs: int = typer.Option(30, help="Training epochs of the digits model."),
 ) -> None:
     """Auto-tune post-training quantization (Quantune and beyond); resumable, multi-worker.
@@ -77,9 +83,12 @@ def tune_command(
         raise TuneError(f"--objective {objective!r} is unknown; use one of "
                         f"{', '.join(OBJECTIVES)}")
     choice(backend, "--backend", ("torch", "onnxruntime"))
+    space_obj = TuneSpace.load(space) if space is not None else TuneSpace.from_dict(
+        {"preset": space_preset})
+    if rounding:
+        space_obj = dataclasses.replace(space_obj, rounding=parse_names(rounding, "--rounding"))
     cfg = TuneConfig(
-        space=TuneSpace.load(space) if space is not None else TuneSpace.from_dict(
-            {"preset": space_preset}),
+        space=space_obj,
         objective=kind, metric=cost, tolerance=tolerance, budget=budget, strategy=strategy,
         n_trials=n_trials, timeout=timeout, storage=storage, study_name=study, seed=inputs.seed,
         prune=prune, backend=backend, init_policies=tuple(init_policy or ()),
@@ -113,8 +122,6 @@ def register(app: typer.Typer) -> None:
 def clamp_calibration(space: Any, calibration: Any) -> Any:
     """The space with its ``calib_size`` choices capped at the calibration set's size (a
     user's folder may hold fewer images than a preset's 1,000)."""
-    import dataclasses
-
     from bitsmith.scoring import count_examples
 
     n = count_examples(calibration)

@@ -15,9 +15,10 @@ is the built-in one (fake quantization in PyTorch). What makes it fast:
   tuner wires it to an Optuna pruner); the later stages only evaluate the new
   images.
 
-* with ``bias_correction`` in the configuration, each quantized layer's bias
-  is corrected for its weights' mean output error (:mod:`bitsmith.tune.correction`;
-  input means collected once per calibration size, shifts cached per layer and spec).
+* with ``bias_correction`` in the configuration (and so in its Policy), each quantized
+  layer's bias is corrected for its weights' mean output error
+  (:mod:`bitsmith.reconstruct.bias`; input means come with the statistics, shifts are
+  cached per layer and spec) exactly as ``bitsmith.quantize`` corrects it.
 
 The model is run through a :class:`Backend`. :class:`TorchBackend` runs the
 fake-quantized PyTorch module. :class:`~bitsmith.tune.runtime.OnnxRuntimeBackend`
@@ -34,6 +35,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -46,8 +48,8 @@ from bitsmith.engine import evaluate as engine_evaluate
 from bitsmith.graph import quantized_layers
 from bitsmith.policy import Policy
 from bitsmith.quantize import CalibrationStats, collect_stats, prepare, quantize
+from bitsmith.reconstruct.bias import correct_bias, output_shift
 from bitsmith.scoring import EvaluateFn, Scorer
-from bitsmith.tune.correction import correct_bias, input_means, output_shift
 from bitsmith.tune.errors import TuneError
 from bitsmith.tune.features import descriptors_of
 from bitsmith.tune.space import Choices, TuneSpace
@@ -241,11 +243,14 @@ class TorchEvaluator:
         evaluate: the user's metric ``f(model) -> float`` (higher is better) instead of
             top-1 on ``validation``; one stage. ``Measurement.accuracy`` and ``drop`` are
             then in the metric's unit.
+        cache: reconstruction cache folder, for configurations with a learned rounding
+            (finished layers and blocks are shared between configurations and runs).
     """
 
     def __init__(self, model: nn.Module, calibration: Any, validation: Any, space: TuneSpace,
                  *, stages: Sequence[float | int] = (0.25, 1.0), batch_size: int = 500,
-                 backend: Backend | None = None, evaluate: EvaluateFn | None = None) -> None:
+                 backend: Backend | None = None, evaluate: EvaluateFn | None = None,
+                 cache: str | Path | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TuneError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model.eval()
@@ -253,6 +258,7 @@ class TorchEvaluator:
         self.backend = backend or TorchBackend()
         self.measures_latency = bool(self.backend.measures_latency)
         self.batch_size = int(batch_size)
+        self.cache = cache
         self._calib, _ = _stack(calibration, "calibration")
         self.scorer = Scorer(validation, evaluate)
         if evaluate is None:
@@ -268,7 +274,6 @@ class TorchEvaluator:
                             "calibration inputs were given")
         self._stats: dict[int, CalibrationStats] = {}
         self._weights: dict[tuple[str, Any], Tensor] = {}
-        self._means: dict[int, dict[str, Tensor]] = {}
         self._shifts: dict[tuple[str, Any, int], Tensor | None] = {}
         self._results: dict[tuple[str, int, bool], Measurement] = {}
         ref = self.stats(need)
@@ -289,10 +294,17 @@ class TorchEvaluator:
     # ----------------------------------------------------------- components
     def stats(self, n: int) -> CalibrationStats:
         """Calibration statistics of the first ``n`` inputs (collected once per ``n``)."""
-        if n not in self._stats:
-            self._stats[n] = collect_stats(self.model, _batches(self._calib[:n], None,
-                                                                self.batch_size))
+        if n not in self._stats:  # learned rounding needs the inputs themselves
+            learned = any(r != "nearest" for r in self.space.rounding)
+            self._stats[n] = collect_stats(self.model, self.calibration_data(n),
+                                           keep_inputs=learned)
         return self._stats[n]
+
+    def calibration_data(self, n: int) -> list[Tensor]:
+        """The first ``n`` calibration inputs in batches of ``batch_size``: with a
+        configuration's Policy, ``bitsmith.quantize(model, policy, calibration=...)`` of
+        these batches rebuilds exactly the model this evaluator measures."""
+        return _batches(self._calib[:n], None, self.batch_size)
 
     def calibration_batches(self, k: int | None = None) -> list[Tensor]:
         """The calibration inputs in batches of ``batch_size`` (the first ``k`` batches)."""
@@ -301,11 +313,8 @@ class TorchEvaluator:
 
     def means(self, n: int) -> dict[str, Tensor]:
         """Per-channel input means of every quantizable layer over the first ``n``
-        calibration inputs (float model; collected once per ``n``), for bias correction."""
-        if n not in self._means:
-            self._means[n] = input_means(self._work, self.layer_names,
-                                         _batches(self._calib[:n], None, self.batch_size))
-        return self._means[n]
+        calibration inputs (float model; gathered with the statistics), for bias correction."""
+        return self.stats(n).means
 
     def policy(self, config: Choices) -> Policy:
         return self.space.to_policy(config, self.layer_names, self.signed_inputs)
@@ -322,9 +331,25 @@ class TorchEvaluator:
     def quantized_model(self, config: Choices) -> nn.Module:
         """The quantized copy of the model for ``config`` (weight quantizers kept, not
         baked; biases corrected when the configuration asks for ``bias_correction``)."""
-        n = self._calib_size(config)
-        qmodel = quantize(self.model, self.policy(config), calibration=self.stats(n))
-        self._prepare_layers(qmodel, n, self._bias_correction(config), bake=False)
+        return self._quantized(self.policy(config), self._calib_size(config), bake=False)
+
+    def _quantized(self, policy: Policy, n_calib: int, bake: bool) -> nn.Module:
+        """``bitsmith.quantize(model, policy, calibration=first n_calib inputs)``, faster.
+
+        Round-to-nearest: weights and bias shifts come from per-(layer, spec) caches (the
+        same numbers ``quantize`` computes). Learned rounding: ``quantize`` itself, with the
+        reconstruction cache (a layer's learned codes depend on the whole policy)."""
+        if policy.rounding.learned:
+            qmodel = quantize(self.model, policy, calibration=self.stats(n_calib),
+                              cache=self.cache)
+            if bake:  # weights already hold their grid values (frozen quantizers)
+                for m in quantized_layers(qmodel).values():
+                    m.weight_quantizer = None
+            return qmodel
+        qmodel = quantize(self.model, policy.with_options(bias_correction=False),
+                          calibration=self.stats(n_calib))
+        self._prepare_layers(qmodel, n_calib, policy.bias_correction, bake)
+        qmodel.bitsmith.policy = policy
         return qmodel
 
     def state_dict(self, config: Choices) -> dict[str, Tensor]:
@@ -392,9 +417,8 @@ class TorchEvaluator:
         if key in self._results:
             return replace(self._results[key], cached=True, seconds=0.0)
         cost = estimate(self.table, policy)
-        qmodel = quantize(self.model, policy, calibration=self.stats(n_calib))
-        self._prepare_layers(qmodel, n_calib, bias_correction,
-                             bake=bool(getattr(self.backend, "fake_quant", True)))
+        qmodel = self._quantized(policy, n_calib,
+                                 bake=bool(getattr(self.backend, "fake_quant", True)))
         example = self._val_x[: self.batch_size]
         runner = self.backend.compile(qmodel, example)
         acc, start, pruned = self._measure(runner, on_stage)

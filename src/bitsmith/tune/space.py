@@ -19,12 +19,21 @@ parameter          choices                                                     Q
 ``weight_bits``    one global width, or ``w:<layer>`` per layer (mixed         int8 only
                    precision), choices such as 2..8 and ``"float"``
 ``act_bits``       likewise, ``a:<layer>`` per layer                            int8 only
+``rounding``       ``nearest``, ``adaround``, ``brecq``, ``qdrop``: learned     (nearest)
+                   rounding by reconstruction (``docs/reconstruction.md``)
 =================  ==========================================================  ==============
 
 Two boolean knobs (default: ``false`` only): ``bias_correction`` shifts each
 layer's bias by the expected output error of its quantized weights
-(:mod:`bitsmith.tune.correction`); ``reduced_range`` makes weights use one bit
+(:mod:`bitsmith.reconstruct.bias`); ``reduced_range`` makes weights use one bit
 less of their integer range (ONNX Runtime's AVX2 ``reduce_range``).
+
+The Policy of a configuration carries every choice that changes the model: the
+per-layer specs, ``bias_correction``, ``calib_size`` (the first N calibration
+inputs) and ``rounding`` (with ``rounding_iterations`` steps per unit; a learned
+rounding method takes minutes per configuration, see ``docs/reconstruction.md``),
+so ``bitsmith.quantize(model, policy, calibration=data)`` rebuilds the evaluated
+model from the same calibration data.
 
 Scheme mapping (see ``docs/tune.md``):
 
@@ -52,7 +61,16 @@ from pathlib import Path
 from typing import Any
 
 from bitsmith.config import ConfigError, read_structured_file
-from bitsmith.policy import FLOAT, OBSERVERS, LayerSpec, Policy, PolicyError, QSpec
+from bitsmith.policy import (
+    FLOAT,
+    OBSERVERS,
+    ROUNDING_METHODS,
+    LayerSpec,
+    Policy,
+    PolicyError,
+    QSpec,
+    Rounding,
+)
 from bitsmith.tune.errors import SpaceError, check_keys
 
 FLOAT_CHOICE = "float"
@@ -60,7 +78,7 @@ SCHEMES = ("asymmetric", "symmetric", "symmetric_uint8", "symmetric_pow2")
 FLOAT_LAYER_SETS = {"none": (), "first": ("first",), "last": ("last",),
                     "first_last": ("first", "last")}
 GLOBAL_DIMS = ("scheme", "act_clip", "weight_clip", "granularity", "calib_size",
-               "float_layers", "bias_correction", "reduced_range")
+               "float_layers", "bias_correction", "reduced_range", "rounding")
 W_PREFIX, A_PREFIX = "w:", "a:"
 Choices = dict[str, Any]  # one configuration of the space: parameter name -> chosen value
 
@@ -97,6 +115,8 @@ class TuneSpace:
     ``a:<name>``), i.e. a mixed-precision policy. ``percentile`` is the
     percent of ``|x|`` mass kept by the percentile observer.
     ``bias_correction`` and ``reduced_range`` are boolean knobs (default: off only).
+    ``rounding`` chooses among rounding methods (default ``nearest`` only);
+    ``rounding_iterations`` is the reconstruction's steps per unit for the learned ones.
     """
 
     scheme: tuple[str, ...] = SCHEMES
@@ -109,6 +129,8 @@ class TuneSpace:
     act_bits: tuple[int | str, ...] = (8,)
     bias_correction: tuple[bool, ...] = (False,)
     reduced_range: tuple[bool, ...] = (False,)
+    rounding: tuple[str, ...] = ("nearest",)
+    rounding_iterations: int = 1000
     per_layer_weight_bits: bool = False
     per_layer_act_bits: bool = False
     percentile: float = 99.99
@@ -117,8 +139,14 @@ class TuneSpace:
     def __post_init__(self) -> None:
         for name in ("scheme", "act_clip", "weight_clip", "granularity", "calib_size",
                      "float_layers", "weight_bits", "act_bits", "bias_correction",
-                     "reduced_range"):
+                     "reduced_range", "rounding"):
             object.__setattr__(self, name, _tuple(getattr(self, name), name))
+        bad = [r for r in self.rounding if r not in ROUNDING_METHODS]
+        if bad:
+            raise SpaceError(f"rounding: unknown choice(s) {bad}; use {list(ROUNDING_METHODS)}")
+        it = self.rounding_iterations
+        if isinstance(it, bool) or not isinstance(it, int) or it < 1:
+            raise SpaceError(f"rounding_iterations must be a positive integer, got {it!r}")
         for name in ("bias_correction", "reduced_range"):
             bad = [v for v in getattr(self, name) if not isinstance(v, bool)]
             if bad:
@@ -212,8 +240,14 @@ class TuneSpace:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     def fingerprint(self) -> str:
-        """Canonical JSON of the space (stored with a study to refuse a mismatched resume)."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Canonical JSON of the space (stored with a study to refuse a mismatched resume).
+
+        The rounding knobs are left out at their defaults, so studies started before they
+        existed still resume."""
+        data = self.to_dict()
+        if data["rounding"] == ["nearest"] and data["rounding_iterations"] == 1000:
+            del data["rounding"], data["rounding_iterations"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     # ------------------------------------------------------------ dimensions
     def dimensions(self, layer_names: Sequence[str]) -> dict[str, tuple]:
@@ -280,7 +314,14 @@ class TuneSpace:
                     bool(get["reduced_range"]))
             except PolicyError as err:
                 raise SpaceError(f"{name}: configuration {dict(get)} is invalid: {err}") from None
-        return Policy(layers)
+        method = get["rounding"]
+        rounding = (Rounding(method, iterations=self.rounding_iterations)
+                    if method != "nearest" else "nearest")
+        try:
+            return Policy(layers, bias_correction=bool(get["bias_correction"]),
+                          calib_size=int(get["calib_size"]), rounding=rounding)
+        except PolicyError as err:
+            raise SpaceError(f"configuration {dict(get)} is invalid: {err}") from None
 
     def config_from_policy(self, policy: Policy, layer_names: Sequence[str]) -> Choices:
         """The per-layer bit widths of ``policy`` as a (partial) configuration of this space.

@@ -13,9 +13,11 @@ This is the *empirical* variant (means from calibration data rather than from
 batch-norm statistics); zero padding at the borders is ignored. Transposed
 convolutions are left unchanged.
 
-The correction changes biases only, so a corrected model is no longer described
-by its Policy alone: the tuner saves the corrected state dict
-(``model.safetensors``) and records ``bias_correction`` in the configuration.
+The Policy carries the choice (``Policy.bias_correction``): ``bitsmith.quantize``
+applies it after the weights are rounded (round-to-nearest or learned), with ``ΔW``
+measured against the float weights, so a saved Policy rebuilds the corrected model.
+The means come with the calibration statistics (:attr:`CalibrationStats.means`,
+gathered in the same pass as the ranges) or from :func:`input_means`.
 """
 
 from __future__ import annotations
@@ -26,26 +28,44 @@ import torch
 from torch import Tensor, nn
 
 
+def channel_sums(x: Tensor, linear: bool) -> tuple[Tensor, int]:
+    """Per-channel sum of one input batch and the number of values per channel.
+
+    Channels are axis 1 for convolutions and the last axis for linear layers.
+    """
+    x = x.detach().float()
+    flat = x.reshape(-1, x.shape[-1]) if linear else x.transpose(0, 1).reshape(x.shape[1], -1).t()
+    return flat.sum(0), flat.shape[0]
+
+
+class MeanAccumulator:
+    """Running per-channel means of layer inputs, batch by batch (see :func:`channel_sums`)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def update(self, name: str, x: Tensor, linear: bool) -> None:
+        total, count = channel_sums(x, linear)
+        self.sums[name] = self.sums.get(name, 0) + total
+        self.counts[name] = self.counts.get(name, 0) + count
+
+    def means(self) -> dict[str, Tensor]:
+        return {n: self.sums[n] / self.counts[n] for n in self.sums}
+
+
 def input_means(model: nn.Module, layer_names: Iterable[str], batches: Iterable[Tensor]
                 ) -> dict[str, Tensor]:
     """Per-channel mean of each named layer's input over ``batches`` (float model).
 
-    Channels are axis 1 for convolutions and the last axis for linear layers.
     Layers that receive no input are left out.
     """
     modules = dict(model.named_modules())
-    sums: dict[str, Tensor] = {}
-    counts: dict[str, int] = {}
+    acc = MeanAccumulator()
 
     def hook(name: str, linear: bool):
         def pre(_m: nn.Module, args: tuple) -> None:
-            x = args[0].detach().float()
-            if linear:
-                flat = x.reshape(-1, x.shape[-1])
-            else:
-                flat = x.transpose(0, 1).reshape(x.shape[1], -1).t()
-            sums[name] = sums.get(name, 0) + flat.sum(0)
-            counts[name] = counts.get(name, 0) + flat.shape[0]
+            acc.update(name, args[0], linear)
         return pre
 
     handles = [modules[n].register_forward_pre_hook(hook(n, isinstance(modules[n], nn.Linear)))
@@ -60,7 +80,7 @@ def input_means(model: nn.Module, layer_names: Iterable[str], batches: Iterable[
         for h in handles:
             h.remove()
         model.train(was_training)
-    return {n: sums[n] / counts[n] for n in sums}
+    return acc.means()
 
 
 def output_shift(layer: nn.Module, delta: Tensor, mean: Tensor) -> Tensor | None:
@@ -88,29 +108,32 @@ def correct_bias(layer: nn.Module, shift: Tensor) -> None:
 
 
 def bias_correct(qmodel: nn.Module, means: Mapping[str, Tensor],
-                 quantized_weights: Mapping[str, Tensor] | None = None) -> list[str]:
+                 quantized_weights: Mapping[str, Tensor] | None = None,
+                 float_weights: Mapping[str, Tensor] | None = None) -> list[str]:
     """Correct the bias of every quantized layer of ``qmodel`` in place; returns their names.
 
     Args:
         qmodel: a model from :func:`bitsmith.quantize` (weight quantizers attached).
-        means: :func:`input_means` of the float model for these layer names.
-        quantized_weights: optional precomputed ``Q(W)`` per layer (else computed with
-            the layer's weight quantizer).
+        means: per-channel input means of the float model for these layer names.
+        quantized_weights: optional precomputed ``Q(W)`` per layer (else the layer's
+            :meth:`quantized_weight`).
+        float_weights: the float weights ``W`` per layer (else the layer's own
+            ``weight``; needed once reconstruction has replaced it by its grid values).
     """
     from bitsmith.graph import quantized_layers
 
     done = []
     with torch.no_grad():
         for name, layer in quantized_layers(qmodel).items():
-            if name not in means:
+            if name not in means or layer.weight_quantizer is None:
                 continue
             if quantized_weights is not None and name in quantized_weights:
                 wq = quantized_weights[name]
-            elif layer.weight_quantizer is not None:
-                wq = layer.weight_quantizer(layer.weight.detach())
             else:
-                continue
-            shift = output_shift(layer, wq - layer.weight.detach(), means[name])
+                wq = layer.quantized_weight().detach()
+            w = (float_weights[name] if float_weights is not None and name in float_weights
+                 else layer.weight.detach())
+            shift = output_shift(layer, wq - w, means[name])
             if shift is not None:
                 correct_bias(layer, shift)
                 done.append(name)
