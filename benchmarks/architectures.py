@@ -431,9 +431,15 @@ def summary_table(rows: list[dict[str, Any]]) -> list[str]:
             f"({r['linear_layers']} / {r['attention_projections']}) | "
             f"{r['cosine_mean']:.4f} | {a['top1_agreement']:.1f}% of {a['count']} | "
             f"{'-' if not p else format(p['simulation'], '.1f') + '%'} | "
-            f"{lay['integer']} / {lay['float']} | {k.get('integer', 0)} / {k.get('float', 0)} | "
-            f"{_yes(r['cosine_mean'] >= 0.99)} | {_yes(a['top1_agreement'] >= 99.0)} |")
+            f"{lay['integer']} / {lay['float']}{_absent(lay)} | "
+            f"{k.get('integer', 0)} / {k.get('float', 0)} | {_yes(r['cosine_mean'] >= 0.99)} | "
+            f"{_yes(a['top1_agreement'] >= 99.0)} |")
     return lines
+
+
+def _absent(layers: dict[str, Any]) -> str:
+    n = len(layers.get("absent", []))
+    return f" (+{n} absent)" if n else ""
 
 
 def _self_agreement(row: dict[str, Any]) -> str:
