@@ -231,11 +231,14 @@ def plan_points(g: _Graph, plans: dict[str, LayerPlan], nodes: dict[str, onnx.No
             wanted.add(t)
             grid = ActQParams(1.0, 0, source="calibrated")
         for i, tensor in enumerate(chain):
-            followed_by_act = i < len(ops) and ops[i].op_type in ACT_OPS
-            if tensor not in points and not followed_by_act:
-                points[tensor] = grid
-                if node.name in int_layers:  # read dequantized by whatever consumes it
-                    own.add(tensor)
+            if i < len(ops) and ops[i].op_type in ACT_OPS:  # absorbed by the activation
+                continue
+            points.setdefault(tensor, grid)
+            # read dequantized by whatever consumes it, also where the tensor already is
+            # another layer's input point: a float reader (a residual Add whose other input
+            # is float) would otherwise keep ONNX Runtime from fusing the layer
+            if node.name in int_layers:
+                own.add(tensor)
         for op_node in ops:
             if op_node.op_type in MOVE_OPS:
                 readers.add(op_node.name)
