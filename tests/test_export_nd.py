@@ -93,3 +93,62 @@ def test_token_id_model_exports_and_packs_with_long_inputs(tmp_path):
     loaded = load_packed(tmp_path / "t.safetensors", model=TokenNet())
     with torch.no_grad():
         assert torch.equal(loaded(test), q(test))
+
+
+class UnusedOutput(nn.Module):
+    """A layer that runs in forward but whose output reaches no model output (like the pooler
+    of a Hugging Face encoder wrapped to return its token states)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.pooler = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        self.pooler(h[:, 0])  # computed, never returned
+        return h
+
+
+def test_layer_removed_by_the_exporter_is_reported_absent(tmp_path):
+    model = UnusedOutput().eval()
+    calib = [torch.randn(4, 3, 8) for _ in range(2)]
+    q = bitsmith.quantize(model, Policy.uniform(["fc", "pooler"], W8, A8), calibration=calib)
+    path = tmp_path / "unused.onnx"
+    report = export_onnx(q, path, calib[0][:1], calibration=calib)
+    assert report.absent_layers == ["pooler"] and report.layers["pooler"] == "absent"
+    assert report.integer_layers == 1 and report.float_layers == 0
+    assert report.float_layer_names == []
+    assert any("pooler" in note and "reach no model output" in note for note in report.notes)
+    agreement = compare_onnx(q, path, [torch.randn(8, 3, 8)])
+    assert agreement.max_abs_error < 0.1
+
+
+class SharedOutput(nn.Module):
+    """A conv whose output is both the next conv's input and one input of a float residual
+    Add (ConvNeXt's downsampling layers): the Add must read it dequantized, or ONNX Runtime
+    cannot fuse the first conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, 8, 2, stride=2)
+        self.block = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.down(x)
+        return y + 0.5 * torch.tanh(self.block(y))
+
+
+def test_layer_output_read_by_a_float_add_still_runs_an_integer_kernel(tmp_path):
+    torch.manual_seed(0)
+    model = SharedOutput().eval()
+    calib = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    q = bitsmith.quantize(model, Policy.uniform(["down", "block"], W8, A8), calibration=calib)
+    path = tmp_path / "shared.onnx"
+    report = export_onnx(q, path, calib[0][:1], calibration=calib)
+    assert report.layers["down"] == "QLinearConv", report.layers
+    assert report.float_layers == 0
+    agreement = compare_onnx(q, path, [torch.randn(4, 3, 16, 16)])
+    with torch.no_grad():
+        scale = float(q(calib[0]).abs().max())
+    assert agreement.max_abs_error < 0.05 * scale

@@ -49,8 +49,16 @@ COMPUTE_KERNELS = frozenset({
 }) | WEIGHT_ONLY_KERNELS | FLOAT_KERNELS
 
 
+#: The "op" of a layer the ONNX exporter removed: its output reaches no model output (e.g. the
+#: pooler of a Hugging Face encoder whose pooled output the wrapper does not return).
+ABSENT = "absent"
+
+
 def kernel_class(op_type: str) -> str:
-    """``"integer"``, ``"weight_only"``, ``"float"`` or ``"other"`` for an ORT op type."""
+    """``"integer"``, ``"weight_only"``, ``"float"``, ``"absent"`` or ``"other"`` for an ORT
+    op type (or :data:`ABSENT`)."""
+    if op_type == ABSENT:
+        return "absent"
     if op_type in WEIGHT_ONLY_KERNELS:
         return "weight_only"
     if op_type in INTEGER_KERNELS:
@@ -87,7 +95,8 @@ class RuntimeKernels:
 
     @property
     def float_layers(self) -> list[str]:
-        return [n for n in self.layers if self.layer_class(n) not in ("integer", "weight_only")]
+        return [n for n in self.layers
+                if self.layer_class(n) not in ("integer", "weight_only", "absent")]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,7 +27,7 @@ from bitsmith.atomic import atomic_path
 from bitsmith.export.errors import ExportError, ExportWarning
 from bitsmith.export.float_graph import dequantized_copy, export_float_onnx
 from bitsmith.export.kernels import runtime_kernels
-from bitsmith.export.onnx_qdq import INT_OPS, LayerPlan, add_outputs, insert_qdq
+from bitsmith.export.onnx_qdq import INT_OPS, LayerPlan, absent_layers, add_outputs, insert_qdq
 from bitsmith.export.ort import make_session, run, tensor_ranges
 from bitsmith.export.packed import _quant_info
 from bitsmith.export.qparams import act_qparams, nbits_weight, weight_qparams
@@ -40,8 +40,10 @@ class OnnxExportReport:
 
     ``layers`` maps every layer of the LayerTable to the op ONNX Runtime runs for it, read from its
     optimised graph (``"QLinearConv"``, ``"MatMulIntegerToFloat"``, ``"MatMulNBits"``,
-    ``"FusedConv"``, ...; ``"?"`` if not found); ``integer_layers`` / ``weight_only_layers``
-    / ``float_layers`` count them by kernel class (:mod:`bitsmith.export.kernels`);
+    ``"FusedConv"``, ...; ``"?"`` if not found; ``"absent"`` for a layer the exporter removed
+    because its output reaches no model output, also listed in ``absent_layers``);
+    ``integer_layers`` / ``weight_only_layers`` / ``float_layers`` count the others by kernel
+    class (:mod:`bitsmith.export.kernels`);
     ``kernels`` counts every compute kernel of the optimised graph by class (attention's
     activation-by-activation MatMuls included); ``intended`` is what the export asked for.
     Without ``check_kernels`` the counts follow the intent.
@@ -56,6 +58,7 @@ class OnnxExportReport:
     integer_layers: int = 0
     float_layers: int = 0
     weight_only_layers: int = 0
+    absent_layers: list[str] = field(default_factory=list)
     kernels: dict[str, int] = field(default_factory=dict)
     intended: dict[str, str] = field(default_factory=dict)
     calibrated_points: list[str] = field(default_factory=list)
@@ -66,7 +69,7 @@ class OnnxExportReport:
         from bitsmith.export.kernels import kernel_class
 
         return [n for n, op in self.layers.items()
-                if kernel_class(op) not in ("integer", "weight_only")]
+                if kernel_class(op) not in ("integer", "weight_only", "absent")]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,6 +217,9 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
         float_path = export_float_onnx(float_model, Path(tmp) / "float.onnx", inputs, opset,
                                        tracer_notes=tracer_notes)
         base = onnx.load(str(float_path))
+    absent = absent_layers(base, plans)
+    for name in absent:  # nothing to quantize: the exporter dropped the layer
+        del plans[name]
     data = calibration if calibration is not None else inputs
     batches = _numpy_batches(data, calibration_batches) if integer_outputs else []
 
@@ -234,9 +240,13 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
         path=str(out), file_bytes=out.stat().st_size, opset=opset,
         integer_outputs=integer_outputs, integer_residuals=integer_residuals,
         intended={n: p.kernel for n, p in plans.items()},
-        calibrated_points=sorted(result.calibrated))
+        calibrated_points=sorted(result.calibrated), absent_layers=absent)
     _count_kernels(report, quant_info(qmodel).layer_table.names, plans,
                    out if check_kernels else None)
+    if absent:
+        report.notes.append(
+            f"{len(absent)} quantized layers are not in the ONNX graph: their outputs reach no "
+            f"model output, so the exporter removed them: {absent}")
     note = _control_flow_note(qmodel, tracer_notes)
     if note is not None:
         warnings.warn(note, ExportWarning, stacklevel=2)
@@ -259,19 +269,23 @@ def _count_kernels(report: OnnxExportReport, names: list[str], plans: dict[str, 
                    path: Path | None) -> None:
     """Fill the kernel of every layer of the LayerTable (``names``) and the counts from ONNX
     Runtime's optimised graph (or, without ``path``, from the export's intent)."""
-    from bitsmith.export.kernels import kernel_class
+    from bitsmith.export.kernels import ABSENT, kernel_class
 
+    absent = set(report.absent_layers)
+    present = [n for n in names if n not in absent]
     if path is None:
-        report.layers = {n: (plans[n].op if n in plans else "float") for n in names}
+        report.layers = {n: (plans[n].op if n in plans else "float") for n in present}
         report.kernels = {}
     else:
-        kernels = runtime_kernels(path, {n: plans[n].node if n in plans else "" for n in names})
+        kernels = runtime_kernels(path, {n: plans[n].node if n in plans else "" for n in present})
         report.layers = kernels.layers
         report.kernels = kernels.compute
+    report.layers = {n: ABSENT if n in absent else report.layers[n] for n in names}
     classes = [kernel_class(op) for op in report.layers.values()]
     report.integer_layers = classes.count("integer")
     report.weight_only_layers = classes.count("weight_only")
-    report.float_layers = len(classes) - report.integer_layers - report.weight_only_layers
+    report.float_layers = (len(classes) - report.integer_layers - report.weight_only_layers
+                           - classes.count("absent"))
     lost = [n for n, p in plans.items()
             if p.integer and kernel_class(report.layers[n]) != "integer"]
     if lost:

@@ -133,6 +133,16 @@ def _layer_nodes(g: _Graph, plans: dict[str, LayerPlan]) -> dict[str, onnx.NodeP
     return found
 
 
+def absent_layers(model: onnx.ModelProto, names: Iterable[str]) -> list[str]:
+    """Layers of ``names`` whose weight initializer the exported graph does not use at all:
+    the exporter removed them because their output reaches no model output."""
+    used = {i for node in model.graph.node for i in node.input}
+    for node in model.graph.node:  # the exporter's Identity(initializer) de-duplication
+        if node.op_type == "Identity":
+            used.add(node.output[0])
+    return [n for n in names if f"{n}.weight" not in used]
+
+
 def _node_names(model: onnx.ModelProto) -> None:
     for i, node in enumerate(model.graph.node):
         if not node.name:
@@ -223,11 +233,14 @@ def plan_points(  # noqa: C901 - one case per ONNX op kind (named in pyproject.t
             wanted.add(t)
             grid = ActQParams(1.0, 0, source="calibrated")
         for i, tensor in enumerate(chain):
-            followed_by_act = i < len(ops) and ops[i].op_type in ACT_OPS
-            if tensor not in points and not followed_by_act:
-                points[tensor] = grid
-                if node.name in int_layers:  # read dequantized by whatever consumes it
-                    own.add(tensor)
+            if i < len(ops) and ops[i].op_type in ACT_OPS:  # absorbed by the activation
+                continue
+            points.setdefault(tensor, grid)
+            # read dequantized by whatever consumes it, also where the tensor already is
+            # another layer's input point: a float reader (a residual Add whose other input
+            # is float) would otherwise keep ONNX Runtime from fusing the layer
+            if node.name in int_layers:
+                own.add(tensor)
         for op_node in ops:
             if op_node.op_type in MOVE_OPS:
                 readers.add(op_node.name)
