@@ -119,3 +119,16 @@ def test_shared_weight_layer_is_refused(tmp_path, calib):
     q = bitsmith.quantize(Twice(), Policy({"conv": LayerSpec(W8, A8)}), calibration=calib)
     with pytest.raises(ExportError, match="conv: its weight initializer"):
         export_onnx(q, tmp_path / "t.onnx", calib[0][:1], calibration=calib)
+
+
+def test_deploy_notes_name_only_layers_that_run_float(tmp_path, tiny_net, calib):
+    """The export summary's 'without an integer kernel' note lists the layers ONNX Runtime runs
+    in float (read from its optimised graph), not every layer whose op name is not 'int8...'."""
+    from bitsmith.export.pipeline import Timing, deploy
+
+    q = bitsmith.quantize(tiny_net, Policy.uniform(NAMES, W8, A8), calibration=calib)
+    labelled = [(x, torch.zeros(len(x), dtype=torch.long)) for x in calib[:2]]
+    summary = deploy(tiny_net, q, tmp_path, example_inputs=calib[0][:2], calibration=calib,
+                     evaluation=labelled, timing=Timing(batches=(1,), runs=2, threads=1))
+    assert summary.onnx["integer_layers"] == 4
+    assert not [n for n in summary.notes if "without an integer kernel" in n]

@@ -195,7 +195,7 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
              "cost_model_prediction": packed.predicted_bytes,
              "cost_model_fp32": packed.fp32_bytes}
     notes = list(onnx_report.notes) + list(packed.differences)
-    float_layers = [n for n, k in onnx_report.layers.items() if not k.startswith("int8")]
+    float_layers = onnx_report.float_layer_names
     if float_layers:
         notes.append(f"layers without an integer kernel in ONNX Runtime: {float_layers}")
     if onnx_report.calibrated_points:
