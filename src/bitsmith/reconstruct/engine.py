@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from bitsmith.graph import quantized_layers
+from bitsmith.graph.qmodules import QuantizedLayer
 from bitsmith.policy import Rounding
 from bitsmith.reconstruct.blocks import (
     Piece,
@@ -123,7 +124,7 @@ def unit_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little")
 
 
-def _spec_data(layers: Mapping[str, nn.Module], names: Sequence[str]) -> dict[str, Any]:
+def _spec_data(layers: Mapping[str, QuantizedLayer], names: Sequence[str]) -> dict[str, Any]:
     """Specs and calibrated activation parameters of ``names`` (part of a unit's key)."""
     out: dict[str, Any] = {}
     for name in names:
@@ -145,14 +146,15 @@ class _Keys:
                                  "weights": weights_fingerprint(fp_model)})
         self.chain = self.base
 
-    def unit(self, piece: Piece, layers: Mapping[str, nn.Module]) -> str:
+    def unit(self, piece: Piece, layers: Mapping[str, QuantizedLayer]) -> str:
         desc = {"name": piece.name, "nodes": piece.nodes, "layers": piece.layers,
                 "specs": _spec_data(layers, [*piece.layers, *piece.others])}
         key = sha256_json({"base": self.base, "upstream": self.chain if self.chained else None,
                            "piece": desc})
         return key
 
-    def advance(self, piece: Piece, layers: Mapping[str, nn.Module], key: str | None) -> None:
+    def advance(self, piece: Piece, layers: Mapping[str, QuantizedLayer], key: str | None
+                ) -> None:
         """Fold a finished piece into the chain (its learned key, or its specs if passive)."""
         if self.chained:
             what = key or sha256_json({"nodes": piece.nodes,
@@ -226,15 +228,19 @@ def reconstruct(qmodel: nn.Module, fp_model: nn.Module, inputs: Sequence[Tensor]
     progress = progress or _log_progress
     t0 = time.perf_counter()
     inputs = [x.detach().float() if x.is_floating_point() else x for x in inputs]
-    traced = isinstance(qmodel, fx.GraphModule) and isinstance(fp_model, fx.GraphModule)
+    q_graph = qmodel if isinstance(qmodel, fx.GraphModule) else None
+    fp_graph = fp_model if isinstance(fp_model, fx.GraphModule) else None
+    traced = q_graph is not None and fp_graph is not None
     report = ReconstructionReport(settings.method, settings.to_dict(), int(inputs[0].shape[0]),
                                   traced=traced, threads=torch.get_num_threads())
     was = (qmodel.training, fp_model.training)
     qmodel.eval()
     fp_model.eval()
     try:
-        run = _run_graph if traced else _run_eager
-        run(qmodel, fp_model, inputs, settings, cache, progress, report)
+        if q_graph is not None and fp_graph is not None:
+            _run_graph(q_graph, fp_graph, inputs, settings, cache, progress, report)
+        else:
+            _run_eager(qmodel, fp_model, inputs, settings, cache, progress, report)
     finally:
         qmodel.train(was[0])
         fp_model.train(was[1])
@@ -243,7 +249,7 @@ def reconstruct(qmodel: nn.Module, fp_model: nn.Module, inputs: Sequence[Tensor]
     return report
 
 
-def _learn(piece: Piece, fn: nn.Module, layers: Mapping[str, nn.Module], keys: _Keys,
+def _learn(piece: Piece, fn: nn.Module, layers: Mapping[str, QuantizedLayer], keys: _Keys,
            cache: ReconstructionCache | None, settings: Rounding, unit_in: list[Tensor],
            fp_in: list[Tensor], targets: list[Tensor], weights: list[Tensor | None] | None
            ) -> tuple[UnitResult, bool, str]:

@@ -22,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
+from bitsmith.graph.qmodules import QuantizedLayer
 from bitsmith.graph.quantizer import Quantizer, freeze
 from bitsmith.policy import Rounding
 from bitsmith.reconstruct.cache import UnitResult
@@ -51,8 +53,15 @@ def reconstruction_loss(out: Tensor, target: Tensor, weight: Tensor | None = Non
     return d.sum(1).mean() if d.dim() >= 2 else d.mean()
 
 
-def _as_tuple(out: object) -> tuple[Tensor, ...]:
-    return tuple(out) if isinstance(out, (tuple, list)) else (out,)  # type: ignore[arg-type]
+def _as_tuple(out: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+    return tuple(out) if isinstance(out, (tuple, list)) else (cast(Tensor, out),)
+
+
+def _weight_rows(weights: Sequence[Tensor | None] | None, k: int, rows: slice | Tensor
+                 ) -> Tensor | None:
+    """Rows ``rows`` of output ``k``'s loss weight, or ``None`` when it has none."""
+    w = None if weights is None else weights[k]
+    return None if w is None else w[rows]
 
 
 def run_chunks(fn: nn.Module, inputs: Sequence[Tensor], chunk: int) -> list[Tensor]:
@@ -78,17 +87,16 @@ def evaluate_loss(fn: nn.Module, inputs: Sequence[Tensor], targets: Sequence[Ten
         for s in range(0, n, chunk):
             outs = _as_tuple(fn(*[x[s:s + chunk] for x in inputs]))
             for k, (o, t) in enumerate(zip(outs, targets)):
-                w = None if weights is None or weights[k] is None else weights[k][s:s + chunk]
+                w = _weight_rows(weights, k, slice(s, s + chunk))
                 total += float(reconstruction_loss(o, t[s:s + chunk], w)) * o.shape[0]
     return total / n
 
 
-def act_quantizers(layers: Mapping[str, nn.Module]) -> dict[str, Quantizer]:
+def act_quantizers(layers: Mapping[str, QuantizedLayer]) -> dict[str, Quantizer]:
     """Input quantizers of ``layers`` that reconstruction may learn or drop (integer-grid,
     range-based)."""
-    return {name: m.input_quantizer for name, m in layers.items()
-            if m.input_quantizer is not None and m.input_quantizer.scheme.range_based
-            and m.input_quantizer.scheme.integer_grid}
+    return {name: q for name, q in ((n, m.input_quantizer) for n, m in layers.items())
+            if q is not None and q.scheme.range_based and q.scheme.integer_grid}
 
 
 def _step_key(q: Quantizer) -> str | None:
@@ -110,6 +118,7 @@ def learnable_steps(quantizers: Mapping[str, Quantizer]) -> Iterator[dict[str, n
             continue
         attr = f"p_{key}"
         value = q._buffers.pop(attr)
+        assert value is not None  # a fitted step size is a tensor buffer (_step_key)
         p = nn.Parameter(value.detach().clone())
         q.register_parameter(attr, p)
         params[name] = p
@@ -138,14 +147,14 @@ def dropped(quantizers: Sequence[Quantizer], prob: float, gen: torch.Generator
             h.remove()
 
 
-def _mask_of(layer: nn.Module) -> Tensor | None:
+def _mask_of(layer: QuantizedLayer) -> Tensor | None:
     """0/1 mask of the surviving weights of a layer the Policy marks sparse."""
     if getattr(layer, "layer_spec", None) is None or not layer.layer_spec.sparsity:
         return None
     return (layer.weight.detach() != 0).float()
 
 
-def optimise_unit(fn: nn.Module, layers: Mapping[str, nn.Module], inputs: Sequence[Tensor],
+def optimise_unit(fn: nn.Module, layers: Mapping[str, QuantizedLayer], inputs: Sequence[Tensor],
                   targets: Sequence[Tensor], settings: Rounding, gen: torch.Generator, *,
                   float_inputs: Sequence[Tensor] | None = None,
                   weights: Sequence[Tensor | None] | None = None, chunk: int = 256
@@ -187,8 +196,10 @@ def optimise_unit(fn: nn.Module, layers: Mapping[str, nn.Module], inputs: Sequen
             softs[name] = SoftRounding(layer.weight, WeightGrid.of(wq, layer.weight),
                                        _mask_of(layer))
             originals[name] = wq
-            layer.weight_quantizer = softs[name]
-        steps_ctx = learnable_steps(acts) if settings.learn_act else contextlib.nullcontext({})
+            # the soft rounding stands in for the weight quantizer (same child module slot)
+            layer.register_module("weight_quantizer", softs[name])
+        steps_ctx: contextlib.AbstractContextManager[dict[str, nn.Parameter]] = (
+            learnable_steps(acts) if settings.learn_act else contextlib.nullcontext({}))
         with steps_ctx as steps:
             groups = [{"params": [s.v for s in softs.values()], "lr": settings.lr},
                       {"params": list(steps.values()), "lr": settings.act_lr}]
@@ -201,9 +212,11 @@ def optimise_unit(fn: nn.Module, layers: Mapping[str, nn.Module], inputs: Sequen
                         xs = [torch.where(torch.rand(x.shape, generator=gen) < drop, f[idx], x)
                               for x, f in zip(xs, float_inputs)]
                     outs = _as_tuple(fn(*xs))
-                    loss = sum(reconstruction_loss(
-                        o, t[idx], None if weights is None or weights[k] is None
-                        else weights[k][idx]) for k, (o, t) in enumerate(zip(outs, targets)))
+                    terms = [reconstruction_loss(o, t[idx], _weight_rows(weights, k, idx))
+                             for k, (o, t) in enumerate(zip(outs, targets))]
+                    loss = terms[0]
+                    for term in terms[1:]:
+                        loss = loss + term
                     beta = annealed_beta(it, settings.iterations, settings.warmup,
                                          settings.beta_start, settings.beta_end)
                     if beta is not None and softs and settings.reg_weight > 0:
@@ -219,8 +232,11 @@ def optimise_unit(fn: nn.Module, layers: Mapping[str, nn.Module], inputs: Sequen
             for s in softs.values():
                 s.harden()
             after = evaluate_loss(fn, inputs, targets, weights, chunk)
-            learned = {name: {_step_key(acts[name]): p.detach().clone()}
-                       for name, p in steps.items()}
+            learned: dict[str, dict[str, Tensor]] = {}
+            for name, p in steps.items():
+                key = _step_key(acts[name])
+                assert key is not None  # learnable_steps only makes steps that have a key
+                learned[name] = {key: p.detach().clone()}
         codes = {name: s.codes() for name, s in softs.items()}
     finally:  # leave the unit as it was: apply_result is the one way to install a result
         for name, wq in originals.items():
@@ -230,7 +246,7 @@ def optimise_unit(fn: nn.Module, layers: Mapping[str, nn.Module], inputs: Sequen
     return UnitResult(codes, learned, before, after, settings.iterations, seconds)
 
 
-def apply_result(layers: Mapping[str, nn.Module], result: UnitResult) -> None:
+def apply_result(layers: Mapping[str, QuantizedLayer], result: UnitResult) -> None:
     """Install a unit's learned codes and activation parameters into ``layers``.
 
     Each layer's weight becomes ``scale · (q − zero_point)`` on its quantizer's grid
@@ -241,6 +257,7 @@ def apply_result(layers: Mapping[str, nn.Module], result: UnitResult) -> None:
     for name, codes in result.codes.items():
         layer = layers[name]
         wq = layer.weight_quantizer
+        assert wq is not None  # codes are only learned for layers with a weight quantizer
         grid = WeightGrid.of(wq, layer.weight)
         value = grid.value(codes.to(torch.float32))
         mask = _mask_of(layer)
@@ -251,4 +268,5 @@ def apply_result(layers: Mapping[str, nn.Module], result: UnitResult) -> None:
         freeze(wq)
     for name, params in result.act_params.items():
         q = layers[name].input_quantizer
+        assert q is not None  # steps are only learned for layers with an input quantizer
         q._store({**q.params(), **params})

@@ -101,6 +101,9 @@ class SoftRounding(nn.Module):
     0/1 like the weight) keeps pruned weights at exactly zero.
     """
 
+    base: Tensor  # buffers, registered in __init__
+    mask: Tensor | None
+
     def __init__(self, weight: Tensor, grid: WeightGrid, mask: Tensor | None = None) -> None:
         super().__init__()
         self.grid = grid
