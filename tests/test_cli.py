@@ -27,7 +27,8 @@ def test_demo_writes_results_and_config_is_overridden_by_flags(tmp_path, capsys)
                    for r in results["rows"])
     assert "validation split" in results["rule"]
     # the short auto-tune ran (3 trials) and the run directory feeds the HTML report
-    assert len((out / "tune" / "trials.jsonl").read_text().splitlines()) == 3
+    # tune_trials from the config file: 3 trials (a pruned one is in trials.csv only)
+    assert len((out / "tune" / "trials.csv").read_text().splitlines()) == 1 + 3
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert [t["name"] for t in trials] == names
     assert (out / "report.html").is_file() and (out / "policy.yaml").is_file()
@@ -128,3 +129,20 @@ def test_library_log_lines_reach_stderr_off_a_terminal(monkeypatch, capsys):
     logging.getLogger("elsewhere").info("not ours")
     err = capsys.readouterr().err
     assert err.count("reconstruct 1/3 conv1: loss 2 -> 1") == 1 and "not ours" not in err
+
+
+def test_demo_automatic_result_is_not_dominated_by_the_hand_written_policy(tmp_path):
+    """Issue 14: at the README's default settings, autoquantize's row is on the demo table's
+    validation front: no hand-written policy is at least as accurate AND at least as small."""
+    from bitsmith.demo import run_demo
+
+    run = run_demo(tmp_path / "demo")
+    rows = {r.name: r for r in run.rows}
+    auto = rows.pop("autoquantize")
+    for other in rows.values():
+        dominated = (other.val_accuracy >= auto.val_accuracy
+                     and other.size_bytes <= auto.size_bytes
+                     and (other.val_accuracy > auto.val_accuracy
+                          or other.size_bytes < auto.size_bytes))
+        assert not dominated, f"{other.name} dominates autoquantize: {other} vs {auto}"
+    assert run.rule and "validation" in run.rule

@@ -176,8 +176,9 @@ def _tune_budget(model: nn.Module, calibration: Any, budget: Budget) -> tuple[fl
 
 def _warm_starts(model: nn.Module, calibration: Any, validation: Any,
                  budget: Budget | None) -> list[Any]:
-    """The integer program's allocations (Fisher scores) under the budget - or at 4 and 6
-    average bits without one - and the dearest uniform policy within the budget."""
+    """The integer program's allocations (Fisher scores) under the budget - or at 3, 4 and 6
+    average bits without one, so that the smallest-within-tolerance search starts from
+    small policies too - and the dearest uniform policy within the budget."""
     from bitsmith.allocation import allocate, size_budget
     from bitsmith.cost import estimate, within_budget
     from bitsmith.policy import Policy
@@ -190,14 +191,15 @@ def _warm_starts(model: nn.Module, calibration: Any, validation: Any,
     space = _space(table)
     sens = estimate_fisher(model, space, as_batches(validation), max_examples=512)
     budgets = [budget] if budget is not None else [
-        Budget(size_bytes=size_budget(space, b)) for b in (4.0, 6.0)]
+        Budget(size_bytes=size_budget(space, b)) for b in (3.0, 4.0, 6.0)]
     warm: list[Any] = [allocate(space, sens, b).policy for b in budgets]
     for bits in sorted(AUTO_BITS, reverse=True):
         uniform = Policy({n: space[n][AUTO_BITS.index(bits)] for n in space})
         if budget is None or within_budget(estimate(table, uniform), budget):
             warm.append(uniform)
             break
-    return warm
+    distinct = {p.fingerprint(): p for p in reversed(warm)}  # equal allocations: one trial
+    return [p for p in warm if distinct.get(p.fingerprint()) is p]
 
 
 def _training(model: nn.Module, calibration: Any, validation: Any, budget: Budget | None,
