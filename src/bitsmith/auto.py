@@ -7,8 +7,8 @@
    its cost, ``benchmarks/results/sensitivity_resnet20.md``; without labelled validation
    data, no warm start);
 2. the 0-1 integer program allocates per-layer weight bits (2-8, per-channel symmetric,
-   8-bit activations) under the budget; that allocation, the same allocation with bias
-   correction and the dearest uniform policy within the budget are the warm starts;
+   8-bit activations) under the budget (without one: at 3, 4 and 6 average bits); those
+   allocations and the dearest uniform policy within the budget are the warm starts;
 3. a short tune (XGBoost cost model, ``trials`` trials, per-layer bits, clipping and bias
    correction searched) from those warm starts; its rule picks the result on the
    validation data.
