@@ -132,3 +132,14 @@ def test_deploy_notes_name_only_layers_that_run_float(tmp_path, tiny_net, calib)
                      evaluation=labelled, timing=Timing(batches=(1,), runs=2, threads=1))
     assert summary.onnx["integer_layers"] == 4
     assert not [n for n in summary.notes if "without an integer kernel" in n]
+
+
+def test_an_op_onnx_cannot_express_is_a_clear_export_error(tmp_path):
+    """torch.onnx.export's own failure (here adaptive pooling to a size that does not divide
+    the input, as VGG's AdaptiveAvgPool2d(7) on a 2x2 map) becomes one ExportError line that
+    names the model, the input shape and the fix; no half-written file is left."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(3),
+                              torch.nn.Flatten(), torch.nn.Linear(36, 2)).eval()
+    with pytest.raises(ExportError, match=r"Sequential: .*shape \(1, 3, 4, 4\).*Fix: export"):
+        export_fp32_onnx(net, tmp_path / "f.onnx", torch.randn(1, 3, 4, 4))
+    assert list(tmp_path.iterdir()) == []

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from bitsmith.atomic import atomic_path
+from bitsmith.export.errors import ExportError
 from bitsmith.graph import quantized_layers
 from bitsmith.graph.qmodules import QuantizedLayer, QuantLayerMixin, untwin
 
@@ -101,9 +102,18 @@ def export_float_onnx(model: nn.Module, path: str | Path, example_inputs: tuple[
     axes = {n: {0: "N"} for n in [*names, OUTPUT_NAME]} if dynamic_batch else None
     with warnings.catch_warnings(record=True) as caught, atomic_path(path) as tmp:
         warnings.simplefilter("always")  # the legacy-exporter deprecation and constant-fold notes
-        torch.onnx.export(model.eval(), example_inputs, str(tmp), dynamo=False,
-                          input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes,
-                          opset_version=opset, do_constant_folding=True)
+        try:
+            torch.onnx.export(model.eval(), example_inputs, str(tmp), dynamo=False,
+                              input_names=names, output_names=[OUTPUT_NAME],
+                              dynamic_axes=axes, opset_version=opset, do_constant_folding=True)
+        except torch.onnx.errors.OnnxExporterError as err:  # an op ONNX cannot express
+            shapes = ", ".join(str(tuple(t.shape)) for t in example_inputs)
+            reason = str(err).split(". Please feel free")[0].splitlines()[0]
+            raise ExportError(
+                f"{type(model).__name__}: torch.onnx.export cannot export it for example "
+                f"inputs of shape {shapes}: {reason}. Fix: export with the input size the "
+                "model is built for (e.g. 224x224 for torchvision classifiers), or replace "
+                "that operation") from err
     if tracer_notes is not None:
         tracer_notes.extend(sorted({str(w.message).splitlines()[0] for w in caught
                                     if issubclass(w.category, torch.jit.TracerWarning)
