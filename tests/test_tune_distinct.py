@@ -140,6 +140,22 @@ def test_a_waiting_retry_ticket_holds_its_configuration() -> None:
     assert retry.suggest_categorical("a", [1, 2]) == 1   # the retry runs it as given
 
 
+def test_equal_warm_starts_are_enqueued_once() -> None:
+    # two equal warm starts (e.g. integer-program allocations at two budgets that coincide)
+    # take one trial, not one plus a handed-back duplicate
+    from optuna.storages import InMemoryStorage
+
+    from bitsmith.tune.study import create_or_load
+
+    warm = [{"a": 1, "b": "x"}, {"b": "x", "a": 1}, {"a": 2, "b": "x"}]
+    study, budget = create_or_load(InMemoryStorage(), "s", ["maximize"], None,
+                                   optuna.pruners.NopPruner(), {}, 4, warm)
+    enqueued = [t.system_attrs.get("fixed_params") for t in study.trials]
+    assert budget == 4 and len(study.trials) == 4
+    assert enqueued[:2] == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+    assert enqueued[2:] == [None, None]   # plain tickets for fresh draws
+
+
 def test_budget_repair_moves_the_fewest_bits_into_the_budget() -> None:
     space = TuneSpace.mixed_precision()
     ev = TableEvaluator(space)

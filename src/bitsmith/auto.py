@@ -198,8 +198,7 @@ def _warm_starts(model: nn.Module, calibration: Any, validation: Any,
         if budget is None or within_budget(estimate(table, uniform), budget):
             warm.append(uniform)
             break
-    distinct = {p.fingerprint(): p for p in reversed(warm)}  # equal allocations: one trial
-    return [p for p in warm if distinct.get(p.fingerprint()) is p]
+    return warm
 
 
 def _training(model: nn.Module, calibration: Any, validation: Any, budget: Budget | None,

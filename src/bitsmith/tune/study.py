@@ -32,6 +32,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from bitsmith.tune.errors import StorageError, TuneError
+from bitsmith.tune.space import config_key
 
 BUDGET_ATTR = "bitsmith.budget"
 SPEC_ATTR = "bitsmith.spec"
@@ -122,7 +123,7 @@ def create_or_load(storage: BaseStorage, name: str, directions: Sequence[str],
     stored at creation; a worker
     whose spec differs is refused, so two workers cannot silently optimise
     different problems in one study. ``initial`` configurations (warm starts)
-    are enqueued first and count towards the budget.
+    are enqueued first, each distinct one once, and count towards the budget.
     """
     if n_trials < 1:
         raise TuneError(f"n_trials must be >= 1, got {n_trials}")
@@ -137,7 +138,8 @@ def create_or_load(storage: BaseStorage, name: str, directions: Sequence[str],
         created = False
     if created:
         study.set_user_attr(SPEC_ATTR, dict(spec))
-        initial = list(initial)[:n_trials]
+        # equal warm starts are one trial (a repeat would only be handed back as a duplicate)
+        initial = list({config_key(p): p for p in initial}.values())[:n_trials]
         for params in initial:
             study.enqueue_trial(dict(params), skip_if_exists=False)
         _add_tickets(study, n_trials - len(initial))
