@@ -270,6 +270,28 @@ def test_storage_that_cannot_be_opened(url: str) -> None:
         open_storage(url)
 
 
+def test_storage_retries_when_another_worker_creates_the_schema(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """Two workers opening a fresh PostgreSQL database at once: the loser's CREATE TABLE fails
+    with DuplicateTable (a ProgrammingError); it retries and finds the schema."""
+    import sqlalchemy.exc
+
+    from bitsmith.tune import study as study_module
+
+    real, calls = study_module.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.ProgrammingError(
+                "CREATE TABLE studies", {}, Exception('relation "studies" already exists'))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study_module, "RDBStorage", racing)
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    assert len(calls) == 2 and storage is not None
+
+
 def test_study_with_other_problem_is_refused(tmp_path: Path, evaluator: TorchEvaluator) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     run_study(evaluator, TuneConfig(tolerance=3.0, strategy="random", n_trials=1, storage=url,

@@ -69,9 +69,10 @@ def open_storage(url: str | None, heartbeat_interval: int = 5,
                     heartbeat_interval=int(heartbeat_interval),
                     grace_period=grace_period or 3 * int(heartbeat_interval),
                     heartbeat_stale_trial_callback=retry)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as err:
+        except sqlalchemy.exc.DatabaseError as err:
             # several workers creating the schema at once: the loser retries and finds it
-            # ("table ... already exists" when the other created it between check and create)
+            # ("table ... already exists" when the other created it between check and create:
+            # an OperationalError on SQLite, a ProgrammingError (DuplicateTable) on PostgreSQL)
             transient = isinstance(err, sqlalchemy.exc.IntegrityError) or any(
                 text in str(err) for text in ("locked", "already exists"))
             if not transient or attempt == 5:
