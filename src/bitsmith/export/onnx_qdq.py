@@ -21,7 +21,9 @@ Three kinds of rewrite:
    such an output reaches a simulation point through ``Relu``/``Clip``/data
    movement only, that point's grid is reused (exact: ``Relu`` is absorbed by a
    zero point at ``qmin``); otherwise the tensor gets a **calibrated** uint8
-   grid (min/max on calibration data run through the simulation-point graph).
+   grid (calibrated on data run through the simulation-point graph, and narrowed to
+   the active range of a saturating activation that reads it:
+   :mod:`bitsmith.export.saturation`).
    Calibrated points are the only places where the export deviates from the
    PyTorch simulation (plus int32 bias rounding); the export report measures
    the deviation.
@@ -43,6 +45,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bitsmith.export.errors import ExportError
 from bitsmith.export.qparams import ActQParams, NBitsWeight, WeightQParams, calibrated_qparams
+from bitsmith.export.saturation import narrow_ranges
 
 #: Nodes ONNX Runtime runs on int8 tensors when all their inputs and the output are QDQ'd.
 INT_OPS = frozenset({"Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool"})
@@ -393,7 +396,7 @@ def insert_qdq(model: onnx.ModelProto, plans: dict[str, LayerPlan], *, integer_o
             if range_fn is None:
                 raise ExportError("integer_outputs=True needs calibration data for the extra "
                                   "quantization points")
-            ranges = range_fn(sim, sorted(wanted))
+            ranges = narrow_ranges(range_fn(sim, sorted(wanted)), g.consumers, g.outputs)
         return _apply(model, plans, True, ranges, int_ops, accuracy_level)
     return _apply(model, plans, False, None, int_ops, accuracy_level)
 
