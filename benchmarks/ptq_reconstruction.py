@@ -285,21 +285,40 @@ def part_mixed(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
         table = bitsmith.prepare(model, data.calib[:1])[1]
         names = table.names
         middle = names[1:-1]
-        base = Policy({names[0]: INT8, names[-1]: INT8})
+        # first / last layer: fixed at W8A8, or chosen by the program among --mixed-edge-bits
+        edges = [names[0], names[-1]]
+        edge_specs = [INT8] + [LayerSpec(weight_spec(b, args.weight_scheme), INT8.act)
+                               for b in args.mixed_edge_bits if b != 8]
+        chosen = middle if len(edge_specs) == 1 else names
+        base = Policy({n: INT8 for n in edges})  # a candidate of the space overrides it
         grid = [LayerSpec(weight_spec(b, args.weight_scheme), act) for b in args.mixed_bits
                 if b > 1 or args.weight_scheme == "uniform_asymmetric"]
         plain = [LayerSpec(QSpec("binary", 1, "channel"), act),
                  LayerSpec(QSpec("ternary", 2, "channel"), act)] + grid
+        plain_c = {n: edge_specs if n in edges else plain for n in chosen}
+        grid_c = {n: edge_specs if n in edges else grid for n in chosen}
         stats = bitsmith.collect_stats(model, data.calibration(), keep_inputs=True)
         cache = args.run_dir / "cache"
         variants = {
-            "rtn": (CandidateSpace(table, {n: plain for n in middle}), base, None),
-            "recon": (CandidateSpace(table, {n: grid for n in middle}),
+            "rtn": (CandidateSpace(table, plain_c), base, None),
+            "recon": (CandidateSpace(table, grid_c),
                       base.with_options(rounding=rounding_of(
                           "adaround", 8, args, inputs="float",
                           iterations=args.sensitivity_iterations)),
-                      rounding_of(args.mixed_method, 8, args)),
+                      rounding_of(args.mixed_method, 8, args,
+                                  iterations=args.mixed_iterations or args.iterations)),
         }
+        # rows of the defaults keep their keys; other settings are part of the key and label
+        setting, label = "", ""
+        if args.mixed_method != "qdrop" or args.mixed_iterations:
+            steps = args.mixed_iterations or args.iterations
+            setting += f"|{args.mixed_method}|{steps}"
+            label += f"{args.mixed_method}, {steps} steps"
+        if len(edge_specs) > 1:
+            edge_bits = sorted(args.mixed_edge_bits)
+            setting += "|edges" + "-".join(map(str, edge_bits))
+            label += ", first/last " + " or ".join(map(str, edge_bits)) + " bits"
+        label = f" ({label.lstrip(', ')})" if label else ""
         for variant, (space, sens_base, final_rounding) in variants.items():
             if variant not in args.mixed_variants:
                 continue
@@ -307,8 +326,9 @@ def part_mixed(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
             sens = measure_sensitivity(model, space, data.sens, calibration=stats,
                                        base=sens_base, cache=cache)
             sens_seconds = time.perf_counter() - t0
-            for bits in FRONT_BITS:
-                key = f"r{depth}|mixed|{variant}|{bits}|{args.weight_scheme}|{args.iterations}"
+            for bits in args.front_bits:
+                key = (f"r{depth}|mixed|{variant}|{bits}|{args.weight_scheme}|{args.iterations}"
+                       + setting)
                 if key in done:
                     continue
                 try:
@@ -325,7 +345,8 @@ def part_mixed(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
                     policy = policy.with_options(rounding=final_rounding)
                 labels = {n: space.labels(n)[i] for n, i in alloc.choices.items()}
                 measure(key, model, policy, data, args,
-                        {"model": depth, "config": f"mixed {bits}", "method": variant,
+                        {"model": depth, "config": f"mixed {bits}",
+                         "method": variant + (label if variant == "recon" else ""),
                          "budget_avg_bits": bits, "sensitivity_seconds": sens_seconds,
                          "choices": labels, "schemes": {
                              n: policy[n].weight.scheme for n in middle}}, cache=None)
@@ -714,6 +735,14 @@ def main() -> None:
     parser.add_argument("--mixed-variants", nargs="+", default=["rtn", "recon"],
                         choices=["rtn", "recon"], help="fronts without / with reconstruction")
     parser.add_argument("--mixed-bits", nargs="+", type=int, default=[1, 2, 3, 4, 8])
+    parser.add_argument("--mixed-edge-bits", nargs="+", type=int, default=[8],
+                        help="weight bits the program may give the first / last layer "
+                             "(default: fixed at 8)")
+    parser.add_argument("--mixed-iterations", type=int, default=0,
+                        help="steps of the allocated policy's reconstruction "
+                             "(0: --iterations)")
+    parser.add_argument("--front-bits", nargs="+", type=float, default=list(FRONT_BITS),
+                        help="average weight-bit budgets of the fronts")
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--iterations-for", nargs="*", default=["W2A8=2000"],
                         help="per-configuration steps, e.g. W2A8=2000")
