@@ -14,7 +14,12 @@ from torch import nn
 import bitsmith
 from bitsmith import Policy, QSpec
 from bitsmith.export import compare_onnx, export_onnx
-from bitsmith.export.saturation import SIGMOID_BOUND, active_bounds, narrow_ranges
+from bitsmith.export.saturation import (
+    GELU_BOUND,
+    SIGMOID_BOUND,
+    active_bounds,
+    narrow_ranges,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 W8, A8 = QSpec("uniform_symmetric", 8, "channel"), QSpec("uniform_asymmetric", 8)
@@ -43,6 +48,18 @@ def test_bounds_per_activation():
     assert active_bounds("w", cons) == (-3.0, None)
     assert active_bounds("a", cons) == (None, None)  # also read by an Add: keeps everything
     assert active_bounds("unused", cons) == (None, None)
+
+
+def test_exact_gelu_saturates_below():
+    """torch.onnx's GELU: Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), then Mul by 0.5."""
+    div = helper.make_node("Div", ["x", "sqrt2"], ["d"])
+    erf = helper.make_node("Erf", ["d"], ["e"])
+    add = helper.make_node("Add", ["e", "one"], ["a"])
+    mul = helper.make_node("Mul", ["x", "a"], ["m"])
+    plain_div = helper.make_node("Div", ["y", "two"], ["h"])  # a Div without the Erf
+    cons = _consumers(div, erf, add, mul, plain_div)
+    assert active_bounds("x", cons) == (-GELU_BOUND, None)
+    assert active_bounds("y", cons) == (None, None)
 
 
 def test_narrow_ranges_keeps_zero_and_graph_outputs():

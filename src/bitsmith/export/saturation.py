@@ -3,7 +3,8 @@
 An integer chain quantizes a layer's output before its activation (ONNX Runtime fuses
 ``DQ -> Conv -> Q`` only with a ``Q`` right after the layer). Where that activation
 saturates (``Sigmoid``, ``Tanh``, ``HardSigmoid``, SiLU = ``x * Sigmoid(x)``,
-``HardSwish``), values beyond its saturation point all give (nearly) the same output, so
+``HardSwish``, GELU's negative side), values beyond its saturation point all give (nearly)
+the same output, so
 calibrating the point on its full range wastes the uint8 grid on them: an SE gate's
 pre-sigmoid output spanning +-2,500 gets a step of ~20 and every gate rounds to 0, 1/2 or
 1 (EfficientNet-V2-S with such points agreed with its simulation on 15% of argmaxes; with
@@ -23,6 +24,8 @@ from onnx import helper
 SIGMOID_BOUND = 12.0
 #: |x| beyond which Tanh is within 1.3e-5 of -1 or 1.
 TANH_BOUND = 6.0
+#: x below which GELU, x * Phi(x), is within 6.1e-9 of 0.
+GELU_BOUND = 6.0
 
 Bounds = tuple[float | None, float | None]  # None: that side does not saturate
 Consumers = Mapping[str, Sequence[tuple[onnx.NodeProto, int]]]
@@ -50,6 +53,23 @@ def _gated_by_sigmoid(node: onnx.NodeProto, tensor: str, consumers: Consumers) -
     return any(i in gates for i in node.input if i != tensor)
 
 
+def _users(tensor: str, consumers: Consumers, op: str) -> list[onnx.NodeProto]:
+    return [n for n, _ in consumers.get(tensor, ()) if n.op_type == op]
+
+
+def _erf_gelu_nodes(tensor: str, consumers: Consumers) -> list[onnx.NodeProto]:
+    """The ``Div`` and ``Mul`` reading ``tensor`` in the exporter's exact GELU:
+    ``Mul(tensor, Add(Erf(Div(tensor, sqrt 2)), 1))``."""
+    found: list[onnx.NodeProto] = []
+    for div in _users(tensor, consumers, "Div"):
+        for erf in _users(div.output[0], consumers, "Erf"):
+            for add in _users(erf.output[0], consumers, "Add"):
+                for mul in _users(add.output[0], consumers, "Mul"):
+                    if tensor in mul.input:
+                        found += [div, mul]
+    return found
+
+
 def consumer_bounds(node: onnx.NodeProto, tensor: str, consumers: Consumers) -> Bounds:
     """Where ``node``'s output stops changing with ``tensor`` (``(None, None)``: nowhere)."""
     op = node.op_type
@@ -63,6 +83,8 @@ def consumer_bounds(node: onnx.NodeProto, tensor: str, consumers: Consumers) -> 
         return -3.0, None  # x * relu6(x + 3) / 6: exactly 0 below -3, linear above
     if _gated_by_sigmoid(node, tensor, consumers):
         return -SIGMOID_BOUND, None  # x * sigmoid(x) > -7.4e-5 below -12
+    if op in ("Div", "Mul") and any(node == n for n in _erf_gelu_nodes(tensor, consumers)):
+        return -GELU_BOUND, None
     return None, None
 
 
