@@ -45,16 +45,16 @@ def _hard_sigmoid_bounds(node: onnx.NodeProto) -> Bounds:
     return -beta / alpha, (1.0 - beta) / alpha  # alpha * x + beta clipped to [0, 1]
 
 
+def _users(tensor: str, consumers: Consumers, op: str) -> list[onnx.NodeProto]:
+    return [n for n, _ in consumers.get(tensor, ()) if n.op_type == op]
+
+
 def _gated_by_sigmoid(node: onnx.NodeProto, tensor: str, consumers: Consumers) -> bool:
     """``node`` is ``Mul(tensor, Sigmoid(tensor))`` (SiLU as the ONNX exporter writes it)."""
     if node.op_type != "Mul" or tensor not in node.input:
         return False
-    gates = {n.output[0] for n, _ in consumers.get(tensor, ()) if n.op_type == "Sigmoid"}
+    gates = {n.output[0] for n in _users(tensor, consumers, "Sigmoid")}
     return any(i in gates for i in node.input if i != tensor)
-
-
-def _users(tensor: str, consumers: Consumers, op: str) -> list[onnx.NodeProto]:
-    return [n for n, _ in consumers.get(tensor, ()) if n.op_type == op]
 
 
 def _erf_gelu_nodes(tensor: str, consumers: Consumers) -> list[onnx.NodeProto]:
