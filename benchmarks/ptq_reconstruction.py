@@ -309,16 +309,16 @@ def part_mixed(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
                                   iterations=args.mixed_iterations or args.iterations)),
         }
         # rows of the defaults keep their keys; other settings are part of the key and label
-        setting, label = "", ""
+        setting, notes = "", []
         if args.mixed_method != "qdrop" or args.mixed_iterations:
             steps = args.mixed_iterations or args.iterations
             setting += f"|{args.mixed_method}|{steps}"
-            label += f"{args.mixed_method}, {steps} steps"
+            notes.append(f"{args.mixed_method}, {steps} steps")
         if len(edge_specs) > 1:
             edge_bits = sorted(args.mixed_edge_bits)
             setting += "|edges" + "-".join(map(str, edge_bits))
-            label += ", first/last " + " or ".join(map(str, edge_bits)) + " bits"
-        label = f" ({label.lstrip(', ')})" if label else ""
+            notes.append("first/last " + " or ".join(map(str, edge_bits)) + " bits")
+        label = f" ({', '.join(notes)})" if notes else ""
         for variant, (space, sens_base, final_rounding) in variants.items():
             if variant not in args.mixed_variants:
                 continue
