@@ -487,7 +487,8 @@ def summarize(rows: dict[str, dict], args: argparse.Namespace) -> None:
     lines = [
         "Calibration: 1,024 lossless training images (no labels). Accuracy on the 1,000 "
         "lossless test images (test) and the 5,000 JPEG validation images (val); drop = FP32 "
-        "- quantized on the same images. First and last layer W8A8 everywhere; other layers "
+        "- quantized on the same images. First and last layer W8A8 (mixed rows: as "
+        "labelled); other layers "
         "per-channel weights with an MSE-observer range, activations per tensor (MSE "
         "observer). p: exact McNemar test (paired, same images) against RTN and RTN + BC of "
         "the same configuration. Wall time: the whole bitsmith.quantize call for bitsmith "
