@@ -300,6 +300,7 @@ def part_mixed(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
         stats = bitsmith.collect_stats(model, data.calibration(), keep_inputs=True)
         cache = args.run_dir / "cache"
         final_seed = args.seed if args.mixed_seed is None else args.mixed_seed
+        final_steps = args.mixed_iterations or args.iterations
         variants = {
             "rtn": (CandidateSpace(table, plain_c), base, None),
             "recon": (CandidateSpace(table, grid_c),
@@ -307,15 +308,13 @@ def part_mixed(args: argparse.Namespace, data: Data, done: dict[str, dict]) -> N
                           "adaround", 8, args, inputs="float",
                           iterations=args.sensitivity_iterations)),
                       rounding_of(args.mixed_method, 8, args,
-                                  iterations=args.mixed_iterations or args.iterations,
-                                  seed=final_seed)),
+                                  iterations=final_steps, seed=final_seed)),
         }
         # rows of the defaults keep their keys; other settings are part of the key and label
         setting, notes = "", []
         if args.mixed_method != "qdrop" or args.mixed_iterations:
-            steps = args.mixed_iterations or args.iterations
-            setting += f"|{args.mixed_method}|{steps}"
-            notes.append(f"{args.mixed_method}, {steps} steps")
+            setting += f"|{args.mixed_method}|{final_steps}"
+            notes.append(f"{args.mixed_method}, {final_steps} steps")
         if len(edge_specs) > 1:
             edge_bits = sorted(args.mixed_edge_bits)
             setting += "|edges" + "-".join(map(str, edge_bits))

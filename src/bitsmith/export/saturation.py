@@ -83,7 +83,7 @@ def consumer_bounds(node: onnx.NodeProto, tensor: str, consumers: Consumers) -> 
         return -3.0, None  # x * relu6(x + 3) / 6: exactly 0 below -3, linear above
     if _gated_by_sigmoid(node, tensor, consumers):
         return -SIGMOID_BOUND, None  # x * sigmoid(x) > -7.4e-5 below -12
-    if op in ("Div", "Mul") and any(node == n for n in _erf_gelu_nodes(tensor, consumers)):
+    if op in ("Div", "Mul") and node in _erf_gelu_nodes(tensor, consumers):
         return -GELU_BOUND, None
     return None, None
 
