@@ -16,7 +16,15 @@ import pytest
 import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
-from test_tune_workers import WAIT, WORKER, Lines, _check_budget, _spawn, _two_workers
+from test_tune_workers import (
+    KILL_HEARTBEAT,
+    WAIT,
+    WORKER,
+    Lines,
+    _check_budget,
+    _spawn,
+    _two_workers,
+)
 
 from bitsmith import prepare
 from bitsmith.cost import estimate
@@ -250,13 +258,14 @@ def test_sigkill_then_resume_with_the_same_seed_repeats_nothing(tmp_path: Path) 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    first = _spawn(script, url, "kill", 8, 0.0, hang_after=3, heartbeat=1, seed=0)
+    first = _spawn(script, url, "kill", 8, 0.0, hang_after=3, heartbeat=KILL_HEARTBEAT,
+                   seed=0)
     lines = Lines(first)
     reached = lines.wait_for("EVAL 3")
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
     assert reached, f"the worker never started its fourth evaluation: {lines.lines}"
-    again = _spawn(script, url, "kill", 8, 0.0, heartbeat=1, seed=0)
+    again = _spawn(script, url, "kill", 8, 0.0, heartbeat=KILL_HEARTBEAT, seed=0)
     output = again.communicate(timeout=WAIT)[0]
     assert again.returncode == 0, output
     trials = _check_budget(url, "kill", 8)

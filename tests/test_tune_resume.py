@@ -8,7 +8,15 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-from test_tune_workers import WAIT, WORKER, Lines, _check_budget, _check_run_dir, _spawn
+from test_tune_workers import (
+    KILL_HEARTBEAT,
+    WAIT,
+    WORKER,
+    Lines,
+    _check_budget,
+    _check_run_dir,
+    _spawn,
+)
 
 from bitsmith.tune.distinct import is_duplicate
 
@@ -18,10 +26,8 @@ def test_sigkill_resume_keeps_finished_trials(tmp_path: Path) -> None:
     script.write_text(WORKER)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     out = tmp_path / "run"
-    # the first worker finishes two evaluations, then hangs inside the third: killed there.
-    # Heartbeat 2 s (grace 6 s): with 1 s (grace 3 s) a CPU-starved resumed worker once
-    # missed its own heartbeats and failed its retry as stale (CI run beside a benchmark)
-    proc = _spawn(script, url, "resume", 6, 0.0, out, hang_after=2, heartbeat=2)
+    # the first worker finishes two evaluations, then hangs inside the third: killed there
+    proc = _spawn(script, url, "resume", 6, 0.0, out, hang_after=2, heartbeat=KILL_HEARTBEAT)
     lines = Lines(proc)
     reached = lines.wait_for("EVAL 2")
     os.kill(proc.pid, signal.SIGKILL)
@@ -30,7 +36,7 @@ def test_sigkill_resume_keeps_finished_trials(tmp_path: Path) -> None:
     trials = optuna.load_study(study_name="resume", storage=url).get_trials()
     before = {t.number: (t.params, t.values) for t in trials if t.state == TrialState.COMPLETE}
     assert len(before) >= 2 and any(t.state == TrialState.RUNNING for t in trials)
-    again = _spawn(script, url, "resume", 6, 0.0, out, heartbeat=2)
+    again = _spawn(script, url, "resume", 6, 0.0, out, heartbeat=KILL_HEARTBEAT)
     output = again.communicate(timeout=WAIT)[0]
     assert again.returncode == 0, output
     trials = _check_budget(url, "resume", 6)

@@ -61,6 +61,10 @@ print("DONE", res.counts(), flush=True)
 
 # generous: the 2-core test machine is shared with other jobs
 WAIT = 600
+# heartbeat (s) of the kill-and-resume tests; the grace is 3x. With 1 s (grace 3 s) a
+# CPU-starved resumed worker once missed its own heartbeats and failed its retry as stale
+# (a CI run beside a benchmark on the 2 cores)
+KILL_HEARTBEAT = 2
 
 
 def _spawn(script: Path, url: str, study: str, n: int, delay: float, out: Path | None = None,
