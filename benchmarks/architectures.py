@@ -69,7 +69,7 @@ from torch import nn
 
 import bitsmith
 from bitsmith import Policy, QSpec
-from bitsmith.atomic import atomic_write_text
+from bitsmith.atomic import atomic_write_bytes, atomic_write_text
 from bitsmith.export import compare_onnx, export_onnx
 from bitsmith.export.ort import make_session, run
 
@@ -209,7 +209,8 @@ def _zipf_tokens(n: int, seq: int, vocab: int, seed: int) -> torch.Tensor:
 
 
 def _setup_torchvision(name: str, size: int, kwargs: dict[str, Any], n_eval: int,
-                       fit_steps: int, fit_batch: int) -> dict[str, Any]:
+                       fit_steps: int, fit_batch: int, fit_cache: Path | None = None
+                       ) -> dict[str, Any]:
     import torchvision
 
     from bitsmith.data.cifar import cifar10_test_subset, cifar10_train_subset
@@ -220,10 +221,18 @@ def _setup_torchvision(name: str, size: int, kwargs: dict[str, Any], n_eval: int
     xte, yte = _stack(cifar10_test_subset(), range(n_eval))
     xte = _resize(xte, size)
     t0 = time.perf_counter()
-    if fit_steps and name not in NO_FIT:
+    cached = (None if fit_cache is None
+              else fit_cache / f"{name}-{size}px-{fit_steps}x{fit_batch}.safetensors")
+    if fit_steps and name not in NO_FIT and cached is not None and cached.is_file():
+        fit_seconds = _load_fit(model, cached)
+        fit = f"{fit_steps} steps x {fit_batch}"
+    elif fit_steps and name not in NO_FIT:
         bn_images = _fit(model, size, fit_steps, fit_batch, FIT_LR.get(name, 2e-3))
         _reestimate_bn(model, bn_images)
         fit = f"{fit_steps} steps x {fit_batch}"
+        fit_seconds = time.perf_counter() - t0
+        if cached is not None:
+            _save_fit(model, cached, fit_seconds)
     else:  # BN statistics and a ridge-regression head on lossless training images
         xtr, ytr = _stack(cifar10_train_subset(), range(64, 416))
         xtr = _resize(xtr, size)
@@ -232,10 +241,31 @@ def _setup_torchvision(name: str, size: int, kwargs: dict[str, Any], n_eval: int
         last = model.get_submodule(table.names[-1])
         _fit_head(model, last, xtr[96:], ytr[96:])
         fit = "BN + ridge head"
+        fit_seconds = time.perf_counter() - t0
     eval_batches = list(zip(_batches(xte, 20), _batches(yte, 20)))
     return {"model": model, "calib": _batches(calib, 16), "eval": eval_batches,
             "example": calib[:1], "input": f"3x{size}x{size} CIFAR-10 images", "fit": fit,
-            "fit_seconds": time.perf_counter() - t0}
+            "fit_seconds": fit_seconds}
+
+
+def _save_fit(model: nn.Module, path: Path, seconds: float) -> None:
+    """The fitted weights and BatchNorm statistics as safetensors (with the fit's seconds)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save(state, metadata={"fit_seconds": f"{seconds:.1f}"}))
+
+
+def _load_fit(model: nn.Module, path: Path) -> float:
+    """Load a fit saved by :func:`_save_fit`; returns the seconds the fit took."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(path))
+    model.eval()
+    with safe_open(path, "pt") as f:
+        return float(f.metadata()["fit_seconds"])
 
 
 def _doc_bytes(seq: int) -> torch.Tensor:
@@ -568,6 +598,10 @@ def main() -> None:
     parser.add_argument("--gpt2-fit-steps", type=int, default=0,
                         help="language-model fitting steps of GPT-2 (8 windows of 128 bytes "
                              "of docs/*.md); 0: random init on Zipf token ids")
+    parser.add_argument("--fit-cache", type=Path, default=None,
+                        help="folder of fitted weights (safetensors, one file per model, size "
+                             "and fit): loaded when present instead of fitting, saved after a "
+                             "fit (e.g. runs/architecture-fits)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--redo", action="store_true", help="recompute finished models")
     parser.add_argument("--name", default=NAME,
@@ -594,7 +628,7 @@ def main() -> None:
         print(f"{name} ...", flush=True)
         if name in sizes:
             setup = _setup_torchvision(name, *sizes[name], args.eval, args.fit_steps,
-                                       args.fit_batch)
+                                       args.fit_batch, args.fit_cache)
         elif name == "minilm":
             setup = _setup_minilm(seqs[name], args.eval)
             if setup is None:
