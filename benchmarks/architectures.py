@@ -59,6 +59,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,23 @@ def _fit_head(model: nn.Module, head: nn.Linear, images: torch.Tensor, labels: t
         head.bias.copy_((-(w @ mean)).float())
 
 
+def _train(model: nn.Module, loss: Callable[[int], torch.Tensor], steps: int, lr: float,
+           weight_decay: float, pct_start: float) -> None:
+    """``steps`` AdamW steps on ``loss(step)`` with a one-cycle schedule peaking at ``lr``;
+    leaves ``model`` in eval mode."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                pct_start=pct_start)
+    model.train()
+    for step in range(steps):
+        value = loss(step)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+
+
 def _fit(model: nn.Module, size: int, steps: int, batch: int, lr: float = 2e-3, seed: int = 0
          ) -> torch.Tensor:
     """``steps`` AdamW steps of supervised training on augmented JPEG training images;
@@ -185,18 +203,12 @@ def _fit(model: nn.Module, size: int, steps: int, batch: int, lr: float = 2e-3, 
         order = rng.permutation(pool)
         picked = np.concatenate([np.resize(order[128:], steps * batch), order[:128]])
     train = cifar10_jpeg_train(augment=True, indices=picked[:steps * batch])
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
-                                                pct_start=0.15)
-    model.train()
-    for step in range(steps):
+
+    def loss(step: int) -> torch.Tensor:
         x, y = _stack(train, range(step * batch, (step + 1) * batch))
-        loss = F.cross_entropy(model(_resize(x, size)), y, label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
+        return F.cross_entropy(model(_resize(x, size)), y, label_smoothing=0.1)
+
+    _train(model, loss, steps, lr, weight_decay=0.05, pct_start=0.15)
     rest = cifar10_jpeg_train(indices=picked[steps * batch:])
     return _resize(_stack(rest, range(len(rest)))[0], size)
 
@@ -223,16 +235,16 @@ def _setup_torchvision(name: str, size: int, kwargs: dict[str, Any], n_eval: int
     t0 = time.perf_counter()
     cached = (None if fit_cache is None
               else fit_cache / f"{name}-{size}px-{fit_steps}x{fit_batch}.safetensors")
-    if fit_steps and name not in NO_FIT and cached is not None and cached.is_file():
-        fit_seconds = _load_fit(model, cached)
+    if fit_steps and name not in NO_FIT:
         fit = f"{fit_steps} steps x {fit_batch}"
-    elif fit_steps and name not in NO_FIT:
-        bn_images = _fit(model, size, fit_steps, fit_batch, FIT_LR.get(name, 2e-3))
-        _reestimate_bn(model, bn_images)
-        fit = f"{fit_steps} steps x {fit_batch}"
-        fit_seconds = time.perf_counter() - t0
-        if cached is not None:
-            _save_fit(model, cached, fit_seconds)
+        if cached is not None and cached.is_file():
+            fit_seconds = _load_fit(model, cached)
+        else:
+            bn_images = _fit(model, size, fit_steps, fit_batch, FIT_LR.get(name, 2e-3))
+            _reestimate_bn(model, bn_images)
+            fit_seconds = time.perf_counter() - t0
+            if cached is not None:
+                _save_fit(model, cached, fit_seconds)
     else:  # BN statistics and a ridge-regression head on lossless training images
         xtr, ytr = _stack(cifar10_train_subset(), range(64, 416))
         xtr = _resize(xtr, size)
@@ -260,12 +272,12 @@ def _save_fit(model: nn.Module, path: Path, seconds: float) -> None:
 def _load_fit(model: nn.Module, path: Path) -> float:
     """Load a fit saved by :func:`_save_fit`; returns the seconds the fit took."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(path))
-    model.eval()
     with safe_open(path, "pt") as f:
-        return float(f.metadata()["fit_seconds"])
+        model.load_state_dict({k: f.get_tensor(k) for k in f.keys()})
+        seconds = float(f.metadata()["fit_seconds"])
+    model.eval()
+    return seconds
 
 
 def _doc_bytes(seq: int) -> torch.Tensor:
@@ -293,19 +305,12 @@ def _setup_gpt2(seq: int, n_eval: int, steps: int, batch: int = 8) -> dict[str, 
                            windows[order[n + 16:]])
     gen = torch.Generator().manual_seed(1)
     t0 = time.perf_counter()
-    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=6e-4, total_steps=steps,
-                                                pct_start=0.1)
-    model.train()
-    for _ in range(steps):
+
+    def loss(_step: int) -> torch.Tensor:
         w = train[torch.randint(len(train), (batch,), generator=gen)]
-        logits = model(w[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
+        return F.cross_entropy(model(w[:, :-1]).flatten(0, 1), w[:, 1:].flatten())
+
+    _train(model, loss, steps, 6e-4, weight_decay=0.01, pct_start=0.1)
     common = int(train[:, 1:].flatten().bincount().argmax())
     x, y = evals[:, :-1], evals[:, 1:]
     return {"model": model, "calib": _batches(calib, 4),
