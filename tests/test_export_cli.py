@@ -38,6 +38,10 @@ def test_export_then_bench(tmp_path):
     assert set(summary["latency"]) == {"1", "4"}
     assert summary["sizes"]["packed_tensors"] == summary["sizes"]["cost_model_prediction"]
     assert summary["agreement"]["count"] == 128  # the test part of the 0.2/0.4/0.4 split
+    runtime = summary["runtime_agreement"]  # vs the simulation of this very export
+    assert runtime["count"] == 128 and runtime["int32_bias_layers"] > 0
+    assert runtime["mean_abs_error"] <= summary["agreement"]["mean_abs_error"]
+    assert "simulation of this export" in (out / "summary.md").read_text()
     assert "speedup" in _text(result) or "Export summary" in _text(result)
     report = tmp_path / "bench.json"
     result = runner.invoke(_app(), ["bench", str(out / "fp32.onnx"), str(out / "quantized.onnx"),

@@ -21,10 +21,12 @@ from bitsmith.export.onnx_export import (
 )
 from bitsmith.export.packed import PackedReport, load_packed, read_packed, save_packed
 from bitsmith.export.pipeline import ExportSummary, deploy
+from bitsmith.export.runtime_sim import runtime_simulation
 
 __all__ = [
     "Agreement", "ArtifactError", "ExportError", "ExportSummary", "FrozenWeightQuantizer",
     "LatencyTable", "LayerGeometry", "OnnxExportReport", "PackedReport", "compare_onnx",
     "deploy", "export_fp32_onnx", "export_onnx", "load_packed", "measure_latency_table",
-    "precision_key", "read_packed", "register_runtime", "save_packed", "thaw_weights",
+    "precision_key", "read_packed", "register_runtime", "runtime_simulation", "save_packed",
+    "thaw_weights",
 ]

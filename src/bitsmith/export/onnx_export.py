@@ -31,6 +31,7 @@ from bitsmith.export.onnx_qdq import INT_OPS, LayerPlan, absent_layers, add_outp
 from bitsmith.export.ort import make_session, run, tensor_ranges
 from bitsmith.export.packed import _quant_info
 from bitsmith.export.qparams import act_qparams, nbits_weight, weight_qparams
+from bitsmith.export.runtime_sim import RuntimePoint, locate_runtime_points, with_int32_biases
 from bitsmith.quantize import quant_info
 
 
@@ -47,6 +48,11 @@ class OnnxExportReport:
     ``kernels`` counts every compute kernel of the optimised graph by class (attention's
     activation-by-activation MatMuls included); ``intended`` is what the export asked for.
     Without ``check_kernels`` the counts follow the intent.
+    ``runtime_points``: the tensors the integer chains read quantized where the simulation
+    reads float, located in the quantized model (:func:`runtime_simulation` turns them into
+    a simulation of what ONNX Runtime runs); ``runtime_unmatched``: such tensors it could
+    not locate (inside leaf modules, or the model was not traced); ``int32_bias_layers``:
+    layers whose bias the export rounded to int32 codes at ``s_in · s_w``.
     """
 
     path: str
@@ -62,6 +68,9 @@ class OnnxExportReport:
     kernels: dict[str, int] = field(default_factory=dict)
     intended: dict[str, str] = field(default_factory=dict)
     calibrated_points: list[str] = field(default_factory=list)
+    runtime_points: list[RuntimePoint] = field(default_factory=list)
+    runtime_unmatched: list[str] = field(default_factory=list)
+    int32_bias_layers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -73,6 +82,10 @@ class OnnxExportReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: Examples of the first calibration batch used to locate the runtime points.
+RUNTIME_MATCH_EXAMPLES = 4
 
 
 def _as_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
@@ -230,6 +243,15 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
     result = insert_qdq(base, plans, integer_outputs=integer_outputs, range_fn=ranges,
                         int_ops=INT_OPS if integer_residuals else frozenset(),
                         accuracy_level=nbits_accuracy_level)
+    int32_biases = [n for n, p in plans.items() if p.int32_bias]
+    points: list[RuntimePoint] = []
+    unmatched: list[str] = []
+    if result.runtime_reads and result.simulation_model is not None:
+        # the simulation graph has int32 biases: matched against the same, fewer flips apart
+        points, unmatched = locate_runtime_points(
+            with_int32_biases(qmodel, int32_biases), result.simulation_model,
+            result.runtime_reads,
+            [x[:RUNTIME_MATCH_EXAMPLES] for x in (batches[0] if batches else map(_numpy, inputs))])
     model = result.model
     model.producer_name = "bitsmith"
     onnx.checker.check_model(model)
@@ -240,7 +262,9 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
         path=str(out), file_bytes=out.stat().st_size, opset=opset,
         integer_outputs=integer_outputs, integer_residuals=integer_residuals,
         intended={n: p.kernel for n, p in plans.items()},
-        calibrated_points=sorted(result.calibrated), absent_layers=absent)
+        calibrated_points=sorted(result.calibrated), absent_layers=absent,
+        runtime_points=points, runtime_unmatched=unmatched,
+        int32_bias_layers=int32_biases)
     _count_kernels(report, quant_info(qmodel).layer_table.names, plans,
                    out if check_kernels else None)
     if absent:

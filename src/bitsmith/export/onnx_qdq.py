@@ -24,9 +24,11 @@ Three kinds of rewrite:
    grid (calibrated on data run through the simulation-point graph, and narrowed to
    the active range of a saturating activation that reads it:
    :mod:`bitsmith.export.saturation`).
-   Calibrated points are the only places where the export deviates from the
-   PyTorch simulation (plus int32 bias rounding); the export report measures
-   the deviation.
+   These points, and the reads of a simulation point's tensor on its grid by a
+   non-layer consumer (a residual ``Add`` reading a block input), are where the export
+   deviates from the PyTorch simulation besides the int32 biases and float rounding;
+   :class:`RuntimeRead` records each, and :mod:`bitsmith.export.runtime_sim` puts them
+   into a simulation of the export. The export report measures the deviation.
 3. Layers the Policy keeps in float, and layers whose weights have no exact
    8-bit integer form (resq, μL2Q, ZoomQ, power-of-two above 4 bits), keep a
    float Conv/Gemm (with the quantized weight values) fed by the input's QDQ.
@@ -44,7 +46,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bitsmith.export.errors import ExportError
-from bitsmith.export.qparams import ActQParams, NBitsWeight, WeightQParams, calibrated_qparams
+from bitsmith.export.qparams import (
+    ActQParams,
+    NBitsWeight,
+    WeightQParams,
+    calibrated_qparams,
+    int32_bias,
+)
 from bitsmith.export.saturation import narrow_ranges
 
 #: Nodes ONNX Runtime runs on int8 tensors when all their inputs and the output are QDQ'd.
@@ -68,6 +76,7 @@ class LayerPlan:
     node: str = ""
     node_op: str = ""
     kernel: str = ""
+    int32_bias: bool = False  # the export rounded its bias to int32 codes at s_in * s_w
 
     @property
     def integer(self) -> bool:
@@ -85,12 +94,33 @@ class LayerPlan:
 
 
 @dataclass
+class RuntimeRead:
+    """A tensor some consumers read quantized in the export but not in the simulation.
+
+    ``readers`` / ``raw_readers``: op types of the consumers that read ``DQ(Q(tensor))`` /
+    the float tensor (layers read it raw and quantize it on their own input grid).
+    """
+
+    tensor: str
+    grid: ActQParams
+    readers: list[str] = field(default_factory=list)
+    raw_readers: list[str] = field(default_factory=list)
+
+
+@dataclass
 class QdqResult:
-    """The rewritten model and what was done."""
+    """The rewritten model and what was done.
+
+    ``runtime_reads``: every quantized read the simulation does not have (integer chains);
+    ``simulation_model``: the same graph with the simulation's points only (computes what the
+    PyTorch simulation computes), kept when integer chains were added.
+    """
 
     model: onnx.ModelProto
     layers: dict[str, LayerPlan]
     calibrated: dict[str, ActQParams] = field(default_factory=dict)
+    runtime_reads: dict[str, RuntimeRead] = field(default_factory=dict)
+    simulation_model: onnx.ModelProto | None = None
 
 
 class _Graph:
@@ -347,11 +377,10 @@ def _rewrite_layer(b: _Builder, g: _Graph, node: onnx.NodeProto, plan: LayerPlan
     if plan.act is not None and len(node.input) > 2 and node.input[2] in g.inits:
         bias_name = node.input[2]
         bias = next(numpy_helper.to_array(t) for t in g.graph.initializer if t.name == bias_name)
-        bias_scale = (np.float32(plan.act.scale) * w.scale).astype(np.float32)
-        bias_scale = np.broadcast_to(bias_scale, bias.shape).astype(np.float32)
-        q = np.clip(np.round(bias.astype(np.float64) / bias_scale), -2 ** 31, 2 ** 31 - 1)
-        node.input[2] = b.dequantize_init(f"{plan.name}.bias", q.astype(np.int32), bias_scale,
+        codes, bias_scale = int32_bias(bias, plan.act, w)
+        node.input[2] = b.dequantize_init(f"{plan.name}.bias", codes, bias_scale,
                                           np.zeros(bias.shape, np.int32), 0)
+        plan.int32_bias = True
         dropped.add(bias_name)
     return dropped
 
@@ -397,7 +426,9 @@ def insert_qdq(model: onnx.ModelProto, plans: dict[str, LayerPlan], *, integer_o
                 raise ExportError("integer_outputs=True needs calibration data for the extra "
                                   "quantization points")
             ranges = narrow_ranges(range_fn(sim, sorted(wanted)), g.consumers, g.outputs)
-        return _apply(model, plans, True, ranges, int_ops, accuracy_level)
+        result = _apply(model, plans, True, ranges, int_ops, accuracy_level)
+        result.simulation_model = sim
+        return result
     return _apply(model, plans, False, None, int_ops, accuracy_level)
 
 
@@ -443,6 +474,7 @@ def _apply(model: onnx.ModelProto, plans: dict[str, LayerPlan], integer_outputs:
         plan.node_op = nodes[name].op_type
         dropped |= _rewrite_layer(b, g, nodes[name], plan, accuracy_level)
         plan.kernel = _kernel(plan)
+    reads: dict[str, RuntimeRead] = {}
     for node in list(model.graph.node):
         for idx, tensor in enumerate(node.input):
             if not tensor:
@@ -454,6 +486,8 @@ def _apply(model: onnx.ModelProto, plans: dict[str, LayerPlan], integer_outputs:
                     grid = points[tensor]
                 elif tensor in pts.own and node.op_type not in LAYER_OPS:
                     grid = points[tensor]
+                read = reads.setdefault(tensor, RuntimeRead(tensor, points[tensor]))
+                (read.readers if grid is not None else read.raw_readers).append(node.op_type)
             if grid is not None:
                 producer = g.producer.get(tensor)
                 node.input[idx] = b.qdq(tensor, grid, fusable=producer is not None
@@ -472,7 +506,7 @@ def _apply(model: onnx.ModelProto, plans: dict[str, LayerPlan], integer_outputs:
             o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     calibrated = {t: p for t, p in points.items() if p.source == "calibrated"}
-    return QdqResult(model, plans, calibrated)
+    return QdqResult(model, plans, calibrated, {t: r for t, r in reads.items() if r.readers})
 
 
 def _pads_in_integer_domain(graph: onnx.GraphProto) -> None:

@@ -30,6 +30,7 @@ from bitsmith.export.onnx_export import (
 )
 from bitsmith.export.ort import interleaved_latency, make_session
 from bitsmith.export.packed import PackedReport, save_packed
+from bitsmith.export.runtime_sim import runtime_simulation
 from bitsmith.quantize import quant_info
 
 
@@ -47,6 +48,7 @@ class ExportSummary:
     onnx: dict[str, Any]
     packed: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    runtime_agreement: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +95,13 @@ class ExportSummary:
                       f"{pct(acc['onnx'])}.",
                   f"ONNX vs simulation: top-1 agreement {a['top1_agreement']:.2f}%, max |logit "
                   f"error| {a['max_abs_error']:.4f}, mean {a['mean_abs_error']:.4f}."]
+        r = self.runtime_agreement
+        if r is not None:
+            lines.append(
+                f"ONNX vs the simulation of this export ({r['runtime_points']} integer-chain "
+                f"points, {r['int32_bias_layers']} int32 biases): top-1 agreement "
+                f"{r['top1_agreement']:.2f}%, max |logit error| {r['max_abs_error']:.4f}, mean "
+                f"{r['mean_abs_error']:.4f}; its accuracy {pct(r['torch_accuracy'])}.")
         if self.notes:
             lines += ["", *[f"- {n}" for n in self.notes]]
         return "\n".join(lines) + "\n"
@@ -147,6 +156,19 @@ class Timing:
     threads: int = 2
 
 
+def _runtime_agreement(qmodel: nn.Module, report: OnnxExportReport, evaluation: Any,
+                       threads: int) -> dict[str, Any] | None:
+    """ONNX Runtime vs :func:`runtime_simulation` of ``report`` (``None`` when the export has
+    no integer-chain point or int32 bias: the simulation is then already that model)."""
+    if not (report.runtime_points or report.int32_bias_layers):
+        return None
+    model = runtime_simulation(qmodel, report)
+    return {**compare_onnx(model, report.path, evaluation, threads).to_dict(),
+            "runtime_points": len(report.runtime_points),
+            "unmatched_points": len(report.runtime_unmatched),
+            "int32_bias_layers": len(report.int32_bias_layers)}
+
+
 def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_inputs: Any,
            calibration: Any, evaluation: Any, model_name: str | None = None,
            model_kwargs: dict[str, Any] | None = None, timing: Timing = Timing(),
@@ -181,6 +203,7 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
                                        model_kwargs=model_kwargs, key=key)
     say("comparing ONNX Runtime with the PyTorch simulation")
     agreement: Agreement = compare_onnx(qmodel, onnx_report.path, evaluation, timing.threads)
+    runtime_agreement = _runtime_agreement(qmodel, onnx_report, evaluation, timing.threads)
     fp32_acc = _accuracy(model, evaluation)
     say("timing FP32 vs quantized (interleaved medians)")
     timings = time_models([fp32_path, onnx_report.path], tuple(example.shape[1:]),
@@ -200,8 +223,12 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
         notes.append(f"layers without an integer kernel in ONNX Runtime: {float_layers}")
     if onnx_report.calibrated_points:
         notes.append(f"{len(onnx_report.calibrated_points)} extra uint8 points calibrated for "
-                     "integer chains (the only deviations from the simulation besides int32 "
-                     "bias rounding)")
+                     "integer chains (with the int32 biases, the deviations from the "
+                     "simulation; the simulation of this export models them)")
+    if onnx_report.runtime_unmatched:
+        notes.append(f"{len(onnx_report.runtime_unmatched)} integer-chain points have no twin "
+                     "in the PyTorch model (inside leaf modules, or the model is not traced); "
+                     "the simulation of this export keeps them in float")
     info = quant_info(qmodel)
     summary = ExportSummary(
         model=model_name or type(model).__name__,
@@ -209,6 +236,7 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
         sizes=sizes, latency=latency, agreement=agreement.to_dict(),
         accuracy={"fp32": fp32_acc, "simulation": agreement.torch_accuracy,
                   "onnx": agreement.onnx_accuracy},
-        onnx=onnx_report.to_dict(), packed=packed.to_dict(), notes=notes)
+        onnx=onnx_report.to_dict(), packed=packed.to_dict(), notes=notes,
+        runtime_agreement=runtime_agreement)
     summary.save(out)
     return summary

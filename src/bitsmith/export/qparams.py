@@ -147,6 +147,24 @@ def weight_qparams(layer: QuantizedLayer) -> WeightQParams | None:
 NBITS = (2, 4, 8)
 
 
+def int32_bias(bias: np.ndarray, act: ActQParams, weight: WeightQParams
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's bias as ``QLinearConv`` / ``QGemm`` take it: int32 codes at ``s_in · s_w``.
+
+    Args:
+        bias: float bias, shape ``(out,)``.
+        act: the layer's input grid; weight: its integer weight (scalar or per-channel scale).
+
+    Returns:
+        ``(codes, scale)``: int32 codes and float32 scales, both of shape ``(out,)``; the
+        runtime adds ``codes · scale`` (the bias rounded to half an accumulator step).
+    """
+    scale = (np.float32(act.scale) * weight.scale).astype(np.float32)
+    scale = np.broadcast_to(scale, bias.shape).astype(np.float32)
+    codes = np.clip(np.round(bias.astype(np.float64) / scale), -2 ** 31, 2 ** 31 - 1)
+    return codes.astype(np.int32), scale
+
+
 @dataclass
 class NBitsWeight:
     """A block-wise Linear weight in ONNX Runtime's ``MatMulNBits`` layout.
