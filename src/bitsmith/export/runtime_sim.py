@@ -31,7 +31,7 @@ import torch
 from torch import fx, nn
 
 from bitsmith.export.errors import ExportError
-from bitsmith.export.onnx_qdq import LAYER_OPS, RuntimeRead, add_outputs
+from bitsmith.export.onnx_qdq import LAYER_OPS, MOVE_OPS, RuntimeRead, add_outputs
 from bitsmith.export.ort import make_session, run
 from bitsmith.export.qparams import ActQParams, act_qparams, int32_bias, weight_qparams
 from bitsmith.graph import quantized_layers
@@ -163,7 +163,33 @@ def locate_runtime_points(qmodel: nn.Module, simulation_model: onnx.ModelProto,
         read = reads[name]
         points.append(RuntimePoint(name, twin[0], read.grid, twin[1], list(read.readers),
                                    [op for op in read.raw_readers if op not in LAYER_OPS]))
-    return points, unmatched
+    return points, _uncovered(unmatched, {p.tensor for p in points}, reads, simulation_model)
+
+
+def _uncovered(unmatched: list[str], located: set[str], reads: dict[str, RuntimeRead],
+               model: onnx.ModelProto) -> list[str]:
+    """The unmatched tensors whose values the located points do not already put on their grid.
+
+    A data-movement op (Slice, Pad with 0, Reshape, ...) of a tensor on a grid gives a tensor
+    on the same grid, so an intermediate the exporter split off (ResNet's strided shortcut
+    ``x[:, :, ::2, ::2]`` becomes two Slices; the first has no fx twin) needs no point of its
+    own when its source is on that grid.
+    """
+    producer = {o: n for n in model.graph.node for o in n.output}
+    on_grid = set(located)
+    left = list(unmatched)
+    changed = True
+    while changed:
+        changed = False
+        for name in list(left):
+            node = producer.get(name)
+            source = node.input[0] if node is not None and node.input else ""
+            if node is not None and node.op_type in MOVE_OPS and source in on_grid \
+                    and reads[source].grid.key() == reads[name].grid.key():
+                on_grid.add(name)
+                left.remove(name)
+                changed = True
+    return left
 
 
 def runtime_simulation(qmodel: nn.Module, report: OnnxExportReport) -> nn.Module:
