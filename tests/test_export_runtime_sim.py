@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_bn
 from onnx import TensorProto, helper
 from torch import nn
 
@@ -14,7 +15,6 @@ from bitsmith.export import ExportError, export_onnx, runtime_simulation
 from bitsmith.export.ort import make_session, run
 from bitsmith.export.qparams import ActQParams, act_qparams, weight_qparams
 from bitsmith.export.runtime_sim import RuntimeQuantize, _Capture
-from tests.conftest import randomize_bn
 
 A8 = QSpec("uniform_asymmetric", 8)
 W8 = QSpec("uniform_symmetric", 8, "channel")

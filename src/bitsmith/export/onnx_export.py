@@ -31,7 +31,7 @@ from bitsmith.export.onnx_qdq import INT_OPS, LayerPlan, absent_layers, add_outp
 from bitsmith.export.ort import make_session, run, tensor_ranges
 from bitsmith.export.packed import _quant_info
 from bitsmith.export.qparams import act_qparams, nbits_weight, weight_qparams
-from bitsmith.export.runtime_sim import RuntimePoint, locate_runtime_points, with_int32_biases
+from bitsmith.export.runtime_sim import RuntimePoint, locate_runtime_points
 from bitsmith.quantize import quant_info
 
 
@@ -243,14 +243,11 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
     result = insert_qdq(base, plans, integer_outputs=integer_outputs, range_fn=ranges,
                         int_ops=INT_OPS if integer_residuals else frozenset(),
                         accuracy_level=nbits_accuracy_level)
-    int32_biases = [n for n, p in plans.items() if p.int32_bias]
     points: list[RuntimePoint] = []
     unmatched: list[str] = []
-    if result.runtime_reads and result.simulation_model is not None:
-        # the simulation graph has int32 biases: matched against the same, fewer flips apart
+    if result.runtime_reads:
         points, unmatched = locate_runtime_points(
-            with_int32_biases(qmodel, int32_biases), result.simulation_model,
-            result.runtime_reads,
+            float_model, base, result.runtime_reads,
             [x[:RUNTIME_MATCH_EXAMPLES] for x in (batches[0] if batches else map(_numpy, inputs))])
     model = result.model
     model.producer_name = "bitsmith"
@@ -264,7 +261,7 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
         intended={n: p.kernel for n, p in plans.items()},
         calibrated_points=sorted(result.calibrated), absent_layers=absent,
         runtime_points=points, runtime_unmatched=unmatched,
-        int32_bias_layers=int32_biases)
+        int32_bias_layers=[n for n, p in plans.items() if p.int32_bias])
     _count_kernels(report, quant_info(qmodel).layer_table.names, plans,
                    out if check_kernels else None)
     if absent:

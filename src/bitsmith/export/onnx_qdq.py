@@ -111,16 +111,14 @@ class RuntimeRead:
 class QdqResult:
     """The rewritten model and what was done.
 
-    ``runtime_reads``: every quantized read the simulation does not have (integer chains);
-    ``simulation_model``: the same graph with the simulation's points only (computes what the
-    PyTorch simulation computes), kept when integer chains were added.
+    ``runtime_reads``: every quantized read the simulation does not have (integer chains),
+    by tensor name of the input graph.
     """
 
     model: onnx.ModelProto
     layers: dict[str, LayerPlan]
     calibrated: dict[str, ActQParams] = field(default_factory=dict)
     runtime_reads: dict[str, RuntimeRead] = field(default_factory=dict)
-    simulation_model: onnx.ModelProto | None = None
 
 
 class _Graph:
@@ -426,9 +424,7 @@ def insert_qdq(model: onnx.ModelProto, plans: dict[str, LayerPlan], *, integer_o
                 raise ExportError("integer_outputs=True needs calibration data for the extra "
                                   "quantization points")
             ranges = narrow_ranges(range_fn(sim, sorted(wanted)), g.consumers, g.outputs)
-        result = _apply(model, plans, True, ranges, int_ops, accuracy_level)
-        result.simulation_model = sim
-        return result
+        return _apply(model, plans, True, ranges, int_ops, accuracy_level)
     return _apply(model, plans, False, None, int_ops, accuracy_level)
 
 
