@@ -208,7 +208,8 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
             could not be traced with torch.fx, or the exporter saw data-dependent values).
 
     Returns:
-        An :class:`OnnxExportReport` (kernel per layer, calibrated points, notes).
+        An :class:`OnnxExportReport` (kernel per layer, calibrated points, notes, and the
+        points and int32 biases :func:`~bitsmith.export.runtime_simulation` models).
 
     Raises:
         ExportError: the model is not quantized, or a layer's quantizer has no ONNX form
