@@ -81,6 +81,15 @@ def test_the_simulation_of_the_export_computes_what_onnx_runtime_runs(exported):
             run(session, [x.numpy()])[0]).argmax(1)).all())
 
 
+def test_locating_the_points_can_be_skipped(exported, tmp_path):
+    """The tuner's runtime backend scores the ONNX session itself and skips the search."""
+    q, report = exported
+    x = torch.randn(16, 3, 16, 16)
+    skipped = export_onnx(q, tmp_path / "s.onnx", x[:1], calibration=[x], runtime_model=False)
+    assert skipped.runtime_points == [] and skipped.runtime_unmatched == []
+    assert skipped.int32_bias_layers == report.int32_bias_layers
+
+
 def test_runtime_simulation_leaves_the_quantized_model_alone(exported):
     q, report = exported
     x = torch.randn(4, 3, 16, 16)

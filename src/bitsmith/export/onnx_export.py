@@ -173,7 +173,7 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
                 calibration: Any = None, integer_outputs: bool = True,
                 integer_residuals: bool = True, observer: str = "mse", opset: int = 17,
                 calibration_batches: int | None = 8, check_kernels: bool = True,
-                nbits_accuracy_level: int = 0) -> OnnxExportReport:
+                nbits_accuracy_level: int = 0, runtime_model: bool = True) -> OnnxExportReport:
     """Export a quantized model as ONNX with QuantizeLinear/DequantizeLinear for ONNX Runtime.
 
     Args:
@@ -202,6 +202,11 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
             (faster on VNNI CPUs, a further small deviation); see ``docs/export.md``.
         check_kernels: let ONNX Runtime optimise the written model and report the kernel
             each layer really runs (a second graph optimisation; seconds on large models).
+        runtime_model: locate the integer-chain points in ``qmodel`` for
+            :func:`~bitsmith.export.runtime_simulation` (one float run of each model on
+            four calibration examples; ~10% of the export time on ResNet-20). ``False``
+            leaves ``runtime_points`` empty (the tuner's runtime backend, which only times
+            the export).
 
     Warns:
         ExportWarning: the graph is specialised to the example's control flow (the model
@@ -246,7 +251,7 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
                         accuracy_level=nbits_accuracy_level)
     points: list[RuntimePoint] = []
     unmatched: list[str] = []
-    if result.runtime_reads:
+    if runtime_model and result.runtime_reads:
         points, unmatched = locate_runtime_points(
             float_model, base, result.runtime_reads,
             [x[:RUNTIME_MATCH_EXAMPLES] for x in (batches[0] if batches else map(_numpy, inputs))])

@@ -99,9 +99,10 @@ class OnnxRuntimeBackend:
         self._count += 1
         path = self.work_dir / f"config-{self._count}.onnx"
         calibration = self._calibration if self._calibration is not None else [example]
+        # the trial is scored on the session itself: no simulation of the export is needed
+        kwargs = {"runtime_model": False, **self.export_kwargs}
         report = export_onnx(qmodel.eval(), path, example[:1], calibration=calibration,
-                             calibration_batches=self.calibration_batches,
-                             **self.export_kwargs)
+                             calibration_batches=self.calibration_batches, **kwargs)
         session = make_session(path, self.threads)
         if not self.keep:
             prev = self.work_dir / f"config-{self._count - 1}.onnx"
