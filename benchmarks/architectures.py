@@ -32,7 +32,11 @@ and the margins of the flipped examples (:func:`_ort_detail`); and the self-agre
 float model and of the simulation under 1e-4 relative input noise
 (:func:`_perturbed_agreement`): where the simulation disagrees with itself as often as ONNX
 Runtime disagrees with it, the export is as exact as the quantized model's own stability
-allows.
+allows. ONNX Runtime against itself (:func:`_ort_reproducibility`): the optimised session vs
+the unoptimised one on the same graph (the ceiling of any simulation's agreement), and the
+unoptimised one vs the simulation of the export. The cosine with a uint8 grid per activation
+channel (``cosine_act_per_channel``, simulation only) bounds what activation equalisation
+(SmoothQuant, cross-layer equalisation) could recover.
 
 Data (``shared/data/SOURCES.md`` protocol): fitting on JPEG training images outside the
 validation split and the lossless images; calibration on 64 lossless training images;
@@ -76,7 +80,7 @@ from torch import nn
 import bitsmith
 from bitsmith import Policy, QSpec
 from bitsmith.atomic import atomic_write_bytes, atomic_write_text
-from bitsmith.export import compare_onnx, export_onnx
+from bitsmith.export import compare_onnx, compare_onnx_optimisation, export_onnx
 from bitsmith.export.ort import make_session, run
 from bitsmith.export.runtime_sim import runtime_simulation
 
@@ -84,6 +88,7 @@ from .common import RESULTS, environment
 
 NAME = "architectures"
 W8, A8 = QSpec("uniform_symmetric", 8, "channel"), QSpec("uniform_asymmetric", 8)
+A8_CHANNEL = QSpec("uniform_asymmetric", 8, "channel")  # simulation only: no integer kernel
 # (name, input size, constructor kwargs): the 12 of the foundation acceptance, then the 6
 # more of issue 16. 64-pixel inputs keep the fit affordable on a 2-core CPU; MaxViT needs 224.
 TORCHVISION: list[tuple[str, int, dict[str, Any]]] = [
@@ -469,6 +474,27 @@ def _ort_detail(qmodel: nn.Module, onnx_path: Path, batches: list) -> dict[str, 
             "flip_margins": sorted(round(m, 5) for m in flips)}
 
 
+def _ort_reproducibility(onnx_path: Path, runtime_model: nn.Module, batches: list
+                         ) -> dict[str, Any]:
+    """How far ONNX Runtime reproduces *itself* (:func:`compare_onnx_optimisation`): argmax
+    agreement (percent) of the optimised session with the unoptimised one (float ops between
+    the same Q/DQ pairs, differing only in float rounding: the ceiling of any simulation's
+    agreement), and of the unoptimised one with the simulation of the export."""
+    threads = torch.get_num_threads()
+    itself = compare_onnx_optimisation(onnx_path, batches, threads)
+    unoptimised = compare_onnx(runtime_model, onnx_path, batches, threads, optimize=False)
+    return {"count": itself.count, "optimised_vs_unoptimised": itself.top1_agreement,
+            "unoptimised_vs_runtime_sim": unoptimised.top1_agreement}
+
+
+@torch.no_grad()
+def _cosine_mean(model: nn.Module, qmodel: nn.Module, batches: list) -> float:
+    """Mean per-example cosine of ``qmodel``'s logits against ``model``'s."""
+    cos = [F.cosine_similarity(model(x).float().flatten(1), qmodel(x).float().flatten(1),
+                               dim=1) for x in map(_inputs, batches)]
+    return float(torch.cat(cos).mean())
+
+
 def run_model(name: str, setup: dict[str, Any], workdir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     model = setup["model"]
@@ -483,7 +509,12 @@ def run_model(name: str, setup: dict[str, Any], workdir: Path) -> dict[str, Any]
     agreement = compare_onnx(qmodel, onnx_path, setup["eval"])
     detail = _ort_detail(qmodel, onnx_path, setup["eval"])
     # the simulation of this export: the integer chains' points and int32 biases added
-    runtime = compare_onnx(runtime_simulation(qmodel, export), onnx_path, setup["eval"])
+    runtime_model = runtime_simulation(qmodel, export)
+    runtime = compare_onnx(runtime_model, onnx_path, setup["eval"])
+    reproducibility = _ort_reproducibility(onnx_path, runtime_model, setup["eval"])
+    # the upper bound of activation equalisation: a uint8 grid per activation channel
+    per_channel = bitsmith.quantize(model, Policy.uniform(table.names, W8, A8_CHANNEL),
+                                    calibration=setup["calib"])
     # the same model exported with the simulation's own Q/DQ points only (no integer chains)
     exact = export_onnx(qmodel, onnx_path, setup["example"], integer_outputs=False)
     exact_agreement = compare_onnx(qmodel, onnx_path, setup["eval"])
@@ -501,10 +532,9 @@ def run_model(name: str, setup: dict[str, Any], workdir: Path) -> dict[str, Any]
         **floats,
         "ort_vs_sim": agreement.to_dict(), "ort_relative_rms_error": detail["relative_rms_error"],
         "ort_detail": detail,
-        "ort_vs_runtime_sim": {
-            **runtime.to_dict(), "runtime_points": len(export.runtime_points),
-            "unmatched": len(export.runtime_unmatched),
-            "int32_bias_layers": len(export.int32_bias_layers)},
+        "ort_vs_runtime_sim": {**runtime.to_dict(), **export.runtime_counts()},
+        "ort_reproducibility": reproducibility,
+        "cosine_act_per_channel": _cosine_mean(model, per_channel, setup["eval"]),
         "ort_vs_sim_simulation_points_only": {
             **exact_agreement.to_dict(), "integer_layers": exact.integer_layers,
             "float_layers": exact.float_layers},
@@ -530,10 +560,11 @@ def summary_table(rows: list[dict[str, Any]]) -> list[str]:
     """The acceptance view: one line per model (also in docs/export.md)."""
     lines = [
         "| model | fit (FP32 top-1) | layers quantized (Linear / attention proj.) | "
-        "cosine to FP32 | ORT vs sim argmax | ORT vs sim of the export | "
+        "cosine to FP32 (per-channel act.) | ORT vs sim argmax | ORT vs sim of the export | "
+        "ORT optimised vs unoptimised | "
         "sim vs itself, 1e-4 noise | ORT layers int / float | ORT kernels int / float | "
         "cos >= 0.99 | agree >= 99% (sim / sim of the export) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         a, k, lay = r["ort_vs_sim"], r["ort_kernels"], r["ort_layers"]
@@ -544,14 +575,26 @@ def summary_table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {r['model']} | {fit} | {r['quantized']}/{r['layers']} "
             f"({r['linear_layers']} / {r['attention_projections']}) | "
-            f"{r['cosine_mean']:.4f} | {a['top1_agreement']:.1f}% of {a['count']} | "
+            f"{r['cosine_mean']:.4f}{_per_channel(r)} | "
+            f"{a['top1_agreement']:.1f}% of {a['count']} | "
             f"{'-' if not rt else format(rt['top1_agreement'], '.1f') + '%'} | "
+            f"{_reproducibility(r)} | "
             f"{'-' if not p else format(p['simulation'], '.1f') + '%'} | "
             f"{lay['integer']} / {lay['float']}{_absent(lay)} | "
             f"{k.get('integer', 0)} / {k.get('float', 0)} | {_yes(r['cosine_mean'] >= 0.99)} | "
             f"{_yes(a['top1_agreement'] >= 99.0)} / "
             f"{'-' if not rt else _yes(rt['top1_agreement'] >= 99.0)} |")
     return lines
+
+
+def _per_channel(row: dict[str, Any]) -> str:
+    value = row.get("cosine_act_per_channel")
+    return "" if value is None else f" ({value:.4f})"
+
+
+def _reproducibility(row: dict[str, Any]) -> str:
+    rep = row.get("ort_reproducibility")
+    return "-" if not rep else f"{rep['optimised_vs_unoptimised']:.1f}%"
 
 
 def _absent(layers: dict[str, Any]) -> str:
@@ -563,8 +606,14 @@ def _runtime_sim(row: dict[str, Any]) -> str:
     rt = row.get("ort_vs_runtime_sim")
     if not rt:
         return "-"
-    return (f"{rt['runtime_points']} ({rt['unmatched']}) / {rt['top1_agreement']:.1f}% / "
+    return (f"{rt['runtime_points']} ({rt['unmatched_points']}) / {rt['top1_agreement']:.1f}% / "
             f"{rt['mean_abs_error']:.2g} vs {row['ort_vs_sim']['mean_abs_error']:.2g}")
+
+
+def _unoptimised(row: dict[str, Any]) -> str:
+    rep = row.get("ort_reproducibility")
+    return "-" if not rep else (f"{rep['optimised_vs_unoptimised']:.1f}% / "
+                                f"{rep['unoptimised_vs_runtime_sim']:.1f}%")
 
 
 def _self_agreement(row: dict[str, Any]) -> str:
@@ -585,16 +634,23 @@ def _markdown(rows: list[dict[str, Any]]) -> list[str]:
         "max |ORT - simulation| logit error (argmaxes a typical export error can flip); "
         "self-agreement: each model's top-1 agreement with itself when the inputs get "
         "Gaussian noise of 1e-4 x their standard deviation (how far an argmax is from a "
-        "flip under perturbations as small as ONNX Runtime's rounding differences).",
+        "flip under perturbations as small as ONNX Runtime's rounding differences); "
+        "ORT optimised vs unoptimised: the same export run by ONNX Runtime with its graph "
+        "optimisations on (integer kernels) and off (float ops between the same Q/DQ pairs): "
+        "they differ only in float rounding, so their argmax agreement is the ceiling of any "
+        "simulation's agreement with ONNX Runtime; per-channel act.: cosine of the simulation "
+        "with one uint8 grid per activation channel (no integer kernel runs it: the upper "
+        "bound of activation equalisation such as SmoothQuant or cross-layer equalisation).",
         "",
         "| model | input | fit | layers | Linear | attn proj | quantized | warned float ops | "
         "FP32 / W8A8 / ORT acc | cosine mean (min) | sim vs FP32 top-1 | ORT vs sim argmax | "
         "ORT rel. error | margin | near ties | ORT layers int/float/absent | "
         "ORT kernels int/float | sim-points-only export: argmax | "
         "sim of the export: points (unmatched) / argmax / mean abs logit error vs sim's | "
+        "ORT unoptimised: vs ORT optimised / vs sim of the export | "
         "self-agreement, 1e-4 noise: FP32 / sim |",
         "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        "---:|",
+        "---:|---:|",
     ]
     for r in rows:
         a, k, lay = r["ort_vs_sim"], r["ort_kernels"], r["ort_layers"]
@@ -610,7 +666,7 @@ def _markdown(rows: list[dict[str, Any]]) -> list[str]:
             f"{_pct(r.get('ort_detail', {}).get('near_tie_share'))} | "
             f"{lay['integer']}/{lay['float']}/{len(lay.get('absent', []))} | "
             f"{k.get('integer', 0)}/{k.get('float', 0)} | {e['top1_agreement']:.1f}% | "
-            f"{_runtime_sim(r)} | {_self_agreement(r)} |")
+            f"{_runtime_sim(r)} | {_unoptimised(r)} | {_self_agreement(r)} |")
     return lines
 
 

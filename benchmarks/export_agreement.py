@@ -6,7 +6,10 @@ biases (:mod:`bitsmith.export.runtime_sim`). This benchmark measures how much of
 Runtime's deviation from the simulation those account for, on the pretrained CIFAR-10
 ResNet-20 and ResNet-32: per export, top-1 agreement and logit errors of ONNX Runtime's
 optimised graph against (a) the simulation ``quantize`` returns and (b)
-:func:`~bitsmith.export.runtime_simulation` of the export, plus the three accuracies.
+:func:`~bitsmith.export.runtime_simulation` of the export, plus the three accuracies; and
+ONNX Runtime against itself (:func:`~bitsmith.export.compare_onnx_optimisation`: the
+optimised session vs the unoptimised one, float ops between the same Q/DQ pairs), the
+ceiling of any simulation's agreement.
 
 Exports: W8A8 (per-channel int8 weights, uint8 activations) with int8 residuals (default)
 and with float residuals, and the mixed 2-8-bit Policy of ``export_resnet20.py``.
@@ -29,7 +32,12 @@ import torch
 import bitsmith
 from bitsmith import Policy, QSpec
 from bitsmith.data import cifar10_protocol, make_loader
-from bitsmith.export import compare_onnx, export_onnx, runtime_simulation
+from bitsmith.export import (
+    compare_onnx,
+    compare_onnx_optimisation,
+    export_onnx,
+    runtime_simulation,
+)
 from bitsmith.models import load_pretrained_cifar_resnet
 
 from .common import write_result
@@ -68,15 +76,14 @@ def measure(depth: int, proto, tmp: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "model": f"resnet{depth}", "export": label,
             "export_seconds": export_seconds, "runtime_simulation_seconds": build_seconds,
-            "runtime_points": len(report.runtime_points),
-            "unmatched_points": len(report.runtime_unmatched),
-            "int32_bias_layers": len(report.int32_bias_layers),
+            **report.runtime_counts(),
             "max_match_error": max((p.match_error for p in report.runtime_points), default=0.0),
             "splits": {}}
         for split, data in splits.items():
             row["splits"][split] = {
                 "vs_simulation": compare_onnx(qmodel, path, data, THREADS).to_dict(),
-                "vs_runtime_simulation": compare_onnx(modelled, path, data, THREADS).to_dict()}
+                "vs_runtime_simulation": compare_onnx(modelled, path, data, THREADS).to_dict(),
+                "runtime_vs_itself": compare_onnx_optimisation(path, data, THREADS).to_dict()}
         rows.append(row)
         print(label, {s: (v["vs_simulation"]["top1_agreement"],
                           v["vs_runtime_simulation"]["top1_agreement"])
@@ -89,22 +96,27 @@ def _markdown(rows: list[dict[str, Any]]) -> list[str]:
         "ONNX Runtime (optimised graph, integer kernels) against the simulation `quantize` "
         "returns and against the simulation of the export (`runtime_simulation`: the "
         "integer chains' uint8 points and the int32 biases added). Agreement: top-1 over "
-        "the split; logit errors absolute (max / mean).",
+        "the split; logit errors absolute (max / mean). ORT vs itself: the optimised session "
+        "against the unoptimised one (graph optimisations off: float ops between the same "
+        "Q/DQ pairs), which differ only in float rounding: no simulation can agree more "
+        "closely.",
         "",
         "| model | export | split | points (unmatched) / int32 biases | ORT vs sim: agree, "
-        "max / mean err | ORT vs sim of the export: agree, max / mean err | accuracy ORT / "
-        "sim / sim of the export |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "max / mean err | ORT vs sim of the export: agree, max / mean err | "
+        "ORT vs itself: agree, max / mean err | accuracy ORT / sim / sim of the export |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         for split, v in r["splits"].items():
-            a, b = v["vs_simulation"], v["vs_runtime_simulation"]
+            a, b, c = v["vs_simulation"], v["vs_runtime_simulation"], v["runtime_vs_itself"]
             lines.append(
                 f"| {r['model']} | {r['export']} | {split} | {r['runtime_points']} "
                 f"({r['unmatched_points']}) / {r['int32_bias_layers']} | "
                 f"{a['top1_agreement']:.2f}%, {a['max_abs_error']:.3g} / "
                 f"{a['mean_abs_error']:.3g} | {b['top1_agreement']:.2f}%, "
                 f"{b['max_abs_error']:.3g} / {b['mean_abs_error']:.3g} | "
+                f"{c['top1_agreement']:.2f}%, {c['max_abs_error']:.3g} / "
+                f"{c['mean_abs_error']:.3g} | "
                 f"{a['onnx_accuracy']:.2f}% / {a['torch_accuracy']:.2f}% / "
                 f"{b['torch_accuracy']:.2f}% |")
     return lines

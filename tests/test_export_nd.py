@@ -3,6 +3,7 @@ optimised graph); token-id models keep their input dtype in ONNX and the packed 
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -12,6 +13,7 @@ import bitsmith
 from bitsmith import Policy, QSpec
 from bitsmith.export import compare_onnx, export_onnx, load_packed, save_packed
 from bitsmith.export.kernels import kernel_class, runtime_kernels
+from bitsmith.export.ort import make_session
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 W8, A8 = QSpec("uniform_symmetric", 8, "channel"), QSpec("uniform_asymmetric", 8)
@@ -93,6 +95,29 @@ def test_token_id_model_exports_and_packs_with_long_inputs(tmp_path):
     loaded = load_packed(tmp_path / "t.safetensors", model=TokenNet())
     with torch.no_grad():
         assert torch.equal(loaded(test), q(test))
+
+
+def test_deploy_times_a_token_id_model_on_its_own_inputs(tmp_path):
+    """deploy's latency timing feeds the model's real example rows (int64 token ids, repeated
+    to each batch size), not random floats ONNX Runtime refuses; bench's synthetic inputs
+    follow the dtype the graph declares."""
+    from bitsmith.export.pipeline import Timing, _timing_batch, deploy, time_models
+
+    model = TokenNet().eval()
+    calib = [torch.randint(0, 50, (4, 12)) for _ in range(2)]
+    q = bitsmith.quantize(model, Policy.uniform(["fc", "out"], W8, A8), calibration=calib)
+    labelled = [(x, torch.randint(0, 50, x.shape)) for x in calib]
+    summary = deploy(model, q, tmp_path, example_inputs=calib[0][:2], calibration=calib,
+                     evaluation=labelled, timing=Timing(batches=(1, 3), runs=3, threads=1))
+    assert set(summary.latency) == {"1", "3"}
+    assert summary.latency["3"]["quantized"]["batch"] == 3
+    assert summary.runtime_reproducibility["count"] == 96  # one decision per token
+    synthetic = time_models([tmp_path / "quantized.onnx"], (12,), (2,), runs=3, threads=1)
+    assert synthetic[2][0]["batch"] == 2
+    session = make_session(tmp_path / "quantized.onnx", 1)
+    rows = _timing_batch(session, (12,), 5, calib[0][:2].numpy())
+    assert rows.dtype == np.int64 and (rows == calib[0][[0, 1, 0, 1, 0]].numpy()).all()
+    assert _timing_batch(session, (12,), 2, None).dtype == np.int64
 
 
 class UnusedOutput(nn.Module):

@@ -11,7 +11,13 @@ from torch import nn
 
 import bitsmith
 from bitsmith import Policy, QSpec
-from bitsmith.export import ExportError, export_onnx, runtime_simulation
+from bitsmith.export import (
+    ExportError,
+    compare_onnx,
+    compare_onnx_optimisation,
+    export_onnx,
+    runtime_simulation,
+)
 from bitsmith.export.ort import make_session, run
 from bitsmith.export.qparams import ActQParams, act_qparams, weight_qparams
 from bitsmith.export.runtime_sim import RuntimeQuantize, _Capture
@@ -79,6 +85,20 @@ def test_the_simulation_of_the_export_computes_what_onnx_runtime_runs(exported):
     with torch.no_grad():
         assert bool((sim(x).argmax(1) == torch.from_numpy(
             run(session, [x.numpy()])[0]).argmax(1)).all())
+
+
+def test_onnx_runtime_reproduces_itself_with_optimisations_off(exported):
+    """The optimised session (integer kernels) and the unoptimised one (float ops between
+    the same Q/DQ pairs) differ by float rounding only; the unoptimised one computes the
+    simulation of the export, not the plain simulation."""
+    q, report = exported
+    x = [torch.randn(64, 3, 16, 16)]
+    itself = compare_onnx_optimisation(report.path, x)
+    assert itself.count == 64 and itself.top1_agreement == 100.0
+    assert 0.0 < itself.max_abs_error < 1e-5  # two sessions, 1.2e-7 apart when written
+    modelled = compare_onnx(runtime_simulation(q, report), report.path, x, optimize=False)
+    assert modelled.max_abs_error < 1e-5
+    assert compare_onnx(q, report.path, x, optimize=False).max_abs_error > 1e-3
 
 
 def test_locating_the_points_can_be_skipped(exported, tmp_path):

@@ -16,6 +16,7 @@ from bitsmith.export.onnx_export import (
     Agreement,
     OnnxExportReport,
     compare_onnx,
+    compare_onnx_optimisation,
     export_fp32_onnx,
     export_onnx,
 )
@@ -26,7 +27,7 @@ from bitsmith.export.runtime_sim import runtime_simulation
 __all__ = [
     "Agreement", "ArtifactError", "ExportError", "ExportSummary", "FrozenWeightQuantizer",
     "LatencyTable", "LayerGeometry", "OnnxExportReport", "PackedReport", "compare_onnx",
-    "deploy", "export_fp32_onnx", "export_onnx", "load_packed", "measure_latency_table",
-    "precision_key", "read_packed", "register_runtime", "runtime_simulation", "save_packed",
-    "thaw_weights",
+    "compare_onnx_optimisation", "deploy", "export_fp32_onnx", "export_onnx", "load_packed",
+    "measure_latency_table", "precision_key", "read_packed", "register_runtime",
+    "runtime_simulation", "save_packed", "thaw_weights",
 ]

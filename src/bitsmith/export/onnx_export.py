@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,13 @@ class OnnxExportReport:
 
         return [n for n, op in self.layers.items()
                 if kernel_class(op) not in ("integer", "weight_only", "absent")]
+
+    def runtime_counts(self) -> dict[str, int]:
+        """What the simulation of this export adds: integer-chain points located (and not
+        located) in the quantized model, layers with int32 biases."""
+        return {"runtime_points": len(self.runtime_points),
+                "unmatched_points": len(self.runtime_unmatched),
+                "int32_bias_layers": len(self.int32_bias_layers)}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -350,36 +358,65 @@ class Agreement:
         return asdict(self)
 
 
-@torch.no_grad()
-def compare_onnx(qmodel: nn.Module, onnx_path: str | Path, data: Any, threads: int = 2,
-                 max_batches: int | None = None) -> Agreement:
-    """Run ``data`` (``(inputs, labels)`` batches or input tensors) through both; compare."""
-    session = make_session(onnx_path, threads)
-    was_training = qmodel.training
-    qmodel.eval()
+def _agreement(reference: Callable[[torch.Tensor], torch.Tensor], session: Any, data: Any,
+               max_batches: int | None) -> Agreement:
+    """``session``'s logits vs ``reference(x)``'s over ``data`` (see :class:`Agreement`;
+    its ``torch_accuracy`` is the reference's)."""
     agree = count = correct_o = correct_t = labelled = 0
     max_err, sum_err, n_logits = 0.0, 0.0, 0
-    try:
-        for i, batch in enumerate(data):
-            if max_batches is not None and i >= max_batches:
-                break
-            x, y = (batch, None) if isinstance(batch, torch.Tensor) else (batch[0], batch[1])
-            ref = qmodel(x).float()
-            out = torch.from_numpy(run(session, [x.numpy()])[0]).float()
-            err = (out - ref).abs()
-            max_err = max(max_err, float(err.max()))
-            sum_err += float(err.sum())
-            n_logits += err.numel()
-            agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
-            count += ref.argmax(-1).numel()
-            if y is not None:
-                correct_o += int((out.argmax(-1) == y).sum())
-                correct_t += int((ref.argmax(-1) == y).sum())
-                labelled += y.numel()
-    finally:
-        qmodel.train(was_training)
+    for i, batch in enumerate(data):
+        if max_batches is not None and i >= max_batches:
+            break
+        x, y = (batch, None) if isinstance(batch, torch.Tensor) else (batch[0], batch[1])
+        ref = reference(x).float()
+        out = torch.from_numpy(run(session, [x.numpy()])[0]).float()
+        err = (out - ref).abs()
+        max_err = max(max_err, float(err.max()))
+        sum_err += float(err.sum())
+        n_logits += err.numel()
+        agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
+        count += ref.argmax(-1).numel()
+        if y is not None:
+            correct_o += int((out.argmax(-1) == y).sum())
+            correct_t += int((ref.argmax(-1) == y).sum())
+            labelled += y.numel()
     if count == 0:
         raise ValueError("comparison data is empty")
     return Agreement(count, 100.0 * agree / count, max_err, sum_err / max(n_logits, 1),
                      100.0 * correct_o / labelled if labelled else None,
                      100.0 * correct_t / labelled if labelled else None)
+
+
+@torch.no_grad()
+def compare_onnx(qmodel: nn.Module, onnx_path: str | Path, data: Any, threads: int = 2,
+                 max_batches: int | None = None, optimize: bool = True) -> Agreement:
+    """Run ``data`` (``(inputs, labels)`` batches or input tensors) through both; compare.
+
+    ``optimize=False`` runs ONNX Runtime with its graph optimisations off (float ops between
+    the Q/DQ pairs instead of integer kernels)."""
+    session = make_session(onnx_path, threads, optimize=optimize)
+    was_training = qmodel.training
+    qmodel.eval()
+    try:
+        return _agreement(qmodel, session, data, max_batches)
+    finally:
+        qmodel.train(was_training)
+
+
+@torch.no_grad()
+def compare_onnx_optimisation(onnx_path: str | Path, data: Any, threads: int = 2,
+                              max_batches: int | None = None) -> Agreement:
+    """ONNX Runtime's optimised session (integer kernels, fused ops) vs its unoptimised one
+    (the reference: float ops between the same Q/DQ pairs) on the same graph.
+
+    Both compute with the same quantization grids and differ only in float rounding
+    (summation order, fused kernels); a value next to a rounding boundary lands on
+    different sides, and in a deep model such differences compound. Their top-1 agreement
+    is therefore the ceiling of any simulation's agreement with ONNX Runtime on ``data``.
+    """
+    reference = make_session(onnx_path, threads, optimize=False)
+
+    def unoptimised(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run(reference, [x.numpy()])[0])
+
+    return _agreement(unoptimised, make_session(onnx_path, threads), data, max_batches)

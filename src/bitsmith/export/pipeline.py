@@ -25,10 +25,11 @@ from bitsmith.export.onnx_export import (
     Agreement,
     OnnxExportReport,
     compare_onnx,
+    compare_onnx_optimisation,
     export_fp32_onnx,
     export_onnx,
 )
-from bitsmith.export.ort import interleaved_latency, make_session
+from bitsmith.export.ort import input_dtype, interleaved_latency, make_session
 from bitsmith.export.packed import PackedReport, save_packed
 from bitsmith.export.runtime_sim import runtime_simulation
 from bitsmith.quantize import quant_info
@@ -49,6 +50,8 @@ class ExportSummary:
     packed: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     runtime_agreement: dict[str, Any] | None = None
+    #: ONNX Runtime's optimised vs unoptimised session (:func:`compare_onnx_optimisation`)
+    runtime_reproducibility: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,7 +82,7 @@ class ExportSummary:
         lines += ["", f"Packed payload {s['packed_tensors']:,} bytes vs cost model "
                       f"{s['cost_model_prediction']:,} bytes ({same});"
                       f" header/metadata {s['packed'] - s['packed_tensors']:,} bytes.", "",
-                  "| batch | FP32 ms | quantized ms | speedup | FP32 img/s | quantized img/s |",
+                  "| batch | FP32 ms | quantized ms | speedup | FP32 items/s | quantized items/s |",
                   "|---:|---:|---:|---:|---:|---:|"]
         for batch, row in self.latency.items():
             lines.append(f"| {batch} | {row['fp32']['median_ms']:.3f} | "
@@ -102,6 +105,13 @@ class ExportSummary:
                 f"points, {r['int32_bias_layers']} int32 biases): top-1 agreement "
                 f"{r['top1_agreement']:.2f}%, max |logit error| {r['max_abs_error']:.4f}, mean "
                 f"{r['mean_abs_error']:.4f}; its accuracy {pct(r['torch_accuracy'])}.")
+        r = self.runtime_reproducibility
+        if r is not None:
+            lines.append(
+                f"ONNX Runtime vs itself with graph optimisations off (same grids, float "
+                f"rounding only): top-1 agreement {r['top1_agreement']:.2f}%, max |logit "
+                f"error| {r['max_abs_error']:.4f}: what float rounding alone changes on this "
+                f"model and data.")
         if self.notes:
             lines += ["", *[f"- {n}" for n in self.notes]]
         return "\n".join(lines) + "\n"
@@ -128,21 +138,36 @@ def _accuracy(model: nn.Module, data: Any) -> float | None:
 
 
 def time_models(paths: Sequence[str | Path], input_shape: Sequence[int], batches: Sequence[int],
-                runs: int = 100, threads: int = 2, runs_large: int | None = None
-                ) -> dict[int, list[dict[str, float]]]:
-    """Interleaved median latency of each ONNX model at each batch size (random inputs).
+                runs: int = 100, threads: int = 2, runs_large: int | None = None,
+                example: np.ndarray | None = None) -> dict[int, list[dict[str, float]]]:
+    """Interleaved median latency of each ONNX model at each batch size.
 
     ``input_shape`` excludes the batch dimension; ``runs_large`` (default ``runs``) is used
-    for batches above 8.
+    for batches above 8. Inputs: the rows of ``example`` (real data of shape
+    ``(n, *input_shape)``, e.g. int64 token ids) repeated to each batch size; without it,
+    synthetic inputs of the dtype the first model declares (standard-normal floats; zeros
+    for integer inputs: token id 0 exists in every vocabulary).
     """
     sessions = [make_session(p, threads) for p in paths]
     out = {}
-    rng = np.random.default_rng(0)
     for batch in batches:
-        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+        x = _timing_batch(sessions[0], input_shape, batch, example)
         n = runs if batch <= 8 or runs_large is None else runs_large
         out[batch] = [t.to_dict() for t in interleaved_latency(sessions, [x], n)]
     return out
+
+
+def _timing_batch(session: Any, input_shape: Sequence[int], batch: int,
+                  example: np.ndarray | None) -> np.ndarray:
+    """One ``(batch, *input_shape)`` input for :func:`time_models`."""
+    dtype = input_dtype(session.get_inputs()[0])
+    if example is not None:
+        rows = np.arange(batch) % len(example)
+        return np.ascontiguousarray(np.take(example, rows, axis=0), dtype=dtype)
+    if np.issubdtype(dtype, np.floating):
+        rng = np.random.default_rng(0)
+        return rng.standard_normal((batch, *input_shape)).astype(dtype)
+    return np.zeros((batch, *input_shape), dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -164,9 +189,7 @@ def _runtime_agreement(qmodel: nn.Module, report: OnnxExportReport, evaluation: 
         return None
     model = runtime_simulation(qmodel, report)
     return {**compare_onnx(model, report.path, evaluation, threads).to_dict(),
-            "runtime_points": len(report.runtime_points),
-            "unmatched_points": len(report.runtime_unmatched),
-            "int32_bias_layers": len(report.int32_bias_layers)}
+            **report.runtime_counts()}
 
 
 def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_inputs: Any,
@@ -204,10 +227,13 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
     say("comparing ONNX Runtime with the PyTorch simulation")
     agreement: Agreement = compare_onnx(qmodel, onnx_report.path, evaluation, timing.threads)
     runtime_agreement = _runtime_agreement(qmodel, onnx_report, evaluation, timing.threads)
+    say("comparing ONNX Runtime with itself, graph optimisations off")
+    reproducibility = compare_onnx_optimisation(onnx_report.path, evaluation, timing.threads)
     fp32_acc = _accuracy(model, evaluation)
     say("timing FP32 vs quantized (interleaved medians)")
     timings = time_models([fp32_path, onnx_report.path], tuple(example.shape[1:]),
-                          timing.batches, timing.runs, timing.threads, timing.runs_large)
+                          timing.batches, timing.runs, timing.threads, timing.runs_large,
+                          example=example.detach().cpu().numpy())
     latency = {str(b): {"fp32": t[0], "quantized": t[1],
                         "speedup": t[0]["median_ms"] / t[1]["median_ms"]}
                for b, t in timings.items()}
@@ -237,6 +263,7 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
         accuracy={"fp32": fp32_acc, "simulation": agreement.torch_accuracy,
                   "onnx": agreement.onnx_accuracy},
         onnx=onnx_report.to_dict(), packed=packed.to_dict(), notes=notes,
-        runtime_agreement=runtime_agreement)
+        runtime_agreement=runtime_agreement,
+        runtime_reproducibility=reproducibility.to_dict())
     summary.save(out)
     return summary
