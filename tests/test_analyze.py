@@ -168,6 +168,33 @@ def test_hessian_score_is_trace_per_weight_times_perturbation(setup):
         estimate_hessian(model, space, data, n_iter=0)
 
 
+class AttentionNet(nn.Module):
+    """Tokens (features) -> self-attention -> mean over tokens -> logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+
+def test_hessian_traces_attention_layers():
+    """Double backward through scaled_dot_product_attention: its fused CPU kernel has none
+    (``bitsmith analyze`` failed on any transformer); the math kernel is used instead."""
+    torch.manual_seed(0)
+    model = AttentionNet().eval()
+    x, y = torch.randn(8, 5, 6), torch.randint(0, 3, (8,))
+    _, table, _ = bitsmith.prepare(model, x[:1])
+    assert any(n.startswith("attn.") for n in table.names)  # the projections, rewritten
+    sens = estimate_hessian(model, bit_candidates(table, W, bits=(4, 8)), [(x, y)], n_iter=2)
+    assert set(sens.meta["hessian_trace"]) == set(table.names)
+    assert all(math.isfinite(t) for t in sens.meta["hessian_trace"].values())
+
+
 # ---------------------------------------------------------------------- Fisher
 def test_fisher_matches_per_example_loop(setup):
     model, float_model, table, data, _ = setup

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bitsmith.allocation.candidates import CandidateSpace
 from bitsmith.allocation.scores import Sensitivity
@@ -59,12 +60,30 @@ def hutchinson_traces(float_model: nn.Module, layer_names: Sequence[str],
     for w in params:
         w.requires_grad_(True)
     float_model.eval()
+    try:
+        samples = _hutchinson_samples(float_model, params, batches, n_iter, seed, progress)
+    finally:
+        for p, flag in zip(float_model.parameters(), saved):
+            p.requires_grad_(flag)
+    mean = samples.mean(0)
+    err = samples.std(0) / math.sqrt(n_iter) if n_iter > 1 else torch.full_like(mean, math.nan)
+    return ({n: float(m) for n, m in zip(layer_names, mean)},
+            {n: float(e) for n, e in zip(layer_names, err)})
+
+
+def _hutchinson_samples(float_model: nn.Module, params: list[torch.Tensor],
+                        batches: list[tuple[torch.Tensor, torch.Tensor]], n_iter: int,
+                        seed: int, progress: bool) -> torch.Tensor:
+    """``(n_iter, len(params))`` float64: ``v^T H_l v`` per Rademacher vector and layer,
+    example-weighted over the batches."""
     gen = torch.Generator().manual_seed(seed)
     total = sum(len(y) for _, y in batches)
     samples = torch.zeros(n_iter, len(params), dtype=torch.float64)
     steps = ((b, i) for b in range(len(batches)) for i in range(n_iter))
-    try:
-        grads: tuple[torch.Tensor, ...] = ()
+    grads: tuple[torch.Tensor, ...] = ()
+    # the fused CPU kernels of scaled_dot_product_attention (attention layers) have no
+    # double backward; the math kernel computes the same function and has one
+    with sdpa_kernel(SDPBackend.MATH):
         for b, i in track(steps, "Hessian trace (Hutchinson)", len(batches) * n_iter, progress):
             x, y = batches[b]
             if i == 0:
@@ -76,13 +95,7 @@ def hutchinson_traces(float_model: nn.Module, layer_names: Sequence[str],
             weight = len(y) / total
             samples[i] += torch.tensor([float((hv * v).sum()) * weight for hv, v in zip(hvs, vs)],
                                        dtype=torch.float64)
-    finally:
-        for p, flag in zip(float_model.parameters(), saved):
-            p.requires_grad_(flag)
-    mean = samples.mean(0)
-    err = samples.std(0) / math.sqrt(n_iter) if n_iter > 1 else torch.full_like(mean, math.nan)
-    return ({n: float(m) for n, m in zip(layer_names, mean)},
-            {n: float(e) for n, e in zip(layer_names, err)})
+    return samples
 
 
 def estimate_hessian(model: nn.Module, space: CandidateSpace, data: Iterable, *,
