@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import torch
 import typer
 from conftest import random_tensors_file
 from typer.testing import CliRunner
 
+import bitsmith
+from bitsmith import Policy, QSpec
+from bitsmith.export import load_packed
 from bitsmith.export.cli import EXIT_BAD_INPUT
 
 runner = CliRunner()
@@ -101,3 +105,31 @@ def test_export_of_a_learned_rounding_policy(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["policy_fingerprint"] == policy.fingerprint()
+
+
+def test_a_policy_with_calib_size_rebuilds_the_model_it_came_from(tmp_path):
+    """A tuned policy's ``calib_size`` counts the first inputs of the whole calibration split,
+    as the tuner read them: ``export --policy`` rebuilds exactly that model (it failed when
+    the split held more inputs than calib_size, and cut larger splits to a subset of 512)."""
+    from bitsmith.inputs import load_workload
+
+    data = random_tensors_file(tmp_path, n=3000)  # the split rule: 600 calibration inputs
+    work = load_workload("small_cnn", data)
+    _, table, _ = bitsmith.prepare(work.model, next(iter(work.calibration))[0][:1])
+    policy = Policy.uniform(table.names, QSpec("uniform_symmetric", 8, "channel"),
+                            QSpec("uniform_asymmetric", 8), calib_size=120)
+    policy.save(tmp_path / "tuned.yaml")
+    torch.save(work.model.state_dict(), tmp_path / "net.pt")  # small_cnn is built at random
+    expected = bitsmith.quantize(work.model, policy, calibration=work.calibration)
+    out = tmp_path / "run"
+    args = ["export", "--model", "small_cnn", "--checkpoint", str(tmp_path / "net.pt"),
+            "--data", data, "--policy", str(tmp_path / "tuned.yaml"), "--out", str(out),
+            "--batch", "1", "--runs", "3"]
+    result = runner.invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    x = next(iter(work.test))[0]
+    with torch.no_grad():
+        assert torch.equal(load_packed(out / "model.safetensors")(x), expected(x))
+    result = runner.invoke(_app(), [*args, "--calibration-size", "50"])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "first 120 calibration inputs (calib_size" in _text(result)

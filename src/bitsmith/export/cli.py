@@ -103,13 +103,22 @@ def export_command(
 
     key = read_key_file(key_file)
     loaded = _policy_file(policy)
+    need = loaded.calib_size if loaded is not None else None
     with Stages("export", progress) as step:
         step(f"loading {inputs.model}")
-        work = inputs.load(calibration_size=512)
+        # a policy's calib_size counts the first inputs of the whole calibration split (as
+        # the tuner that chose it read them), not of a subset cut to that size
+        work = inputs.load() if need else inputs.load(calibration_size=512)
         net = work.model
         evaluation = work.test if work.test is not None else work.validation
         step("calibrating")
-        stats = collect_stats(net, work.calibration)
+        stats = collect_stats(net, work.calibration, samples=need)
+        if need is not None and stats.samples < need:
+            raise OptionError(
+                f"--policy {policy}: it calibrates on the first {need} calibration inputs "
+                f"(calib_size, as the run that chose it did) but the calibration data holds "
+                f"{stats.samples}; give at least {need} (--calibration-size, "
+                "--calibration-data)")
         _, table, _ = prepare(net, stats.example_inputs)
         pol = _policy(policy, loaded, table.names)
         step("quantizing")
