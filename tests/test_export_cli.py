@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import pytest
 import torch
 import typer
 from conftest import random_tensors_file
@@ -133,3 +135,62 @@ def test_a_policy_with_calib_size_rebuilds_the_model_it_came_from(tmp_path):
     result = runner.invoke(_app(), [*args, "--calibration-size", "50"])
     assert result.exit_code == EXIT_BAD_INPUT
     assert "first 120 calibration inputs (calib_size" in _text(result)
+
+
+def _trained_run(tmp_path, kind: str):
+    """A small_cnn checkpoint, data, and a run directory as ``bitsmith search`` (``kind``
+    "search") or ``bitsmith compress`` ("compress") leaves it: the policy and a quantized
+    model whose weights training moved away from the checkpoint's."""
+    from bitsmith.inputs import load_workload
+    from bitsmith.search.qat import save_result
+
+    data = random_tensors_file(tmp_path)
+    work = load_workload("small_cnn", data)
+    torch.save(work.model.state_dict(), tmp_path / "net.pt")
+    _, table, _ = bitsmith.prepare(work.model, next(iter(work.calibration))[0][:1])
+    policy = Policy.uniform(table.names, QSpec("uniform_symmetric", 4, "channel"),
+                            QSpec("uniform_asymmetric", 8))
+    trained = bitsmith.quantize(work.model, policy, calibration=work.calibration)
+    with torch.no_grad():  # "fine-tuning"
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    run = tmp_path / "run"
+    if kind == "search":
+        save_result(trained, run)
+    else:
+        from bitsmith.export import save_packed
+
+        run.mkdir()
+        policy.save(run / "policy.yaml")
+        save_packed(trained, run / "compressed.safetensors",
+                    example_inputs=torch.zeros(1, 1, 16, 16))
+        trained = load_packed(run / "compressed.safetensors", model=work.model)
+    args = ["export", "--model", "small_cnn", "--checkpoint", str(tmp_path / "net.pt"),
+            "--data", data, "--policy", str(run), "--out", str(tmp_path / "out"), "--batch",
+            "1", "--runs", "3"]
+    return work, trained.eval(), run, args
+
+
+@pytest.mark.parametrize("kind", ["search", "compress"])
+def test_a_training_run_exports_its_fine_tuned_model(tmp_path, kind):
+    """``export --policy RUN_DIR`` of a search / compress run exports the model the run
+    trained and scored, not the original weights re-quantized with its policy."""
+    work, trained, run, args = _trained_run(tmp_path, kind)
+    result = runner.invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    assert "using the fine-tuned" in _text(result)
+    x = next(iter(work.test))[0]
+    with torch.no_grad():
+        assert torch.equal(load_packed(tmp_path / "out" / "model.safetensors")(x), trained(x))
+
+
+def test_fine_tuned_weights_of_another_policy_are_refused(tmp_path):
+    work, _, run, args = _trained_run(tmp_path, "search")
+    policy = Policy.load(run / "policy.yaml")
+    first = next(iter(policy))
+    edited = policy.with_layers({first: dataclasses.replace(policy[first], act=None)})
+    (run / "policy.yaml").unlink()
+    edited.save(run / "policy.yaml")
+    result = runner.invoke(_app(), args)
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "belong to another policy" in _text(result)

@@ -6,8 +6,10 @@ model, bad policy, a model or policy the formats cannot hold, unreadable ONNX fi
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -24,6 +26,9 @@ from bitsmith.cli_support import (
 )
 from bitsmith.export.errors import ExportError
 from bitsmith.progress import Stages, stage
+
+if TYPE_CHECKING:
+    from torch import nn
 
 EXIT_BAD_INPUT = 2
 PRESETS = ("w8a8", "w8a8-reduced")
@@ -54,17 +59,54 @@ KEY_FILE_HELP = ("Secret key file: sign the packed artifact with HMAC-SHA256 (wi
                  "the checksum detects damage, not tampering).")
 
 
-def _policy_file(spec: str):
-    """The Policy of a ``--policy`` file (checked before any model is loaded), or ``None``
-    for a preset."""
-    from bitsmith.policy import Policy
-
+def _policy_path(spec: str) -> Path | None:
+    """The file of ``--policy``: the file given, ``policy.yaml`` of a run directory, or
+    ``None`` for a preset."""
     if spec in PRESETS:
         return None
     path = Path(spec)
+    if path.is_dir():
+        path = path / "policy.yaml"
     if not path.is_file():
-        raise OptionError(f"--policy {spec!r} is neither a preset {PRESETS} nor a file")
-    return Policy.load(path)
+        raise OptionError(f"--policy {spec!r} is neither a preset {PRESETS}, a policy file "
+                          "nor a run directory holding policy.yaml")
+    return path
+
+
+def _trained_model(policy_path: Path, policy: Any, net: nn.Module, example: Any
+                   ) -> tuple[nn.Module, str] | None:
+    """The quantized model a training-time run saved beside ``policy_path`` for this very
+    policy (its fingerprint), with ``what`` it is; ``None`` when there is none.
+
+    ``bitsmith search`` writes ``weights.safetensors`` (fine-tuned weights and learned
+    steps, :func:`bitsmith.search.qat.load_result`), ``bitsmith compress`` the packed
+    ``compressed.safetensors`` (fine-tuned, pruned). Re-quantizing the original weights
+    with such a policy would give another model than the one the run scored.
+    """
+    folder = policy_path.parent
+    weights, meta = folder / "weights.safetensors", folder / "result.json"
+    if weights.is_file() and meta.is_file():
+        info = json.loads(meta.read_text())
+        if info.get("format") == "bitsmith.search.result/1":
+            if info.get("policy_fingerprint") != policy.fingerprint():
+                raise OptionError(
+                    f"--policy {policy_path}: the fine-tuned weights beside it "
+                    f"({weights.name}) belong to another policy (fingerprint "
+                    f"{str(info.get('policy_fingerprint'))[:12]}, this one "
+                    f"{policy.fingerprint()[:12]}); rerun the search, or copy the policy "
+                    "file elsewhere to quantize the original weights with it")
+            from bitsmith.search.qat import load_result
+
+            return load_result(net, example, folder), f"the fine-tuned weights of {weights}"
+    packed = folder / "compressed.safetensors"
+    if packed.is_file():
+        from bitsmith.export.packed import load_packed
+        from bitsmith.quantize import quant_info
+
+        model = load_packed(packed, model=copy.deepcopy(net))
+        if quant_info(model).policy.fingerprint() == policy.fingerprint():
+            return model, f"the fine-tuned, pruned model of {packed}"
+    return None
 
 
 def _policy(spec: str, loaded, names: list[str]):
@@ -80,8 +122,9 @@ def _policy(spec: str, loaded, names: list[str]):
 @with_inputs
 def export_command(
     inputs: Inputs,
-    policy: str = typer.Option("w8a8", help=f"Policy file (.yaml/.json, e.g. a run "
-                               f"directory's policy.yaml) or preset {PRESETS}."),
+    policy: str = typer.Option("w8a8", help=f"Policy file (.yaml/.json), a run directory "
+                               f"(its policy.yaml; a search / compress run's fine-tuned "
+                               f"model is exported as it is) or preset {PRESETS}."),
     out: Path = typer.Option(Path("runs/export"), help="Output folder."),
     batch: list[int] = typer.Option([1, 64], help="Batch sizes to time (repeatable)."),
     runs: int = typer.Option(200, min=3, help="Timed rounds at small batches."),
@@ -99,10 +142,12 @@ def export_command(
     Example: bitsmith export --model resnet20 --policy runs/tune/policy.yaml --out runs/r20
     """
     from bitsmith.export.pipeline import Timing, deploy
+    from bitsmith.policy import Policy
     from bitsmith.quantize import collect_stats, prepare, quantize
 
     key = read_key_file(key_file)
-    loaded = _policy_file(policy)
+    policy_path = _policy_path(policy)
+    loaded = None if policy_path is None else Policy.load(policy_path)
     need = loaded.calib_size if loaded is not None else None
     with Stages("export", progress) as step:
         step(f"loading {inputs.model}")
@@ -121,10 +166,17 @@ def export_command(
                 "--calibration-data)")
         _, table, _ = prepare(net, stats.example_inputs)
         pol = _policy(policy, loaded, table.names)
-        step("quantizing")
-        # learned rounding reads the calibration inputs themselves, not only their statistics
-        qmodel = quantize(net, pol, calibration=work.calibration if pol.rounding.learned
-                          else stats)
+        trained = (None if policy_path is None
+                   else _trained_model(policy_path, pol, net, stats.example_inputs))
+        if trained is not None:
+            qmodel, what = trained
+            step(f"using {what}")
+        else:
+            step("quantizing")
+            # learned rounding reads the calibration inputs themselves, not only their
+            # statistics
+            qmodel = quantize(net, pol, calibration=work.calibration if pol.rounding.learned
+                              else stats)
         summary = deploy(net, qmodel, out, example_inputs=stats.example_inputs,
                          calibration=work.calibration, evaluation=evaluation,
                          timing=Timing(tuple(batch), runs, runs_large, threads),

@@ -161,9 +161,11 @@ def save_result(qmodel: nn.Module, out_dir: str | Path, extra: dict[str, Any] | 
     with atomic_path(weights) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "bitsmith.search.weights/1"})
     meta = out / "result.json"
-    atomic_write_text(meta, json.dumps({"format": "bitsmith.search.result/1",
-                                        "policy_fingerprint": info.policy.fingerprint(),
-                                        **(extra or {})}, indent=2))
+    # the fingerprint of the policy written here (``extra`` may carry the searched policy's,
+    # which differs where QAT made quantizers learnable)
+    atomic_write_text(meta, json.dumps({"format": "bitsmith.search.result/1", **(extra or {}),
+                                        "policy_fingerprint": info.policy.fingerprint()},
+                                       indent=2))
     return {"policy": policy_path, "weights": weights, "meta": meta}
 
 
