@@ -101,7 +101,7 @@ def test_deploy_times_a_token_id_model_on_its_own_inputs(tmp_path):
     """deploy's latency timing feeds the model's real example rows (int64 token ids, repeated
     to each batch size), not random floats ONNX Runtime refuses; bench's synthetic inputs
     follow the dtype the graph declares."""
-    from bitsmith.export.pipeline import Timing, _timing_batch, deploy, time_models
+    from bitsmith.export.pipeline import Timing, _timing_inputs, deploy, time_models
 
     model = TokenNet().eval()
     calib = [torch.randint(0, 50, (4, 12)) for _ in range(2)]
@@ -115,9 +115,53 @@ def test_deploy_times_a_token_id_model_on_its_own_inputs(tmp_path):
     synthetic = time_models([tmp_path / "quantized.onnx"], (12,), (2,), runs=3, threads=1)
     assert synthetic[2][0]["batch"] == 2
     session = make_session(tmp_path / "quantized.onnx", 1)
-    rows = _timing_batch(session, (12,), 5, calib[0][:2].numpy())
+    [rows] = _timing_inputs(session, (12,), 5, calib[0][:2].numpy())
     assert rows.dtype == np.int64 and (rows == calib[0][[0, 1, 0, 1, 0]].numpy()).all()
-    assert _timing_batch(session, (12,), 2, None).dtype == np.int64
+    assert _timing_inputs(session, (12,), 2, None)[0].dtype == np.int64
+
+
+class MaskedTokenNet(nn.Module):
+    """Two inputs, as Hugging Face encoders take them: token ids and an attention mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.fc = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc(self.embed(ids))) * mask.unsqueeze(-1)
+        return self.head(h.sum(1) / mask.sum(1, keepdim=True))
+
+
+def test_deploy_checks_and_times_a_model_with_two_inputs(tmp_path):
+    """Token ids + attention mask through deploy: both inputs reach the FP32 and quantized
+    ONNX graphs, the agreement and accuracy checks, the timing and the packed artifact."""
+    from bitsmith.export.onnx_export import split_batch
+    from bitsmith.export.pipeline import Timing, deploy
+
+    torch.manual_seed(0)
+    model = MaskedTokenNet().eval()
+    ids, mask = torch.randint(0, 50, (48, 10)), torch.ones(48, 10)
+    mask[:, 7:] = 0
+    calib = [(ids[i:i + 16], mask[i:i + 16]) for i in range(0, 32, 16)]
+    q = bitsmith.quantize(model, Policy.uniform(["fc", "head"], W8, A8), calibration=calib,
+                          multi_input=True)
+    labelled = [((ids[32:], mask[32:]), torch.randint(0, 3, (16,)))]
+    summary = deploy(model, q, tmp_path, example_inputs=(ids[:2], mask[:2]),
+                     calibration=calib, evaluation=labelled,
+                     timing=Timing(batches=(1, 4), runs=3, threads=1))
+    assert [len(onnx.load(str(tmp_path / f)).graph.input)
+            for f in ("fp32.onnx", "quantized.onnx")] == [2, 2]
+    assert summary.agreement["count"] == 16 and summary.agreement["top1_agreement"] == 100.0
+    assert summary.accuracy["fp32"] is not None and set(summary.latency) == {"1", "4"}
+    unlabelled = compare_onnx(q, tmp_path / "quantized.onnx", [(ids[32:], mask[32:])])
+    assert unlabelled.count == 16 and unlabelled.onnx_accuracy is None
+    loaded = load_packed(tmp_path / "model.safetensors", model=MaskedTokenNet())
+    with torch.no_grad():
+        assert torch.equal(loaded(ids[32:], mask[32:]), q(ids[32:], mask[32:]))
+    x, y = split_batch((ids, mask, ids[:, 0]), 2)
+    assert len(x) == 2 and y is not None and split_batch(ids, 1) == ((ids,), None)
 
 
 class UnusedOutput(nn.Module):

@@ -96,7 +96,8 @@ class OnnxExportReport:
 RUNTIME_MATCH_EXAMPLES = 4
 
 
-def _as_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+def as_model_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """The model's positional inputs: a tensor, or a tuple / list of tensors."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list)) and all(
@@ -105,10 +106,26 @@ def _as_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     raise ExportError("example_inputs must be a tensor or a tuple of tensors")
 
 
-def _numpy_batches(data: Any, max_batches: int | None) -> list[tuple[np.ndarray, ...]]:
+def split_batch(batch: Any, n_inputs: int) -> tuple[tuple[torch.Tensor, ...], Any]:
+    """``(model inputs, labels or None)`` of one data batch of a model with ``n_inputs``
+    inputs: a tensor; ``(inputs, labels)`` with ``inputs`` a tensor or a tuple of tensors; or
+    a tuple of the ``n_inputs`` input tensors, optionally followed by the labels."""
+    if isinstance(batch, torch.Tensor):
+        return (batch,), None
+    if not isinstance(batch, (tuple, list)) or not batch:
+        raise ExportError(f"cannot read a data batch of type {type(batch).__name__}; give "
+                          "tensors, (inputs, labels) or tuples of the model's inputs")
+    if isinstance(batch[0], (tuple, list)):
+        return as_model_inputs(batch[0]), (batch[1] if len(batch) > 1 else None)
+    return as_model_inputs(batch[:n_inputs]), (batch[n_inputs] if len(batch) > n_inputs else None)
+
+
+def _numpy_batches(data: Any, max_batches: int | None, n_inputs: int
+                   ) -> list[tuple[np.ndarray, ...]]:
     from bitsmith.quantize import iter_batches
 
-    return [tuple(_numpy(t) for t in args) for args in iter_batches(data, max_batches)]
+    return [tuple(_numpy(t) for t in args[:n_inputs])
+            for args in iter_batches(data, max_batches, multi_input=n_inputs > 1)]
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -231,7 +248,7 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
     if opset < 13:
         raise ExportError("per-channel DequantizeLinear needs opset >= 13")
     _quant_info(qmodel)
-    inputs = _as_tuple(example_inputs)
+    inputs = as_model_inputs(example_inputs)
     was_training = qmodel.training
     qmodel.eval()
     try:
@@ -247,8 +264,9 @@ def export_onnx(qmodel: nn.Module, path: str | Path, example_inputs: Any, *,
     absent = absent_layers(base, plans)
     for name in absent:  # nothing to quantize: the exporter dropped the layer
         del plans[name]
-    data = calibration if calibration is not None else inputs
-    batches = _numpy_batches(data, calibration_batches) if integer_outputs else []
+    data = calibration if calibration is not None else [inputs]
+    batches = (_numpy_batches(data, calibration_batches, len(inputs)) if integer_outputs
+               else [])
 
     def ranges(sim: onnx.ModelProto, names: list[str]) -> dict[str, tuple[float, float]]:
         return tensor_ranges(add_outputs(sim, names).SerializeToString(), names, batches,
@@ -333,7 +351,7 @@ def export_fp32_onnx(model: nn.Module, path: str | Path, example_inputs: Any,
     """The FP32 baseline: the float model (BN folded, as bitsmith deploys it) as ONNX."""
     from bitsmith.quantize import prepare
 
-    inputs = _as_tuple(example_inputs)
+    inputs = as_model_inputs(example_inputs)
     float_model, _, _ = prepare(model, inputs, fold_bn=fold_bn)
     return export_float_onnx(float_model, path, inputs, opset)
 
@@ -358,18 +376,19 @@ class Agreement:
         return asdict(self)
 
 
-def _agreement(reference: Callable[[torch.Tensor], torch.Tensor], session: Any, data: Any,
+def _agreement(reference: Callable[..., torch.Tensor], session: Any, data: Any,
                max_batches: int | None) -> Agreement:
     """``session``'s logits vs ``reference(x)``'s over ``data`` (see :class:`Agreement`;
     its ``torch_accuracy`` is the reference's)."""
     agree = count = correct_o = correct_t = labelled = 0
     max_err, sum_err, n_logits = 0.0, 0.0, 0
+    n_inputs = len(session.get_inputs())
     for i, batch in enumerate(data):
         if max_batches is not None and i >= max_batches:
             break
-        x, y = (batch, None) if isinstance(batch, torch.Tensor) else (batch[0], batch[1])
-        ref = reference(x).float()
-        out = torch.from_numpy(run(session, [x.numpy()])[0]).float()
+        xs, y = split_batch(batch, n_inputs)
+        ref = reference(*xs).float()
+        out = torch.from_numpy(run(session, [_numpy(x) for x in xs])[0]).float()
         err = (out - ref).abs()
         max_err = max(max_err, float(err.max()))
         sum_err += float(err.sum())
@@ -390,7 +409,7 @@ def _agreement(reference: Callable[[torch.Tensor], torch.Tensor], session: Any, 
 @torch.no_grad()
 def compare_onnx(qmodel: nn.Module, onnx_path: str | Path, data: Any, threads: int = 2,
                  max_batches: int | None = None, optimize: bool = True) -> Agreement:
-    """Run ``data`` (``(inputs, labels)`` batches or input tensors) through both; compare.
+    """Run ``data`` through both and compare (batches: see :func:`split_batch`).
 
     ``optimize=False`` runs ONNX Runtime with its graph optimisations off (float ops between
     the Q/DQ pairs instead of integer kernels)."""
@@ -416,7 +435,7 @@ def compare_onnx_optimisation(onnx_path: str | Path, data: Any, threads: int = 2
     """
     reference = make_session(onnx_path, threads, optimize=False)
 
-    def unoptimised(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(run(reference, [x.numpy()])[0])
+    def unoptimised(*xs: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run(reference, [_numpy(x) for x in xs])[0])
 
     return _agreement(unoptimised, make_session(onnx_path, threads), data, max_batches)

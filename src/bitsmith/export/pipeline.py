@@ -21,13 +21,16 @@ import torch
 from torch import nn
 
 from bitsmith.atomic import atomic_write_text
+from bitsmith.export.errors import ExportError
 from bitsmith.export.onnx_export import (
     Agreement,
     OnnxExportReport,
+    as_model_inputs,
     compare_onnx,
     compare_onnx_optimisation,
     export_fp32_onnx,
     export_onnx,
+    split_batch,
 )
 from bitsmith.export.ort import input_dtype, interleaved_latency, make_session
 from bitsmith.export.packed import PackedReport, save_packed
@@ -125,49 +128,67 @@ def state_dict_bytes(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, data: Any) -> float | None:
+def _accuracy(model: nn.Module, data: Any, n_inputs: int) -> float | None:
+    """Top-1 (percent) of ``model`` on labelled ``data`` (:func:`split_batch`), else None."""
     correct = total = 0
     model.eval()
     for batch in data:
-        if isinstance(batch, torch.Tensor):
+        xs, y = split_batch(batch, n_inputs)
+        if y is None:
             return None
-        x, y = batch[0], batch[1]
-        correct += int((model(x).argmax(-1) == y).sum())
+        correct += int((model(*xs).argmax(-1) == y).sum())
         total += y.numel()
     return 100.0 * correct / total if total else None
 
 
 def time_models(paths: Sequence[str | Path], input_shape: Sequence[int], batches: Sequence[int],
                 runs: int = 100, threads: int = 2, runs_large: int | None = None,
-                example: np.ndarray | None = None) -> dict[int, list[dict[str, float]]]:
+                example: np.ndarray | Sequence[np.ndarray] | None = None
+                ) -> dict[int, list[dict[str, float]]]:
     """Interleaved median latency of each ONNX model at each batch size.
 
-    ``input_shape`` excludes the batch dimension; ``runs_large`` (default ``runs``) is used
-    for batches above 8. Inputs: the rows of ``example`` (real data of shape
-    ``(n, *input_shape)``, e.g. int64 token ids) repeated to each batch size; without it,
-    synthetic inputs of the dtype the first model declares (standard-normal floats; zeros
-    for integer inputs: token id 0 exists in every vocabulary).
+    ``input_shape`` is the first input's shape without the batch dimension; ``runs_large``
+    (default ``runs``) is used for batches above 8. Inputs: the rows of ``example`` (real
+    data, one array per model input, each ``(n, ...)``: images, int64 token ids, masks)
+    repeated to each batch size; without it, synthetic inputs of the dtypes the first model
+    declares (standard-normal floats, zeros for integer inputs: token id 0 exists in every
+    vocabulary; inputs after the first take their shapes from the graph).
     """
     sessions = [make_session(p, threads) for p in paths]
     out = {}
     for batch in batches:
-        x = _timing_batch(sessions[0], input_shape, batch, example)
+        xs = _timing_inputs(sessions[0], input_shape, batch, example)
         n = runs if batch <= 8 or runs_large is None else runs_large
-        out[batch] = [t.to_dict() for t in interleaved_latency(sessions, [x], n)]
+        out[batch] = [t.to_dict() for t in interleaved_latency(sessions, xs, n)]
     return out
 
 
-def _timing_batch(session: Any, input_shape: Sequence[int], batch: int,
-                  example: np.ndarray | None) -> np.ndarray:
-    """One ``(batch, *input_shape)`` input for :func:`time_models`."""
-    dtype = input_dtype(session.get_inputs()[0])
+def _timing_inputs(session: Any, input_shape: Sequence[int], batch: int,
+                   example: np.ndarray | Sequence[np.ndarray] | None) -> list[np.ndarray]:
+    """The ``batch``-row inputs of :func:`time_models`, one per session input."""
+    specs = session.get_inputs()
     if example is not None:
-        rows = np.arange(batch) % len(example)
-        return np.ascontiguousarray(np.take(example, rows, axis=0), dtype=dtype)
-    if np.issubdtype(dtype, np.floating):
-        rng = np.random.default_rng(0)
-        return rng.standard_normal((batch, *input_shape)).astype(dtype)
-    return np.zeros((batch, *input_shape), dtype=dtype)
+        arrays = [example] if isinstance(example, np.ndarray) else list(example)
+        rows = np.arange(batch) % len(arrays[0])
+        return [np.ascontiguousarray(np.take(a, rows, axis=0), dtype=input_dtype(spec))
+                for a, spec in zip(arrays, specs)]
+    rng = np.random.default_rng(0)
+    out = []
+    for i, spec in enumerate(specs):
+        shape = tuple(input_shape) if i == 0 else _static_shape(spec)
+        dtype = input_dtype(spec)
+        out.append(rng.standard_normal((batch, *shape)).astype(dtype)
+                   if np.issubdtype(dtype, np.floating) else np.zeros((batch, *shape), dtype))
+    return out
+
+
+def _static_shape(spec: Any) -> tuple[int, ...]:
+    """A session input's shape after the batch dimension (each dimension fixed)."""
+    dims = tuple(spec.shape[1:])
+    if not all(isinstance(d, int) for d in dims):
+        raise ExportError(f"input {spec.name!r} has symbolic dimensions {dims}; time it "
+                          "with real example inputs")
+    return dims
 
 
 @dataclass(frozen=True)
@@ -204,7 +225,8 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
         qmodel: the quantized model (:func:`bitsmith.quantize`).
         out_dir: folder for ``fp32.onnx``, ``quantized.onnx``, ``model.safetensors`` and
             the summary files.
-        example_inputs: one example batch (its shape without batch is the timed input).
+        example_inputs: one example batch of the model's inputs: a tensor or a tuple (e.g.
+            token ids and attention mask); its rows are the timed inputs.
         calibration: data for the ONNX export's extra quantization points.
         evaluation: ``(inputs, labels)`` batches for agreement and accuracy.
         timing: the latency protocol (:class:`Timing`).
@@ -213,27 +235,28 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
     say = log or (lambda _m: None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    example = example_inputs if isinstance(example_inputs, torch.Tensor) else example_inputs[0]
+    inputs = as_model_inputs(example_inputs)
     say("exporting FP32 ONNX")
-    fp32_path = export_fp32_onnx(model, out / "fp32.onnx", example)
+    fp32_path = export_fp32_onnx(model, out / "fp32.onnx", inputs)
     say("exporting quantized ONNX (QDQ)")
-    onnx_report: OnnxExportReport = export_onnx(qmodel, out / "quantized.onnx", example,
+    onnx_report: OnnxExportReport = export_onnx(qmodel, out / "quantized.onnx", inputs,
                                                 calibration=calibration,
                                                 integer_residuals=integer_residuals)
     say("writing the packed artifact")
     packed: PackedReport = save_packed(qmodel, out / "model.safetensors",
-                                       example_inputs=example[:1], model_name=model_name,
+                                       example_inputs=tuple(x[:1] for x in inputs),
+                                       model_name=model_name,
                                        model_kwargs=model_kwargs, key=key)
     say("comparing ONNX Runtime with the PyTorch simulation")
     agreement: Agreement = compare_onnx(qmodel, onnx_report.path, evaluation, timing.threads)
     runtime_agreement = _runtime_agreement(qmodel, onnx_report, evaluation, timing.threads)
     say("comparing ONNX Runtime with itself, graph optimisations off")
     reproducibility = compare_onnx_optimisation(onnx_report.path, evaluation, timing.threads)
-    fp32_acc = _accuracy(model, evaluation)
+    fp32_acc = _accuracy(model, evaluation, len(inputs))
     say("timing FP32 vs quantized (interleaved medians)")
-    timings = time_models([fp32_path, onnx_report.path], tuple(example.shape[1:]),
+    timings = time_models([fp32_path, onnx_report.path], tuple(inputs[0].shape[1:]),
                           timing.batches, timing.runs, timing.threads, timing.runs_large,
-                          example=example.detach().cpu().numpy())
+                          example=[x.detach().cpu().numpy() for x in inputs])
     latency = {str(b): {"fp32": t[0], "quantized": t[1],
                         "speedup": t[0]["median_ms"] / t[1]["median_ms"]}
                for b, t in timings.items()}
