@@ -173,7 +173,7 @@ def _timing_inputs(session: Any, input_shape: Sequence[int], batch: int,
         return [np.ascontiguousarray(np.take(a, rows, axis=0), dtype=input_dtype(spec))
                 for a, spec in zip(arrays, specs)]
     rng = np.random.default_rng(0)
-    out = []
+    out: list[np.ndarray] = []
     for i, spec in enumerate(specs):
         shape = tuple(input_shape) if i == 0 else _static_shape(spec)
         dtype = input_dtype(spec)
