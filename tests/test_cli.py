@@ -57,6 +57,30 @@ def test_layers_and_schemes_commands(capsys):
     assert "mu_l2q" in capsys.readouterr().out
 
 
+TOKEN_MODEL = """
+from torch import nn
+
+def build():
+    return nn.Sequential(nn.Embedding(50, 8), nn.Flatten(), nn.Linear(8 * 6, 4))
+"""
+
+
+def test_layers_of_a_token_id_model_run_on_its_data(tmp_path, capsys):
+    """A model that takes int64 token ids runs on the first input of --data; without data
+    the random float image it cannot take is an exit-2 line, not a traceback."""
+    import numpy as np
+
+    (tmp_path / "tok.py").write_text(TOKEN_MODEL)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "tok.npz", x=rng.integers(0, 50, (40, 6)), y=rng.integers(0, 4, 40))
+    model = str(tmp_path / "tok.py") + ":build"
+    assert main(["layers", "--model", model, "--data", str(tmp_path / "tok.npz")]) == EXIT_OK
+    assert "Linear" in capsys.readouterr().out
+    assert main(["layers", "--model", model]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "random float image of shape (1, 3, 32, 32)" in err and "--data" in err
+
+
 # ------------------------------------------------------------------ the error boundary
 def test_errors_are_one_line_on_stderr_and_debug_shows_the_traceback(capsys):
     assert main(["layers", "--model", "nope"]) == EXIT_BAD_INPUT

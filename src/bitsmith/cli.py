@@ -31,13 +31,13 @@ from typer.core import TyperGroup
 
 from bitsmith.cli_support import (
     Inputs,
+    OptionError,
     ProgressOption,
     add_test_numbers,
     console,
     done,
     print_result,
     with_inputs,
-    with_model,
 )
 from bitsmith.errors import EXIT_ERROR, EXIT_OK, BitsmithError, InfeasibleError
 from bitsmith.progress import show_library_log, stage
@@ -160,22 +160,37 @@ def schemes() -> None:
 
 
 @app.command()
-@with_model
+@with_inputs
 def layers(
     inputs: Inputs,
-    size: int = typer.Option(32, help="Input height/width of the example input."),
-    channels: int = typer.Option(3, help="Input channels."),
+    size: int = typer.Option(32, help="Height/width of the random example image (without "
+                             "--data)."),
 ) -> None:
     """Print the LayerTable (quantizable layers, shapes, params, MACs) of a model.
 
-    Example: bitsmith layers --model resnet20; bitsmith layers --model net.py:build
+    The model runs once on the first calibration input of --data (token ids, any shape),
+    or without --data on a random (1, --channels, --size, --size) image.
+    Example: bitsmith layers --model resnet20; bitsmith layers --model net.py:build --data x.npz
     """
     import torch
 
-    from bitsmith.quantize import prepare
+    from bitsmith.quantize import iter_batches, prepare
 
-    net = inputs.resolve_model()
-    _, table, report = prepare(net, torch.randn(1, channels, size, size))
+    if inputs.data is not None or inputs.calibration_data is not None:
+        work = inputs.load(calibration_size=1)
+        net, example = work.model, next(iter_batches(work.calibration))[0][:1]
+    else:
+        net = inputs.resolve_model()
+        example = torch.randn(1, inputs.channels or 3, size, size)
+    try:
+        _, table, report = prepare(net, example)
+    except (RuntimeError, TypeError, ValueError, IndexError) as err:
+        if inputs.data is not None or inputs.calibration_data is not None:
+            raise
+        raise OptionError(
+            f"--model {inputs.model}: it does not run on a random float image of shape "
+            f"{tuple(example.shape)} ({str(err).splitlines()[0]}); give --data with real "
+            "inputs (token ids, other shapes) or set --size / --channels") from None
     console.print(report.summary())
     console.print(table.format())
 

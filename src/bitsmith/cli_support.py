@@ -277,7 +277,6 @@ def _with_options(options: dict[str, tuple[Any, Any]]) -> Callable[[Callable], C
     return decorate
 
 
-with_model = _with_options(MODEL_OPTIONS)
 with_inputs = _with_options({**MODEL_OPTIONS, **DATA_OPTIONS})
 
 
