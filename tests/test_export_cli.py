@@ -184,8 +184,9 @@ def test_a_training_run_exports_its_fine_tuned_model(tmp_path, kind):
         assert torch.equal(load_packed(tmp_path / "out" / "model.safetensors")(x), trained(x))
 
 
-def test_fine_tuned_weights_of_another_policy_are_refused(tmp_path):
-    work, _, run, args = _trained_run(tmp_path, "search")
+@pytest.mark.parametrize("kind", ["search", "compress"])
+def test_fine_tuned_weights_of_another_policy_are_refused(tmp_path, kind):
+    work, _, run, args = _trained_run(tmp_path, kind)
     policy = Policy.load(run / "policy.yaml")
     first = next(iter(policy))
     edited = policy.with_layers({first: dataclasses.replace(policy[first], act=None)})
@@ -193,4 +194,8 @@ def test_fine_tuned_weights_of_another_policy_are_refused(tmp_path):
     edited.save(run / "policy.yaml")
     result = runner.invoke(_app(), args)
     assert result.exit_code == EXIT_BAD_INPUT
-    assert "belong to another policy" in _text(result)
+    assert "belongs to another policy" in _text(result)
+    (run / "result.json").write_text("{not json")
+    if kind == "search":
+        result = runner.invoke(_app(), args)
+        assert result.exit_code == EXIT_BAD_INPUT and "cannot be read" in _text(result)

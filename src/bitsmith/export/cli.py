@@ -85,28 +85,36 @@ def _trained_model(policy_path: Path, policy: Any, net: nn.Module, example: Any
     """
     folder = policy_path.parent
     weights, meta = folder / "weights.safetensors", folder / "result.json"
+    packed = folder / "compressed.safetensors"
     if weights.is_file() and meta.is_file():
-        info = json.loads(meta.read_text())
-        if info.get("format") == "bitsmith.search.result/1":
-            if info.get("policy_fingerprint") != policy.fingerprint():
-                raise OptionError(
-                    f"--policy {policy_path}: the fine-tuned weights beside it "
-                    f"({weights.name}) belong to another policy (fingerprint "
-                    f"{str(info.get('policy_fingerprint'))[:12]}, this one "
-                    f"{policy.fingerprint()[:12]}); rerun the search, or copy the policy "
-                    "file elsewhere to quantize the original weights with it")
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, ValueError) as err:
+            raise OptionError(f"--policy {policy_path}: {meta} beside it cannot be read "
+                              f"({err}); rerun the search that wrote it") from None
+        if isinstance(info, dict) and info.get("format") == "bitsmith.search.result/1":
+            _same_policy(policy_path, weights, info.get("policy_fingerprint"), policy)
             from bitsmith.search.qat import load_result
 
             return load_result(net, example, folder), f"the fine-tuned weights of {weights}"
-    packed = folder / "compressed.safetensors"
     if packed.is_file():
         from bitsmith.export.packed import load_packed
         from bitsmith.quantize import quant_info
 
         model = load_packed(packed, model=copy.deepcopy(net))
-        if quant_info(model).policy.fingerprint() == policy.fingerprint():
-            return model, f"the fine-tuned, pruned model of {packed}"
+        _same_policy(policy_path, packed, quant_info(model).policy.fingerprint(), policy)
+        return model, f"the fine-tuned, pruned model of {packed}"
     return None
+
+
+def _same_policy(policy_path: Path, trained: Path, fingerprint: Any, policy: Any) -> None:
+    """Refuse a trained model saved for another policy than the one at ``policy_path``."""
+    if fingerprint != policy.fingerprint():
+        raise OptionError(
+            f"--policy {policy_path}: the fine-tuned model beside it ({trained.name}) belongs "
+            f"to another policy (fingerprint {str(fingerprint)[:12]}, this one "
+            f"{policy.fingerprint()[:12]}); rerun the run, or copy the policy file elsewhere "
+            "to quantize the original weights with it")
 
 
 def _policy(spec: str, loaded, names: list[str]):
