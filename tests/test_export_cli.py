@@ -142,7 +142,7 @@ def _trained_run(tmp_path, kind: str):
     "search") or ``bitsmith compress`` ("compress") leaves it: the policy and a quantized
     model whose weights training moved away from the checkpoint's."""
     from bitsmith.inputs import load_workload
-    from bitsmith.search.qat import save_result
+    from bitsmith.trained import save_result
 
     data = random_tensors_file(tmp_path)
     work = load_workload("small_cnn", data)

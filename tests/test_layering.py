@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "bitsmith"
 
 # Bottom to top. "__init__" is the package root (bitsmith/__init__.py), the public API.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"_version", "errors", "progress", "pareto"}),
+    ("foundation", {"_version", "_lazy", "errors", "progress", "pareto"}),
     ("files", {"atomic", "safeload"}),
     ("plain data", {"config", "schemes", "calibrate", "data", "engine"}),
     ("policy, models", {"policy", "models"}),
@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("reconstruction", {"reconstruct"}),
     ("cost, quantize", {"cost", "quantize"}),
     ("shared primitives", {"allocation", "training", "inputs"}),
-    ("run directory, estimators, scoring", {"rundir", "sensitivity", "scoring"}),
+    ("run directory, estimators, scoring", {"rundir", "trained", "sensitivity", "scoring"}),
     ("cli support", {"cli_support", "cli_config"}),
     ("consumers", {"export", "report"}),
     ("producers", {"tune", "analyze", "search", "compress"}),

@@ -79,7 +79,7 @@ def _trained_model(policy_path: Path, policy: Any, net: nn.Module, example: Any
     policy (its fingerprint), with ``what`` it is; ``None`` when there is none.
 
     ``bitsmith search`` writes ``weights.safetensors`` (fine-tuned weights and learned
-    steps, :func:`bitsmith.search.qat.load_result`), ``bitsmith compress`` the packed
+    steps, :func:`bitsmith.trained.load_result`), ``bitsmith compress`` the packed
     ``compressed.safetensors`` (fine-tuned, pruned). Re-quantizing the original weights
     with such a policy would give another model than the one the run scored.
     """
@@ -92,9 +92,10 @@ def _trained_model(policy_path: Path, policy: Any, net: nn.Module, example: Any
         except (OSError, ValueError) as err:
             raise OptionError(f"--policy {policy_path}: {meta} beside it cannot be read "
                               f"({err}); rerun the search that wrote it") from None
-        if isinstance(info, dict) and info.get("format") == "bitsmith.search.result/1":
+        from bitsmith.trained import RESULT_FORMAT, load_result
+
+        if isinstance(info, dict) and info.get("format") == RESULT_FORMAT:
             _same_policy(policy_path, weights, info.get("policy_fingerprint"), policy)
-            from bitsmith.search.qat import load_result
 
             return load_result(net, example, folder), f"the fine-tuned weights of {weights}"
     if packed.is_file():

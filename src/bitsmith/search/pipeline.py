@@ -4,7 +4,7 @@
 call. Outputs (rank 0, in ``out_dir``): the ``bitsmith.run/1`` files of
 :class:`bitsmith.rundir.RunWriter` (``run.json``, ``layers.json``, ``trials.jsonl``,
 ``policy.yaml``, ``search.jsonl`` with the search and QAT curves), plus
-``weights.safetensors`` / ``result.json`` (:func:`bitsmith.search.qat.save_result`) and
+``weights.safetensors`` / ``result.json`` (:func:`bitsmith.trained.save_result`) and
 ``search_layers.json`` (per-layer choice, probability, step fixed). Checkpoints go to
 ``out_dir/ckpt/search`` and ``out_dir/ckpt/qat-<policy fingerprint>``; a rerun with
 ``resume=True`` continues.
@@ -36,8 +36,9 @@ from bitsmith.scoring import EvaluateFn, Scorer, check_validation
 from bitsmith.search.baseline import uniform_within_budget
 from bitsmith.search.derive import Derivation, derive_policy
 from bitsmith.search.methods import SearchMethod, make_method
-from bitsmith.search.qat import build_qat_model, save_result
+from bitsmith.search.qat import build_qat_model
 from bitsmith.search.supernet import Supernet, SupernetSpace, build_supernet, spec_label
+from bitsmith.trained import save_result
 from bitsmith.training import (
     TrainConfig,
     TrainResult,

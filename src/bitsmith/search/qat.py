@@ -1,4 +1,5 @@
-"""Quantization-aware fine-tuning of a derived Policy, and saving / loading the result.
+"""Quantization-aware fine-tuning of a derived Policy (saving / loading the result:
+:mod:`bitsmith.trained`).
 
 :func:`build_qat_model` turns the search's float model (BN folded, weights updated by the
 search) into a quantized model of the ``bitsmith.quantize`` kind (``model.bitsmith`` holds
@@ -6,8 +7,9 @@ the Policy, LayerTable and conversion report, so ``bitsmith.export`` consumes it
 uniform-family quantizer is made LSQ-learnable and starts from the step size the search
 learned for that candidate (activation quantizers without one are calibrated).
 :func:`finetune` trains it with :func:`bitsmith.training.train` (optional distillation
-from the FP32 model). :func:`save_result` writes ``policy.yaml`` and ``weights.safetensors``
-(float weights + quantizer parameters); :func:`load_result` rebuilds the quantized model.
+from the FP32 model). :func:`bitsmith.trained.save_result` writes ``policy.yaml`` and
+``weights.safetensors`` (float weights + quantizer parameters); ``load_result`` rebuilds the
+quantized model (in :mod:`bitsmith.trained`, below the producers, so consumers read it).
 
 BN handling: BatchNorm is folded into the preceding convolution before the search
 (``build_supernet(fold_bn=True)``), so training, evaluation and the exported integer model
@@ -18,20 +20,17 @@ use ``TrainConfig.freeze_bn_after`` to freeze the statistics after a few hundred
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from bitsmith.atomic import atomic_path, atomic_write_text
-from bitsmith.graph.convert import ConversionReport, apply_policy, convert
+from bitsmith.graph.convert import ConversionReport, apply_policy
 from bitsmith.graph.qmodules import quantized_layers, untwin
 from bitsmith.graph.quantizer import Quantizer
 from bitsmith.policy import LayerSpec, Policy, QSpec
-from bitsmith.quantize import QuantInfo, calibrate, quant_info
+from bitsmith.quantize import QuantInfo, calibrate
 from bitsmith.schemes import get_scheme
 from bitsmith.search.supernet import SearchLayerMixin, Supernet
 from bitsmith.training import Callback, TrainConfig, TrainResult, train
@@ -147,51 +146,3 @@ def finetune(qmodel: nn.Module, train_loader: Iterable, config: TrainConfig, *,
                  callbacks=callbacks)
 
 
-def save_result(qmodel: nn.Module, out_dir: str | Path, extra: dict[str, Any] | None = None
-                ) -> dict[str, Path]:
-    """Write ``policy.yaml``, ``weights.safetensors`` and ``result.json`` into ``out_dir``."""
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    info = quant_info(qmodel)
-    policy_path = info.policy.save(out / "policy.yaml")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in qmodel.state_dict().items()}
-    weights = out / "weights.safetensors"
-    with atomic_path(weights) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "bitsmith.search.weights/1"})
-    meta = out / "result.json"
-    # the fingerprint of the policy written here (``extra`` may carry the searched policy's,
-    # which differs where QAT made quantizers learnable)
-    atomic_write_text(meta, json.dumps({"format": "bitsmith.search.result/1", **(extra or {}),
-                                        "policy_fingerprint": info.policy.fingerprint()},
-                                       indent=2))
-    return {"policy": policy_path, "weights": weights, "meta": meta}
-
-
-def load_result(model: nn.Module, example_inputs: Tensor, out_dir: str | Path) -> nn.Module:
-    """Rebuild the fine-tuned quantized model from :func:`save_result`'s files.
-
-    ``model`` is the original float model (same architecture as the searched one).
-    """
-    from safetensors.torch import load_file
-
-    out = Path(out_dir)
-    policy = Policy.load(out / "policy.yaml")
-    tensors = load_file(str(out / "weights.safetensors"))
-    work, table, report = convert(model, example_inputs, fold_bn=True)
-    apply_policy(work, table, policy, report)
-    for name, m in quantized_layers(work).items():
-        for attr in ("weight_quantizer", "input_quantizer"):
-            q = getattr(m, attr)
-            if q is None:
-                continue
-            prefix = f"{name}.{attr}.p_"
-            params = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            if params:
-                first = next(iter(params.values()))
-                q._shape_hint = tuple(first.shape)
-                q._store(params)
-    work.load_state_dict(tensors, strict=True)
-    QuantInfo(policy, table, report).attach(work)
-    return work.eval()
