@@ -33,10 +33,12 @@ float model and of the simulation under 1e-4 relative input noise
 (:func:`_perturbed_agreement`): where the simulation disagrees with itself as often as ONNX
 Runtime disagrees with it, the export is as exact as the quantized model's own stability
 allows. ONNX Runtime against itself (:func:`_ort_reproducibility`): the optimised session vs
-the unoptimised one on the same graph (the ceiling of any simulation's agreement), and the
-unoptimised one vs the simulation of the export. The cosine with a uint8 grid per activation
-channel (``cosine_act_per_channel``, simulation only) bounds what activation equalisation
-(SmoothQuant, cross-layer equalisation) could recover.
+the unoptimised one on the same graph (what float rounding alone changes: the reference for
+any simulation's agreement), and the unoptimised one vs the simulation of the export. The
+cosine with a min/max uint8 grid per activation channel (``cosine_act_per_channel``,
+simulation only) approximates the best that activation equalisation (SmoothQuant,
+cross-layer equalisation) could reach; it is no strict bound (channel ranges from the
+calibration data can clip at evaluation).
 
 Data (``shared/data/SOURCES.md`` protocol): fitting on JPEG training images outside the
 validation split and the lossless images; calibration on 64 lossless training images;
@@ -493,8 +495,8 @@ def _ort_reproducibility(onnx_path: Path, runtime_model: nn.Module, batches: lis
                          ) -> dict[str, Any]:
     """How far ONNX Runtime reproduces *itself* (:func:`compare_onnx_optimisation`): argmax
     agreement (percent) of the optimised session with the unoptimised one (float ops between
-    the same Q/DQ pairs, differing only in float rounding: the ceiling of any simulation's
-    agreement), and of the unoptimised one with the simulation of the export."""
+    the same Q/DQ pairs, differing only in float rounding: the reference for any
+    simulation's agreement), and of the unoptimised one with the simulation of the export."""
     threads = torch.get_num_threads()
     itself = compare_onnx_optimisation(onnx_path, batches, threads)
     unoptimised = compare_onnx(runtime_model, onnx_path, batches, threads, optimize=False)
@@ -527,7 +529,7 @@ def run_model(name: str, setup: dict[str, Any], workdir: Path) -> dict[str, Any]
     runtime_model = runtime_simulation(qmodel, export)
     runtime = compare_onnx(runtime_model, onnx_path, setup["eval"])
     reproducibility = _ort_reproducibility(onnx_path, runtime_model, setup["eval"])
-    # the upper bound of activation equalisation: a uint8 grid per activation channel
+    # what activation equalisation could at best reach: a uint8 grid per activation channel
     per_channel = bitsmith.quantize(model, Policy.uniform(table.names, W8, A8_CHANNEL),
                                     calibration=setup["calib"])
     # the same model exported with the simulation's own Q/DQ points only (no integer chains)
@@ -652,10 +654,12 @@ def _markdown(rows: list[dict[str, Any]]) -> list[str]:
         "flip under perturbations as small as ONNX Runtime's rounding differences); "
         "ORT optimised vs unoptimised: the same export run by ONNX Runtime with its graph "
         "optimisations on (integer kernels) and off (float ops between the same Q/DQ pairs): "
-        "they differ only in float rounding, so their argmax agreement is the ceiling of any "
-        "simulation's agreement with ONNX Runtime; per-channel act.: cosine of the simulation "
-        "with one uint8 grid per activation channel (no integer kernel runs it: the upper "
-        "bound of activation equalisation such as SmoothQuant or cross-layer equalisation).",
+        "they differ only in float rounding, so their argmax agreement is the reference for "
+        "any simulation's agreement with ONNX Runtime (not a strict bound); per-channel act.: "
+        "cosine of the simulation with one min/max uint8 grid per activation channel (no "
+        "integer kernel runs it: roughly the best activation equalisation such as SmoothQuant "
+        "or cross-layer equalisation could reach; calibrated channel ranges can clip at "
+        "evaluation, so it is no strict bound).",
         "",
         "| model | input | fit | layers | Linear | attn proj | quantized | warned float ops | "
         "FP32 / W8A8 / ORT acc | cosine mean (min) | sim vs FP32 top-1 | ORT vs sim argmax | "

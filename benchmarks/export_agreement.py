@@ -8,8 +8,8 @@ ResNet-20 and ResNet-32: per export, top-1 agreement and logit errors of ONNX Ru
 optimised graph against (a) the simulation ``quantize`` returns and (b)
 :func:`~bitsmith.export.runtime_simulation` of the export, plus the three accuracies; and
 ONNX Runtime against itself (:func:`~bitsmith.export.compare_onnx_optimisation`: the
-optimised session vs the unoptimised one, float ops between the same Q/DQ pairs), the
-ceiling of any simulation's agreement.
+optimised session vs the unoptimised one, float ops between the same Q/DQ pairs): what
+float rounding alone changes, the reference for any simulation's agreement.
 
 Exports: W8A8 (per-channel int8 weights, uint8 activations) with int8 residuals (default)
 and with float residuals, and the mixed 2-8-bit Policy of ``export_resnet20.py``.

@@ -431,7 +431,9 @@ def compare_onnx_optimisation(onnx_path: str | Path, data: Any, threads: int = 2
     Both compute with the same quantization grids and differ only in float rounding
     (summation order, fused kernels); a value next to a rounding boundary lands on
     different sides, and in a deep model such differences compound. Their top-1 agreement
-    is therefore the ceiling of any simulation's agreement with ONNX Runtime on ``data``.
+    is the reference for any simulation's agreement with ONNX Runtime on ``data``: how much
+    float rounding alone changes (not a strict bound: a simulation rounds differently again
+    and can land closer to the optimised session).
     """
     reference = make_session(onnx_path, threads, optimize=False)
 
