@@ -15,6 +15,7 @@ from bitsmith.export import (
     ExportError,
     compare_onnx,
     compare_onnx_optimisation,
+    compare_onnx_references,
     export_onnx,
     runtime_simulation,
 )
@@ -99,6 +100,11 @@ def test_onnx_runtime_reproduces_itself_with_optimisations_off(exported):
     modelled = compare_onnx(runtime_simulation(q, report), report.path, x, optimize=False)
     assert modelled.max_abs_error < 1e-5
     assert compare_onnx(q, report.path, x, optimize=False).max_abs_error > 1e-3
+    # one pass of the optimised session serves several references, with the same numbers
+    found = compare_onnx_references(report.path, {"sim": q, "itself": "unoptimised"}, x)
+    assert found == {"sim": compare_onnx(q, report.path, x), "itself": itself}
+    with pytest.raises(ValueError, match="unknown 'optimised'"):
+        compare_onnx_references(report.path, {"x": "optimised"}, x)
 
 
 def test_locating_the_points_can_be_skipped(exported, tmp_path):

@@ -14,8 +14,8 @@ _MODULES = {
     "bitsmith.export.latency": ("LatencyTable", "LayerGeometry", "measure_latency_table",
                                 "precision_key", "register_runtime"),
     "bitsmith.export.onnx_export": ("Agreement", "OnnxExportReport", "compare_onnx",
-                                    "compare_onnx_optimisation", "export_fp32_onnx",
-                                    "export_onnx"),
+                                    "compare_onnx_optimisation", "compare_onnx_references",
+                                    "export_fp32_onnx", "export_onnx"),
     "bitsmith.export.packed": ("PackedReport", "load_packed", "read_packed", "save_packed"),
     "bitsmith.export.pipeline": ("ExportSummary", "deploy"),
     "bitsmith.export.runtime_sim": ("runtime_simulation",),
@@ -23,9 +23,9 @@ _MODULES = {
 __all__ = [
     "Agreement", "ArtifactError", "ExportError", "ExportSummary", "FrozenWeightQuantizer",
     "LatencyTable", "LayerGeometry", "OnnxExportReport", "PackedReport", "compare_onnx",
-    "compare_onnx_optimisation", "deploy", "export_fp32_onnx", "export_onnx", "load_packed",
-    "measure_latency_table", "precision_key", "read_packed", "register_runtime",
-    "runtime_simulation", "save_packed", "thaw_weights",
+    "compare_onnx_optimisation", "compare_onnx_references", "deploy", "export_fp32_onnx",
+    "export_onnx", "load_packed", "measure_latency_table", "precision_key", "read_packed",
+    "register_runtime", "runtime_simulation", "save_packed", "thaw_weights",
 ]
 __getattr__, __dir__ = lazy_exports(
     __name__, {name: module for module, names in _MODULES.items() for name in names})
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
         OnnxExportReport,
         compare_onnx,
         compare_onnx_optimisation,
+        compare_onnx_references,
         export_fp32_onnx,
         export_onnx,
     )

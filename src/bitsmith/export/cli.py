@@ -96,7 +96,6 @@ def _trained_model(policy_path: Path, policy: Any, net: nn.Module, example: Any
 
         if isinstance(info, dict) and info.get("format") == RESULT_FORMAT:
             _same_policy(policy_path, weights, info.get("policy_fingerprint"), policy)
-
             return load_result(net, example, folder), f"the fine-tuned weights of {weights}"
     if packed.is_file():
         from bitsmith.export.packed import load_packed

@@ -376,53 +376,101 @@ class Agreement:
         return asdict(self)
 
 
-def _agreement(reference: Callable[..., torch.Tensor], session: Any, data: Any,
-               max_batches: int | None) -> Agreement:
-    """``session``'s logits vs ``reference(x)``'s over ``data`` (see :class:`Agreement`;
-    its ``torch_accuracy`` is the reference's)."""
-    agree = count = correct_o = correct_t = labelled = 0
-    max_err, sum_err, n_logits = 0.0, 0.0, 0
-    n_inputs = len(session.get_inputs())
-    for i, batch in enumerate(data):
-        if max_batches is not None and i >= max_batches:
-            break
-        xs, y = split_batch(batch, n_inputs)
-        ref = reference(*xs).float()
-        out = torch.from_numpy(run(session, [_numpy(x) for x in xs])[0]).float()
+@dataclass
+class _Tally:
+    """Running sums of one reference's :class:`Agreement`."""
+
+    agree: int = 0
+    count: int = 0
+    correct_o: int = 0
+    correct_t: int = 0
+    labelled: int = 0
+    max_err: float = 0.0
+    sum_err: float = 0.0
+    n_logits: int = 0
+
+    def add(self, out: torch.Tensor, ref: torch.Tensor, y: Any) -> None:
         err = (out - ref).abs()
-        max_err = max(max_err, float(err.max()))
-        sum_err += float(err.sum())
-        n_logits += err.numel()
-        agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
-        count += ref.argmax(-1).numel()
+        self.max_err = max(self.max_err, float(err.max()))
+        self.sum_err += float(err.sum())
+        self.n_logits += err.numel()
+        self.agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
+        self.count += ref.argmax(-1).numel()
         if y is not None:
-            correct_o += int((out.argmax(-1) == y).sum())
-            correct_t += int((ref.argmax(-1) == y).sum())
-            labelled += y.numel()
-    if count == 0:
-        raise ValueError("comparison data is empty")
-    return Agreement(count, 100.0 * agree / count, max_err, sum_err / max(n_logits, 1),
-                     100.0 * correct_o / labelled if labelled else None,
-                     100.0 * correct_t / labelled if labelled else None)
+            self.correct_o += int((out.argmax(-1) == y).sum())
+            self.correct_t += int((ref.argmax(-1) == y).sum())
+            self.labelled += y.numel()
+
+    def result(self) -> Agreement:
+        if self.count == 0:
+            raise ValueError("comparison data is empty")
+        acc = (lambda c: 100.0 * c / self.labelled if self.labelled else None)  # noqa: E731
+        return Agreement(self.count, 100.0 * self.agree / self.count, self.max_err,
+                         self.sum_err / max(self.n_logits, 1), acc(self.correct_o),
+                         acc(self.correct_t))
 
 
 @torch.no_grad()
+def compare_onnx_references(onnx_path: str | Path, references: dict[str, Any], data: Any,
+                            threads: int = 2, max_batches: int | None = None,
+                            optimize: bool = True) -> dict[str, Agreement]:
+    """ONNX Runtime's session against several references in one pass over ``data``
+    (batches: see :func:`split_batch`): ``name -> Agreement`` (its ``torch_accuracy`` is the
+    reference's). ``optimize=False`` runs the session with its graph optimisations off.
+
+    A reference is a PyTorch model (run in eval mode) or ``"unoptimised"``: the same graph
+    in ONNX Runtime with its graph optimisations off (float ops between the same Q/DQ pairs;
+    see :func:`compare_onnx_optimisation`).
+    """
+    session = make_session(onnx_path, threads, optimize=optimize)
+    calls: dict[str, Callable[..., torch.Tensor]] = {}
+    for name, ref in references.items():
+        if isinstance(ref, str):
+            if ref != "unoptimised":
+                raise ValueError(f"reference {name!r}: unknown {ref!r}; give a model or "
+                                 "'unoptimised'")
+            calls[name] = _session_call(make_session(onnx_path, threads, optimize=False))
+        else:
+            calls[name] = ref
+    models = [m for m in calls.values() if isinstance(m, nn.Module)]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    tallies = {name: _Tally() for name in calls}
+    n_inputs = len(session.get_inputs())
+    try:
+        for i, batch in enumerate(data):
+            if max_batches is not None and i >= max_batches:
+                break
+            xs, y = split_batch(batch, n_inputs)
+            out = _session_call(session)(*xs).float()
+            for name, call in calls.items():
+                tallies[name].add(out, call(*xs).float(), y)
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    return {name: t.result() for name, t in tallies.items()}
+
+
+def _session_call(session: Any) -> Callable[..., torch.Tensor]:
+    """``f(*inputs) -> first output`` of an ONNX Runtime session, as a tensor."""
+
+    def call(*xs: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run(session, [_numpy(x) for x in xs])[0])
+
+    return call
+
+
 def compare_onnx(qmodel: nn.Module, onnx_path: str | Path, data: Any, threads: int = 2,
                  max_batches: int | None = None, optimize: bool = True) -> Agreement:
     """Run ``data`` through both and compare (batches: see :func:`split_batch`).
 
     ``optimize=False`` runs ONNX Runtime with its graph optimisations off (float ops between
     the Q/DQ pairs instead of integer kernels)."""
-    session = make_session(onnx_path, threads, optimize=optimize)
-    was_training = qmodel.training
-    qmodel.eval()
-    try:
-        return _agreement(qmodel, session, data, max_batches)
-    finally:
-        qmodel.train(was_training)
+    return compare_onnx_references(onnx_path, {"model": qmodel}, data, threads, max_batches,
+                                   optimize)["model"]
 
 
-@torch.no_grad()
 def compare_onnx_optimisation(onnx_path: str | Path, data: Any, threads: int = 2,
                               max_batches: int | None = None) -> Agreement:
     """ONNX Runtime's optimised session (integer kernels, fused ops) vs its unoptimised one
@@ -435,9 +483,5 @@ def compare_onnx_optimisation(onnx_path: str | Path, data: Any, threads: int = 2
     float rounding alone changes (not a strict bound: a simulation rounds differently again
     and can land closer to the optimised session).
     """
-    reference = make_session(onnx_path, threads, optimize=False)
-
-    def unoptimised(*xs: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(run(reference, [_numpy(x) for x in xs])[0])
-
-    return _agreement(unoptimised, make_session(onnx_path, threads), data, max_batches)
+    return compare_onnx_references(onnx_path, {"itself": "unoptimised"}, data, threads,
+                                   max_batches)["itself"]

@@ -26,8 +26,7 @@ from bitsmith.export.onnx_export import (
     Agreement,
     OnnxExportReport,
     as_model_inputs,
-    compare_onnx,
-    compare_onnx_optimisation,
+    compare_onnx_references,
     export_fp32_onnx,
     export_onnx,
     split_batch,
@@ -202,17 +201,6 @@ class Timing:
     threads: int = 2
 
 
-def _runtime_agreement(qmodel: nn.Module, report: OnnxExportReport, evaluation: Any,
-                       threads: int) -> dict[str, Any] | None:
-    """ONNX Runtime vs :func:`runtime_simulation` of ``report`` (``None`` when the export has
-    no integer-chain point or int32 bias: the simulation is then already that model)."""
-    if not (report.runtime_points or report.int32_bias_layers):
-        return None
-    model = runtime_simulation(qmodel, report)
-    return {**compare_onnx(model, report.path, evaluation, threads).to_dict(),
-            **report.runtime_counts()}
-
-
 def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_inputs: Any,
            calibration: Any, evaluation: Any, model_name: str | None = None,
            model_kwargs: dict[str, Any] | None = None, timing: Timing = Timing(),
@@ -247,11 +235,18 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
                                        example_inputs=tuple(x[:1] for x in inputs),
                                        model_name=model_name,
                                        model_kwargs=model_kwargs, key=key)
-    say("comparing ONNX Runtime with the PyTorch simulation")
-    agreement: Agreement = compare_onnx(qmodel, onnx_report.path, evaluation, timing.threads)
-    runtime_agreement = _runtime_agreement(qmodel, onnx_report, evaluation, timing.threads)
-    say("comparing ONNX Runtime with itself, graph optimisations off")
-    reproducibility = compare_onnx_optimisation(onnx_report.path, evaluation, timing.threads)
+    say("comparing ONNX Runtime with the PyTorch simulation and with itself, graph "
+        "optimisations off")
+    # the simulation of the export, unless the export has no integer-chain point and no
+    # int32 bias (the simulation is then already that model)
+    modelled = onnx_report.runtime_points or onnx_report.int32_bias_layers
+    references: dict[str, Any] = {"simulation": qmodel, "itself": "unoptimised"}
+    if modelled:
+        references["runtime"] = runtime_simulation(qmodel, onnx_report)
+    found = compare_onnx_references(onnx_report.path, references, evaluation, timing.threads)
+    agreement: Agreement = found["simulation"]
+    runtime_agreement = ({**found["runtime"].to_dict(), **onnx_report.runtime_counts()}
+                         if modelled else None)
     fp32_acc = _accuracy(model, evaluation, len(inputs))
     say("timing FP32 vs quantized (interleaved medians)")
     timings = time_models([fp32_path, onnx_report.path], tuple(inputs[0].shape[1:]),
@@ -287,6 +282,6 @@ def deploy(model: nn.Module, qmodel: nn.Module, out_dir: str | Path, *, example_
                   "onnx": agreement.onnx_accuracy},
         onnx=onnx_report.to_dict(), packed=packed.to_dict(), notes=notes,
         runtime_agreement=runtime_agreement,
-        runtime_reproducibility=reproducibility.to_dict())
+        runtime_reproducibility=found["itself"].to_dict())
     summary.save(out)
     return summary
