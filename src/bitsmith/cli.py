@@ -176,7 +176,8 @@ def layers(
 
     from bitsmith.quantize import iter_batches, prepare
 
-    if inputs.data is not None or inputs.calibration_data is not None:
+    with_data = inputs.data is not None or inputs.calibration_data is not None
+    if with_data:
         work = inputs.load(calibration_size=1)
         net, example = work.model, next(iter_batches(work.calibration))[0][:1]
     else:
@@ -185,7 +186,7 @@ def layers(
     try:
         _, table, report = prepare(net, example)
     except (RuntimeError, TypeError, ValueError, IndexError) as err:
-        if inputs.data is not None or inputs.calibration_data is not None:
+        if with_data:
             raise
         raise OptionError(
             f"--model {inputs.model}: it does not run on a random float image of shape "
